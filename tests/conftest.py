@@ -1,0 +1,26 @@
+"""Shared test configuration.
+
+* Triton runs in its CPU interpreter when no CUDA device is present. TRITON_INTERPRET must be set
+  before triton is first imported, so it is decided here, before any test module loads.
+* Hypothesis uses a fixed-seed, no-deadline profile ("ci") unless HYPOTHESIS_PROFILE names another.
+"""
+
+import os
+
+if "TRITON_INTERPRET" not in os.environ:
+    import torch  # importing torch does not import triton
+
+    os.environ["TRITON_INTERPRET"] = "0" if torch.cuda.is_available() else "1"
+
+from hypothesis import HealthCheck, settings
+
+settings.register_profile(
+    "ci",
+    derandomize=True,
+    deadline=None,
+    max_examples=30,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+settings.register_profile("dev", deadline=None, max_examples=200)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
