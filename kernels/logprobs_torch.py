@@ -1,0 +1,84 @@
+"""Masked token log-probabilities in plain PyTorch, chunked so that no (B, T, V) fp32 tensor is ever built.
+
+This is the CPU path of `kernels.token_logprobs` / `kernels.sequence_logprobs` and the readable statement of
+what the Triton kernel (kernels/logprobs_triton.py) fuses. For each position (b, t) with mask 1:
+
+    lse[b, t]  = logsumexp_v logits[b, t, v]                      (in fp32; fp64 for fp64 logits)
+    logp[b, t] = logits[b, t, labels[b, t]] - lse[b, t]
+
+and logp = 0 where mask is 0. Only the positions with mask 1 are gathered, in chunks of rows whose fp32 copy
+stays under CHUNK_ELEMENTS, so the extra memory is one chunk (plus the gradient in backward), not an fp32
+copy of the logits. The backward pass (derived in logprobs_triton.py) is
+
+    dlogits[b, t, v] = g[b, t] * mask[b, t] * (1[v == labels[b, t]] - exp(logits[b, t, v] - lse[b, t]))
+
+from the saved lse, written in the logits dtype; positions with mask 0 get an exact zero gradient.
+Left out: double backward (the Function is once-differentiable).
+"""
+
+import torch
+
+CHUNK_ELEMENTS = 1 << 23  # elements of a (rows, V) fp32 chunk: 32 MiB
+
+
+def _pick_targets(x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """x[i, labels[i]] for each row; NaN for a label outside [0, V) (only reachable with check_labels=False)."""
+    V = x.shape[-1]
+    valid = (labels >= 0) & (labels < V)                                     # (M,)
+    picked = x.gather(1, labels.clamp(0, V - 1).unsqueeze(1)).squeeze(1)    # (M,)
+    return torch.where(valid, picked, torch.full_like(picked, float("nan")))
+
+
+class TorchTokenLogprobs(torch.autograd.Function):
+    """autograd.Function: (logits (B, T, V), labels (B, T), keep (B, T) bool) -> logp (B, T)."""
+
+    @staticmethod
+    def forward(ctx, logits, labels, keep, inplace_backward: bool):
+        B, T, V = logits.shape
+        acc_dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
+        rows_per_chunk = max(1, CHUNK_ELEMENTS // V)
+        b_idx, t_idx = keep.nonzero(as_tuple=True)                 # (M,), (M,) the positions that count
+        logp = torch.zeros(B, T, dtype=acc_dtype, device=logits.device)        # (B, T)
+        lse = torch.empty(b_idx.numel(), dtype=acc_dtype, device=logits.device)  # (M,)
+        for start in range(0, b_idx.numel(), rows_per_chunk):
+            bs, ts = b_idx[start:start + rows_per_chunk], t_idx[start:start + rows_per_chunk]
+            x = logits[bs, ts].to(acc_dtype)                       # (m, V) copy of just these rows
+            lse_chunk = torch.logsumexp(x, dim=-1)                 # (m,)
+            logp[bs, ts] = _pick_targets(x, labels[bs, ts]) - lse_chunk
+            lse[start:start + rows_per_chunk] = lse_chunk
+        ctx.save_for_backward(logits, labels, keep, b_idx, t_idx, lse)
+        ctx.inplace_backward = inplace_backward
+        ctx.rows_per_chunk = rows_per_chunk
+        return logp
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_logp):
+        logits, labels, keep, b_idx, t_idx, lse = ctx.saved_tensors
+        V = logits.shape[-1]
+        if ctx.inplace_backward:
+            grad = logits                                          # (B, T, V) overwritten row by row
+            grad[~keep] = 0
+        else:
+            grad = torch.zeros(logits.shape, dtype=logits.dtype, device=logits.device)  # (B, T, V)
+        rows = ctx.rows_per_chunk
+        for start in range(0, b_idx.numel(), rows):
+            bs, ts = b_idx[start:start + rows], t_idx[start:start + rows]
+            g = grad_logp[bs, ts].to(lse.dtype)                    # (m,)
+            x = logits[bs, ts].to(lse.dtype)                       # (m, V)
+            softmax = torch.exp(x - lse[start:start + rows, None])  # (m, V)
+            dx = -g[:, None] * softmax                             # (m, V) the -softmax term
+            lab = labels[bs, ts]                                   # (m,)
+            valid = ((lab >= 0) & (lab < V)).to(g.dtype)           # (m,)
+            dx.scatter_add_(1, lab.clamp(0, V - 1)[:, None], (g * valid)[:, None])  # + the one-hot term
+            grad[bs, ts] = dx.to(logits.dtype)
+        return grad, None, None, None
+
+
+def torch_token_logprobs(logits: torch.Tensor, labels: torch.Tensor, keep: torch.Tensor,
+                         inplace_backward: bool = False) -> torch.Tensor:
+    """Token log-probs (B, T) (fp32, or fp64 for fp64 logits), 0 where keep is False; differentiable.
+
+    Shape: logits (B, T, V) float, any strides; labels (B, T) integer; keep (B, T) bool (already validated).
+    """
+    return TorchTokenLogprobs.apply(logits, labels, keep, inplace_backward)
