@@ -1,0 +1,244 @@
+"""The DPO loss family, the implicit rewards, and the concatenated forward pass.
+
+Paper: Rafailov et al. 2023, "Direct Preference Optimization: Your Language Model is Secretly a Reward
+Model" (arXiv 2305.18290). This module implements its Eq. 7:
+
+    L_DPO(pi; pi_ref) = -E_(x, y_w, y_l) [ log sigma( beta * log pi(y_w|x)/pi_ref(y_w|x)
+                                                      - beta * log pi(y_l|x)/pi_ref(y_l|x) ) ]
+
+Where it comes from, in four steps:
+  1. RLHF maximises E[r(x, y)] - beta * KL(pi || pi_ref) (Eq. 3). Its optimal policy is
+     pi_r(y|x) = pi_ref(y|x) * exp(r(x, y) / beta) / Z(x) (Eq. 4).
+  2. Solve that for the reward: r(x, y) = beta * log pi_r(y|x)/pi_ref(y|x) + beta * log Z(x) (Eq. 5).
+     So every policy defines an implicit reward r_hat(x, y) = beta * log pi(y|x)/pi_ref(y|x).
+  3. The Bradley-Terry model says p(y_w > y_l | x) = sigma(r(x, y_w) - r(x, y_l)) (Eq. 1). Only reward
+     differences appear, so the intractable beta * log Z(x) cancels (Eq. 6).
+  4. Maximum likelihood of the observed preferences under Bradley-Terry with the implicit reward is Eq. 7:
+     a binary cross-entropy with label 1 on the score beta * h, where
+         h = (log pi(y_w) - log pi(y_l)) - (log pi_ref(y_w) - log pi_ref(y_l)).
+     In code (names as in the authors' trainers.py): pi_logratios = chosen - rejected under the policy,
+     ref_logratios = the same under the reference, and logits = pi_logratios - ref_logratios = h.
+
+The gradient (section 4, "What does the DPO update do?") is
+    grad L = -beta * E[ sigma(r_hat(y_l) - r_hat(y_w)) * (grad log pi(y_w) - grad log pi(y_l)) ],
+i.e. each pair pushes y_w up and y_l down, weighted by how wrongly the implicit reward orders them:
+|dL/dh| = beta * sigma(-beta * h). A pair the policy already ranks correctly by a wide margin stops
+contributing, which is what keeps DPO from the degeneration of plain unlikelihood training.
+
+Worked example (beta = 0.5; log-probs summed over the response tokens):
+    policy   chosen -10, rejected -12  ->  pi_logratios  = 2
+    reference chosen -11, rejected -11  ->  ref_logratios = 0     so h = 2 and beta * h = 1
+    sigmoid loss = -log sigma(1) = log(1 + e^-1)           = 0.3132617
+    rewards: chosen 0.5 * (-10 - -11) = 0.5, rejected 0.5 * (-12 - -11) = -0.5
+    dL/d(policy chosen) = -beta * sigma(r_rejected - r_chosen) = -0.5 * sigma(-1) = -0.1344707
+    cDPO, eps = 0.1: -0.9 log sigma(1) - 0.1 log sigma(-1) = 0.3132617 + 0.1 * 1 = 0.4132617
+    IPO:   (2 - 1 / (2 * 0.5))^2 = 1;   hinge: relu(1 - 1) = 0
+    robust, eps = 0.1: (-0.9 log sigma(1) + 0.1 log sigma(-1)) / 0.8 = 0.1882617
+(tests/test_dpo.py asserts every one of these numbers.)
+
+Besides Eq. 7 ("sigmoid"), three well-known variants that only change the function of h:
+  "sigmoid" + label_smoothing eps: conservative DPO (cDPO; Mitchell 2023), which assumes each label is
+            flipped with probability eps: -(1-eps) log sigma(beta h) - eps log sigma(-beta h).
+  "ipo":    Azar et al. 2023: (h - 1/(2 beta))^2. IPO is defined on LENGTH-NORMALISED log-probs: the caller
+            passes per-token means (PairLogps.mean_per_token()), not sums.
+  "hinge":  SLiC (Zhao et al. 2023): relu(1 - beta h).
+  "robust": Chowdhury et al. 2024, an unbiased loss under label noise eps:
+            (-(1-eps) log sigma(beta h) + eps log sigma(-beta h)) / (1 - 2 eps).
+Reference-free DPO is the sigmoid loss with zero reference log-probs (pi_ref uniform over responses).
+
+Left out: the reduction over the batch (dpo_loss returns per-pair losses; the trainer takes the mean),
+the reference-model forward (the trainer runs concatenated_logps under torch.no_grad() on the frozen
+reference), and other variants (KTO, ORPO, SimPO, ...).
+"""
+
+import math
+import numbers
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+
+import kernels
+
+LOSS_TYPES = ("sigmoid", "ipo", "hinge", "robust")
+_SMOOTHED_LOSS_TYPES = ("sigmoid", "robust")  # the variants that model label noise
+
+
+def _check_logps(named_logps: dict[str, torch.Tensor], *, same_dtype: bool = True) -> None:
+    """Raise a TypeError/ValueError naming the argument unless all are 1-D float tensors alike."""
+    first_name, first = next(iter(named_logps.items()))
+    for name, t in named_logps.items():
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor of shape (B,), got {type(t).__name__}")
+        if not t.is_floating_point():
+            raise TypeError(f"{name} must be a floating-point tensor, got dtype {t.dtype}")
+        if t.dim() != 1:
+            raise ValueError(f"{name} must have shape (B,), got {tuple(t.shape)}")
+        if t.shape != first.shape:
+            raise ValueError(f"{name} has shape {tuple(t.shape)} but {first_name} has {tuple(first.shape)}")
+        if same_dtype and t.dtype != first.dtype:
+            raise TypeError(f"{name} has dtype {t.dtype} but {first_name} has {first.dtype}")
+        if t.device != first.device:
+            raise ValueError(f"{name} is on {t.device} but {first_name} is on {first.device}")
+
+
+def _losses_from_logits(logits: torch.Tensor, beta: float, loss_type: str, eps: float) -> torch.Tensor:
+    """Per-pair loss as a function of h = logits (B,) float32. No argument checks: dpo_loss does them."""
+    if loss_type == "sigmoid":  # Eq. 7; with eps > 0, cDPO
+        return -(1 - eps) * F.logsigmoid(beta * logits) - eps * F.logsigmoid(-beta * logits)
+    if loss_type == "ipo":  # regress h onto 1/(2 beta)
+        return (logits - 1 / (2 * beta)) ** 2
+    if loss_type == "hinge":  # SLiC
+        return torch.relu(1 - beta * logits)
+    if loss_type == "robust":  # unbiased under label flips with probability eps
+        return (-(1 - eps) * F.logsigmoid(beta * logits) + eps * F.logsigmoid(-beta * logits)) / (1 - 2 * eps)
+    raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got {loss_type!r}")
+
+
+def dpo_loss(
+    policy_chosen_logps: torch.Tensor,
+    policy_rejected_logps: torch.Tensor,
+    reference_chosen_logps: torch.Tensor,
+    reference_rejected_logps: torch.Tensor,
+    *,
+    beta: float = 0.1,
+    loss_type: str = "sigmoid",
+    label_smoothing: float = 0.0,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-pair DPO loss (Eq. 7) or one of its variants, and the implicit rewards.
+
+    Args:
+        policy_chosen_logps:      (B,) float, log pi(y_w|x) summed over the response tokens.
+        policy_rejected_logps:    (B,) float, log pi(y_l|x).
+        reference_chosen_logps:   (B,) float, log pi_ref(y_w|x); zeros give reference-free DPO.
+        reference_rejected_logps: (B,) float, log pi_ref(y_l|x).
+            All four share one shape and dtype (fp32/bf16/fp16/fp64); the math runs in float32.
+            For loss_type="ipo" pass per-token MEAN log-probs (the IPO paper's length normalisation),
+            for the other losses per-sequence SUMS.
+        beta: > 0, the KL strength of Eq. 3 (IPO's tau). Smaller beta lets the policy drift further.
+        loss_type: "sigmoid" (DPO, cDPO), "ipo", "hinge" or "robust" (see the module docstring).
+        label_smoothing: eps in [0, 0.5), the assumed label-flip rate; only for "sigmoid" and "robust".
+
+    Returns:
+        losses (B,) float32, differentiable w.r.t. the policy log-probs (the caller takes the mean);
+        chosen_rewards (B,) float32 = beta * (policy_chosen - reference_chosen), detached;
+        rejected_rewards (B,) float32 = beta * (policy_rejected - reference_rejected), detached.
+
+    Stable (finite loss and gradients) for |h| up to at least 1e6: logsigmoid never forms exp(+large).
+    """
+    _check_logps({
+        "policy_chosen_logps": policy_chosen_logps,
+        "policy_rejected_logps": policy_rejected_logps,
+        "reference_chosen_logps": reference_chosen_logps,
+        "reference_rejected_logps": reference_rejected_logps,
+    })
+    if loss_type not in LOSS_TYPES:
+        raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got {loss_type!r}")
+    if isinstance(beta, bool) or not isinstance(beta, numbers.Real):
+        raise TypeError(f"beta must be a real number, got {type(beta).__name__}")
+    if not (math.isfinite(beta) and beta > 0):
+        raise ValueError(f"beta must be finite and > 0, got {beta}")
+    if not 0.0 <= label_smoothing < 0.5:
+        raise ValueError(f"label_smoothing must be in [0, 0.5), got {label_smoothing}")
+    if label_smoothing != 0.0 and loss_type not in _SMOOTHED_LOSS_TYPES:
+        raise ValueError(f"label_smoothing={label_smoothing} has no meaning for loss_type={loss_type!r}; "
+                         f"it applies to {_SMOOTHED_LOSS_TYPES}")
+
+    pc, pr = policy_chosen_logps.float(), policy_rejected_logps.float()  # (B,) float32
+    rc, rr = reference_chosen_logps.float(), reference_rejected_logps.float()  # (B,) float32
+
+    pi_logratios = pc - pr  # (B,) log pi(y_w)/pi(y_l)
+    ref_logratios = rc - rr  # (B,) log pi_ref(y_w)/pi_ref(y_l)
+    logits = pi_logratios - ref_logratios  # (B,) h; beta * h is the Bradley-Terry score of Eq. 6-7
+    losses = _losses_from_logits(logits, beta, loss_type, label_smoothing)  # (B,)
+
+    chosen_rewards = beta * (pc - rc).detach()  # (B,) r_hat(x, y_w), Eq. 5 without beta log Z(x)
+    rejected_rewards = beta * (pr - rr).detach()  # (B,) r_hat(x, y_l)
+    return losses, chosen_rewards, rejected_rewards
+
+
+def dpo_metrics(
+    losses: torch.Tensor,
+    chosen_rewards: torch.Tensor,
+    rejected_rewards: torch.Tensor,
+    policy_chosen_logps: torch.Tensor,
+    policy_rejected_logps: torch.Tensor,
+) -> dict[str, float]:
+    """Batch means of the numbers every DPO run logs, under the names DPO users know.
+
+    Args: five (B,) float tensors, B >= 1: dpo_loss's three outputs and the policy log-probs it got.
+    Returns: {"loss", "rewards/chosen", "rewards/rejected", "rewards/accuracies" (fraction of pairs with
+    chosen_reward strictly greater than rejected_reward), "rewards/margins" (mean chosen - rejected),
+    "logps/chosen", "logps/rejected"}, all Python floats.
+    """
+    _check_logps({
+        "losses": losses,
+        "chosen_rewards": chosen_rewards,
+        "rejected_rewards": rejected_rewards,
+        "policy_chosen_logps": policy_chosen_logps,
+        "policy_rejected_logps": policy_rejected_logps,
+    }, same_dtype=False)
+    if losses.numel() == 0:
+        raise ValueError("dpo_metrics needs at least one pair, got an empty batch")
+
+    def mean(t: torch.Tensor) -> float:
+        return t.detach().float().mean().item()
+
+    return {
+        "loss": mean(losses),
+        "rewards/chosen": mean(chosen_rewards),
+        "rewards/rejected": mean(rejected_rewards),
+        "rewards/accuracies": mean(chosen_rewards > rejected_rewards),
+        "rewards/margins": mean(chosen_rewards.float() - rejected_rewards.float()),
+        "logps/chosen": mean(policy_chosen_logps),
+        "logps/rejected": mean(policy_rejected_logps),
+    }
+
+
+class PairLogps(NamedTuple):
+    """Per-sequence log-probs of a batch of preference pairs, as concatenated_logps returns them."""
+
+    chosen: torch.Tensor  # (B,) float32, sum of log pi over the chosen response tokens
+    rejected: torch.Tensor  # (B,) float32, the same for the rejected response
+    chosen_tokens: torch.Tensor  # (B,) int64, number of chosen response tokens (incl. EOS)
+    rejected_tokens: torch.Tensor  # (B,) int64, the same for the rejected response
+
+    def mean_per_token(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(chosen, rejected) log-probs averaged over response tokens, (B,) float32 each: IPO's inputs."""
+        return self.chosen / self.chosen_tokens, self.rejected / self.rejected_tokens
+
+
+def concatenated_logps(model: torch.nn.Module, batch: dict, *, impl: str = "auto") -> PairLogps:
+    """Log-probs of the chosen and the rejected responses, from one forward pass over both.
+
+    Args:
+        model: maps input_ids (N, T) int64 to logits (N, T, V), e.g. model.GPT.
+        batch: the dict of data.dpo_collate, with 2B rows: 0..B-1 prompt+chosen, B..2B-1 prompt+rejected.
+            input_ids (2B, T) int64, right-padded (causal attention needs no mask for right padding);
+            labels (2B, T) int64, PRE-SHIFTED: labels[:, t] is the token after input_ids[:, t], -100 if none;
+            mask (2B, T) bool, True exactly on response tokens.
+        impl: passed to kernels.sequence_logprobs ("auto", "torch" or "triton").
+
+    Returns: PairLogps with chosen/rejected (B,) float32 sums and chosen_tokens/rejected_tokens (B,) int64.
+
+    One forward over 2B rows instead of two over B: every weight is read once, and batch-dependent
+    layers (none in GPT-2) would see both halves together, as in the authors' code. Because the labels
+    are already shifted, logits[:, t] scores labels[:, t] as they are: no slicing, no copy.
+    """
+    for key in ("input_ids", "labels", "mask"):
+        if key not in batch:
+            raise KeyError(f"batch is missing {key!r}; expected the dict of data.dpo_collate")
+    input_ids, labels, mask = batch["input_ids"], batch["labels"], batch["mask"]
+    if input_ids.dim() != 2 or input_ids.shape[0] % 2 != 0:
+        raise ValueError(f"batch['input_ids'] must be (2B, T) with chosen rows then rejected rows, "
+                         f"got {tuple(input_ids.shape)}")
+    for key in ("labels", "mask"):
+        if batch[key].shape != input_ids.shape:
+            raise ValueError(f"batch[{key!r}] has shape {tuple(batch[key].shape)} "
+                             f"but batch['input_ids'] has {tuple(input_ids.shape)}")
+    B = input_ids.shape[0] // 2
+
+    logits = model(input_ids)  # (2B, T, V)
+    logps = kernels.sequence_logprobs(logits, labels, mask, impl=impl)  # (2B,) float32
+    tokens = mask.sum(-1, dtype=torch.int64)  # (2B,) response tokens per row
+    return PairLogps(chosen=logps[:B], rejected=logps[B:], chosen_tokens=tokens[:B], rejected_tokens=tokens[B:])

@@ -1,0 +1,293 @@
+"""Tests for dpo.py: the loss family against a naive float64 reference, properties from the DPO paper's math,
+the worked example of the module docstring, input errors, the metrics, and the concatenated forward pass."""
+
+import copy
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import dpo
+from naive_dpo import naive_dpo_loss, naive_pair_dloss_dh, naive_pair_loss, sigmoid
+
+LOSS_TYPES = ["sigmoid", "ipo", "hinge", "robust"]
+betas = st.floats(0.01, 10.0)
+smoothings = st.floats(0.0, 0.45)
+
+# ----------------------------------------------------------------------------------------------------------------
+# Hypothesis strategies. Log-probs are drawn on a grid (multiples of 2^-10 up to |x| = 4 or 64, or multiples of 1/4
+# up to |x| = 2^20 ~ 1e6), one scale per batch, so every value and every difference h = (a - b) - (c - d) is exact
+# in float32: the float32 code and the float64 naive reference then see the very same h, and any disagreement
+# is the loss function's own error, not input rounding.
+SCALES = [(2**12, 2**10), (2**16, 2**10), (2**22, 4)]  # (largest integer numerator, denominator)
+
+
+@st.composite
+def grid_columns(draw, k=4, max_size=8):
+    """k columns of B grid log-probs sharing one scale: a list of k lists of B Python floats."""
+    limit, denom = draw(st.sampled_from(SCALES))
+    n = draw(st.integers(1, max_size))
+    cols = [draw(st.lists(st.integers(-limit, limit), min_size=n, max_size=n)) for _ in range(k)]
+    return [[v / denom for v in col] for col in cols]
+
+
+def tensors(cols, requires_grad=False):
+    return [torch.tensor(c, dtype=torch.float32, requires_grad=requires_grad) for c in cols]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The vectorised float32 loss against the naive per-pair float64 reference.
+
+
+@pytest.mark.parametrize("loss_type", LOSS_TYPES)
+@given(cols=grid_columns(), beta=betas, eps=smoothings)
+def test_matches_naive_reference(loss_type, cols, beta, eps):
+    eps = eps if loss_type in ("sigmoid", "robust") else 0.0
+    inputs = tensors(cols, requires_grad=True)
+    losses, chosen_rewards, rejected_rewards = dpo.dpo_loss(*inputs, beta=beta, loss_type=loss_type,
+                                                            label_smoothing=eps)
+    ref_losses, ref_chosen, ref_rejected = naive_dpo_loss(*cols, beta=beta, loss_type=loss_type, eps=eps)
+    as_f64 = lambda xs: torch.tensor(xs, dtype=torch.float64)  # noqa: E731
+    assert losses.dtype == torch.float32
+    torch.testing.assert_close(losses.double(), as_f64(ref_losses), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(chosen_rewards.double(), as_f64(ref_chosen), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(rejected_rewards.double(), as_f64(ref_rejected), rtol=1e-5, atol=1e-5)
+    assert not chosen_rewards.requires_grad and not rejected_rewards.requires_grad
+
+    # Gradients: d loss / d h from the hand-differentiated reference; h = pc - pr - rc + rr gives the signs.
+    losses.sum().backward()
+    dh = as_f64([naive_pair_dloss_dh(*pair, beta, loss_type, eps) for pair in zip(*cols)])
+    for t, sign in zip(inputs, (1, -1, -1, 1)):
+        torch.testing.assert_close(t.grad.double(), sign * dh, rtol=1e-5, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Properties from the math.
+
+
+@given(cols=grid_columns(k=2), beta=betas)
+def test_policy_equal_to_reference_gives_log2_and_half_beta_gradient(cols, beta):
+    chosen, rejected = tensors(cols, requires_grad=True)
+    losses, chosen_rewards, rejected_rewards = dpo.dpo_loss(chosen, rejected, chosen.detach(), rejected.detach(),
+                                                            beta=beta)
+    assert torch.equal(losses, torch.full_like(losses, math.log(2)))  # -log sigma(0), exactly
+    assert torch.equal(chosen_rewards, torch.zeros_like(chosen_rewards))
+    losses.sum().backward()
+    torch.testing.assert_close(chosen.grad, torch.full_like(chosen, -beta / 2))  # -beta * sigma(0)
+    torch.testing.assert_close(rejected.grad, torch.full_like(rejected, beta / 2))
+
+
+@given(cols=grid_columns(), beta=betas)
+def test_gradient_weight_is_beta_sigmoid_of_reward_gap(cols, beta):
+    """Section 4: |dL/dh| = beta * sigma(-beta h) = beta * sigma(r_hat(y_l) - r_hat(y_w))."""
+    pc, pr, rc, rr = tensors(cols)
+    h = torch.tensor([(a - b) - (c - d) for a, b, c, d in zip(*cols)], requires_grad=True)  # (B,) exact
+    losses, chosen_rewards, rejected_rewards = dpo.dpo_loss(h, torch.zeros_like(h), torch.zeros_like(h),
+                                                            torch.zeros_like(h), beta=beta)
+    losses.sum().backward()
+    expected = torch.tensor([beta * sigmoid(-beta * float(x)) for x in h.detach()])
+    torch.testing.assert_close(h.grad.abs(), expected)
+    _, chosen_rewards, rejected_rewards = dpo.dpo_loss(pc, pr, rc, rr, beta=beta)
+    torch.testing.assert_close(h.grad.abs(), beta * torch.sigmoid(rejected_rewards - chosen_rewards),
+                               rtol=1e-4, atol=1e-6)
+
+
+@given(cols=grid_columns(), beta=betas, eps=smoothings)
+def test_swapping_chosen_and_rejected_flips_the_smoothing(cols, beta, eps):
+    """cDPO: swapped pairs with smoothing eps = unswapped pairs with 1 - eps (outside the public range, so
+    compared with the loss function of h and with the naive reference)."""
+    pc, pr, rc, rr = tensors(cols)
+    swapped, _, _ = dpo.dpo_loss(pr, pc, rr, rc, beta=beta, label_smoothing=eps)
+    h = (pc - pr) - (rc - rr)  # (B,) exact on the grid
+    torch.testing.assert_close(swapped, dpo._losses_from_logits(h, beta, "sigmoid", 1 - eps))
+    naive = torch.tensor([naive_pair_loss(*pair, beta, "sigmoid", 1 - eps) for pair in zip(*cols)])
+    torch.testing.assert_close(swapped, naive, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("loss_type", LOSS_TYPES)
+@given(cols=grid_columns(k=6), beta=betas)
+def test_loss_depends_only_on_h(loss_type, cols, beta):
+    """Adding a per-pair constant to both chosen log-probs, or to both policy log-probs, keeps h and the loss."""
+    pc, pr, rc, rr, c1, c2 = tensors(cols)
+    base, _, _ = dpo.dpo_loss(pc, pr, rc, rr, beta=beta, loss_type=loss_type)
+    shifted_chosen, _, _ = dpo.dpo_loss(pc + c1, pr, rc + c1, rr, beta=beta, loss_type=loss_type)
+    shifted_policy, _, _ = dpo.dpo_loss(pc + c2, pr + c2, rc, rr, beta=beta, loss_type=loss_type)
+    assert torch.equal(base, shifted_chosen)
+    assert torch.equal(base, shifted_policy)
+
+
+@given(cols=grid_columns(), beta=betas, eps=smoothings)
+def test_sigmoid_loss_is_binary_cross_entropy_on_beta_h(cols, beta, eps):
+    """Eq. 7 is BCE with label 1 on the Bradley-Terry score beta * h; cDPO is BCE with the soft label 1 - eps."""
+    pc, pr, rc, rr = tensors(cols)
+    score = beta * ((pc - pr) - (rc - rr))  # (B,)
+    losses, _, _ = dpo.dpo_loss(pc, pr, rc, rr, beta=beta)
+    torch.testing.assert_close(losses, F.binary_cross_entropy_with_logits(score, torch.ones_like(score),
+                                                                          reduction="none"))
+    smoothed, _, _ = dpo.dpo_loss(pc, pr, rc, rr, beta=beta, label_smoothing=eps)
+    torch.testing.assert_close(smoothed, F.binary_cross_entropy_with_logits(
+        score, torch.full_like(score, 1 - eps), reduction="none"), rtol=1e-5, atol=1e-5)
+
+
+@given(beta=betas)
+def test_ipo_minimum_is_at_h_equal_one_over_two_beta(beta):
+    target = 1 / (2 * beta)
+    h = target + torch.linspace(-1, 1, 201)  # (201,) float32 around the minimum
+    h.requires_grad_(True)
+    zeros = torch.zeros_like(h)
+    losses, _, _ = dpo.dpo_loss(h, zeros, zeros, zeros, beta=beta, loss_type="ipo")
+    assert int(losses.argmin()) == 100
+    at_min = torch.tensor([target], requires_grad=True)
+    loss_at_min, _, _ = dpo.dpo_loss(at_min, zeros[:1], zeros[:1], zeros[:1], beta=beta, loss_type="ipo")
+    loss_at_min.backward()
+    assert loss_at_min.item() == 0.0 and at_min.grad.item() == 0.0
+
+
+@given(k=st.integers(-6, 3), h_num=st.integers(-4096, 4096))
+def test_hinge_is_zero_once_beta_h_reaches_one(k, h_num):
+    beta, h_value = 2.0**k, h_num / 64  # beta * h is exact in float32
+    h = torch.tensor([h_value], requires_grad=True)
+    zeros = torch.zeros_like(h)
+    loss, _, _ = dpo.dpo_loss(h, zeros, zeros, zeros, beta=beta, loss_type="hinge")
+    loss.backward()
+    if beta * h_value >= 1:
+        assert loss.item() == 0.0 and h.grad.item() == 0.0
+    else:
+        assert loss.item() == 1 - beta * h_value and h.grad.item() == -beta
+
+
+@given(cols=grid_columns(), beta=betas, eps=smoothings)
+def test_robust_loss_is_unbiased_under_label_flips(cols, beta, eps):
+    """Chowdhury et al.: if each label flips with probability eps, the expected robust loss is the clean DPO loss:
+    (1 - eps) * L_robust(h) + eps * L_robust(-h) = -log sigma(beta h). With eps = 0 it is plain DPO."""
+    pc, pr, rc, rr = tensors(cols)
+    kept, _, _ = dpo.dpo_loss(pc, pr, rc, rr, beta=beta, loss_type="robust", label_smoothing=eps)
+    flipped, _, _ = dpo.dpo_loss(pr, pc, rr, rc, beta=beta, loss_type="robust", label_smoothing=eps)
+    clean, _, _ = dpo.dpo_loss(pc, pr, rc, rr, beta=beta)
+    expected_loss = (1 - eps) * kept.double() + eps * flipped.double()  # (B,) cancels for large |h|: scale atol
+    scale = kept.double().abs() + flipped.double().abs()
+    assert ((expected_loss - clean.double()).abs() <= 1e-5 * scale + 1e-6).all(), (expected_loss, clean)
+    robust_no_noise, _, _ = dpo.dpo_loss(pc, pr, rc, rr, beta=beta, loss_type="robust")
+    torch.testing.assert_close(robust_no_noise, clean)
+
+
+@given(cols=grid_columns(k=2), beta=betas)
+def test_reference_free_dpo_is_zero_reference_logps(cols, beta):
+    pc, pr = tensors(cols)
+    zeros = torch.zeros_like(pc)
+    losses, chosen_rewards, rejected_rewards = dpo.dpo_loss(pc, pr, zeros, zeros, beta=beta)
+    torch.testing.assert_close(losses, -F.logsigmoid(beta * (pc - pr)))
+    torch.testing.assert_close(chosen_rewards, beta * pc)
+    torch.testing.assert_close(rejected_rewards, beta * pr)
+    naive, _, _ = naive_dpo_loss(*cols, [0.0] * len(pc), [0.0] * len(pc), beta=beta)
+    torch.testing.assert_close(losses.double(), torch.tensor(naive, dtype=torch.float64), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("loss_type", LOSS_TYPES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+def test_finite_loss_and_gradients_for_huge_h(loss_type, dtype):
+    h = torch.tensor([-1e6, -1e3, -1.0, 0.0, 1.0, 1e3, 1e6])
+    eps = 0.1 if loss_type in ("sigmoid", "robust") else 0.0
+    inputs = [x.to(dtype).requires_grad_(True) for x in (h, torch.zeros_like(h), -h, torch.full_like(h, -1e6))]
+    losses, chosen_rewards, rejected_rewards = dpo.dpo_loss(*inputs, beta=0.5, loss_type=loss_type,
+                                                            label_smoothing=eps)
+    assert losses.dtype == chosen_rewards.dtype == rejected_rewards.dtype == torch.float32
+    losses.sum().backward()
+    for t in [losses, chosen_rewards, rejected_rewards] + [x.grad for x in inputs]:
+        assert torch.isfinite(t).all(), t
+
+
+def test_half_precision_inputs_are_computed_in_float32():
+    pc, pr, rc, rr = (torch.tensor(v, dtype=torch.float16) for v in ([-7.5, -3.25], [-9.0, -2.5], [-8.0, -3.0],
+                                                                     [-8.5, -2.75]))
+    losses, chosen_rewards, _ = dpo.dpo_loss(pc, pr, rc, rr, beta=0.3)
+    expected, _, _ = dpo.dpo_loss(pc.float(), pr.float(), rc.float(), rr.float(), beta=0.3)
+    assert losses.dtype == chosen_rewards.dtype == torch.float32
+    assert torch.equal(losses, expected)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The worked example of the module docstring, derived by hand there.
+
+
+def test_worked_example():
+    beta = 0.5
+    pc, pr = torch.tensor([-10.0], requires_grad=True), torch.tensor([-12.0])
+    rc, rr = torch.tensor([-11.0]), torch.tensor([-11.0])
+    losses, chosen_rewards, rejected_rewards = dpo.dpo_loss(pc, pr, rc, rr, beta=beta)
+    torch.testing.assert_close(losses, torch.tensor([0.3132617]))
+    torch.testing.assert_close(chosen_rewards, torch.tensor([0.5]))
+    torch.testing.assert_close(rejected_rewards, torch.tensor([-0.5]))
+    losses.backward()
+    torch.testing.assert_close(pc.grad, torch.tensor([-0.1344707]))
+    cdpo, _, _ = dpo.dpo_loss(pc, pr, rc, rr, beta=beta, label_smoothing=0.1)
+    torch.testing.assert_close(cdpo, torch.tensor([0.4132617]))
+    ipo, _, _ = dpo.dpo_loss(pc, pr, rc, rr, beta=beta, loss_type="ipo")
+    torch.testing.assert_close(ipo, torch.tensor([1.0]))
+    hinge, _, _ = dpo.dpo_loss(pc, pr, rc, rr, beta=beta, loss_type="hinge")
+    torch.testing.assert_close(hinge, torch.tensor([0.0]))
+    robust, _, _ = dpo.dpo_loss(pc, pr, rc, rr, beta=beta, loss_type="robust", label_smoothing=0.1)
+    torch.testing.assert_close(robust, torch.tensor([0.1882617]))
+
+
+def test_worked_example_metrics():
+    """The docstring pair plus its mirror image (policy prefers the rejected response by the same margin)."""
+    pc, pr = torch.tensor([-10.0, -8.0]), torch.tensor([-12.0, -6.0])
+    rc, rr = torch.tensor([-11.0, -7.0]), torch.tensor([-11.0, -7.0])
+    out = dpo.dpo_loss(pc, pr, rc, rr, beta=0.5)
+    metrics = dpo.dpo_metrics(*out, pc, pr)
+    expected = {"loss": (0.3132617 + 1.3132617) / 2, "rewards/chosen": 0.0, "rewards/rejected": 0.0,
+                "rewards/accuracies": 0.5, "rewards/margins": 0.0, "logps/chosen": -9.0, "logps/rejected": -9.0}
+    assert set(metrics) == set(expected)
+    for key, value in expected.items():
+        assert isinstance(metrics[key], float)
+        assert metrics[key] == pytest.approx(value, abs=1e-6), key
+
+
+def test_metric_accuracy_is_strict():
+    ties = torch.tensor([0.25, 0.25, 1.0])
+    metrics = dpo.dpo_metrics(torch.zeros(3), ties, torch.tensor([0.25, 0.5, 0.0]), torch.zeros(3), torch.zeros(3))
+    assert metrics["rewards/accuracies"] == pytest.approx(1 / 3)
+    assert metrics["rewards/margins"] == pytest.approx((0 - 0.25 + 1) / 3)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Input errors name the argument at fault.
+
+
+@pytest.mark.parametrize("kwargs, error, match", [
+    (dict(loss_type="dpo"), ValueError, "loss_type"),
+    (dict(beta=0.0), ValueError, "beta"),
+    (dict(beta=-0.1), ValueError, "beta"),
+    (dict(beta=float("nan")), ValueError, "beta"),
+    (dict(beta="0.1"), TypeError, "beta"),
+    (dict(label_smoothing=-0.01), ValueError, "label_smoothing"),
+    (dict(label_smoothing=0.5), ValueError, "label_smoothing"),
+    (dict(loss_type="ipo", label_smoothing=0.1), ValueError, "label_smoothing"),
+    (dict(loss_type="hinge", label_smoothing=0.1), ValueError, "label_smoothing"),
+])
+def test_bad_hyperparameters_raise(kwargs, error, match):
+    x = torch.zeros(3)
+    with pytest.raises(error, match=match):
+        dpo.dpo_loss(x, x, x, x, **kwargs)
+
+
+def test_bad_tensors_raise_naming_the_argument():
+    x = torch.zeros(3)
+    with pytest.raises(ValueError, match="reference_rejected_logps has shape"):
+        dpo.dpo_loss(x, x, x, torch.zeros(4))
+    with pytest.raises(ValueError, match=r"policy_chosen_logps must have shape \(B,\)"):
+        dpo.dpo_loss(torch.zeros(3, 1), x, x, x)
+    with pytest.raises(TypeError, match="reference_chosen_logps has dtype torch.float64"):
+        dpo.dpo_loss(x, x, x.double(), x)
+    with pytest.raises(TypeError, match="policy_rejected_logps must be a floating-point tensor"):
+        dpo.dpo_loss(x, torch.zeros(3, dtype=torch.int64), x, x)
+    with pytest.raises(TypeError, match="policy_chosen_logps must be a torch.Tensor"):
+        dpo.dpo_loss([0.0, 0.0, 0.0], x, x, x)
+    with pytest.raises(ValueError, match="empty batch"):
+        dpo.dpo_metrics(*[torch.zeros(0)] * 5)
+    with pytest.raises(ValueError, match="policy_rejected_logps has shape"):
+        dpo.dpo_metrics(x, x, x, x, torch.zeros(2))
