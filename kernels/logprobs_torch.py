@@ -3,16 +3,17 @@
 This is the CPU path of `kernels.token_logprobs` / `kernels.sequence_logprobs` and the readable statement of
 what the Triton kernel (kernels/logprobs_triton.py) fuses. For each position (b, t) with mask 1:
 
-    lse[b, t]  = logsumexp_v logits[b, t, v]                      (in fp32; fp64 for fp64 logits)
-    logp[b, t] = logits[b, t, labels[b, t]] - lse[b, t]
+    m[b, t]     = max_v logits[b, t, v]                                  (in fp32; fp64 for fp64 logits)
+    log_s[b, t] = log sum_v exp(logits[b, t, v] - m[b, t])
+    logp[b, t]  = (logits[b, t, labels[b, t]] - m[b, t]) - log_s[b, t]
 
 and logp = 0 where mask is 0. Only the positions with mask 1 are gathered, in chunks of rows whose fp32 copy
 stays under CHUNK_ELEMENTS, so the extra memory is one chunk (plus the gradient in backward), not an fp32
 copy of the logits. The backward pass (derived in logprobs_triton.py) is
 
-    dlogits[b, t, v] = g[b, t] * mask[b, t] * (1[v == labels[b, t]] - exp(logits[b, t, v] - lse[b, t]))
+    dlogits[b, t, v] = g[b, t] * mask[b, t] * (1[v == labels[b, t]] - exp((logits[b, t, v] - m) - log_s))
 
-from the saved lse, written in the logits dtype; positions with mask 0 get an exact zero gradient.
+from the saved m and log_s (kept apart for accuracy at large logits, see logprobs_triton.py), written in the logits dtype; positions with mask 0 get an exact zero gradient.
 Left out: double backward (the Function is once-differentiable).
 """
 
@@ -39,14 +40,18 @@ class TorchTokenLogprobs(torch.autograd.Function):
         rows_per_chunk = max(1, CHUNK_ELEMENTS // V)
         b_idx, t_idx = keep.nonzero(as_tuple=True)                 # (M,), (M,) the positions that count
         logp = torch.zeros(B, T, dtype=acc_dtype, device=logits.device)        # (B, T)
-        lse = torch.empty(b_idx.numel(), dtype=acc_dtype, device=logits.device)  # (M,)
+        row_max = torch.empty(b_idx.numel(), dtype=acc_dtype, device=logits.device)  # (M,) m
+        log_s = torch.empty(b_idx.numel(), dtype=acc_dtype, device=logits.device)    # (M,)
         for start in range(0, b_idx.numel(), rows_per_chunk):
             bs, ts = b_idx[start:start + rows_per_chunk], t_idx[start:start + rows_per_chunk]
             x = logits[bs, ts].to(acc_dtype)                       # (m, V) copy of just these rows
-            lse_chunk = torch.logsumexp(x, dim=-1)                 # (m,)
-            logp[bs, ts] = _pick_targets(x, labels[bs, ts]) - lse_chunk
-            lse[start:start + rows_per_chunk] = lse_chunk
-        ctx.save_for_backward(logits, labels, keep, b_idx, t_idx, lse)
+            m = x.amax(dim=-1)                                     # (m,)
+            m = torch.where(m == float("-inf"), torch.zeros_like(m), m)  # a row of only -inf: shift by 0
+            log_s_chunk = torch.exp(x - m[:, None]).sum(-1).log()  # (m,)
+            logp[bs, ts] = (_pick_targets(x, labels[bs, ts]) - m) - log_s_chunk
+            row_max[start:start + rows_per_chunk] = m
+            log_s[start:start + rows_per_chunk] = log_s_chunk
+        ctx.save_for_backward(logits, labels, keep, b_idx, t_idx, row_max, log_s)
         ctx.inplace_backward = inplace_backward
         ctx.rows_per_chunk = rows_per_chunk
         return logp
@@ -54,7 +59,7 @@ class TorchTokenLogprobs(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_logp):
-        logits, labels, keep, b_idx, t_idx, lse = ctx.saved_tensors
+        logits, labels, keep, b_idx, t_idx, row_max, log_s = ctx.saved_tensors
         V = logits.shape[-1]
         if ctx.inplace_backward:
             grad = logits                                          # (B, T, V) overwritten row by row
@@ -64,9 +69,10 @@ class TorchTokenLogprobs(torch.autograd.Function):
         rows = ctx.rows_per_chunk
         for start in range(0, b_idx.numel(), rows):
             bs, ts = b_idx[start:start + rows], t_idx[start:start + rows]
-            g = grad_logp[bs, ts].to(lse.dtype)                    # (m,)
-            x = logits[bs, ts].to(lse.dtype)                       # (m, V)
-            softmax = torch.exp(x - lse[start:start + rows, None])  # (m, V)
+            g = grad_logp[bs, ts].to(log_s.dtype)                  # (m,)
+            x = logits[bs, ts].to(log_s.dtype)                     # (m, V)
+            chunk = slice(start, start + rows)
+            softmax = torch.exp((x - row_max[chunk, None]) - log_s[chunk, None])  # (m, V)
             dx = -g[:, None] * softmax                             # (m, V) the -softmax term
             lab = labels[bs, ts]                                   # (m,)
             valid = ((lab >= 0) & (lab < V)).to(g.dtype)           # (m,)

@@ -2,8 +2,13 @@
 
 What it computes (the log pi(y | x) of the DPO loss, Rafailov et al. 2023, Eq. 7, before the sum over t):
 
-    lse[b, t]  = log sum_v exp(logits[b, t, v])
-    logp[b, t] = mask[b, t] * (logits[b, t, labels[b, t]] - lse[b, t])
+    m[b, t]     = max_v logits[b, t, v]
+    log_s[b, t] = log sum_v exp(logits[b, t, v] - m[b, t])        (so logsumexp = m + log_s)
+    logp[b, t]  = mask[b, t] * ((logits[b, t, labels[b, t]] - m[b, t]) - log_s[b, t])
+
+m and log_s are kept apart rather than added into one logsumexp: with fp32 logits near 1e4 the spacing of fp32
+numbers there is ~1e-3, so a single stored logsumexp would be off by up to that much and every probability
+exp(x - logsumexp) off by the same relative amount; x - m is exact in the same situation.
 
 Why a kernel. The naive path, logits.float().log_softmax(-1).gather(...), runs one full-size pass per op and
 keeps an fp32 (B, T, V) log-softmax alive for backward. Count bytes for N = B*T positions, V vocabulary entries
@@ -27,17 +32,17 @@ s = sum_v exp(x_v - m) in fp32 (the "online softmax" recurrence of Milakov & Gim
 
     m_new = max(m, max(x_chunk));   s = s * exp(m - m_new) + sum(exp(x_chunk - m_new));   m = m_new
 
-so lse = m + log(s) needs a single read of the row. The target logit is one scalar load. lse is saved, (B, T)
-fp32, so backward need not recompute it. The per-sequence sum is done afterwards by torch over (B, T) fp32 in a
+so m and log_s need a single read of the row. The target logit is one scalar load. m and log_s are saved,
+(B, T) fp32 each, so backward need not recompute them. The per-sequence sum is done afterwards by torch over (B, T) fp32 in a
 fixed order: no atomics, and repeated runs are bit-identical.
 
-Backward. With g[b, t] = d loss / d logp[b, t] and p = softmax(logits[b, t]) = exp(logits[b, t] - lse[b, t]):
+Backward. With g[b, t] = d loss / d logp[b, t], x = logits[b, t] and p = softmax(x), p_v = exp((x_v - m) - log_s):
 
-    d logp / d x_v  = d/dx_v (x_label - lse) = 1[v == label] - exp(x_v - lse) = onehot_v - p_v
+    d logp / d x_v  = d/dx_v (x_label - logsumexp(x)) = 1[v == label] - exp(x_v - logsumexp(x)) = onehot_v - p_v
     dlogits[b,t,v]  = g[b, t] * mask[b, t] * (onehot_v - p_v)
 
 One program per position again: masked rows write zeros (no reads), kept rows re-read the logits, form p from
-the saved lse, and write the gradient in the logits dtype. In-place mode passes the logits buffer as the
+the saved m and log_s, and write the gradient in the logits dtype. In-place mode passes the logits buffer as the
 gradient buffer: each element is read before it is overwritten, by the same program, so this is safe for the
 kernel; whether it is safe for the caller is said in kernels.token_logprobs.
 
@@ -76,7 +81,8 @@ def _logprobs_fwd_kernel(
     labels_ptr,   # (B, T) integer labels; element [b, t] at b*stride_yb + t*stride_yt
     keep_ptr,     # (B, T) int8, contiguous: 1 where the position counts (mask != 0), else 0
     logp_ptr,     # (B, T) fp32, contiguous, output: logp[b, t], 0 where keep is 0
-    lse_ptr,      # (B, T) fp32, contiguous, output: lse[b, t] for backward (0 where keep is 0, never read)
+    m_ptr,        # (B, T) fp32, contiguous, output: row max m[b, t] for backward (0 where keep is 0, never read)
+    log_s_ptr,    # (B, T) fp32, contiguous, output: log_s[b, t] for backward (likewise)
     T,            # positions per sequence, to split the flat position index into (b, t)
     V,            # vocabulary size (any value; the last block is masked)
     stride_lb, stride_lt, stride_lv,  # logits strides in elements (a view like logits[:, :-1] is fine)
@@ -89,7 +95,8 @@ def _logprobs_fwd_kernel(
     keep = tl.load(keep_ptr + pos)
     if keep == 0:  # masked position: no vocabulary work at all
         tl.store(logp_ptr + pos, 0.0)
-        tl.store(lse_ptr + pos, 0.0)
+        tl.store(m_ptr + pos, 0.0)
+        tl.store(log_s_ptr + pos, 0.0)
         return
     row_ptr = logits_ptr + b * stride_lb + t * stride_lt
     cols = tl.arange(0, BLOCK_V)
@@ -103,14 +110,16 @@ def _logprobs_fwd_kernel(
         shift = tl.where(m_new == float("-inf"), 0.0, m_new)
         s = s * tl.exp(m - shift) + tl.sum(tl.exp(x - shift), axis=0)
         m = m_new
-    lse = m + tl.log(s)
+    m = tl.where(m == float("-inf"), 0.0, m)  # the shift s was summed against (a row of only -inf: 0, s = 0)
+    log_s = tl.log(s)
     label = tl.load(labels_ptr + b * stride_yb + t * stride_yt)
     # A label outside [0, V) is rejected by the wrapper (check_labels); with the check off it gives NaN rather
     # than an out-of-bounds read.
     in_vocab = (label >= 0) & (label < V)
     x_label = tl.load(row_ptr + label * stride_lv, mask=in_vocab, other=float("nan")).to(tl.float32)
-    tl.store(logp_ptr + pos, x_label - lse)
-    tl.store(lse_ptr + pos, lse)
+    tl.store(logp_ptr + pos, (x_label - m) - log_s)
+    tl.store(m_ptr + pos, m)
+    tl.store(log_s_ptr + pos, log_s)
 
 
 @triton.jit
@@ -120,7 +129,8 @@ def _logprobs_bwd_kernel(
     grad_logp_ptr,  # (B, T) fp32 upstream gradient g[b, t]; any strides (0 for a broadcast from a sum)
     labels_ptr,     # (B, T) integer labels, as in forward
     keep_ptr,       # (B, T) int8 contiguous mask, as in forward
-    lse_ptr,        # (B, T) fp32 contiguous lse saved by forward
+    m_ptr,          # (B, T) fp32 contiguous row max saved by forward
+    log_s_ptr,      # (B, T) fp32 contiguous log of the shifted sum saved by forward
     T, V,           # as in forward
     stride_lb, stride_lt, stride_lv,  # logits strides
     stride_gb, stride_gt, stride_gv,  # gradient strides (equal to the logits strides in place)
@@ -143,12 +153,13 @@ def _logprobs_bwd_kernel(
         return
     row_ptr = logits_ptr + b * stride_lb + t * stride_lt
     g = tl.load(grad_logp_ptr + b * stride_ob + t * stride_ot).to(tl.float32)
-    lse = tl.load(lse_ptr + pos)
+    m = tl.load(m_ptr + pos)
+    log_s = tl.load(log_s_ptr + pos)
     label = tl.load(labels_ptr + b * stride_yb + t * stride_yt)
     for v0 in range(0, V, BLOCK_V):
         v = v0 + cols
         x = tl.load(row_ptr + v * stride_lv, mask=v < V, other=float("-inf")).to(tl.float32)
-        p = tl.exp(x - lse)                        # softmax(logits[b, t])[v]; 0 at -inf entries
+        p = tl.exp((x - m) - log_s)                # softmax(logits[b, t])[v]; 0 at -inf entries
         onehot = tl.where(v == label, 1.0, 0.0)    # 1[v == label]
         dx = g * (onehot - p)                      # dlogits[b, t, v]
         tl.store(grad_row + v * stride_gv, _to_out_dtype(dx, grad_ptr.dtype.element_ty, ROUND_BY_HAND),
@@ -170,16 +181,17 @@ class TritonTokenLogprobs(torch.autograd.Function):
         B, T, V = logits.shape
         keep_i8 = keep.to(torch.int8).contiguous()                           # (B, T)
         logp = torch.empty(B, T, dtype=torch.float32, device=logits.device)  # (B, T)
-        lse = torch.empty(B, T, dtype=torch.float32, device=logits.device)   # (B, T)
+        m = torch.empty(B, T, dtype=torch.float32, device=logits.device)     # (B, T)
+        log_s = torch.empty(B, T, dtype=torch.float32, device=logits.device) # (B, T)
         BLOCK_V, num_warps = launch_config(V, logits.element_size())
         if block_v is not None:  # tests force small blocks to exercise the multi-block path
             BLOCK_V = block_v
         if B * T > 0:
             _logprobs_fwd_kernel[(B * T,)](
-                logits, labels, keep_i8, logp, lse, T, V,
+                logits, labels, keep_i8, logp, m, log_s, T, V,
                 logits.stride(0), logits.stride(1), logits.stride(2), labels.stride(0), labels.stride(1),
                 BLOCK_V=BLOCK_V, num_warps=num_warps)
-        ctx.save_for_backward(logits, labels, keep_i8, lse)
+        ctx.save_for_backward(logits, labels, keep_i8, m, log_s)
         ctx.inplace_backward = inplace_backward
         ctx.config = (BLOCK_V, num_warps)
         return logp
@@ -187,7 +199,7 @@ class TritonTokenLogprobs(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_logp):
-        logits, labels, keep_i8, lse = ctx.saved_tensors
+        logits, labels, keep_i8, m, log_s = ctx.saved_tensors
         B, T, V = logits.shape
         grad = logits if ctx.inplace_backward else torch.empty(logits.shape, dtype=logits.dtype,
                                                                device=logits.device)  # (B, T, V)
@@ -196,7 +208,7 @@ class TritonTokenLogprobs(torch.autograd.Function):
         round_by_hand = (not logits.is_cuda) and logits.dtype == torch.bfloat16
         if B * T > 0:
             _logprobs_bwd_kernel[(B * T,)](
-                logits, grad, grad_logp, labels, keep_i8, lse, T, V,
+                logits, grad, grad_logp, labels, keep_i8, m, log_s, T, V,
                 logits.stride(0), logits.stride(1), logits.stride(2),
                 grad.stride(0), grad.stride(1), grad.stride(2),
                 grad_logp.stride(0), grad_logp.stride(1), labels.stride(0), labels.stride(1),
