@@ -44,7 +44,8 @@ Besides Eq. 7 ("sigmoid"), three well-known variants that only change the functi
   "hinge":  SLiC (Zhao et al. 2023): relu(1 - beta h).
   "robust": Chowdhury et al. 2024, an unbiased loss under label noise eps:
             (-(1-eps) log sigma(beta h) + eps log sigma(-beta h)) / (1 - 2 eps).
-Reference-free DPO is the sigmoid loss with zero reference log-probs (pi_ref uniform over responses).
+Reference-free DPO is any loss above with zero reference log-probs: ref_logratios = 0, so h = pi_logratios
+(any reference that scores chosen and rejected alike gives the same loss; zeros are the simplest).
 
 Left out: the reduction over the batch (dpo_loss returns per-pair losses; the trainer takes the mean),
 the reference-model forward (the trainer runs concatenated_logps under torch.no_grad() on the frozen

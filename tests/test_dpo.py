@@ -11,6 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import dpo
+from kernels.reference import naive_sequence_logprobs
+from model import GPT, GPTConfig
 from naive_dpo import naive_dpo_loss, naive_pair_dloss_dh, naive_pair_loss, sigmoid
 
 LOSS_TYPES = ["sigmoid", "ipo", "hinge", "robust"]
@@ -291,3 +293,120 @@ def test_bad_tensors_raise_naming_the_argument():
         dpo.dpo_metrics(*[torch.zeros(0)] * 5)
     with pytest.raises(ValueError, match="policy_rejected_logps has shape"):
         dpo.dpo_metrics(x, x, x, x, torch.zeros(2))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The concatenated forward pass, on a tiny GPT. Batches are built here by hand, following the data.dpo_collate
+# contract (chosen rows first, right-padded, pre-shifted labels with -100 where no next token, bool mask on the
+# positions whose label is a response token), so that these tests do not depend on data/.
+
+VOCAB, PAD = 50, 0
+
+
+def tiny_gpt(seed=0):
+    torch.manual_seed(seed)
+    return GPT(GPTConfig(block_size=32, vocab_size=VOCAB, n_layer=2, n_head=2, n_embd=16))
+
+
+def collate_rows(rows):
+    """rows: list of (prompt, response) token lists -> dict input_ids/labels (N, T) int64, mask (N, T) bool."""
+    T = max(len(p) + len(y) for p, y in rows)
+    input_ids = torch.full((len(rows), T), PAD, dtype=torch.int64)
+    labels = torch.full((len(rows), T), -100, dtype=torch.int64)
+    mask = torch.zeros((len(rows), T), dtype=torch.bool)
+    for i, (prompt, response) in enumerate(rows):
+        seq = prompt + response
+        input_ids[i, :len(seq)] = torch.tensor(seq)
+        labels[i, :len(seq) - 1] = torch.tensor(seq[1:])  # labels[t] = the token after input_ids[t]
+        mask[i, len(prompt) - 1:len(seq) - 1] = True  # positions whose label is a response token
+    return {"input_ids": input_ids, "labels": labels, "mask": mask}
+
+
+def collate_pairs(pairs):
+    """pairs: list of (prompt, chosen, rejected) -> the 2B-row DPO batch, chosen rows first."""
+    return collate_rows([(p, c) for p, c, _ in pairs] + [(p, r) for p, _, r in pairs])
+
+
+tokens = st.lists(st.integers(1, VOCAB - 1), min_size=1, max_size=6)
+pair_lists = st.lists(st.tuples(tokens, tokens, tokens), min_size=1, max_size=4)
+
+
+@settings(max_examples=10)
+@given(pairs=pair_lists)
+def test_concatenated_forward_equals_two_separate_forwards(pairs):
+    model = tiny_gpt()
+    batch = collate_pairs(pairs)
+    out = dpo.concatenated_logps(model, batch)
+    assert isinstance(out, dpo.PairLogps)
+    assert out.chosen.dtype == out.rejected.dtype == torch.float32
+    assert out.chosen_tokens.dtype == out.rejected_tokens.dtype == torch.int64
+
+    grads = torch.autograd.grad(out.chosen.sum() - out.rejected.sum(), list(model.parameters()))
+    separate = {}
+    for name, column in (("chosen", 1), ("rejected", 2)):  # each half padded only to its own length
+        half = collate_rows([(pair[0], pair[column]) for pair in pairs])
+        separate[name] = naive_sequence_logprobs(model(half["input_ids"]), half["labels"], half["mask"])  # (B,)
+    torch.testing.assert_close(out.chosen, separate["chosen"])
+    torch.testing.assert_close(out.rejected, separate["rejected"])
+    separate_grads = torch.autograd.grad(separate["chosen"].sum() - separate["rejected"].sum(),
+                                         list(model.parameters()))
+    for g, expected in zip(grads, separate_grads):
+        torch.testing.assert_close(g, expected)
+    assert out.chosen_tokens.tolist() == [len(c) for _, c, _ in pairs]
+    assert out.rejected_tokens.tolist() == [len(r) for _, _, r in pairs]
+    chosen_means, rejected_means = out.mean_per_token()
+    torch.testing.assert_close(chosen_means, out.chosen / torch.tensor([float(len(c)) for _, c, _ in pairs]))
+    torch.testing.assert_close(rejected_means, out.rejected / torch.tensor([float(len(r)) for _, _, r in pairs]))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_one_sgd_step_on_the_dpo_loss_raises_the_chosen_minus_rejected_log_ratio(seed):
+    model = tiny_gpt(seed)
+    reference = copy.deepcopy(model).requires_grad_(False)
+    g = torch.Generator().manual_seed(seed)
+    draw = lambda n: torch.randint(1, VOCAB, (n,), generator=g).tolist()  # noqa: E731
+    batch = collate_pairs([(draw(4), draw(5), draw(3)) for _ in range(4)])
+    with torch.no_grad():
+        ref = dpo.concatenated_logps(reference, batch)
+
+    policy = dpo.concatenated_logps(model, batch)
+    losses, _, _ = dpo.dpo_loss(policy.chosen, policy.rejected, ref.chosen, ref.rejected, beta=0.1)
+    torch.testing.assert_close(losses, torch.full_like(losses, math.log(2)))  # policy == reference at the start
+    before = (policy.chosen - policy.rejected).detach()  # (B,)
+    losses.mean().backward()
+    torch.optim.SGD(model.parameters(), lr=0.1).step()  # small: first-order regime
+
+    with torch.no_grad():
+        after_logps = dpo.concatenated_logps(model, batch)
+        after_losses, chosen_rewards, rejected_rewards = dpo.dpo_loss(
+            after_logps.chosen, after_logps.rejected, ref.chosen, ref.rejected, beta=0.1)
+    after = after_logps.chosen - after_logps.rejected  # (B,)
+    assert after.mean() > before.mean(), (before, after)
+    assert after_losses.mean() < math.log(2)
+    assert (chosen_rewards - rejected_rewards).mean() > 0
+
+
+def test_concatenated_logps_passes_impl_to_the_kernel():
+    """The fused Triton path (on CUDA, or its CPU interpreter, see conftest.py) gives the torch path's numbers."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = tiny_gpt().to(device)
+    batch = {k: v.to(device) for k, v in collate_pairs([([1, 2, 3], [4, 5], [6, 7, 8]), ([9], [10, 11], [12])]).items()}
+    by_impl = {impl: dpo.concatenated_logps(model, batch, impl=impl) for impl in ("torch", "triton")}
+    for field in dpo.PairLogps._fields:
+        torch.testing.assert_close(getattr(by_impl["triton"], field), getattr(by_impl["torch"], field))
+    grads = {impl: torch.autograd.grad(out.chosen.sum() - out.rejected.sum(), model.transformer.wte.weight)[0]
+             for impl, out in by_impl.items()}
+    torch.testing.assert_close(grads["triton"], grads["torch"])
+    with pytest.raises(ValueError, match="impl"):
+        dpo.concatenated_logps(model, batch, impl="cuda")
+
+
+def test_concatenated_logps_rejects_malformed_batches():
+    model = tiny_gpt()
+    batch = collate_pairs([([1, 2], [3], [4, 5])])
+    with pytest.raises(KeyError, match="mask"):
+        dpo.concatenated_logps(model, {k: v for k, v in batch.items() if k != "mask"})
+    with pytest.raises(ValueError, match="chosen rows then rejected rows"):
+        dpo.concatenated_logps(model, {k: v[:1] for k, v in batch.items()})
+    with pytest.raises(ValueError, match=r"batch\['labels'\] has shape"):
+        dpo.concatenated_logps(model, {**batch, "labels": batch["labels"][:, :-1]})
