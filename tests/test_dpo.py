@@ -87,8 +87,8 @@ def test_gradient_weight_is_beta_sigmoid_of_reward_gap(cols, beta):
     """Section 4: |dL/dh| = beta * sigma(-beta h) = beta * sigma(r_hat(y_l) - r_hat(y_w))."""
     pc, pr, rc, rr = tensors(cols)
     h = torch.tensor([(a - b) - (c - d) for a, b, c, d in zip(*cols)], requires_grad=True)  # (B,) exact
-    losses, chosen_rewards, rejected_rewards = dpo.dpo_loss(h, torch.zeros_like(h), torch.zeros_like(h),
-                                                            torch.zeros_like(h), beta=beta)
+    zeros = torch.zeros_like(h)
+    losses, _, _ = dpo.dpo_loss(h, zeros, zeros, zeros, beta=beta)
     losses.sum().backward()
     expected = torch.tensor([beta * sigmoid(-beta * float(x)) for x in h.detach()])
     torch.testing.assert_close(h.grad.abs(), expected)
@@ -327,8 +327,8 @@ def collate_pairs(pairs):
     return collate_rows([(p, c) for p, c, _ in pairs] + [(p, r) for p, _, r in pairs])
 
 
-tokens = st.lists(st.integers(1, VOCAB - 1), min_size=1, max_size=6)
-pair_lists = st.lists(st.tuples(tokens, tokens, tokens), min_size=1, max_size=4)
+token_lists = st.lists(st.integers(1, VOCAB - 1), min_size=1, max_size=6)
+pair_lists = st.lists(st.tuples(token_lists, token_lists, token_lists), min_size=1, max_size=4)
 
 
 @settings(max_examples=10)
