@@ -1,0 +1,313 @@
+"""Preference records (prompt, chosen, rejected) and the loaders that read them from files and datasets.
+
+DPO (Rafailov et al., 2023, section 4) learns from a static dataset D = {(x, y_w, y_l)}: a prompt x and two
+responses, y_w preferred to y_l. `PreferenceRecord` is one such triple, as text. `load_preferences` reads
+
+* JSON Lines (`.jsonl`, optionally `.jsonl.gz`) or JSON (`.json[.gz]`: an array of objects, or JSON Lines
+  under a .json name, as `datasets` writes them) whose objects hold one of the record formats below;
+* an in-memory `datasets.Dataset` / `DatasetDict` or a list of dicts;
+* a Hugging Face dataset name (e.g. "Anthropic/hh-rlhf"), through `datasets.load_dataset` - needs a network.
+
+Record formats (detected per record):
+
+1. standard (TRL's "explicit prompt"): {"prompt": str, "chosen": str, "rejected": str}.
+2. raw Anthropic HH-RLHF: {"chosen": str, "rejected": str}, two full transcripts of "\\n\\nHuman: ..." and
+   "\\n\\nAssistant: ..." turns. The prompt is everything up to and including the last "\\n\\nAssistant:" that
+   both transcripts share; the responses are what follows it (they start with the space after the colon).
+3. conversational: "prompt"/"chosen"/"rejected" as lists of {"role", "content"} messages (or, without
+   "prompt", two full conversations whose shared leading messages are the prompt). They are rendered as
+   plain text with the HH template so that base models (GPT-2) can use them:
+
+       render([{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}])
+           == "\\n\\nHuman: Hi\\n\\nAssistant: Hello"
+
+   (role "system" -> "System", "user" -> "Human", "assistant" -> "Assistant"). The prompt is the rendered
+   prompt messages + "\\n\\nAssistant:"; a response is the rendered response messages without that leading
+   tag, so prompt + chosen is exactly the rendered full conversation, as in the HH format.
+
+Bad input raises `PreferenceFormatError` (a ValueError) naming the source, the line (or row) and the field.
+Records whose chosen equals rejected carry no preference and are skipped; every skip and adjustment is
+counted in a `LoadReport`, logged once per call (WARNING when anything was skipped or adjusted).
+Left out: chat templates other than HH's, and datasets with scores instead of pairs (e.g. raw UltraFeedback).
+"""
+
+import collections
+import dataclasses
+import gzip
+import json
+import logging
+import os
+from collections.abc import Iterable, Iterator, Mapping
+
+log = logging.getLogger(__name__)
+
+HUMAN, ASSISTANT = "\n\nHuman:", "\n\nAssistant:"
+ROLE_TAGS = {"system": "System", "user": "Human", "assistant": "Assistant"}
+FIELDS = ("prompt", "chosen", "rejected")
+
+
+@dataclasses.dataclass(frozen=True)
+class PreferenceRecord:
+    """One preference pair as text: `chosen` (y_w) is preferred to `rejected` (y_l) as a reply to `prompt`."""
+
+    prompt: str
+    chosen: str
+    rejected: str
+
+
+class PreferenceFormatError(ValueError):
+    """A record that cannot be read; `where` names the file and line (or row), `field` the field at fault."""
+
+    def __init__(self, where: str, field: str | None, message: str):
+        self.where, self.field = where, field
+        super().__init__(f"{where}" + (f", field {field!r}" if field else "") + f": {message}")
+
+
+@dataclasses.dataclass
+class LoadReport:
+    """What one `load_preferences` call read, kept, skipped and adjusted (counts keyed by reason)."""
+
+    source: str
+    n_read: int = 0  # records seen (blank lines excluded)
+    n_loaded: int = 0  # records returned
+    formats: collections.Counter = dataclasses.field(default_factory=collections.Counter)
+    skipped: collections.Counter = dataclasses.field(default_factory=collections.Counter)
+    adjusted: collections.Counter = dataclasses.field(default_factory=collections.Counter)
+
+    def summary(self) -> str:
+        parts = [f"{self.source}: loaded {self.n_loaded} of {self.n_read} records ({dict(self.formats)})"]
+        parts += [f"skipped {n}: {why}" for why, n in sorted(self.skipped.items())]
+        parts += [f"adjusted {n}: {why}" for why, n in sorted(self.adjusted.items())]
+        return "; ".join(parts)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# One record (a mapping) -> PreferenceRecord, whatever the format
+
+
+def render_messages(messages: list[dict]) -> str:
+    """Render chat messages as HH-style plain text: "\\n\\n{Human|Assistant|System}: {content}" per message."""
+    return "".join(f"\n\n{ROLE_TAGS[m['role']]}: {m['content']}" for m in messages)
+
+
+def _check_messages(messages, where: str, field: str) -> list[dict]:
+    for i, m in enumerate(messages):
+        if not isinstance(m, Mapping):
+            raise PreferenceFormatError(where, f"{field}[{i}]", f"expected a message dict, got {type(m).__name__}")
+        for key in ("role", "content"):
+            if not isinstance(m.get(key), str):
+                got = "missing" if key not in m else f"a {type(m[key]).__name__}"
+                raise PreferenceFormatError(where, f"{field}[{i}].{key}", f"must be a string, got {got}")
+        if m["role"] not in ROLE_TAGS:
+            raise PreferenceFormatError(where, f"{field}[{i}].role",
+                                        f"unknown role {m['role']!r}; expected one of {sorted(ROLE_TAGS)}")
+    return [{"role": m["role"], "content": m["content"]} for m in messages]
+
+
+def _conversational(row: Mapping, where: str) -> PreferenceRecord:
+    chosen = _check_messages(row["chosen"], where, "chosen")
+    rejected = _check_messages(row["rejected"], where, "rejected")
+    if "prompt" in row:
+        prompt = _check_messages(row["prompt"], where, "prompt")
+    else:  # implicit prompt: the leading messages both conversations share
+        n = 0
+        while n < min(len(chosen), len(rejected)) and chosen[n] == rejected[n]:
+            n += 1
+        if chosen == rejected:
+            n = max(n - 1, 0)  # identical conversations: keep the last message as the (equal) responses
+        prompt, chosen, rejected = chosen[:n], chosen[n:], rejected[n:]
+    for name, response in (("chosen", chosen), ("rejected", rejected)):
+        if not response or response[0]["role"] != "assistant":
+            raise PreferenceFormatError(where, name, "the response must start with an assistant message")
+    # prompt + response == render(full conversation); the response keeps the space after "Assistant:"
+    return PreferenceRecord(render_messages(prompt) + ASSISTANT, render_messages(chosen)[len(ASSISTANT):],
+                            render_messages(rejected)[len(ASSISTANT):])
+
+
+def _anthropic_hh(chosen: str, rejected: str, where: str, report: LoadReport) -> PreferenceRecord:
+    for name, text in (("chosen", chosen), ("rejected", rejected)):
+        if ASSISTANT not in text:
+            raise PreferenceFormatError(where, name, f"HH transcript has no {ASSISTANT!r} turn")
+    shared = os.path.commonprefix([chosen, rejected])
+    end = shared.rfind(ASSISTANT)
+    if end < 0:
+        raise PreferenceFormatError(where, "chosen", f"chosen and rejected share no {ASSISTANT!r} turn")
+    end += len(ASSISTANT)
+    if end <= chosen.rfind(ASSISTANT) or end <= rejected.rfind(ASSISTANT):
+        report.adjusted["HH transcripts that differ before their last assistant turn: "
+                        "prompt ends at the last shared one"] += 1
+    return PreferenceRecord(chosen[:end], chosen[end:], rejected[end:])
+
+
+def record_from_row(row, where: str, report: LoadReport) -> PreferenceRecord:
+    """Convert one record of any supported format; `where` ("file, line 3") is used in error messages."""
+    if not isinstance(row, Mapping):
+        raise PreferenceFormatError(where, None, f"expected an object with prompt/chosen/rejected fields, "
+                                                 f"got {type(row).__name__}")
+    for name in ("chosen", "rejected"):
+        if name not in row:
+            raise PreferenceFormatError(where, name, "missing")
+    has_prompt = "prompt" in row
+    values = [row[f] for f in (FIELDS if has_prompt else FIELDS[1:])]
+    if all(isinstance(v, str) for v in values):
+        report.formats["standard" if has_prompt else "anthropic_hh"] += 1
+        return PreferenceRecord(*values) if has_prompt else _anthropic_hh(*values, where, report)
+    if all(isinstance(v, list) for v in values):
+        report.formats["conversational"] += 1
+        return _conversational(row, where)
+    if not isinstance(row["chosen"], (str, list)):
+        raise PreferenceFormatError(where, "chosen", f"must be a string or a list of messages, "
+                                                     f"got {type(row['chosen']).__name__}")
+    kind, want = (str, "a string") if isinstance(row["chosen"], str) else (list, "a list of messages")
+    for name, v in zip(FIELDS if has_prompt else FIELDS[1:], values):
+        if not isinstance(v, kind):
+            raise PreferenceFormatError(where, name, f"must be {want} like 'chosen', got {type(v).__name__}")
+    raise AssertionError(f"{where}: unreachable, mixed field types were reported above")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Sources -> (where, row) pairs
+
+
+def _read_bytes(path: str) -> bytes:
+    opener = gzip.open if path.endswith(".gz") else open
+    with opener(path, "rb") as f:
+        return f.read()
+
+
+def _json_lines(raw: bytes, name: str, report: LoadReport) -> Iterator[tuple[str, object]]:
+    lines = raw.split(b"\n")
+    for lineno, line in enumerate(lines, start=1):
+        where = f"{name}, line {lineno}"
+        try:
+            text = line.decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise PreferenceFormatError(where, None, f"not valid UTF-8 ({err.reason} at byte {err.start})") from err
+        if not text.strip():
+            if lineno < len(lines) or text:  # the newline that ends the file does not make a blank line
+                report.skipped["blank lines"] += 1
+            continue
+        try:
+            yield where, json.loads(text)
+        except json.JSONDecodeError as err:
+            raise PreferenceFormatError(where, None, f"invalid JSON: {err.msg} (column {err.colno})") from err
+
+
+def _json_array(text: str, name: str) -> Iterator[tuple[str, object]]:
+    """Parse a JSON array element by element so that each record knows the line it starts on."""
+    decoder, pos, line, counted = json.JSONDecoder(), 0, 1, 0
+
+    def skip_ws(i):
+        while i < len(text) and text[i] in " \t\r\n":
+            i += 1
+        return i
+
+    def line_at(i):  # incremental newline count: linear in the file size overall
+        nonlocal line, counted
+        line += text.count("\n", counted, i)
+        counted = i
+        return line
+
+    pos = skip_ws(pos) + 1  # past "["
+    while True:
+        pos = skip_ws(pos)
+        if pos < len(text) and text[pos] == "]":
+            return
+        try:
+            obj, end = decoder.raw_decode(text, pos)
+        except json.JSONDecodeError as err:
+            raise PreferenceFormatError(f"{name}, line {err.lineno}", None, f"invalid JSON: {err.msg}") from err
+        yield f"{name}, line {line_at(pos)}", obj
+        pos = skip_ws(end)
+        if pos < len(text) and text[pos] == ",":
+            pos += 1
+        elif pos >= len(text) or text[pos] != "]":
+            raise PreferenceFormatError(f"{name}, line {line_at(pos)}", None,
+                                        "invalid JSON: expected ',' or ']' after an array element")
+
+
+def _file_rows(path: str, report: LoadReport) -> Iterator[tuple[str, object]]:
+    base = path[:-3] if path.endswith(".gz") else path
+    if not base.endswith((".jsonl", ".json")):
+        raise ValueError(f"{path}: unsupported file type; expected .jsonl, .json (optionally .gz)")
+    raw = _read_bytes(path)
+    if base.endswith(".json") and raw.lstrip()[:1] == b"[":
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as err:
+            line = raw[:err.start].count(b"\n") + 1
+            raise PreferenceFormatError(f"{path}, line {line}", None, "not valid UTF-8") from err
+        yield from _json_array(text, path)
+    else:
+        yield from _json_lines(raw, path, report)
+
+
+def _dataset_rows(dataset, name: str) -> Iterator[tuple[str, object]]:
+    for i, row in enumerate(dataset):
+        yield f"{name}, row {i}", row
+
+
+def _rows(source, split: str, report: LoadReport) -> Iterator[tuple[str, object]]:
+    if isinstance(source, (str, os.PathLike)):
+        path = os.fspath(source)
+        if os.path.exists(path) or path.endswith((".json", ".jsonl", ".gz")):
+            return _file_rows(path, report)
+        try:
+            import datasets
+        except ImportError as err:
+            raise FileNotFoundError(f"{path}: no such file, and the `datasets` package (needed to load a "
+                                    f"Hugging Face dataset by name) is not installed") from err
+        return _dataset_rows(datasets.load_dataset(path, split=split), f"{path}[{split}]")
+    if type(source).__name__ == "DatasetDict":
+        if split not in source:
+            raise KeyError(f"DatasetDict has no split {split!r}; it has {sorted(source)}")
+        return _dataset_rows(source[split], f"Dataset[{split}]")
+    if isinstance(source, Mapping):
+        raise TypeError("got a single mapping; pass a list of records (dicts), a file or a dataset")
+    if isinstance(source, Iterable):  # datasets.Dataset iterates over its rows as dicts
+        return _dataset_rows(source, type(source).__name__)
+    raise TypeError(f"cannot load preferences from a {type(source).__name__}; expected a path, a dataset "
+                    f"name, a datasets.Dataset or a list of dicts")
+
+
+def load_preferences(source, *, split: str = "train", return_report: bool = False):
+    """Read preference pairs from a file, an in-memory dataset or a Hugging Face dataset name.
+
+    Args:
+        source: path (str or PathLike) to a .jsonl/.json file (optionally .gz); a `datasets.Dataset` or
+            `DatasetDict`; a list of dicts; or a dataset name for `datasets.load_dataset` (network).
+        split: the split to take from a DatasetDict or a named dataset.
+        return_report: also return the `LoadReport`.
+    Returns:
+        list[PreferenceRecord], or (records, LoadReport) when return_report.
+    Raises:
+        PreferenceFormatError (ValueError): invalid JSON or UTF-8, a missing or mistyped field, an HH
+            transcript without an assistant turn; the message names the source, line/row and field.
+    """
+    name = os.fspath(source) if isinstance(source, (str, os.PathLike)) else type(source).__name__
+    report = LoadReport(source=name)
+    records = []
+    for where, row in _rows(source, split, report):
+        report.n_read += 1
+        record = record_from_row(row, where, report)
+        if record.chosen == record.rejected:
+            report.skipped["chosen == rejected (no preference)"] += 1
+            continue
+        records.append(record)
+    report.n_loaded = len(records)
+    log.log(logging.WARNING if report.skipped or report.adjusted else logging.INFO, "%s", report.summary())
+    return (records, report) if return_report else records
+
+
+def save_preferences(records: Iterable[PreferenceRecord], path) -> int:
+    """Write records as standard JSON Lines ({"prompt", "chosen", "rejected"} per line; gzip if path ends
+    in .gz), readable by `load_preferences` and by TRL. Returns the number of records written."""
+    path = os.fspath(path)
+    opener = gzip.open if path.endswith(".gz") else open
+    n = 0
+    with opener(path, "wt", encoding="utf-8") as f:
+        for r in records:
+            f.write(json.dumps({"prompt": r.prompt, "chosen": r.chosen, "rejected": r.rejected},
+                               ensure_ascii=False) + "\n")
+            n += 1
+    return n

@@ -1,0 +1,173 @@
+"""Tests for data.records: the preference loaders, their error messages and their skip/adjust report."""
+
+import gzip
+import json
+import logging
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import data
+from data.records import PreferenceFormatError
+
+R = data.PreferenceRecord
+GOOD = [R("Q1", "good", "bad"), R("Q2 é <|endoftext|>", "yes\nreally", "no")]
+
+
+def write_lines(path, lines):
+    path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize("name", ["prefs.jsonl", "prefs.jsonl.gz", "prefs.json"])
+def test_save_then_load_round_trip(tmp_path, name):
+    path = tmp_path / name
+    assert data.save_preferences(GOOD, path) == 2
+    records, report = data.load_preferences(path, return_report=True)
+    assert records == GOOD
+    assert (report.n_read, report.n_loaded, dict(report.formats)) == (2, 2, {"standard": 2})
+    if name.endswith(".gz"):
+        with gzip.open(path, "rt", encoding="utf-8") as f:  # really gzip, one JSON object per line
+            assert [json.loads(line)["prompt"] for line in f] == ["Q1", "Q2 é <|endoftext|>"]
+
+
+@settings(max_examples=20)
+@given(st.lists(st.builds(R, st.text(), st.text(), st.text()), max_size=5))
+def test_round_trip_any_unicode(tmp_path_factory, records):
+    path = tmp_path_factory.mktemp("rt") / "p.jsonl"
+    data.save_preferences(records, path)
+    assert data.load_preferences(path) == [r for r in records if r.chosen != r.rejected]
+
+
+def test_json_array_file_and_its_line_numbers(tmp_path):
+    path = tmp_path / "prefs.json"
+    path.write_text('[\n  {"prompt": "a", "chosen": "b", "rejected": "c"},\n\n  {"prompt": "d", "chosen": 5,'
+                    ' "rejected": "f"}\n]\n')
+    with pytest.raises(PreferenceFormatError, match=r"prefs\.json, line 4, field 'chosen': must be a string") as e:
+        data.load_preferences(path)
+    assert e.value.field == "chosen"
+    path.write_text('[{"prompt": "a", "chosen": "b", "rejected": "c"},\n {"prompt": "x", "chosen": "y" "rejected"}]')
+    with pytest.raises(PreferenceFormatError, match=r"line 2: invalid JSON"):
+        data.load_preferences(path)
+
+
+def test_bad_jsonl_names_file_line_and_field(tmp_path):
+    ok = json.dumps({"prompt": "p", "chosen": "c", "rejected": "r"})
+    path = write_lines(tmp_path / "bad.jsonl", [ok, ok, '{"prompt": "p", "chosen": "c", "rejected": '])
+    with pytest.raises(PreferenceFormatError, match=r"bad\.jsonl, line 3: invalid JSON"):
+        data.load_preferences(path)
+    write_lines(path, [ok, json.dumps({"prompt": "p", "rejected": "r"})])
+    with pytest.raises(PreferenceFormatError, match=r"bad\.jsonl, line 2, field 'chosen': missing"):
+        data.load_preferences(path)
+    write_lines(path, [json.dumps({"prompt": None, "chosen": "c", "rejected": "r"})])
+    with pytest.raises(PreferenceFormatError, match=r"line 1, field 'prompt': must be a string .* got NoneType"):
+        data.load_preferences(path)
+    write_lines(path, [json.dumps(["p", "c", "r"])])
+    with pytest.raises(PreferenceFormatError, match=r"line 1: expected an object"):
+        data.load_preferences(path)
+    path.write_bytes(ok.encode() + b"\n\xff\xfe\n")
+    with pytest.raises(PreferenceFormatError, match=r"line 2: not valid UTF-8"):
+        data.load_preferences(path)
+    gz = tmp_path / "bad.jsonl.gz"
+    with gzip.open(gz, "wt") as f:
+        f.write(ok + "\n{oops\n")
+    with pytest.raises(PreferenceFormatError, match=r"bad\.jsonl\.gz, line 2: invalid JSON"):
+        data.load_preferences(gz)
+
+
+def test_identical_pairs_and_blank_lines_are_skipped_counted_and_logged_once(tmp_path, caplog):
+    lines = [json.dumps({"prompt": "p", "chosen": "same", "rejected": "same"}), "",
+             json.dumps({"prompt": "p", "chosen": "a", "rejected": "b"}),
+             json.dumps({"prompt": "q", "chosen": "x", "rejected": "x"})]
+    path = write_lines(tmp_path / "p.jsonl", lines)
+    with caplog.at_level(logging.INFO, logger="data.records"):
+        records, report = data.load_preferences(path, return_report=True)
+    assert records == [R("p", "a", "b")]
+    assert report.skipped == {"chosen == rejected (no preference)": 2, "blank lines": 1}
+    assert (report.n_read, report.n_loaded) == (3, 1)
+    messages = [r for r in caplog.records if r.name == "data.records"]
+    assert len(messages) == 1 and messages[0].levelno == logging.WARNING
+    assert "skipped 2: chosen == rejected" in messages[0].getMessage()
+
+
+def test_anthropic_hh_transcripts(tmp_path):
+    rows = [{"chosen": "\n\nHuman: Hi\n\nAssistant: Hello!", "rejected": "\n\nHuman: Hi\n\nAssistant: Go away."},
+            {"chosen": "\n\nHuman: A\n\nAssistant: B\n\nHuman: C\n\nAssistant: D",  # multi-turn, shared history
+             "rejected": "\n\nHuman: A\n\nAssistant: B\n\nHuman: C\n\nAssistant: E"},
+            {"chosen": "\n\nHuman: A\n\nAssistant: B\n\nHuman: C\n\nAssistant: D",  # differ earlier
+             "rejected": "\n\nHuman: A\n\nAssistant: X"}]
+    path = write_lines(tmp_path / "hh.jsonl", [json.dumps(r) for r in rows])
+    records, report = data.load_preferences(path, return_report=True)
+    assert records[0] == R("\n\nHuman: Hi\n\nAssistant:", " Hello!", " Go away.")
+    assert records[1] == R("\n\nHuman: A\n\nAssistant: B\n\nHuman: C\n\nAssistant:", " D", " E")
+    assert records[2] == R("\n\nHuman: A\n\nAssistant:", " B\n\nHuman: C\n\nAssistant: D", " X")
+    for r, row in zip(records, rows):  # prompt + response gives back each transcript
+        assert (r.prompt + r.chosen, r.prompt + r.rejected) == (row["chosen"], row["rejected"])
+    assert report.formats == {"anthropic_hh": 3} and sum(report.adjusted.values()) == 1
+
+    write_lines(path, [json.dumps(rows[0]), json.dumps({"chosen": "\n\nHuman: Hi", "rejected": "\n\nHuman: Yo"})])
+    with pytest.raises(PreferenceFormatError, match=r"hh\.jsonl, line 2, field 'chosen': HH transcript has no"):
+        data.load_preferences(path)
+    write_lines(path, [json.dumps({"chosen": "\n\nHuman: A\n\nAssistant: B", "rejected": "\n\nHuman: Z\n\nAssistant: B"})])
+    with pytest.raises(PreferenceFormatError, match="share no"):
+        data.load_preferences(path)
+
+
+def test_conversational_records_use_the_hh_template():
+    user = {"role": "user", "content": "Hi"}
+    explicit = {"prompt": [{"role": "system", "content": "Be kind."}, user],
+                "chosen": [{"role": "assistant", "content": "Hello!"}],
+                "rejected": [{"role": "assistant", "content": "Go away."}]}
+    implicit = {"chosen": [user, {"role": "assistant", "content": "Hello!"}],
+                "rejected": [user, {"role": "assistant", "content": "Go away."}]}
+    records, report = data.load_preferences([explicit, implicit], return_report=True)
+    assert records[0] == R("\n\nSystem: Be kind.\n\nHuman: Hi\n\nAssistant:", " Hello!", " Go away.")
+    assert records[1] == R("\n\nHuman: Hi\n\nAssistant:", " Hello!", " Go away.")
+    assert records[1].prompt + records[1].chosen == data.render_messages(implicit["chosen"])
+    assert report.formats == {"conversational": 2}
+
+    bad_role = dict(explicit, chosen=[{"role": "robot", "content": "x"}])
+    with pytest.raises(PreferenceFormatError, match=r"list, row 0, field 'chosen\[0\]\.role': unknown role"):
+        data.load_preferences([bad_role])
+    bad_content = dict(explicit, rejected=[{"role": "assistant"}])
+    with pytest.raises(PreferenceFormatError, match=r"field 'rejected\[0\]\.content': must be a string, got missing"):
+        data.load_preferences([bad_content])
+    not_assistant = dict(explicit, chosen=[user])
+    with pytest.raises(PreferenceFormatError, match="must start with an assistant message"):
+        data.load_preferences([not_assistant])
+    mixed = dict(explicit, chosen="Hello!")
+    with pytest.raises(PreferenceFormatError, match=r"field 'prompt': must be a string like 'chosen', got list"):
+        data.load_preferences([mixed])
+    same = {"chosen": implicit["chosen"], "rejected": implicit["chosen"]}
+    records, report = data.load_preferences([same], return_report=True)
+    assert records == [] and report.skipped == {"chosen == rejected (no preference)": 1}
+
+
+def test_datasets_dataset_conversion():
+    import datasets  # in the project's test extra
+    rows = {"prompt": ["p1", "p2", "p3"], "chosen": ["a", "b", "c"], "rejected": ["x", "b", "z"],
+            "score_chosen": [9.0, 8.0, 7.0]}  # extra columns are ignored
+    dataset = datasets.Dataset.from_dict(rows)
+    records, report = data.load_preferences(dataset, return_report=True)
+    assert records == [R("p1", "a", "x"), R("p3", "c", "z")]
+    assert report.skipped == {"chosen == rejected (no preference)": 1} and report.source == "Dataset"
+    split = datasets.DatasetDict({"train": dataset, "test": dataset.select([0])})
+    assert data.load_preferences(split, split="test") == [R("p1", "a", "x")]
+    with pytest.raises(KeyError, match="no split 'validation'"):
+        data.load_preferences(split, split="validation")
+    hh = datasets.Dataset.from_dict({"chosen": ["\n\nHuman: Q\n\nAssistant: A"], "rejected": ["\n\nHuman: Q"]})
+    with pytest.raises(PreferenceFormatError, match=r"Dataset, row 0, field 'rejected'"):
+        data.load_preferences(hh)
+
+
+def test_unsupported_sources(tmp_path):
+    (tmp_path / "prefs.csv").write_text("prompt,chosen,rejected\n")
+    with pytest.raises(ValueError, match="unsupported file type"):
+        data.load_preferences(tmp_path / "prefs.csv")
+    with pytest.raises(FileNotFoundError):
+        data.load_preferences(tmp_path / "missing.jsonl")
+    with pytest.raises(TypeError, match="single mapping"):
+        data.load_preferences({"prompt": "p", "chosen": "a", "rejected": "b"})
+    with pytest.raises(TypeError, match="cannot load"):
+        data.load_preferences(42)

@@ -1,0 +1,139 @@
+"""Tests for the embedded sentiment task: review generator, prompts, VADER reward, preference-pair building."""
+
+import statistics
+
+import pytest
+import torch
+
+import data
+from data import reviews, sentiment
+
+ENC = data.get_tokenizer("bytes")
+EOS = ENC.eot_token
+
+
+def test_reviews_are_deterministic_per_seed_and_sized():
+    assert reviews.make_reviews(50, seed=1) == reviews.make_reviews(50, seed=1)
+    assert reviews.make_reviews(50, seed=1) != reviews.make_reviews(50, seed=2)
+    corpus = reviews.make_corpus(100_000, seed=3)
+    total = sum(len(r.text.encode()) for r in corpus)
+    assert 100_000 <= total < 100_000 + 200
+    for r in corpus:
+        assert r.opening.endswith(" and") and r.body.startswith(" ") and r.sentiment in (-1, 0, 1)
+        assert 40 <= len(r.body.encode()) <= 100 and 70 <= len(r.text.encode()) <= 200
+    assert len({r.text for r in corpus}) > 0.95 * len(corpus)  # real variety, not a few templates
+    shares = [sum(r.sentiment == s for r in corpus) / len(corpus) for s in (1, -1, 0)]
+    assert abs(shares[0] - shares[1]) < 0.01 and abs(shares[2] - 0.1) < 0.01  # blocks of 9 + 9 + 2
+
+
+def test_vader_agrees_with_the_intended_sentiment():
+    sample = reviews.make_reviews(1500, seed=4)
+    stats = sentiment.corpus_statistics(sample)
+    assert stats["positive"]["mean"] > 0.7 and stats["negative"]["mean"] < -0.7
+    assert stats["positive"]["agreement"] > 0.97 and stats["negative"]["agreement"] > 0.97
+    assert stats["neutral"]["agreement"] > 0.9
+    overall = statistics.fmean(sentiment.sentiment_reward([r.body for r in sample]))
+    assert abs(overall) < 0.1  # balanced: a base model's continuations should average near 0
+
+
+def test_sentiment_reward_known_values():
+    scores = sentiment.sentiment_reward(["the acting was great", "the plot was awful", "the plot was long", ""])
+    assert scores[0] > 0.5 and scores[1] < -0.4 and scores[2] == 0.0 and scores[3] == 0.0
+    # VADER's rules: negation flips, "but" shifts the weight to the clause after it
+    (not_bad, contrast), = [sentiment.sentiment_reward(["it was not bad at all",
+                                                        "the pacing was a little slow, but the ending was great"])]
+    assert not_bad > 0 and contrast > 0.5
+    with pytest.raises(TypeError, match="list"):
+        sentiment.sentiment_reward("great")
+
+
+def test_corpus_tokens_is_reviews_separated_by_eos():
+    stream = sentiment.corpus_tokens(ENC, n_bytes=20_000, seed=5)
+    assert stream.dtype == torch.int64 and stream.dim() == 1
+    texts = [r.text for r in reviews.make_corpus(20_000, seed=5)]
+    assert int((stream == EOS).sum()) == len(texts) and stream[-1] == EOS
+    pieces = ENC.decode(stream.tolist()).split("<|endoftext|>")
+    assert pieces[:-1] == texts and pieces[-1] == ""
+    assert torch.equal(stream, sentiment.corpus_tokens(ENC, n_bytes=20_000, seed=5))
+
+
+def test_prompts_are_distinct_disjoint_and_neutral():
+    train, held_out = reviews.make_prompts(n_train=300, n_heldout=100, seed=0)
+    assert (len(train), len(held_out)) == (300, 100)
+    assert len(set(train)) == 300 and len(set(held_out)) == 100 and not set(train) & set(held_out)
+    assert (train, held_out) == reviews.make_prompts(n_train=300, n_heldout=100, seed=0)
+    assert reviews.make_prompts(n_train=300, n_heldout=100, seed=1) != (train, held_out)
+    assert all(score == 0.0 for score in sentiment.sentiment_reward(train + held_out))
+    assert all(p.endswith(" and") and not p.endswith(" ") for p in train)
+    with pytest.raises(ValueError, match="distinct prompts"):
+        reviews.make_prompts(n_train=10_000, n_heldout=10_000)
+
+
+# ------------------------------------------------------------------------------------------------ pair building
+
+CANNED = [" the acting was superb. I loved it.", " the plot was awful and the ending was horrible.",
+          " the score was long.", " it was a great film!", " the sets were ugly"]
+
+
+class StubModel(torch.nn.Module):
+    """Samples one of CANNED per prompt from torch's global RNG, as GPT.complete samples with multinomial."""
+
+    def __init__(self):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+        self.calls = []
+
+    def complete(self, prompts, max_new_tokens, temperature=1.0, top_k=None, eos_token=None, batch_size=64):
+        self.calls.append((len(prompts), self.training, batch_size))
+        picks = torch.randint(len(CANNED), (len(prompts),)).tolist()
+        out = [ENC.encode_ordinary(CANNED[i])[:max_new_tokens] for i in picks]
+        return [ids + [eos_token] if CANNED[i] != " the sets were ugly" else ids for ids, i in zip(out, picks)]
+
+
+def test_pairs_from_a_stub_model(tmp_path):
+    model = StubModel().train()
+    prompts = reviews.make_prompts(n_train=40, n_heldout=1, seed=0)[0]
+    rng_before = torch.get_rng_state()
+    records, report = sentiment.build_preference_pairs(model, ENC, prompts, k=3, min_reward_gap=0.5, seed=7,
+                                                       batch_size=16, path=tmp_path / "pairs.jsonl",
+                                                       return_report=True)
+    assert torch.equal(torch.get_rng_state(), rng_before)  # the caller's RNG is untouched
+    assert model.training and model.calls == [(120, False, 16)]  # one batched call, in eval mode
+    assert report.n_pairs == len(records) and report.n_pairs + report.n_dropped_small_gap == 40
+    assert report.n_dropped_small_gap > 0 and report.n_without_eos > 0
+    for record in records:
+        assert record.prompt in prompts and record.chosen in CANNED and record.rejected in CANNED
+        chosen, rejected = sentiment.sentiment_reward([record.chosen, record.rejected])
+        assert chosen - rejected >= 0.5
+    assert report.mean_chosen_reward > report.mean_rejected_reward
+    assert data.load_preferences(tmp_path / "pairs.jsonl") == records  # standard JSONL, read back as is
+    again = sentiment.build_preference_pairs(StubModel(), ENC, prompts, k=3, min_reward_gap=0.5, seed=7)
+    other = sentiment.build_preference_pairs(StubModel(), ENC, prompts, k=3, min_reward_gap=0.5, seed=8)
+    assert again == records and other != records
+    with pytest.raises(ValueError, match="k must be >= 2"):
+        sentiment.build_preference_pairs(model, ENC, prompts, k=1)
+
+
+def test_pairs_from_a_tiny_random_gpt(tmp_path):
+    """The real GPT.complete interface: k samples per prompt, EOS handling, seeding, JSONL round trip."""
+    from model import GPT, GPTConfig
+
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(block_size=96, vocab_size=ENC.n_vocab, n_layer=1, n_head=2, n_embd=16))
+    prompts = reviews.make_prompts(n_train=6, n_heldout=2, seed=0)[0]
+    path = tmp_path / "pairs.jsonl.gz"
+    n_bytes = lambda texts: [float(len(t.encode())) for t in texts]  # random bytes rarely hit VADER's lexicon
+    records, report = sentiment.build_preference_pairs(model, ENC, prompts, k=4, max_new_tokens=24, seed=1,
+                                                       reward_fn=n_bytes, path=path, return_report=True)
+    assert report.n_completions == 24 and report.n_pairs + report.n_dropped_small_gap == 6
+    assert report.n_pairs == len(records) > 0
+    for record in records:
+        assert record.prompt in prompts and len(record.chosen.encode()) > len(record.rejected.encode())
+    assert data.load_preferences(path) == records
+    assert sentiment.build_preference_pairs(model, ENC, prompts, k=4, max_new_tokens=24, seed=1,
+                                            reward_fn=n_bytes) == records
+    completions, n_without_eos = sentiment.sample_completions(model, ENC, prompts, k=2, max_new_tokens=8, seed=2)
+    assert [len(group) for group in completions] == [2] * 6 and 0 <= n_without_eos <= 12
+    pairs = data.encode_preferences(records, ENC, max_length=96, max_prompt_length=64)
+    batch = data.dpo_collate(pairs, pad_id=EOS)
+    assert batch["input_ids"].shape[0] == 2 * len(pairs)
