@@ -58,8 +58,8 @@ def parse_args(argv=None):
 
 ARGS = parse_args()
 CUDA = torch.cuda.is_available() and not ARGS.tiny and ARGS.aot is None
-if not torch.cuda.is_available() and ARGS.aot is None:
-    os.environ.setdefault("TRITON_INTERPRET", "1")  # must precede the first import of triton
+if not CUDA and ARGS.aot is None:
+    os.environ["TRITON_INTERPRET"] = "1"  # the CPU interpreter; must precede the first import of triton
 import triton  # noqa: E402
 
 import kernels  # noqa: E402
@@ -119,6 +119,7 @@ def measure(name, fn, repeat_bwd, logits, labels, mask):
     if repeat_bwd:
         out = fn(logits, labels, mask)
         row["bwd_ms"] = timer(lambda: out.backward(g, retain_graph=True), [logits])
+        del out  # free the retained graph before the memory measurement
     else:
         row["bwd_ms"] = None  # the method overwrites buffers in backward (or forward): timed only as fwd+bwd
     row["fwdbwd_ms"] = timer(lambda: fn(logits, labels, mask).backward(g), [logits])
@@ -164,7 +165,8 @@ def run_benchmark(args):
                 continue
             logits = base_logits.clone().requires_grad_(True)
             with torch.no_grad():
-                row["max_abs_diff_vs_ours"] = (fn(logits.detach().clone(), labels, mask) - expected).abs().max().item()
+                diff = fn(logits.detach().clone(), labels, mask) - expected  # (B,)
+                row["max_abs_diff_vs_ours"] = diff.abs().max().item()
             row.update(measure(name, fn, repeat_bwd, logits, labels, mask))
             for key, passes in (("fwd", 1), ("bwd", 2), ("fwdbwd", 3)):
                 ms = row[f"{key}_ms"]
@@ -271,7 +273,7 @@ def table(rows, aot: bool):
 
 def environment():
     env = {"python": platform.python_version(), "torch": torch.__version__, "triton": triton.__version__,
-           "device": torch.cuda.get_device_name() if CUDA else f"CPU ({platform.processor() or platform.machine()})",
+           "device": torch.cuda.get_device_name() if CUDA else f"CPU ({platform.machine()})",
            "triton_interpret": os.environ.get("TRITON_INTERPRET", "0"),
            "date": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
     try:

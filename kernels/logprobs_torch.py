@@ -13,7 +13,8 @@ copy of the logits. The backward pass (derived in logprobs_triton.py) is
 
     dlogits[b, t, v] = g[b, t] * mask[b, t] * (1[v == labels[b, t]] - exp((logits[b, t, v] - m) - log_s))
 
-from the saved m and log_s (kept apart for accuracy at large logits, see logprobs_triton.py), written in the logits dtype; positions with mask 0 get an exact zero gradient.
+from the saved m and log_s (kept apart for accuracy at large logits, see logprobs_triton.py), written in the
+logits dtype; positions with mask 0 get an exact zero gradient.
 Left out: double backward (the Function is once-differentiable).
 """
 
@@ -48,7 +49,7 @@ class TorchTokenLogprobs(torch.autograd.Function):
             m = x.amax(dim=-1)                                     # (m,)
             m = torch.where(m == float("-inf"), torch.zeros_like(m), m)  # a row of only -inf: shift by 0
             log_s_chunk = torch.exp(x - m[:, None]).sum(-1).log()  # (m,)
-            logp[bs, ts] = (_pick_targets(x, labels[bs, ts]) - m) - log_s_chunk
+            logp[bs, ts] = (_pick_targets(x, labels[bs, ts].long()) - m) - log_s_chunk
             row_max[start:start + rows_per_chunk] = m
             log_s[start:start + rows_per_chunk] = log_s_chunk
         ctx.save_for_backward(logits, labels, keep, b_idx, t_idx, row_max, log_s)
@@ -63,9 +64,9 @@ class TorchTokenLogprobs(torch.autograd.Function):
         V = logits.shape[-1]
         if ctx.inplace_backward:
             grad = logits                                          # (B, T, V) overwritten row by row
-            grad[~keep] = 0
         else:
-            grad = torch.zeros(logits.shape, dtype=logits.dtype, device=logits.device)  # (B, T, V)
+            grad = torch.empty(logits.shape, dtype=logits.dtype, device=logits.device)  # (B, T, V)
+        grad[~keep] = 0                                            # masked-out rows: exactly zero, no reads
         rows = ctx.rows_per_chunk
         for start in range(0, b_idx.numel(), rows):
             bs, ts = b_idx[start:start + rows], t_idx[start:start + rows]
@@ -74,7 +75,7 @@ class TorchTokenLogprobs(torch.autograd.Function):
             chunk = slice(start, start + rows)
             softmax = torch.exp((x - row_max[chunk, None]) - log_s[chunk, None])  # (m, V)
             dx = -g[:, None] * softmax                             # (m, V) the -softmax term
-            lab = labels[bs, ts]                                   # (m,)
+            lab = labels[bs, ts].long()                            # (m,)
             valid = ((lab >= 0) & (lab < V)).to(g.dtype)           # (m,)
             dx.scatter_add_(1, lab.clamp(0, V - 1)[:, None], (g * valid)[:, None])  # + the one-hot term
             grad[bs, ts] = dx.to(logits.dtype)

@@ -1,7 +1,8 @@
-"""Tests for kernels/: the Triton kernel (CPU interpreter here) and the torch path against the naive fp64 reference.
+"""Tests for kernels/: the Triton kernel (interpreted on CPU) and the torch path against the naive fp64 reference.
 
 Shapes stay small because the Triton interpreter costs about a millisecond per loop step; block_v=64/128 forces
-several vocabulary blocks so the streaming logsumexp is exercised.
+several vocabulary blocks so the streaming logsumexp is exercised. Tensors are made on the CPU from seeded
+generators and moved to DEVICE, so on a CUDA machine the same tests run the compiled kernel.
 """
 
 import math
@@ -19,6 +20,11 @@ from kernels.reference import naive_sequence_logprobs, naive_token_logprobs
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 IMPLS = ["triton", "torch"]
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # without CUDA, conftest runs Triton interpreted
+
+
+def on(*tensors):
+    return tuple(t.to(DEVICE) for t in tensors)
 
 
 # ----------------------------------------------------------------------------- problem generation
@@ -35,7 +41,7 @@ def make_leaf(values: torch.Tensor, layout: str):
         leaf = values.clone().requires_grad_(True)
         return leaf, leaf, lambda g: g
     if layout == "shifted":
-        base = torch.cat([values, torch.randn(B, 1, V).to(values.dtype)], dim=1)  # (B, T+1, V)
+        base = torch.cat([values, torch.randn(B, 1, V).to(values)], dim=1)  # (B, T+1, V)
         leaf = base.requires_grad_(True)
         return leaf, leaf[:, :-1], lambda g: g[:, :-1]
     base = values.permute(2, 0, 1).contiguous()  # (V, B, T)
@@ -74,7 +80,7 @@ def build(p):
     labels = torch.randint(0, p["V"], (p["B"], p["T"]), generator=gen)
     labels[~mask] = -100  # anything is allowed where mask is 0
     grad_tok = torch.randn(p["B"], p["T"], generator=gen)  # upstream gradient on the token log-probs
-    return values, labels, mask, grad_tok
+    return on(values, labels, mask, grad_tok)
 
 
 def reference(values, labels, mask, grad_tok):
@@ -146,6 +152,7 @@ def test_torch_path_gradcheck_fp64(layout):
     labels = torch.randint(0, 6, (3, 4), generator=gen)
     mask = torch.tensor([[1, 1, 0, 1], [0, 0, 0, 0], [0, 1, 1, 1]], dtype=torch.bool)
     labels[~mask] = -100
+    values, labels, mask = on(values, labels, mask)
     _, view, _ = make_leaf(values, layout)
     view = view.detach().requires_grad_(True)
     assert torch.autograd.gradcheck(lambda x: kernels.sequence_logprobs(x, labels, mask, impl="torch"), (view,))
@@ -160,6 +167,7 @@ def test_sequence_gradient_formula_by_hand(impl):
     labels = torch.tensor([[1, 9, -100], [0, 5, 5]])
     mask = torch.tensor([[1, 1, 0], [1, 0, 1]])
     g = torch.tensor([0.5, -2.0])
+    values, labels, mask, g = on(values, labels, mask, g)
     x = values.clone().requires_grad_(True)
     kernels.sequence_logprobs(x, labels, mask, impl=impl).backward(g)
     onehot = torch.nn.functional.one_hot(labels.clamp(min=0), 10).float()   # (B, T, V)
@@ -190,7 +198,7 @@ def test_inplace_backward_gives_the_same_gradient(impl, layout):
 @given(problems(max_positions=8, max_vocab=150), st.sampled_from(IMPLS))
 def test_adding_a_constant_to_a_row_changes_nothing(p, impl):
     values, labels, mask, _ = build({**p, "dtype": torch.float32})
-    shift = 50.0 * torch.randn(p["B"], p["T"], 1)   # one constant per (b, t) row of logits
+    shift = 50.0 * torch.randn(p["B"], p["T"], 1, device=DEVICE)   # one constant per (b, t) row of logits
     a = kernels.sequence_logprobs(values, labels, mask, impl=impl)
     b = kernels.sequence_logprobs(values + shift, labels, mask, impl=impl)
     torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-4 * p["T"])
@@ -200,7 +208,7 @@ def test_adding_a_constant_to_a_row_changes_nothing(p, impl):
 @given(problems(max_positions=10, max_vocab=120), st.sampled_from(IMPLS), st.integers(0, 2**16))
 def test_sum_over_disjoint_spans_equals_the_whole(p, impl, cut_seed):
     values, labels, mask, _ = build({**p, "mask_kind": "random"})
-    cut = torch.randint(0, 3, mask.shape, generator=torch.Generator().manual_seed(cut_seed))  # span id
+    cut, = on(torch.randint(0, 3, mask.shape, generator=torch.Generator().manual_seed(cut_seed)))  # span id
     whole = kernels.sequence_logprobs(values, labels, mask, impl=impl)
     parts = sum(kernels.sequence_logprobs(values, labels, mask & (cut == k), impl=impl) for k in range(3))
     torch.testing.assert_close(parts, whole, rtol=1e-6, atol=1e-5)
@@ -221,6 +229,7 @@ def test_reference_worked_example():
     labels = torch.tensor([[1, 0, -100]])
     mask = torch.tensor([[1, 1, 0]])
     expected = torch.tensor([math.log(0.5) + math.log(0.75)])
+    logits, labels, mask, expected = on(logits, labels, mask, expected)
     for impl in IMPLS:
         torch.testing.assert_close(kernels.sequence_logprobs(logits, labels, mask, impl=impl), expected)
     torch.testing.assert_close(naive_sequence_logprobs(logits, labels, mask), expected)
@@ -236,9 +245,10 @@ def test_empty_mask_rows_give_exact_zero_and_zero_gradient(impl, mask_dtype):
     labels[1] = torch.tensor([3, 4, 5, 6])
     mask = torch.zeros(3, 4, dtype=mask_dtype)
     mask[1, 1:3] = 1
+    values, labels, mask = on(values, labels, mask)
     x = values.clone().requires_grad_(True)
     out = kernels.sequence_logprobs(x, labels, mask, impl=impl)
-    out.backward(torch.ones(3))
+    out.backward(torch.ones(3, device=DEVICE))
     assert out[0].item() == 0.0 and out[2].item() == 0.0 and out[1].item() < 0
     assert torch.all(x.grad[0] == 0) and torch.all(x.grad[2] == 0) and torch.all(x.grad[1, [0, 3]] == 0)
     torch.testing.assert_close(out, naive_sequence_logprobs(values, labels, mask))
@@ -256,11 +266,12 @@ def test_extreme_logits_are_stable(impl, dtype, big):
     labels = torch.randint(0, 90, (2, 3), generator=gen)
     labels[0, 0], labels[0, 1] = 7, 3
     mask = torch.ones(2, 3, dtype=torch.bool)
+    values, labels, mask, ones = on(values, labels, mask, torch.ones(2, 3))
     x = values.clone().requires_grad_(True)
     out = kernels.token_logprobs(x, labels, mask, impl=impl)
     out.sum().backward()
     grad = x.grad
-    ref_tok, ref_grad = reference(values, labels, mask, torch.ones(2, 3))
+    ref_tok, ref_grad = reference(values, labels, mask, ones)
     assert torch.isfinite(out).all() and torch.isfinite(grad.float()).all()
     torch.testing.assert_close(out.double(), ref_tok, rtol=1e-6, atol=1e-3 if big > 1e5 else 1e-6)
     torch.testing.assert_close(grad, ref_grad.to(dtype))
@@ -277,9 +288,10 @@ def test_minus_inf_logits_outside_the_target(impl, dtype):
     labels = torch.randint(0, 100, (2, 4), generator=gen)
     labels[0, 1] = 99
     mask = torch.ones(2, 4, dtype=torch.bool)
+    values, labels, mask, ones = on(values, labels, mask, torch.ones(2, 4))
     x = values.clone().requires_grad_(True)
-    tok = run(impl, x, labels, mask, torch.ones(2, 4), block_v=64)
-    ref_tok, ref_grad = reference(values, labels, mask, torch.ones(2, 4))
+    tok = run(impl, x, labels, mask, ones, block_v=64)
+    ref_tok, ref_grad = reference(values, labels, mask, ones)
     assert torch.isfinite(tok).all() and tok[0, 1].item() == 0.0
     torch.testing.assert_close(tok.double(), ref_tok, rtol=1e-5, atol=1e-5)
     assert torch.all(x.grad[:, :, 100:] == 0) and torch.isfinite(x.grad.float()).all()
@@ -291,6 +303,7 @@ def test_out_of_range_labels_at_unmasked_positions_raise(impl):
     values = torch.randn(2, 3, 8)
     mask = torch.tensor([[1, 1, 0], [1, 1, 1]])
     labels = torch.tensor([[1, 2, -100], [0, 8, 3]])  # -100 is masked (fine); 8 == V is not
+    values, mask, labels = on(values, mask, labels)
     with pytest.raises(ValueError, match=r"labels\[1, 1\] = 8 is outside the vocabulary \[0, 8\)"):
         kernels.sequence_logprobs(values, labels, mask, impl=impl)
     labels[1, 1] = -1
@@ -303,7 +316,7 @@ def test_out_of_range_labels_at_unmasked_positions_raise(impl):
 
 @pytest.mark.parametrize("impl", IMPLS)
 def test_bad_arguments_raise_typed_errors(impl):
-    values, labels, mask = torch.randn(2, 3, 8), torch.zeros(2, 3, dtype=torch.long), torch.ones(2, 3)
+    values, labels, mask = on(torch.randn(2, 3, 8), torch.zeros(2, 3, dtype=torch.long), torch.ones(2, 3))
     with pytest.raises(ValueError, match="mask must hold only 0 and 1"):
         kernels.sequence_logprobs(values, labels, 2 * mask, impl=impl)
     with pytest.raises(ValueError, match="labels must have shape"):
@@ -320,11 +333,24 @@ def test_bad_arguments_raise_typed_errors(impl):
         kernels.sequence_logprobs(values.double(), labels, mask, impl="triton")
 
 
-def test_auto_uses_the_torch_path_on_cpu():
+@pytest.mark.parametrize("impl", IMPLS)
+def test_int32_labels_and_empty_time_axis(impl):
+    values, labels, mask, _ = build(dict(B=2, T=3, V=20, dtype=torch.float32, mask_kind="random",
+                                         layout="contiguous", scale=1.0, seed=6))
+    expected = kernels.sequence_logprobs(values, labels, mask, impl=impl)
+    assert torch.equal(kernels.sequence_logprobs(values, labels.int(), mask, impl=impl), expected)
+    empty = torch.zeros(2, 0, 20, device=DEVICE, requires_grad=True)
+    out = kernels.sequence_logprobs(empty, labels[:, :0], mask[:, :0], impl=impl)
+    out.sum().backward()
+    assert torch.equal(out, torch.zeros(2, device=DEVICE)) and empty.grad.shape == (2, 0, 20)
+
+
+def test_auto_picks_triton_for_cuda_tensors_and_torch_otherwise():
     values, labels, mask, _ = build(dict(B=2, T=3, V=20, dtype=torch.float32, mask_kind="random",
                                          layout="contiguous", scale=1.0, seed=2))
+    expected_impl = "triton" if values.is_cuda else "torch"
     assert torch.equal(kernels.sequence_logprobs(values, labels, mask),
-                       kernels.sequence_logprobs(values, labels, mask, impl="torch"))
+                       kernels.sequence_logprobs(values, labels, mask, impl=expected_impl))
     assert kernels.sequence_logprobs(values.double(), labels, mask).dtype == torch.float64
 
 
