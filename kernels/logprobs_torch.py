@@ -45,11 +45,12 @@ class TorchTokenLogprobs(torch.autograd.Function):
         log_s = torch.empty(b_idx.numel(), dtype=acc_dtype, device=logits.device)    # (M,)
         for start in range(0, b_idx.numel(), rows_per_chunk):
             bs, ts = b_idx[start:start + rows_per_chunk], t_idx[start:start + rows_per_chunk]
-            x = logits[bs, ts].to(acc_dtype)                       # (m, V) copy of just these rows
+            x = logits[bs, ts].to(acc_dtype)                       # (m, V) our own copy of just these rows
+            target = _pick_targets(x, labels[bs, ts].long())       # (m,)
             m = x.amax(dim=-1)                                     # (m,)
             m = torch.where(m == float("-inf"), torch.zeros_like(m), m)  # a row of only -inf: shift by 0
-            log_s_chunk = torch.exp(x - m[:, None]).sum(-1).log()  # (m,)
-            logp[bs, ts] = (_pick_targets(x, labels[bs, ts].long()) - m) - log_s_chunk
+            log_s_chunk = x.sub_(m[:, None]).exp_().sum(-1).log()  # (m,) in place on the copy
+            logp[bs, ts] = (target - m) - log_s_chunk
             row_max[start:start + rows_per_chunk] = m
             log_s[start:start + rows_per_chunk] = log_s_chunk
         ctx.save_for_backward(logits, labels, keep, b_idx, t_idx, row_max, log_s)
@@ -73,8 +74,8 @@ class TorchTokenLogprobs(torch.autograd.Function):
             g = grad_logp[bs, ts].to(log_s.dtype)                  # (m,)
             x = logits[bs, ts].to(log_s.dtype)                     # (m, V)
             chunk = slice(start, start + rows)
-            softmax = torch.exp((x - row_max[chunk, None]) - log_s[chunk, None])  # (m, V)
-            dx = -g[:, None] * softmax                             # (m, V) the -softmax term
+            softmax = x.sub_(row_max[chunk, None]).sub_(log_s[chunk, None]).exp_()  # (m, V) in place
+            dx = softmax.mul_(-g[:, None])                         # (m, V) the -g * softmax term
             lab = labels[bs, ts].long()                            # (m,)
             valid = ((lab >= 0) & (lab < V)).to(g.dtype)           # (m,)
             dx.scatter_add_(1, lab.clamp(0, V - 1)[:, None], (g * valid)[:, None])  # + the one-hot term
