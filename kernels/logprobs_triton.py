@@ -57,6 +57,8 @@ vector loads). `python bench/bench_logprobs.py --aot sm_90` shows registers, spi
 Left out: fp64 logits (use the torch path), +inf logits, and tuning beyond this heuristic (no autotune).
 """
 
+import contextlib
+
 import torch
 import triton
 import triton.language as tl
@@ -170,6 +172,11 @@ def _logprobs_bwd_kernel(
                  mask=v < V)
 
 
+def on_device_of(t: torch.Tensor):
+    """Launch on t's GPU (Triton launches on the current device), or nothing to do on the CPU interpreter."""
+    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
+
+
 def launch_config(V: int, element_size: int) -> tuple[int, int]:
     """(BLOCK_V, num_warps): 16 KiB of logits per loop step, 16 elements per thread on big vocabularies."""
     block_v = min(triton.next_power_of_2(V), BLOCK_BYTES // element_size)
@@ -191,10 +198,11 @@ class TritonTokenLogprobs(torch.autograd.Function):
         if block_v is not None:  # tests force small blocks to exercise the multi-block path
             BLOCK_V = block_v
         if B * T > 0:
-            _logprobs_fwd_kernel[(B * T,)](
-                logits, labels, keep_i8, logp, m, log_s, T, V,
-                logits.stride(0), logits.stride(1), logits.stride(2), labels.stride(0), labels.stride(1),
-                BLOCK_V=BLOCK_V, num_warps=num_warps)
+            with on_device_of(logits):
+                _logprobs_fwd_kernel[(B * T,)](
+                    logits, labels, keep_i8, logp, m, log_s, T, V,
+                    logits.stride(0), logits.stride(1), logits.stride(2), labels.stride(0), labels.stride(1),
+                    BLOCK_V=BLOCK_V, num_warps=num_warps)
         ctx.save_for_backward(logits, labels, keep_i8, m, log_s)
         ctx.inplace_backward = inplace_backward
         ctx.config = (BLOCK_V, num_warps)
@@ -211,12 +219,13 @@ class TritonTokenLogprobs(torch.autograd.Function):
         BLOCK_V, num_warps = ctx.config
         round_by_hand = (not logits.is_cuda) and logits.dtype == torch.bfloat16
         if B * T > 0:
-            _logprobs_bwd_kernel[(B * T,)](
-                logits, grad, grad_logp, labels, keep_i8, m, log_s, T, V,
-                logits.stride(0), logits.stride(1), logits.stride(2),
-                grad.stride(0), grad.stride(1), grad.stride(2),
-                grad_logp.stride(0), grad_logp.stride(1), labels.stride(0), labels.stride(1),
-                BLOCK_V=BLOCK_V, ROUND_BY_HAND=round_by_hand, num_warps=num_warps)
+            with on_device_of(logits):
+                _logprobs_bwd_kernel[(B * T,)](
+                    logits, grad, grad_logp, labels, keep_i8, m, log_s, T, V,
+                    logits.stride(0), logits.stride(1), logits.stride(2),
+                    grad.stride(0), grad.stride(1), grad.stride(2),
+                    grad_logp.stride(0), grad_logp.stride(1), labels.stride(0), labels.stride(1),
+                    BLOCK_V=BLOCK_V, ROUND_BY_HAND=round_by_hand, num_warps=num_warps)
         return grad, None, None, None, None
 
 
