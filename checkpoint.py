@@ -1,0 +1,102 @@
+"""Checkpoints: atomic save, exact resume, and loading a model from any of the places `--init` accepts.
+
+A checkpoint is one file, `ckpt.pt`, holding everything a run needs to continue exactly where it stopped:
+
+    model      the GPT's state_dict and its GPTConfig
+    optimizer  AdamW's state (moments, step counts)
+    step       optimizer steps taken; the learning-rate schedule and the data order are pure functions of
+               the step (see train.py), so they need no state of their own
+    rng        the torch (CPU and CUDA), numpy and python generator states (dropout, sampling)
+    config     the resolved training config, for reference
+    extra      small stage-specific values (best held-out accuracy, metrics history length, ...)
+
+It is written to a temporary file in the same directory and renamed over the old one (`os.replace` is atomic
+on POSIX and Windows), so a crash mid-write leaves the previous checkpoint intact. Weights for other tools are
+exported separately in the Hugging Face layout with `GPT.save_pretrained`.
+"""
+
+import os
+import random
+import tempfile
+
+import numpy as np
+import torch
+
+from model import GPT, GPTConfig
+
+
+class CheckpointError(ValueError):
+    """A checkpoint or --init path that cannot be used (missing, not ours, or incompatible)."""
+
+
+def save_checkpoint(path, model, optimizer, step, config, extra=None):
+    """Write `path` (a `ckpt.pt` file) atomically. `model` may be wrapped by torch.compile."""
+    model = getattr(model, "_orig_mod", model)  # torch.compile wraps the module; save the original's weights
+    state = {
+        "model": model.state_dict(),
+        "model_config": vars(model.config).copy(),
+        "optimizer": optimizer.state_dict() if optimizer is not None else None,
+        "step": int(step),
+        "rng": {
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+            "numpy": np.random.get_state(),
+            "python": random.getstate(),
+        },
+        "config": dict(config) if config is not None else None,
+        "extra": dict(extra or {}),
+    }
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp_path = tempfile.mkstemp(prefix=".ckpt-", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp_path, path)  # atomic: readers see the old file or the new one, never half of one
+    except BaseException:
+        if os.path.exists(tmp_path):
+            os.remove(tmp_path)
+        raise
+
+
+def load_checkpoint(path, map_location="cpu"):
+    """Read a `ckpt.pt` written by `save_checkpoint` (or the directory holding one). Returns the state dict."""
+    if os.path.isdir(path):
+        path = os.path.join(path, "ckpt.pt")
+    if not os.path.isfile(path):
+        raise CheckpointError(f"{path}: no checkpoint file here")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as e:  # a truncated or foreign file
+        raise CheckpointError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})") from e
+    if not isinstance(state, dict) or "model" not in state or "model_config" not in state:
+        raise CheckpointError(f"{path}: not a checkpoint written by this project (no 'model'/'model_config')")
+    return state
+
+
+def restore_rng(rng_state):
+    """Put back the generator states saved by `save_checkpoint`, so dropout and sampling continue exactly."""
+    torch.set_rng_state(rng_state["torch"])
+    if rng_state.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng_state["cuda"])
+    np.random.set_state(rng_state["numpy"])
+    random.setstate(rng_state["python"])
+
+
+def load_model(path, map_location="cpu"):
+    """Build a GPT from `path`: our `ckpt.pt` (or a directory holding one), or a Hugging Face GPT-2 directory
+    (`config.json` + weights), or a hub name such as "gpt2" (see `GPT.from_pretrained`)."""
+    is_ours = path.endswith(".pt") or os.path.isfile(os.path.join(path, "ckpt.pt"))
+    if is_ours:
+        state = load_checkpoint(path, map_location)
+        model = GPT(GPTConfig(**state["model_config"]))
+        try:
+            model.load_state_dict(state["model"])
+        except RuntimeError as e:
+            raise CheckpointError(f"{path}: weights do not match the stored model config: {e}") from e
+        return model
+    if os.path.isdir(path) and not os.path.isfile(os.path.join(path, "config.json")):
+        raise CheckpointError(f"{path}: neither a ckpt.pt of ours nor a Hugging Face GPT-2 directory (config.json)")
+    return GPT.from_pretrained(path)

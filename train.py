@@ -1,0 +1,401 @@
+"""Training: language-model pre-training, SFT and DPO (paper Eq. 7), with evaluation and exact resume.
+
+    python train.py                    the embedded demo, end to end on a CPU (see demo.py)
+    python train.py pretrain --help    next-token prediction on a text corpus (the embedded reviews by default)
+    python train.py sft --help         supervised fine-tuning on prompt + chosen, loss on the response only
+    python train.py dpo --help         DPO against a frozen reference model (the --init model)
+    python train.py pairs --help       sample completions and label preference pairs with the ground-truth reward
+    python train.py eval --help        held-out report: ground-truth reward, win rate and KL from samples
+
+One loop serves every stage (`train` below); only the loss differs:
+    pretrain, sft   -(1/N) sum over target tokens of log pi(y_t | y_<t, x)      N = target tokens in the step
+    dpo             mean over pairs of dpo.dpo_loss(...)                        the paper's Eq. 7 and variants
+
+The data order, the learning rate and the pre-training windows are pure functions of (seed, step), and the
+checkpoint holds the model, AdamW state and RNG states, so `--resume` continues bit for bit. Gradient
+accumulation divides each micro-batch's summed loss by the size of the whole step (pairs or tokens), so the
+accumulated gradient equals the large-batch gradient. Simplifications: one process, one device; no packing.
+"""
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import sys
+from dataclasses import dataclass
+
+import torch
+from tqdm.auto import tqdm
+
+import data
+import dpo
+import kernels
+from checkpoint import load_checkpoint, restore_rng, save_checkpoint
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training produced a NaN/inf loss or gradient; the last good checkpoint was left untouched."""
+
+
+# -----------------------------------------------------------------------------
+# Configuration: a dataclass with defaults; every field is also a command-line flag (--out-dir, --beta, ...)
+
+@dataclass
+class TrainConfig:
+    out_dir: str = "out/run"
+    init: str = ""                # "" = a fresh model; else our ckpt.pt (or its dir), or a HF GPT-2 dir / name
+    data: str = ""                # pretrain: a UTF-8 text file ("" = embedded reviews); sft/dpo: preference data
+    heldout_data: str = ""        # held-out preferences ("" = hold out `heldout_fraction` of --data)
+    heldout_fraction: float = 0.05
+    tokenizer: str = "bytes"      # "bytes" (offline byte-level) or "gpt2" (tiktoken's BPE)
+    max_length: int = 256         # prompt + response tokens per row
+    max_prompt_length: int = 128
+    # a fresh model
+    n_layer: int = 4
+    n_head: int = 4
+    n_embd: int = 128
+    block_size: int = 256
+    dropout: float = 0.0
+    # optimisation
+    steps: int = 1000
+    batch_size: int = 32          # examples (DPO: pairs) per optimizer step
+    grad_accum: int = 1           # micro-batches per step (batch_size must divide evenly)
+    lr: float = 3e-4
+    schedule: str = "cosine"      # "cosine" (to min_lr_ratio * lr) or "constant", after linear warm-up
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 20
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0
+    # DPO
+    loss: str = "sigmoid"         # sigmoid | ipo | hinge | robust (see dpo.py)
+    beta: float = 0.1
+    label_smoothing: float = 0.0
+    reference: str = "precompute"  # "precompute": reference log-probs once, model freed; "live": every step
+    # sampling (pairs, eval)
+    samples_per_prompt: int = 4
+    max_new_tokens: int = 64
+    min_reward_gap: float = 0.2
+    reference_init: str = ""      # eval: the reference model to compare --init with
+    num_prompts: int = 0          # pairs/eval: use the first N of the task's prompts (0 = all)
+    # evaluation and checkpoints
+    eval_every: int = 50
+    early_stop_patience: int = 0  # evaluations without a better held-out accuracy before stopping; 0 = off
+    save_every: int = 200
+    resume: bool = False
+    # hardware
+    device: str = "auto"          # auto = cuda if available, else cpu
+    dtype: str = "auto"           # autocast dtype on CUDA: auto = bfloat16; float16 uses a grad scaler
+    impl: str = "auto"            # log-prob kernel: auto (Triton on CUDA, torch on CPU) | triton | torch
+    compile: bool = False
+    seed: int = 1337
+
+
+STAGE_DEFAULTS = {
+    "pretrain": dict(out_dir="out/pretrain", lr=1e-3, steps=2000, batch_size=32, warmup_steps=50),
+    "sft": dict(out_dir="out/sft", lr=1e-4, steps=500, batch_size=16),
+    "dpo": dict(out_dir="out/dpo", lr=1e-5, steps=500, batch_size=16, schedule="constant"),
+    "pairs": dict(out_dir="out/pairs"),
+    "eval": dict(out_dir="out/eval"),
+}
+CHOICES = dict(loss=dpo.LOSS_TYPES, reference=("precompute", "live"), schedule=("cosine", "constant"),
+               tokenizer=("bytes", "gpt2"), impl=("auto", "triton", "torch"),
+               dtype=("auto", "float32", "bfloat16", "float16"))
+
+
+def add_config_flags(parser, defaults):
+    """One flag per TrainConfig field, e.g. `out_dir` -> `--out-dir`, defaulting to `defaults`."""
+    for f in dataclasses.fields(TrainConfig):
+        default = defaults.get(f.name, f.default)
+        flag = "--" + f.name.replace("_", "-")
+        if isinstance(default, bool):
+            parser.add_argument(flag, default=default, action=argparse.BooleanOptionalAction)
+        else:
+            parser.add_argument(flag, default=default, type=type(default), choices=CHOICES.get(f.name))
+
+
+def resolve_device(cfg):
+    """(device, autocast context factory, grad scaler or None) for `cfg.device` / `cfg.dtype`."""
+    device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
+                          ("cpu" if cfg.device == "auto" else cfg.device))
+    dtype = {"auto": torch.bfloat16 if device.type == "cuda" else torch.float32, "float32": torch.float32,
+             "bfloat16": torch.bfloat16, "float16": torch.float16}[cfg.dtype]
+    if dtype == torch.float32:
+        return device, contextlib.nullcontext, None
+    autocast = lambda: torch.autocast(device_type=device.type, dtype=dtype)  # noqa: E731
+    scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
+    return device, autocast, scaler
+
+
+def learning_rate(cfg, step):
+    """Linear warm-up over `warmup_steps`, then constant or cosine decay to `min_lr_ratio * lr` at `steps`."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    if cfg.schedule == "constant":
+        return cfg.lr
+    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+
+def make_optimizer(model, cfg):
+    """AdamW with weight decay on matrices only (not on biases, LayerNorm gains or positions' ... vectors)."""
+    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95))
+
+
+# -----------------------------------------------------------------------------
+# Which examples make up optimizer step `step`: a pure function of (seed, step), so resume needs no data state
+
+def example_indices(n_examples, batch_size, step, seed):
+    """Indices of the `batch_size` examples of step `step`: epochs of fresh permutations, read in order."""
+    indices, position = [], step * batch_size
+    while len(indices) < batch_size:
+        epoch, offset = divmod(position + len(indices), n_examples)
+        order = torch.randperm(n_examples, generator=torch.Generator().manual_seed(seed + 7919 * epoch))
+        indices += order[offset:offset + batch_size - len(indices)].tolist()
+    return indices
+
+
+def step_batches(stage, cfg, train_set, step, pad_id):
+    """The micro-batches (dicts of tensors) of one optimizer step."""
+    micro = cfg.batch_size // cfg.grad_accum
+    if stage == "pretrain":  # random windows of the token stream, drawn from a per-step generator
+        windows = data.lm_batches(train_set, micro, cfg.block_size,
+                                  generator=torch.Generator().manual_seed(cfg.seed * 100_003 + step))
+        batches = []
+        for _ in range(cfg.grad_accum):
+            x, y = next(windows)  # (micro, T) each
+            batches.append({"input_ids": x, "labels": y, "mask": torch.ones_like(y, dtype=torch.bool)})
+        return batches
+    collate = data.dpo_collate if stage == "dpo" else data.sft_collate
+    indices = example_indices(len(train_set), cfg.batch_size, step, cfg.seed)
+    batches = []
+    for start in range(0, cfg.batch_size, micro):
+        rows = indices[start:start + micro]
+        batch = collate([train_set[i] for i in rows], pad_id)
+        batch["index"] = torch.tensor(rows)  # which pairs: looks up precomputed reference log-probs
+        batches.append(batch)
+    return batches
+
+
+# -----------------------------------------------------------------------------
+# Losses
+
+def lm_loss(model, batch, tokens_in_step, impl):
+    """Summed next-token NLL over the batch's target tokens, divided by the whole step's target tokens."""
+    logits = model(batch["input_ids"])  # (B, T, V)
+    logps = kernels.sequence_logprobs(logits, batch["labels"], batch["mask"], impl=impl)  # (B,) fp32
+    return -logps.sum() / tokens_in_step
+
+
+@torch.no_grad()
+def reference_logps(reference, pairs, cfg, pad_id, device, desc="reference log-probs"):
+    """log pi_ref(y_w|x) and log pi_ref(y_l|x) of every pair: (N, 2) float32 on the CPU (summed, not means)."""
+    reference.eval()
+    rows = []
+    for start in tqdm(range(0, len(pairs), cfg.batch_size), desc=desc, leave=False):
+        batch = data.dpo_collate(pairs[start:start + cfg.batch_size], pad_id)
+        ref = dpo.concatenated_logps(reference, {k: v.to(device) for k, v in batch.items()}, impl=cfg.impl)
+        rows.append(torch.stack([ref.chosen, ref.rejected], dim=1).float().cpu())  # (b, 2)
+    return torch.cat(rows)  # (N, 2)
+
+
+def dpo_batch_loss(model, batch, cfg, pairs_in_step, ref_table=None, reference=None):
+    """DPO loss of one micro-batch, scaled by its share of the step; also the per-pair values for metrics."""
+    policy = dpo.concatenated_logps(model, batch, impl=cfg.impl)  # PairLogps, each (b,)
+    if reference is not None:  # live reference
+        with torch.no_grad():
+            ref = dpo.concatenated_logps(reference, batch, impl=cfg.impl)
+        ref_chosen, ref_rejected = ref.chosen, ref.rejected
+    else:  # precomputed once before training
+        ref_chosen, ref_rejected = ref_table[batch["index"].cpu()].to(policy.chosen.device).unbind(dim=1)
+    pi_chosen, pi_rejected = policy.chosen, policy.rejected
+    if cfg.loss == "ipo":  # IPO is defined on length-normalised log-probs (per-token means)
+        pi_chosen, ref_chosen = pi_chosen / policy.chosen_tokens, ref_chosen / policy.chosen_tokens
+        pi_rejected, ref_rejected = pi_rejected / policy.rejected_tokens, ref_rejected / policy.rejected_tokens
+    losses, chosen_rewards, rejected_rewards = dpo.dpo_loss(
+        pi_chosen, pi_rejected, ref_chosen, ref_rejected,
+        beta=cfg.beta, loss_type=cfg.loss, label_smoothing=cfg.label_smoothing)
+    parts = (losses.detach(), chosen_rewards, rejected_rewards, pi_chosen.detach(), pi_rejected.detach())
+    return losses.sum() / pairs_in_step, parts
+
+
+def dpo_metrics_from_parts(parts):
+    """dpo.dpo_metrics over the concatenation of several micro-batches' per-pair values."""
+    return dpo.dpo_metrics(*[torch.cat([p[i] for p in parts]) for i in range(5)])
+
+
+@torch.no_grad()
+def evaluate_heldout(stage, model, heldout_set, cfg, pad_id, device, ref_table=None, reference=None):
+    """Held-out metrics: token-mean NLL as "loss" for pretrain/sft; the dpo.dpo_metrics keys for DPO."""
+    model.eval()
+    if stage == "pretrain":  # a fixed set of windows from the held-out stream
+        windows = data.lm_batches(heldout_set, cfg.batch_size, cfg.block_size,
+                                  generator=torch.Generator().manual_seed(cfg.seed))
+        batches = [{"input_ids": x, "labels": y, "mask": torch.ones_like(y, dtype=torch.bool)}
+                   for x, y in (next(windows) for _ in range(4))]
+    else:
+        collate = data.dpo_collate if stage == "dpo" else data.sft_collate
+        batches = []
+        for start in range(0, len(heldout_set), cfg.batch_size):
+            batch = collate(heldout_set[start:start + cfg.batch_size], pad_id)
+            batch["index"] = torch.arange(start, start + len(heldout_set[start:start + cfg.batch_size]))
+            batches.append(batch)
+    batches = [{k: v.to(device) for k, v in b.items()} for b in batches]
+    if stage == "dpo":
+        parts = [dpo_batch_loss(model, b, cfg, 1, ref_table, reference)[1] for b in batches]
+        return dpo_metrics_from_parts(parts)
+    total_tokens = sum(int(b["mask"].sum()) for b in batches)
+    return {"loss": sum(lm_loss(model, b, total_tokens, cfg.impl).item() for b in batches)}
+
+
+# -----------------------------------------------------------------------------
+# The training loop
+
+def train(stage, cfg, model, train_set, heldout_set, *, pad_id=0, reference=None, log=print):
+    """Train `model` in place for `cfg.steps` optimizer steps and return the last held-out metrics.
+
+    stage: "pretrain" (train_set, heldout_set: 1-D int64 token streams), "sft" or "dpo" (lists of
+    data.EncodedPair; pad_id pads their batches, e.g. the tokenizer's EOS). For DPO, `reference` is the
+    frozen reference model (required).
+    Writes cfg.out_dir/{config.json, metrics.jsonl, ckpt.pt, best.pt (with early stopping)}.
+    """
+    assert stage in ("pretrain", "sft", "dpo"), stage
+    if cfg.batch_size % cfg.grad_accum != 0:
+        raise ValueError(f"batch_size {cfg.batch_size} is not divisible by grad_accum {cfg.grad_accum}")
+    os.makedirs(cfg.out_dir, exist_ok=True)
+    with open(os.path.join(cfg.out_dir, "config.json"), "w") as f:
+        json.dump({"stage": stage, **dataclasses.asdict(cfg)}, f, indent=2)
+    device, autocast, scaler = resolve_device(cfg)
+    model.to(device)
+    torch.manual_seed(cfg.seed)
+
+    # DPO: the reference's log-probs, precomputed once (then the reference can be freed) or computed live.
+    ref_table = heldout_ref_table = live_reference = None
+    if stage == "dpo":
+        if reference is None:
+            raise ValueError("DPO needs a reference model")
+        reference.to(device).eval().requires_grad_(False)
+        if cfg.reference == "precompute":
+            ref_table = reference_logps(reference, train_set, cfg, pad_id, device)  # (N, 2)
+            heldout_ref_table = reference_logps(reference, heldout_set, cfg, pad_id, device, "held-out reference")
+        else:
+            live_reference = reference
+
+    optimizer = make_optimizer(model, cfg)
+    ckpt_path, best_path = os.path.join(cfg.out_dir, "ckpt.pt"), os.path.join(cfg.out_dir, "best.pt")
+    metrics_path = os.path.join(cfg.out_dir, "metrics.jsonl")
+    step, extra, eval_row = 0, {"best_accuracy": -math.inf, "evals_since_best": 0}, {}
+    if cfg.resume:
+        state = load_checkpoint(ckpt_path)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        step, extra = state["step"], state["extra"]
+        restore_rng(state["rng"])
+        log(f"resumed from {ckpt_path} at step {step}")
+    # metrics.jsonl: keep rows up to the resumed step (later ones are recomputed), else start it anew
+    rows = []
+    if cfg.resume and os.path.exists(metrics_path):
+        with open(metrics_path) as f:
+            rows = [r for r in map(json.loads, f) if r["step"] <= step]
+    with open(metrics_path, "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows)
+    writer = tensorboard_writer(cfg.out_dir)
+
+    def record(row):
+        with open(metrics_path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        if writer is not None:
+            for k, v in row.items():
+                if isinstance(v, (int, float)) and k != "step":
+                    writer.add_scalar(f"{row['split']}/{k}", v, row["step"])
+
+    step_model = torch.compile(model) if cfg.compile else model
+    progress = tqdm(total=cfg.steps, initial=step, desc=stage, dynamic_ncols=True)
+    while step < cfg.steps:
+        # -- one optimizer step: accumulate the micro-batches' gradients, then clip and update
+        lr = learning_rate(cfg, step)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        batches = [{k: v.to(device) for k, v in b.items()}
+                   for b in step_batches(stage, cfg, train_set, step, pad_id)]
+        model.train()
+        step_loss, parts = 0.0, []
+        tokens_in_step = sum(int(b["mask"].sum()) for b in batches)
+        for batch in batches:
+            with autocast():
+                if stage == "dpo":
+                    loss, part = dpo_batch_loss(step_model, batch, cfg, cfg.batch_size, ref_table, live_reference)
+                    parts.append(part)
+                else:
+                    loss = lm_loss(step_model, batch, max(1, tokens_in_step), cfg.impl)
+            (scaler.scale(loss) if scaler else loss).backward()
+            step_loss += loss.item()
+        if scaler:
+            scaler.unscale_(optimizer)
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip).item()
+        if not (math.isfinite(step_loss) and (math.isfinite(grad_norm) or scaler)):
+            progress.close()
+            where = f"{ckpt_path} (step {extra.get('saved_step', 0)})" if os.path.exists(ckpt_path) else "none"
+            raise NonFiniteLossError(f"step {step + 1}: non-finite loss {step_loss} or gradient norm {grad_norm}; "
+                                     f"stopped without saving. Last good checkpoint: {where}. Try a lower --lr.")
+        if scaler:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+
+        # -- logging, evaluation, checkpoints
+        row = {"split": "train", "step": step, "lr": lr, "grad_norm": grad_norm}
+        row.update(dpo_metrics_from_parts(parts) if stage == "dpo" else {"loss": step_loss})
+        record(row)
+        progress.update(1)
+        progress.set_postfix(loss=f"{row['loss']:.4f}", **({"acc": f"{row['rewards/accuracies']:.2f}"}
+                                                         if stage == "dpo" else {}))
+        stop = False
+        if step % cfg.eval_every == 0 or step == cfg.steps:
+            with autocast():
+                eval_row = {"split": "eval", "step": step, **evaluate_heldout(
+                    stage, model, heldout_set, cfg, pad_id, device, heldout_ref_table, live_reference)}
+            record(eval_row)
+            log(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in eval_row.items()))
+            accuracy = eval_row.get("rewards/accuracies", -eval_row["loss"])  # LM stages: lower loss is better
+            if accuracy > extra["best_accuracy"]:
+                extra.update(best_accuracy=accuracy, evals_since_best=0, best_step=step)
+                if cfg.early_stop_patience:
+                    save_checkpoint(best_path, model, None, step, dataclasses.asdict(cfg), extra)
+            else:
+                extra["evals_since_best"] += 1
+                stop = 0 < cfg.early_stop_patience <= extra["evals_since_best"]
+                if stop:
+                    log(f"early stop at step {step}: no better held-out score for {cfg.early_stop_patience} "
+                        f"evaluations; the best (step {extra['best_step']}) is in {best_path}")
+        if step % cfg.save_every == 0 or step == cfg.steps or stop:
+            extra["saved_step"] = step
+            save_checkpoint(ckpt_path, model, optimizer, step, dataclasses.asdict(cfg), extra)
+        if stop:
+            break
+    progress.close()
+    if writer is not None:
+        writer.close()
+    return eval_row
+
+
+def tensorboard_writer(out_dir):
+    """A TensorBoard SummaryWriter when the tensorboard package is installed, else None."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(os.path.join(out_dir, "tb"))
+
+
+if __name__ == "__main__":
+    import stages  # the stages as commands: python train.py {pretrain,sft,dpo,pairs,eval,sample,demo} --help
+
+    sys.exit(stages.main(sys.argv[1:]))
