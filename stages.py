@@ -58,10 +58,9 @@ def preference_splits(cfg, tokenizer):
 
 def run_stage(stage, cfg, log=print):
     """Run one of pretrain / sft / dpo from a resolved config; returns (model, last held-out metrics)."""
+    if stage == "dpo" and not cfg.init:
+        raise ValueError("dpo needs --init: the SFT model, which is also the frozen reference")
     tokenizer = data.get_tokenizer(cfg.tokenizer)
-    model = build_model(cfg, tokenizer)
-    log(f"{stage}: model with {model.num_params() / 1e6:.2f}M parameters (non-embedding), "
-        f"vocab {model.config.vocab_size}, block {model.config.block_size}")
     if stage == "pretrain":
         if cfg.data:
             with open(cfg.data, encoding="utf-8") as f:
@@ -72,15 +71,16 @@ def run_stage(stage, cfg, log=print):
         if len(stream) < n_heldout + cfg.block_size + 1:
             raise ValueError(f"corpus of {len(stream)} tokens is too short for block_size {cfg.block_size}")
         train_set, heldout_set = stream[:-n_heldout], stream[-n_heldout:]
-        metrics = train(stage, cfg, model, train_set, heldout_set, log=log)
+        log(f"{stage}: {len(train_set):,} training tokens, {len(heldout_set):,} held-out tokens")
     else:
         train_set, heldout_set = preference_splits(cfg, tokenizer)
         log(f"{stage}: {len(train_set)} training pairs, {len(heldout_set)} held-out pairs")
-        reference = build_model(cfg, tokenizer) if stage == "dpo" else None  # a frozen copy of --init
-        if stage == "dpo" and not cfg.init:
-            raise ValueError("dpo needs --init: the SFT model, which is also the frozen reference")
-        metrics = train(stage, cfg, model, train_set, heldout_set, pad_id=tokenizer.eot_token,
-                        reference=reference, log=log)
+    model = build_model(cfg, tokenizer)
+    log(f"{stage}: model with {model.num_params() / 1e6:.2f}M parameters (non-embedding), "
+        f"vocab {model.config.vocab_size}, block {model.config.block_size}")
+    reference = build_model(cfg, tokenizer) if stage == "dpo" else None  # a frozen copy of --init
+    metrics = train(stage, cfg, model, train_set, heldout_set, pad_id=tokenizer.eot_token, reference=reference,
+                    log=log)
     model.save_pretrained(os.path.join(cfg.out_dir, "hf"))  # for transformers and other tools
     return model, metrics
 
