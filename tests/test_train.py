@@ -235,3 +235,29 @@ def test_demo_quick(tmp_path):
                  "dpo/metrics.jsonl", "dpo/ckpt.pt", "pretrain/ckpt.pt", "dpo/hf/model.safetensors"):
         assert os.path.isfile(tmp_path / name), name
     assert len(data.load_preferences(str(tmp_path / "pairs_train.jsonl"))) == summary["pairs"]["train"]["n_pairs"]
+
+
+def test_hf_gpt2_recipe_on_tiny_fixtures(tmp_path, monkeypatch):
+    """The single-GPU recipe's path: a Hugging Face GPT-2 directory as --init, raw HH-RLHF transcripts as data,
+    SFT then DPO, and weights that transformers loads back (tiny random model, byte tokenizer, no network)."""
+    import transformers
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    torch.manual_seed(0)
+    hf_dir = tmp_path / "tiny-gpt2"
+    transformers.GPT2LMHeadModel(transformers.GPT2Config(
+        vocab_size=257, n_positions=128, n_embd=32, n_layer=2, n_head=2)).save_pretrained(hf_dir)
+    hh = tmp_path / "hh.jsonl"
+    with open(hh, "w") as f:
+        for i in range(24):
+            turn = f"\n\nHuman: Can you recommend film number {i}?\n\nAssistant:"
+            f.write(json.dumps({"chosen": turn + " Yes, it is lovely.", "rejected": turn + " No. Go away."}) + "\n")
+    common = ["--data", str(hh), "--max-length", "96", "--max-prompt-length", "64", "--batch-size", "4",
+              "--heldout-fraction", "0.25", "--eval-every", "3"]
+    assert stages.main(["sft", "--init", str(hf_dir), "--out-dir", str(tmp_path / "sft"), "--steps", "3", *common]) == 0
+    assert stages.main(["dpo", "--init", str(tmp_path / "sft"), "--out-dir", str(tmp_path / "dpo"), "--steps", "3",
+                        "--lr", "1e-4", *common]) == 0
+    reloaded = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "dpo" / "hf")
+    ours = load_model(str(tmp_path / "dpo" / "ckpt.pt")).eval()
+    idx = torch.randint(0, 257, (2, 20))
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(idx).logits, ours(idx), rtol=1e-5, atol=1e-5)
