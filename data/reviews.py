@@ -5,18 +5,23 @@ reviews, prompts it with review openings and rewards positive continuations. IMD
 and a model small enough to pre-train on a laptop CPU in a minute needs a simpler language, so this module
 writes reviews from a small grammar instead:
 
-    opening (sentiment-neutral, ends in "and")  +  body (carries the sentiment, ~40-100 bytes)
+    opening (neutral, <= 64 bytes, ends in "and")  +  body (carries the sentiment, 40-90 bytes)
     "I watched this film with my sister and"    +  " the acting was really superb. The pacing was a
                                                      little slow, but the ending was wonderful."
 
-Bodies mix many aspects (acting, plot, score, pacing, dialogue, ending, ...), several sentence templates,
+Bodies mix many aspects (acting, plot, music, pacing, dialogue, ending, ...), several sentence templates,
 strongly scored positive and negative adjectives (for VADER, the reward), intensifiers ("really", "so"),
 negation ("not bad at all", "not good at all"), contrast clauses ("X was a little slow, but Y was great";
 "Although ..., ...") and neutral filler sentences. Sentiment is positive or negative in equal shares, with
 a few neutral reviews, so a model pre-trained on the corpus continues a prompt with either sentiment.
 Everything is drawn from `random.Random(seed)`: the same seed gives the same reviews and prompts.
 
-Left out: real review text, long reviews, and words VADER does not know (they would add nothing to the reward).
+Measured (seed 0, 1.5 MB = ~14k reviews, VADER on the body): positive reviews score +0.84 +- 0.09, negative
+-0.80 +- 0.10, neutral 0.00; 100% of a 4000-review sample on the intended side of +-0.05; mean +0.02.
+A 0.8M-parameter byte-level GPT (4 layers, 128 wide) pre-trained for 450-550 steps of 16 x 160 tokens (~75 s
+on 2 CPU cores, loss ~0.4 nats/byte) writes mostly well-formed bodies of either sentiment (held-out mean
+reward +0.03..+0.09); 3 epochs of DPO (beta 0.1, lr 1e-4..2e-4, batch 32) on ~500 best-vs-worst pairs of
+its own samples (k=4, 96 new tokens) raised the held-out mean reward by +0.49..+0.58 in three runs.
 """
 
 import dataclasses
@@ -24,41 +29,35 @@ import random
 
 # ---------------------------------------------------------------------------------------------- vocabulary
 # (aspect, is_plural); VADER gives every one of them a neutral score.
-ASPECTS = (("acting", False), ("plot", False), ("story", False), ("score", False), ("soundtrack", False),
-           ("visuals", True), ("pacing", False), ("dialogue", False), ("ending", False), ("cast", False),
-           ("characters", True), ("camera work", False), ("direction", False), ("script", False),
-           ("effects", True), ("costumes", True), ("final scene", False), ("lead actor", False),
-           ("sets", True), ("music", False), ("editing", False), ("first half", False), ("songs", True),
-           ("lighting", False), ("sound", False))
-POSITIVE = ("great", "superb", "wonderful", "excellent", "brilliant", "beautiful", "amazing", "fantastic",
-            "perfect", "lovely", "delightful", "gorgeous", "awesome")
-NEGATIVE = ("bad", "awful", "terrible", "horrible", "poor", "stupid", "pathetic", "ugly", "lousy", "nasty",
-            "dumb", "idiotic", "horrendous", "disappointing", "disgusting")
-NEUTRAL = ("long", "slow", "quiet", "loud", "simple", "dark", "predictable", "short", "unusual", "familiar")
-INTENSIFIERS = ("", "", "", "really ", "very ", "so ", "absolutely ", "incredibly ", "quite ", "extremely ")
+ASPECTS = (("acting", False), ("plot", False), ("story", False), ("music", False), ("ending", False),
+           ("cast", False), ("dialogue", False), ("pacing", False), ("script", False), ("visuals", True),
+           ("characters", True), ("camera work", False), ("effects", True), ("direction", False),
+           ("songs", True), ("lead actor", False))
+# A small vocabulary of words VADER scores strongly (lexicon valence 2.0-3.1), so that a tiny model learns to
+# spell them quickly and every review carries a clear reward.
+POSITIVE = ("great", "superb", "wonderful", "excellent", "brilliant", "beautiful", "amazing", "perfect")
+NEGATIVE = ("bad", "awful", "terrible", "horrible", "poor", "stupid", "ugly", "pathetic")
+NEUTRAL = ("long", "slow", "quiet", "loud", "simple", "dark", "short")
+INTENSIFIERS = ("", "", "really ", "very ", "so ", "absolutely ", "quite ")
 # A mild word of the opposite sentiment, for the weak side of a contrast clause.
-MILD = {+1: ("a little slow", "a bit weak", "somewhat dull", "a little long"),
-        -1: ("nice", "fine", "good", "okay")}
-NEGATED = {+1: ("not bad at all", "never dull", "not bad", "not terrible"),
-           -1: ("not good at all", "not great", "never funny", "not good")}
-VERBS = {+1: ("loved", "enjoyed", "adored"), -1: ("hated", "disliked", "regretted")}
+MILD = {+1: ("a little slow", "a bit weak", "a little long"), -1: ("nice", "fine", "good")}
+NEGATED = {+1: ("not bad at all", "not bad", "not terrible"), -1: ("not good at all", "not great", "not good")}
+VERBS = {+1: ("loved", "enjoyed"), -1: ("hated", "disliked")}
 FILM = ("film", "movie")
-CLOSINGS = {+1: ("I loved it.", "Highly recommended.", "What a great film!", "A real joy.", "Best film of the year.",
-                 "I enjoyed every minute.", "A perfect night out."),
-            -1: ("I hated it.", "What a waste of time.", "Avoid it.", "A total mess.", "Worst film of the year.",
-                 "A real disaster.", "I was so bored.")}
+CLOSINGS = {+1: ("I loved it.", "Highly recommended.", "What a great film!", "A real joy.", "A perfect night out."),
+            -1: ("I hated it.", "What a waste of time.", "Avoid it.", "A total mess.", "A real disaster.")}
 
-# Openings: "{subject} {verb} {object} {context} and", optionally after a premise clause.
+# Openings: "[{premise}, ]{subject} {verb} {object} {context} and", at most MAX_OPENING_BYTES long.
 SUBJECTS = (("I", "watched"), ("I", "saw"), ("We", "watched"), ("We", "saw"), ("I", "rented"),
-            ("My brother and I", "watched"), ("My parents and I", "saw"), ("I", "finally saw"),
-            ("I", "went to see"), ("My wife and I", "watched"), ("I", "caught"), ("My son and I", "saw"))
-OBJECTS = ("this film", "this movie", "the film", "the movie", "this picture")
-CONTEXTS = ("last night", "with my sister", "on a Sunday afternoon", "at the cinema", "on a long flight",
-            "after work", "over the weekend", "on television", "with my cousin", "on a quiet evening",
-            "at a small theater", "on a train", "for a class", "in the morning", "with my kids",
-            "on my laptop", "after dinner", "at home", "in a full theater", "on a Tuesday")
-PREMISES = ("After seeing the trailer", "After reading the book", "On a whim", "Years after it came out",
-            "Without knowing anything about it", "Because of the poster")
+            ("My dad and I", "watched"), ("My mom and I", "saw"), ("I", "finally saw"), ("I", "caught"),
+            ("My wife and I", "watched"), ("My son and I", "saw"), ("I", "went to see"))
+OBJECTS = ("this film", "this movie", "the film", "the movie")
+CONTEXTS = ("last night", "with my sister", "on a Sunday", "at the cinema", "on a flight", "after work",
+            "over the weekend", "on TV", "with my cousin", "at a small theater", "on a train", "for a class",
+            "in the morning", "with my kids", "on my laptop", "after dinner", "at home", "on a Tuesday",
+            "in a hotel", "with my uncle", "at noon", "on DVD", "in the park", "at school")
+PREMISES = ("Yesterday", "Last year", "At last", "Once again", "On a whim")
+MAX_OPENING_BYTES = 64
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,11 +75,13 @@ class Review:
 
 def make_opening(rng: random.Random) -> str:
     """A sentiment-neutral review opening that ends in "and" (no trailing space)."""
-    (subject, verb), obj, context = rng.choice(SUBJECTS), rng.choice(OBJECTS), rng.choice(CONTEXTS)
-    if rng.random() < 0.3:
-        subject = subject if subject == "I" else subject[0].lower() + subject[1:]
-        return f"{rng.choice(PREMISES)}, {subject} {verb} {obj} {context} and"
-    return f"{subject} {verb} {obj} {context} and"
+    while True:
+        (subject, verb), obj, context = rng.choice(SUBJECTS), rng.choice(OBJECTS), rng.choice(CONTEXTS)
+        opening = f"{subject} {verb} {obj} {context} and"
+        if rng.random() < 0.3:
+            opening = f"{rng.choice(PREMISES)}, {opening if subject == 'I' else opening[0].lower() + opening[1:]}"
+        if len(opening.encode()) <= MAX_OPENING_BYTES:
+            return opening
 
 
 # ---------------------------------------------------------------------------------------------------- body
@@ -147,7 +148,7 @@ def _neutral_body(rng) -> str:
     return text
 
 
-def make_body(rng: random.Random, sentiment: int, min_bytes: int = 40, max_bytes: int = 100) -> str:
+def make_body(rng: random.Random, sentiment: int, min_bytes: int = 40, max_bytes: int = 90) -> str:
     """A review body with the given sentiment (+1, -1, 0), starting with a space, min..max bytes long."""
     while True:
         if sentiment == 0:

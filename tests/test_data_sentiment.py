@@ -20,7 +20,7 @@ def test_reviews_are_deterministic_per_seed_and_sized():
     assert 100_000 <= total < 100_000 + 200
     for r in corpus:
         assert r.opening.endswith(" and") and r.body.startswith(" ") and r.sentiment in (-1, 0, 1)
-        assert 40 <= len(r.body.encode()) <= 100 and 70 <= len(r.text.encode()) <= 200
+        assert 40 <= len(r.body.encode()) <= 90 and len(r.opening.encode()) <= reviews.MAX_OPENING_BYTES
     assert len({r.text for r in corpus}) > 0.95 * len(corpus)  # real variety, not a few templates
     shares = [sum(r.sentiment == s for r in corpus) / len(corpus) for s in (1, -1, 0)]
     assert abs(shares[0] - shares[1]) < 0.01 and abs(shares[2] - 0.1) < 0.01  # blocks of 9 + 9 + 2
@@ -64,7 +64,7 @@ def test_prompts_are_distinct_disjoint_and_neutral():
     assert (train, held_out) == reviews.make_prompts(n_train=300, n_heldout=100, seed=0)
     assert reviews.make_prompts(n_train=300, n_heldout=100, seed=1) != (train, held_out)
     assert all(score == 0.0 for score in sentiment.sentiment_reward(train + held_out))
-    assert all(p.endswith(" and") and not p.endswith(" ") for p in train)
+    assert all(p.endswith(" and") and len(p.encode()) <= reviews.MAX_OPENING_BYTES for p in train + held_out)
     with pytest.raises(ValueError, match="distinct prompts"):
         reviews.make_prompts(n_train=10_000, n_heldout=10_000)
 
