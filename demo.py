@@ -29,22 +29,25 @@ import train
 from checkpoint import load_model
 
 # The demo's settings; `--quick` shrinks them so the whole pipeline runs in well under a minute (for tests).
-FULL = dict(pretrain_steps=240, prompts=(512, 128), dpo_steps=160, n_layer=4, n_embd=128)
-QUICK = dict(pretrain_steps=30, prompts=(48, 16), dpo_steps=12, n_layer=2, n_embd=64)
+# Sizes: prompts are at most 64 bytes and completions at most 96, so block_size 160 covers every position
+# the demo samples at, and pre-training uses windows of that same length.
+FULL = dict(pretrain_steps=500, prompts=(512, 128), dpo_steps=48, n_layer=4, n_embd=128, max_new_tokens=96)
+QUICK = dict(pretrain_steps=30, prompts=(48, 16), dpo_steps=12, n_layer=2, n_embd=64, max_new_tokens=32)
 
 
 def stage_configs(out_dir, quick):
     """The TrainConfig of the pre-training and of the DPO stage."""
     s = QUICK if quick else FULL
-    common = dict(tokenizer="bytes", block_size=128, max_length=128, max_prompt_length=64, seed=1337)
+    common = dict(tokenizer="bytes", block_size=160, max_length=160, max_prompt_length=64, seed=1337)
     pretrain_cfg = train.TrainConfig(
         out_dir=os.path.join(out_dir, "pretrain"), n_layer=s["n_layer"], n_head=4, n_embd=s["n_embd"],
-        steps=s["pretrain_steps"], batch_size=32, lr=2e-3, warmup_steps=20, eval_every=max(10, s["pretrain_steps"] // 4),
-        save_every=10**9, **common)
+        steps=s["pretrain_steps"], batch_size=16, lr=3e-3, warmup_steps=30,
+        eval_every=max(10, s["pretrain_steps"] // 5), save_every=10**9, **common)
+    # DPO: 48 steps of 32 pairs is about 3 epochs over the ~500 training pairs.
     dpo_cfg = train.TrainConfig(
         out_dir=os.path.join(out_dir, "dpo"), init=os.path.join(out_dir, "pretrain", "ckpt.pt"),
         data=os.path.join(out_dir, "pairs_train.jsonl"), heldout_data=os.path.join(out_dir, "pairs_heldout.jsonl"),
-        steps=s["dpo_steps"], batch_size=16, lr=5e-4, schedule="constant", warmup_steps=10, beta=0.1,
+        steps=s["dpo_steps"], batch_size=32, lr=2e-4, schedule="constant", warmup_steps=5, beta=0.1,
         eval_every=max(4, s["dpo_steps"] // 8), save_every=10**9, **common)
     return pretrain_cfg, dpo_cfg
 
@@ -56,6 +59,7 @@ def run(out_dir="out/demo", quick=False, log=print):
     tokenizer = data.get_tokenizer("bytes")
     pretrain_cfg, dpo_cfg = stage_configs(out_dir, quick)
     n_train_prompts, n_heldout_prompts = (QUICK if quick else FULL)["prompts"]
+    max_new_tokens = (QUICK if quick else FULL)["max_new_tokens"]
 
     log("== 1/4 pre-training the base model (the paper's SFT model and DPO's reference) ==")
     reference, _ = stages.run_stage("pretrain", pretrain_cfg, log=log)
@@ -65,7 +69,7 @@ def run(out_dir="out/demo", quick=False, log=print):
     pair_reports = {}
     for split, prompts, seed in (("train", train_prompts, 1), ("heldout", heldout_prompts, 2)):
         _, report = data.sentiment.build_preference_pairs(
-            reference, tokenizer, prompts, k=4, min_reward_gap=0.2, max_new_tokens=64, seed=seed,
+            reference, tokenizer, prompts, k=4, min_reward_gap=0.1, max_new_tokens=max_new_tokens, seed=seed,
             path=os.path.join(out_dir, f"pairs_{split}.jsonl"), return_report=True)
         log(f"{split}: {report.summary()}")
         pair_reports[split] = dataclasses.asdict(report)
@@ -76,7 +80,7 @@ def run(out_dir="out/demo", quick=False, log=print):
     log("== 4/4 held-out evaluation from samples ==")
     reference = load_model(dpo_cfg.init)
     report = evaluate.sample_report(policy, reference, tokenizer, heldout_prompts, data.sentiment.sentiment_reward,
-                                    max_new_tokens=64, seed=3)
+                                    max_new_tokens=max_new_tokens, seed=3)
     summary = {
         "reward_reference": report["reward_reference"],
         "reward_policy": report["reward_policy"],
