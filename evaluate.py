@@ -58,9 +58,10 @@ def sample_report(policy, reference, tokenizer, prompts, reward_fn, *, max_new_t
 
     samples = {}
     for name, model in (("policy", policy), ("reference", reference)):
-        torch.manual_seed(seed)  # the same random stream for both models
-        samples[name] = model.complete(prompt_ids, max_new_tokens, temperature=1.0, eos_token=eos,
-                                       batch_size=batch_size)
+        with torch.random.fork_rng(devices=[]):  # leave the caller's random stream untouched
+            torch.manual_seed(seed)  # the same random stream for both models
+            samples[name] = model.complete(prompt_ids, max_new_tokens, temperature=1.0, eos_token=eos,
+                                           batch_size=batch_size)
     texts = {name: [tokenizer.decode([t for t in c if t != eos], errors="replace") for c in comps]
              for name, comps in samples.items()}
     rewards_policy = [float(r) for r in reward_fn(texts["policy"])]

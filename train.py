@@ -81,7 +81,7 @@ class TrainConfig:
     num_prompts: int = 0          # pairs/eval: use the first N of the task's prompts (0 = all)
     # evaluation and checkpoints
     eval_every: int = 50
-    early_stop_patience: int = 0  # evaluations without a better held-out accuracy before stopping; 0 = off
+    early_stop_patience: int = 0  # evaluations without a better held-out score before stopping; 0 = off
     save_every: int = 200
     resume: bool = False
     # hardware
@@ -288,7 +288,7 @@ def train(stage, cfg, model, train_set, heldout_set, *, pad_id=0, reference=None
     optimizer = make_optimizer(model, cfg)
     ckpt_path, best_path = os.path.join(cfg.out_dir, "ckpt.pt"), os.path.join(cfg.out_dir, "best.pt")
     metrics_path = os.path.join(cfg.out_dir, "metrics.jsonl")
-    step, extra, eval_row = 0, {"best_accuracy": -math.inf, "evals_since_best": 0}, {}
+    step, extra, eval_row = 0, {"best_score": -math.inf, "evals_since_best": 0}, {}
     if cfg.resume:
         state = load_checkpoint(ckpt_path)
         model.load_state_dict(state["model"])
@@ -364,9 +364,9 @@ def train(stage, cfg, model, train_set, heldout_set, *, pad_id=0, reference=None
                     stage, model, heldout_set, cfg, pad_id, device, heldout_ref_table, live_reference)}
             record(eval_row)
             log(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in eval_row.items()))
-            accuracy = eval_row.get("rewards/accuracies", -eval_row["loss"])  # LM stages: lower loss is better
-            if accuracy > extra["best_accuracy"]:
-                extra.update(best_accuracy=accuracy, evals_since_best=0, best_step=step)
+            score = eval_row.get("rewards/accuracies", -eval_row["loss"])  # LM stages: lower loss is better
+            if score > extra["best_score"]:
+                extra.update(best_score=score, evals_since_best=0, best_step=step)
                 if cfg.early_stop_patience:
                     save_checkpoint(best_path, model, None, step, dataclasses.asdict(cfg), extra)
             else:

@@ -261,3 +261,16 @@ def test_hf_gpt2_recipe_on_tiny_fixtures(tmp_path, monkeypatch):
     idx = torch.randint(0, 257, (2, 20))
     with torch.no_grad():
         torch.testing.assert_close(reloaded(idx).logits, ours(idx), rtol=1e-5, atol=1e-5)
+
+
+def test_early_stopping_keeps_the_best_checkpoint(tmp_path, monkeypatch):
+    """Held-out accuracies 0.6, 0.7, 0.5, 0.4 with patience 2: stop at the 4th evaluation, best.pt from the 2nd."""
+    prefs = write_preferences(tmp_path / "prefs.jsonl")
+    scripted = iter([0.6, 0.7, 0.5, 0.4, 0.9])
+    monkeypatch.setattr(train, "evaluate_heldout", lambda *args, **kwargs: {
+        "loss": 0.5, "rewards/accuracies": next(scripted)})
+    cfg, model = run_dpo(tmp_path, "run", prefs, steps=20, eval_every=2, early_stop_patience=2)
+    assert load_checkpoint(str(tmp_path / "run" / "best.pt"))["step"] == 4
+    assert load_checkpoint(cfg.out_dir)["step"] == 8  # stopped early, checkpoint written at the stop
+    assert max(r["step"] for r in read_metrics(cfg.out_dir)) == 8
+    assert next(scripted) == 0.9  # the fifth evaluation never ran
