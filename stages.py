@@ -75,6 +75,7 @@ def run_stage(stage, cfg, log=print):
     else:
         train_set, heldout_set = preference_splits(cfg, tokenizer)
         log(f"{stage}: {len(train_set)} training pairs, {len(heldout_set)} held-out pairs")
+    torch.manual_seed(cfg.seed)  # a fresh model's initial weights come from the seed too
     model = build_model(cfg, tokenizer)
     log(f"{stage}: model with {model.num_params() / 1e6:.2f}M parameters (non-embedding), "
         f"vocab {model.config.vocab_size}, block {model.config.block_size}")
