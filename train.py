@@ -139,7 +139,7 @@ def learning_rate(cfg, step):
 
 
 def make_optimizer(model, cfg):
-    """AdamW with weight decay on matrices only (not on biases, LayerNorm gains or positions' ... vectors)."""
+    """AdamW; weight decay on weight matrices and embeddings (dim >= 2), none on biases and LayerNorm gains."""
     decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
@@ -355,8 +355,7 @@ def train(stage, cfg, model, train_set, heldout_set, *, pad_id=0, reference=None
         row.update(dpo_metrics_from_parts(parts) if stage == "dpo" else {"loss": step_loss})
         record(row)
         progress.update(1)
-        progress.set_postfix(loss=f"{row['loss']:.4f}", **({"acc": f"{row['rewards/accuracies']:.2f}"}
-                                                         if stage == "dpo" else {}))
+        progress.set_postfix({k: f"{row[k]:.3f}" for k in ("loss", "rewards/accuracies") if k in row})
         stop = False
         if step % cfg.eval_every == 0 or step == cfg.steps:
             with autocast():
