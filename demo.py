@@ -26,7 +26,6 @@ import data
 import evaluate
 import stages
 import train
-from checkpoint import load_model
 
 # The demo's settings; `--quick` shrinks them so the whole pipeline runs in well under a minute (for tests).
 # Sizes: prompts are at most 64 bytes and completions at most 96, so block_size 160 covers every position
@@ -78,7 +77,7 @@ def run(out_dir="out/demo", quick=False, log=print):
     policy, heldout_metrics = stages.run_stage("dpo", dpo_cfg, log=log)
 
     log("== 4/4 held-out evaluation from samples ==")
-    reference = load_model(dpo_cfg.init)
+    # `reference` is still the pre-trained model of step 1: the weights in dpo_cfg.init, untouched by DPO
     report = evaluate.sample_report(policy, reference, tokenizer, heldout_prompts, data.sentiment.sentiment_reward,
                                     max_new_tokens=max_new_tokens, seed=3)
     summary = {

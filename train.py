@@ -159,26 +159,34 @@ def example_indices(n_examples, batch_size, step, seed):
     return indices
 
 
+def lm_batch(x, y):
+    """A language-modelling batch in the collate layout: every position of the window is a target."""
+    return {"input_ids": x, "labels": y, "mask": torch.ones_like(y, dtype=torch.bool)}
+
+
+def pair_batch(stage, examples, indices, pad_id):
+    """Collate examples[indices] for `stage`, keeping their indices (to look up precomputed reference log-probs)."""
+    collate = data.dpo_collate if stage == "dpo" else data.sft_collate
+    batch = collate([examples[i] for i in indices], pad_id)
+    batch["index"] = torch.tensor(indices)
+    return batch
+
+
+def in_order(n_examples, batch_size):
+    """Index lists covering 0..n_examples-1 in order, batch_size at a time (evaluation, precomputation)."""
+    return [list(range(start, min(start + batch_size, n_examples))) for start in range(0, n_examples, batch_size)]
+
+
 def step_batches(stage, cfg, train_set, step, pad_id):
     """The micro-batches (dicts of tensors) of one optimizer step."""
     micro = cfg.batch_size // cfg.grad_accum
     if stage == "pretrain":  # random windows of the token stream, drawn from a per-step generator
-        windows = data.lm_batches(train_set, micro, cfg.block_size,
+        windows = data.lm_batches(train_set, micro, cfg.block_size, num_batches=cfg.grad_accum,
                                   generator=torch.Generator().manual_seed(cfg.seed * 100_003 + step))
-        batches = []
-        for _ in range(cfg.grad_accum):
-            x, y = next(windows)  # (micro, T) each
-            batches.append({"input_ids": x, "labels": y, "mask": torch.ones_like(y, dtype=torch.bool)})
-        return batches
-    collate = data.dpo_collate if stage == "dpo" else data.sft_collate
+        return [lm_batch(x, y) for x, y in windows]  # (micro, T) each
     indices = example_indices(len(train_set), cfg.batch_size, step, cfg.seed)
-    batches = []
-    for start in range(0, cfg.batch_size, micro):
-        rows = indices[start:start + micro]
-        batch = collate([train_set[i] for i in rows], pad_id)
-        batch["index"] = torch.tensor(rows)  # which pairs: looks up precomputed reference log-probs
-        batches.append(batch)
-    return batches
+    return [pair_batch(stage, train_set, indices[start:start + micro], pad_id)
+            for start in range(0, cfg.batch_size, micro)]
 
 
 # -----------------------------------------------------------------------------
@@ -196,8 +204,8 @@ def reference_logps(reference, pairs, cfg, pad_id, device, desc="reference log-p
     """log pi_ref(y_w|x) and log pi_ref(y_l|x) of every pair: (N, 2) float32 on the CPU (summed, not means)."""
     reference.eval()
     rows = []
-    for start in tqdm(range(0, len(pairs), cfg.batch_size), desc=desc, leave=False):
-        batch = data.dpo_collate(pairs[start:start + cfg.batch_size], pad_id)
+    for indices in tqdm(in_order(len(pairs), cfg.batch_size), desc=desc, leave=False):
+        batch = pair_batch("dpo", pairs, indices, pad_id)
         ref = dpo.concatenated_logps(reference, {k: v.to(device) for k, v in batch.items()}, impl=cfg.impl)
         rows.append(torch.stack([ref.chosen, ref.rejected], dim=1).float().cpu())  # (b, 2)
     return torch.cat(rows)  # (N, 2)
@@ -233,17 +241,12 @@ def evaluate_heldout(stage, model, heldout_set, cfg, pad_id, device, ref_table=N
     """Held-out metrics: token-mean NLL as "loss" for pretrain/sft; the dpo.dpo_metrics keys for DPO."""
     model.eval()
     if stage == "pretrain":  # a fixed set of windows from the held-out stream
-        windows = data.lm_batches(heldout_set, cfg.batch_size, cfg.block_size,
+        windows = data.lm_batches(heldout_set, cfg.batch_size, cfg.block_size, num_batches=4,
                                   generator=torch.Generator().manual_seed(cfg.seed))
-        batches = [{"input_ids": x, "labels": y, "mask": torch.ones_like(y, dtype=torch.bool)}
-                   for x, y in (next(windows) for _ in range(4))]
+        batches = [lm_batch(x, y) for x, y in windows]
     else:
-        collate = data.dpo_collate if stage == "dpo" else data.sft_collate
-        batches = []
-        for start in range(0, len(heldout_set), cfg.batch_size):
-            batch = collate(heldout_set[start:start + cfg.batch_size], pad_id)
-            batch["index"] = torch.arange(start, start + len(heldout_set[start:start + cfg.batch_size]))
-            batches.append(batch)
+        batches = [pair_batch(stage, heldout_set, indices, pad_id)
+                   for indices in in_order(len(heldout_set), cfg.batch_size)]
     batches = [{k: v.to(device) for k, v in b.items()} for b in batches]
     if stage == "dpo":
         parts = [dpo_batch_loss(model, b, cfg, 1, ref_table, reference)[1] for b in batches]
