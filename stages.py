@@ -15,10 +15,34 @@ import os
 import torch
 
 import data
+import dpo
 import evaluate
 from checkpoint import load_model
 from model import GPT, GPTConfig
-from train import STAGE_DEFAULTS, TrainConfig, add_config_flags, train
+from train import TrainConfig, train
+
+
+STAGE_DEFAULTS = {
+    "pretrain": dict(out_dir="out/pretrain", lr=1e-3, steps=2000, batch_size=32, warmup_steps=50),
+    "sft": dict(out_dir="out/sft", lr=1e-4, steps=500, batch_size=16),
+    "dpo": dict(out_dir="out/dpo", lr=1e-5, steps=500, batch_size=16, schedule="constant"),
+    "pairs": dict(out_dir="out/pairs"),
+    "eval": dict(out_dir="out/eval"),
+}
+CHOICES = dict(loss=dpo.LOSS_TYPES, reference=("precompute", "live"), schedule=("cosine", "constant"),
+               tokenizer=("bytes", "gpt2"), impl=("auto", "triton", "torch"),
+               dtype=("auto", "float32", "bfloat16", "float16"))
+
+
+def add_config_flags(parser, defaults):
+    """One flag per TrainConfig field, e.g. `out_dir` -> `--out-dir`, defaulting to `defaults`."""
+    for f in dataclasses.fields(TrainConfig):
+        default = defaults.get(f.name, f.default)
+        flag = "--" + f.name.replace("_", "-")
+        if isinstance(default, bool):
+            parser.add_argument(flag, default=default, action=argparse.BooleanOptionalAction)
+        else:
+            parser.add_argument(flag, default=default, type=type(default), choices=CHOICES.get(f.name))
 
 
 def build_model(cfg, tokenizer):

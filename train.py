@@ -17,7 +17,6 @@ accumulation divides each micro-batch's summed loss by the size of the whole ste
 accumulated gradient equals the large-batch gradient. Simplifications: one process, one device; no packing.
 """
 
-import argparse
 import contextlib
 import dataclasses
 import json
@@ -40,7 +39,7 @@ class NonFiniteLossError(RuntimeError):
 
 
 # -----------------------------------------------------------------------------
-# Configuration: a dataclass with defaults; every field is also a command-line flag (--out-dir, --beta, ...)
+# Configuration: a dataclass with defaults; stages.py makes every field a command-line flag (--out-dir, ...)
 
 @dataclass
 class TrainConfig:
@@ -90,29 +89,6 @@ class TrainConfig:
     impl: str = "auto"            # log-prob kernel: auto (Triton on CUDA, torch on CPU) | triton | torch
     compile: bool = False
     seed: int = 1337
-
-
-STAGE_DEFAULTS = {
-    "pretrain": dict(out_dir="out/pretrain", lr=1e-3, steps=2000, batch_size=32, warmup_steps=50),
-    "sft": dict(out_dir="out/sft", lr=1e-4, steps=500, batch_size=16),
-    "dpo": dict(out_dir="out/dpo", lr=1e-5, steps=500, batch_size=16, schedule="constant"),
-    "pairs": dict(out_dir="out/pairs"),
-    "eval": dict(out_dir="out/eval"),
-}
-CHOICES = dict(loss=dpo.LOSS_TYPES, reference=("precompute", "live"), schedule=("cosine", "constant"),
-               tokenizer=("bytes", "gpt2"), impl=("auto", "triton", "torch"),
-               dtype=("auto", "float32", "bfloat16", "float16"))
-
-
-def add_config_flags(parser, defaults):
-    """One flag per TrainConfig field, e.g. `out_dir` -> `--out-dir`, defaulting to `defaults`."""
-    for f in dataclasses.fields(TrainConfig):
-        default = defaults.get(f.name, f.default)
-        flag = "--" + f.name.replace("_", "-")
-        if isinstance(default, bool):
-            parser.add_argument(flag, default=default, action=argparse.BooleanOptionalAction)
-        else:
-            parser.add_argument(flag, default=default, type=type(default), choices=CHOICES.get(f.name))
 
 
 def resolve_device(cfg):
