@@ -19,7 +19,9 @@ the gradient itself (1x the logits) is part of it for every method except in-pla
 On CUDA times come from triton.testing.do_bench (median). Without CUDA (or with --tiny) a tiny configuration runs
 with time.perf_counter, the Triton kernel under the CPU interpreter: a smoke test of the script, not a benchmark.
 --aot sm_90 needs no GPU: it compiles the kernels for that target and reports registers, spills and the width of
-the global loads/stores. Results (device, versions, rows) go to --out PATH (.json or .md), e.g. bench/results/.
+the global loads/stores; where this Triton cannot compile for CUDA (no CUDA backend, no ptxas or cuobjdump) it
+prints "aot unavailable: <reason>" to stderr and exits with status 3 (EXIT_AOT_UNAVAILABLE).
+Results (device, versions, rows) go to --out PATH (.json or .md), e.g. bench/results/.
 
     python bench/bench_logprobs.py [--tiny] [--vocab 32000 50257 128256] [--tokens 8192] [--out FILE ...]
     python bench/bench_logprobs.py --aot sm_90 [--vocab 128256]
@@ -30,6 +32,7 @@ import json
 import os
 import platform
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -41,6 +44,15 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from a checkout without installing the project
+
+# triton and kernels are imported inside the functions that use them: main() first decides whether Triton runs
+# on the GPU or in its CPU interpreter, and TRITON_INTERPRET must be set before triton is first imported.
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+EXIT_AOT_UNAVAILABLE = 3  # exit status of --aot where this Triton cannot compile for CUDA
+
+
+class AOTUnavailable(Exception):
+    """This Triton cannot compile for CUDA ahead of time here (not a fault of the kernels)."""
 
 
 def parse_args(argv=None):
@@ -56,23 +68,12 @@ def parse_args(argv=None):
     return ap.parse_args(argv)
 
 
-ARGS = parse_args()
-CUDA = torch.cuda.is_available() and not ARGS.tiny and ARGS.aot is None
-if not CUDA and ARGS.aot is None:
-    os.environ["TRITON_INTERPRET"] = "1"  # the CPU interpreter; must precede the first import of triton
-import triton  # noqa: E402
-
-import kernels  # noqa: E402
-from kernels import logprobs_triton  # noqa: E402
-from kernels.reference import naive_sequence_logprobs  # noqa: E402
-
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-
-
 # ----------------------------------------------------------------------------- methods
 
-def methods(compile_naive: bool):
+def methods(compile_naive: bool, cuda: bool):
     """name -> (fn(logits, labels, mask) -> (B,), supports a repeated backward, reason if unavailable)."""
+    import kernels
+    from kernels.reference import naive_sequence_logprobs
     out = {"naive eager": (naive_sequence_logprobs, True, None)}
     out["naive compiled"] = ((torch.compile(naive_sequence_logprobs), True, None) if compile_naive
                              else (None, False, "skipped (--no-compile / --tiny)"))
@@ -84,7 +85,7 @@ def methods(compile_naive: bool):
             B, T, V = logits.shape
             loss = ce(logits.reshape(B * T, V), torch.where(mask, labels, -100).reshape(B * T))  # (B*T,)
             return -loss.view(B, T).float().sum(-1)                                           # (B,)
-        out["liger CE (none)"] = (liger, False, None) if CUDA else (None, False, "skipped (needs CUDA)")
+        out["liger CE (none)"] = (liger, False, None) if cuda else (None, False, "skipped (needs CUDA)")
     except ImportError:
         out["liger CE (none)"] = (None, False, "liger_kernel not installed")
     out["ours torch"] = (lambda x, y, m: kernels.sequence_logprobs(x, y, m, impl="torch"), True, None)
@@ -96,9 +97,10 @@ def methods(compile_naive: bool):
     return out
 
 
-def timer(fn, grad_to_none):
+def timer(fn, grad_to_none, cuda: bool):
     """Median milliseconds of fn(): do_bench on CUDA, perf_counter on CPU."""
-    if CUDA:
+    if cuda:
+        import triton
         return triton.testing.do_bench(fn, grad_to_none=grad_to_none, return_mode="median")
     fn()  # warm-up (interpreter / first-call costs)
     times = []
@@ -113,17 +115,18 @@ def timer(fn, grad_to_none):
 
 def measure(name, fn, repeat_bwd, logits, labels, mask):
     """One row: times (ms), peak memory above inputs, max |difference| to ours triton (filled in by caller)."""
+    cuda = logits.is_cuda
     g = torch.ones(logits.shape[0], device=logits.device)
     row = {"method": name}
-    row["fwd_ms"] = timer(lambda: fn(logits, labels, mask), [logits])
+    row["fwd_ms"] = timer(lambda: fn(logits, labels, mask), [logits], cuda)
     if repeat_bwd:
         out = fn(logits, labels, mask)
-        row["bwd_ms"] = timer(lambda: out.backward(g, retain_graph=True), [logits])
+        row["bwd_ms"] = timer(lambda: out.backward(g, retain_graph=True), [logits], cuda)
         del out  # free the retained graph before the memory measurement
     else:
         row["bwd_ms"] = None  # the method overwrites buffers in backward (or forward): timed only as fwd+bwd
-    row["fwdbwd_ms"] = timer(lambda: fn(logits, labels, mask).backward(g), [logits])
-    if CUDA:
+    row["fwdbwd_ms"] = timer(lambda: fn(logits, labels, mask).backward(g), [logits], cuda)
+    if cuda:
         logits.grad = None
         torch.cuda.synchronize()
         torch.cuda.empty_cache()
@@ -138,15 +141,17 @@ def measure(name, fn, repeat_bwd, logits, labels, mask):
     return row
 
 
-def run_benchmark(args):
+def run_benchmark(args, cuda: bool):
+    import kernels
+    import triton
     dtype = DTYPES[args.dtype]
-    device = "cuda" if CUDA else "cpu"
-    vocabs = args.vocab or ([32000, 50257, 128256] if CUDA else [300])
-    n_tokens = args.tokens or (8192 if CUDA else 16)
-    B = 8 if CUDA and n_tokens % 8 == 0 else 2
+    device = "cuda" if cuda else "cpu"
+    vocabs = args.vocab or ([32000, 50257, 128256] if cuda else [300])
+    n_tokens = args.tokens or (8192 if cuda else 16)
+    B = 8 if cuda and n_tokens % 8 == 0 else 2
     T = n_tokens // B
-    peak_gbps = args.peak_gbps or (triton.testing.get_dram_gbps() if CUDA else None)
-    compile_naive = CUDA and not args.no_compile
+    peak_gbps = args.peak_gbps or (triton.testing.get_dram_gbps() if cuda else None)
+    compile_naive = cuda and not args.no_compile
     rows = []
     for V in vocabs:
         gen = torch.Generator(device=device).manual_seed(0)
@@ -157,7 +162,7 @@ def run_benchmark(args):
         with torch.no_grad():
             expected = kernels.sequence_logprobs(base_logits, labels, mask, impl="triton")
         bytes_once = B * T * V * base_logits.element_size()
-        for name, (fn, repeat_bwd, reason) in methods(compile_naive).items():
+        for name, (fn, repeat_bwd, reason) in methods(compile_naive, cuda).items():
             row = {"V": V, "N": B * T, "method": name}
             if fn is None:
                 row["note"] = reason
@@ -177,7 +182,7 @@ def run_benchmark(args):
             rows.append(row)
             del logits
     config = {"B": B, "T": T, "N": B * T, "vocab": vocabs, "dtype": args.dtype, "device": device,
-              "timer": "triton.testing.do_bench median" if CUDA else "time.perf_counter median of 3 (CPU smoke)",
+              "timer": "triton.testing.do_bench median" if cuda else "time.perf_counter median of 3 (CPU smoke)",
               "peak_gbps": peak_gbps, "bytes_counted": "fwd 1*N*V*s, bwd 2*N*V*s, fwd+bwd 3*N*V*s"}
     return config, rows
 
@@ -186,12 +191,26 @@ def run_benchmark(args):
 
 def aot_report(arch: str, vocabs):
     """Compile both kernels for `arch` (e.g. sm_90) as the runtime would specialise them for contiguous
-    (8, 1024, V) logits; report registers, spills (bytes of stack) and global load/store instructions."""
+    (8, 1024, V) logits; report registers, spills (bytes of stack) and global load/store instructions.
+    Raises AOTUnavailable where this Triton has no CUDA backend or cannot find ptxas / cuobjdump."""
+    import triton
+    import triton.backends
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
+
+    from kernels import logprobs_triton
+
+    if "nvidia" not in triton.backends.backends:
+        raise AOTUnavailable(f"this Triton ({triton.__version__}) has no CUDA backend")
+    # cuobjdump where Triton looks for it ($TRITON_CUOBJDUMP_PATH, then its bundled copy), else on the PATH.
+    candidates = [os.environ.get("TRITON_CUOBJDUMP_PATH"),
+                  str(Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"),
+                  shutil.which("cuobjdump")]
+    cuobjdump = next((p for p in candidates if p and os.access(p, os.X_OK)), None)
+    if cuobjdump is None:
+        raise AOTUnavailable("cannot find cuobjdump (set TRITON_CUOBJDUMP_PATH)")
     cc = int(arch.removeprefix("sm_"))
     target = GPUTarget("cuda", cc, 32)
-    cuobjdump = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
 
     def compile_kernel(fn, args, constexprs, num_warps):
         # Mirror the launcher's specialisation: 16-byte aligned pointers, ints divisible by 16, ints equal to 1.
@@ -208,20 +227,26 @@ def aot_report(arch: str, vocabs):
                 sig[name] = "i64" if name.startswith("stride") else "i32"
                 if value % 16 == 0:
                     attrs[(i,)] = [["tt.divisibility", 16]]
-        return triton.compile(ASTSource(fn, sig, constexprs=consts, attrs=attrs), target=target,
-                              options={"num_warps": num_warps})
+        try:
+            return triton.compile(ASTSource(fn, sig, constexprs=consts, attrs=attrs), target=target,
+                                  options={"num_warps": num_warps})
+        except RuntimeError as e:  # Triton's words for a missing ptxas (any version): "Cannot find ptxas..."
+            if str(e).startswith("Cannot find"):
+                raise AOTUnavailable(str(e)) from e
+            raise
 
     def resources(compiled):
         with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
             f.write(compiled.asm["cubin"])
             f.flush()
-            text = subprocess.run([str(cuobjdump), "--dump-resource-usage", f.name], capture_output=True,
+            text = subprocess.run([cuobjdump, "--dump-resource-usage", f.name], capture_output=True,
                                   text=True, check=True).stdout
         regs, stack = re.search(r"REG:(\d+).*?STACK:(\d+)", text).groups()
         ptx = compiled.asm["ptx"]
         return {"registers": int(regs), "stack_bytes": int(stack),
-                "global_loads": sorted(set(re.findall(r"ld\.global[.\w]*", ptx))),
-                "global_stores": sorted(set(re.findall(r"st\.global[.\w]*", ptx)))}
+                # whole opcodes, cache hints included (ld.global.L1::evict_last.v4.b32)
+                "global_loads": sorted(set(re.findall(r"ld\.global[.\w:]*", ptx))),
+                "global_stores": sorted(set(re.findall(r"st\.global[.\w:]*", ptx)))}
 
     rows = []
     for dtype in ("bf16", "fp32"):
@@ -271,9 +296,10 @@ def table(rows, aot: bool):
     return "\n".join(lines)
 
 
-def environment():
+def environment(cuda: bool):
+    import triton
     env = {"python": platform.python_version(), "torch": torch.__version__, "triton": triton.__version__,
-           "device": torch.cuda.get_device_name() if CUDA else f"CPU ({platform.machine()})",
+           "device": torch.cuda.get_device_name() if cuda else f"CPU ({platform.machine()})",
            "triton_interpret": os.environ.get("TRITON_INTERPRET", "0"),
            "date": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
     try:
@@ -285,12 +311,20 @@ def environment():
     return env
 
 
-def main(args):
+def main(argv=None):
+    args = parse_args(argv)
+    cuda = torch.cuda.is_available() and not args.tiny and args.aot is None
+    if not cuda and args.aot is None:
+        os.environ["TRITON_INTERPRET"] = "1"  # the CPU interpreter; must precede the first import of triton
     if args.aot:
-        config, rows = aot_report(args.aot, args.vocab or [32000, 50257, 128256])
+        try:
+            config, rows = aot_report(args.aot, args.vocab or [32000, 50257, 128256])
+        except AOTUnavailable as e:
+            print(f"aot unavailable: {e}", file=sys.stderr)
+            sys.exit(EXIT_AOT_UNAVAILABLE)
     else:
-        config, rows = run_benchmark(args)
-    env = environment()
+        config, rows = run_benchmark(args, cuda)
+    env = environment(cuda)
     text = table(rows, aot=bool(args.aot))
     print(f"# {env['device']} | torch {env['torch']} | triton {env['triton']} | {json.dumps(config)}")
     print(text)
@@ -305,4 +339,4 @@ def main(args):
 
 
 if __name__ == "__main__":
-    main(ARGS)
+    main()

@@ -24,7 +24,7 @@ and s bytes per logit (s = 2 for bf16), ignoring the O(N) traffic of labels, mas
 With bf16 that is 6 N V bytes for forward + backward instead of >= 40 N V, and the only (B, T, V) tensor the
 fused path allocates is the gradient itself (none with inplace_backward). For N = 8192, V = 128256 in bf16 one
 pass over the logits is 2.1 GB: about 0.63 ms at the H100's 3.35 TB/s, so the forward roofline is ~0.63 ms and
-forward + backward ~1.9 ms (H100 SXM; the issue's 2.8 ms target is 1.5x that).
+forward + backward ~1.9 ms (H100 SXM; not yet measured on a GPU: see bench/).
 
 Forward (one program per position). Positions with mask 0 store logp = 0 and return without touching the
 vocabulary. Otherwise the program streams the row in BLOCK_V chunks, keeping a running max m and a running sum

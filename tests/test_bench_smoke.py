@@ -1,33 +1,61 @@
 """Smoke tests of bench/bench_logprobs.py: it runs, prints its table and writes its results (no timing asserted).
 
-The second test compiles the Triton kernels for an H100 (sm_90) without a GPU and checks what the compiler made
-of them: no register spills, and 16-byte vector loads/stores of the logits when V is a multiple of 8.
+The AOT test compiles the Triton kernels for an H100 (sm_90) without a GPU and checks what the compiler made of
+them, in terms that survive a change of Triton's code generation: no register spills, registers within the
+hardware limit, and vector loads/stores of the logits when rows are 16-byte aligned. It is skipped where this
+Triton cannot compile for CUDA (the script then exits with EXIT_AOT_UNAVAILABLE).
 """
 
+import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "bench_logprobs.py"
+EXIT_AOT_UNAVAILABLE = 3  # bench_logprobs.EXIT_AOT_UNAVAILABLE (checked in test_import_has_no_side_effects)
 
 
 def run_script(args, tmp_path, interpret: bool):
+    """Run the script in a fresh process; returns the CompletedProcess (stdout, stderr, returncode)."""
     env = dict(os.environ, TRITON_CACHE_DIR=str(tmp_path / "triton-cache"))
     env.pop("TRITON_INTERPRET", None)
     if interpret:
         env["TRITON_INTERPRET"] = "1"
-    proc = subprocess.run([sys.executable, str(SCRIPT), *args], cwd=tmp_path, env=env, capture_output=True,
+    return subprocess.run([sys.executable, str(SCRIPT), *args], cwd=tmp_path, env=env, capture_output=True,
                           text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    return proc.stdout
+
+
+def test_import_has_no_side_effects(monkeypatch):
+    # Importing the script must not parse sys.argv (here, arguments argparse would reject), select the Triton
+    # interpreter, or import triton: main() does all of that.
+    monkeypatch.setattr(sys, "argv", ["pytest", "--definitely-not-a-flag"])
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    had_triton = "triton" in sys.modules
+    spec = importlib.util.spec_from_file_location("bench_logprobs_under_test", SCRIPT)
+    bench = importlib.util.module_from_spec(spec)
+    monkeypatch.setattr(sys, "path", list(sys.path))  # the script puts the repository on sys.path
+    try:
+        spec.loader.exec_module(bench)
+    except SystemExit as e:
+        pytest.fail(f"importing the script exited ({e.code}): it parses sys.argv at import time")
+    assert not hasattr(bench, "ARGS")
+    assert "TRITON_INTERPRET" not in os.environ
+    assert had_triton or "triton" not in sys.modules
+    assert bench.EXIT_AOT_UNAVAILABLE == EXIT_AOT_UNAVAILABLE
+    with pytest.raises(SystemExit):  # the arguments are parsed by main(), from sys.argv by default
+        bench.main()
 
 
 def test_tiny_benchmark_runs_and_writes_results(tmp_path):
     out_json, out_md = tmp_path / "results" / "tiny.json", tmp_path / "results" / "tiny.md"
-    stdout = run_script(["--tiny", "--out", str(out_json), "--out", str(out_md)], tmp_path, interpret=True)
-    assert "| V | method | fwd ms |" in stdout
+    proc = run_script(["--tiny", "--out", str(out_json), "--out", str(out_md)], tmp_path, interpret=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "| V | method | fwd ms |" in proc.stdout
     result = json.loads(out_json.read_text())
     rows = {row["method"]: row for row in result["rows"]}
     assert set(rows) == {"naive eager", "naive compiled", "liger CE (none)", "ours torch", "ours triton",
@@ -40,17 +68,27 @@ def test_tiny_benchmark_runs_and_writes_results(tmp_path):
     assert "| ours triton |" in out_md.read_text()
 
 
+def is_vector(opcode):
+    """A 64- or 128-bit global access of any element type: ld.global.v4.b32, st.global.L1::no_allocate.v2.f32..."""
+    return re.fullmatch(r"(ld|st)\.global(\.[\w:]+)*\.v[24]\.\w+", opcode) is not None
+
+
 def test_kernels_compile_for_h100_without_spills(tmp_path):
     out_json = tmp_path / "aot.json"
-    stdout = run_script(["--aot", "sm_90", "--vocab", "128256", "50257", "--out", str(out_json)], tmp_path,
-                        interpret=False)
-    assert "| bf16 | 128256 | fwd | 8192 | 16 |" in stdout
+    proc = run_script(["--aot", "sm_90", "--vocab", "128256", "50257", "--out", str(out_json)], tmp_path,
+                      interpret=False)
+    if proc.returncode == EXIT_AOT_UNAVAILABLE:
+        pytest.skip(f"this Triton cannot compile for sm_90 ahead of time: {proc.stderr.strip().splitlines()[-1]}")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "| bf16 | 128256 | fwd | 8192 | 16 |" in proc.stdout
     rows = json.loads(out_json.read_text())["rows"]
     assert len(rows) == 8  # {bf16, fp32} x {128256, 50257} x {fwd, bwd}
     for row in rows:
         assert row["stack_bytes"] == 0, row           # no spills
-        assert row["registers"] <= 128, row
-        if row["V"] == 128256:                         # rows 16-byte aligned: vectorised logits traffic
-            assert "ld.global.v4.b32" in row["global_loads"], row
-            if row["kernel"] == "bwd":
-                assert row["global_stores"] == ["st.global.v4.b32"], row
+        assert row["registers"] <= 255, row           # the hardware limit per thread
+        # Vector access needs rows known to start 16-byte aligned: Triton specialises integer arguments divisible
+        # by 16, so only then does the row stride V tell the compiler (V % 8 == 0 alone does not vectorise).
+        if row["V"] % 16 == 0:
+            assert any(is_vector(op) for op in row["global_loads"]), row
+            if row["kernel"] == "bwd":                 # the backward kernel stores nothing but the gradient
+                assert row["global_stores"] and all(is_vector(op) for op in row["global_stores"]), row
