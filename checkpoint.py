@@ -8,7 +8,8 @@ A checkpoint is one file, `ckpt.pt`, holding everything a run needs to continue 
                the step (see train.py), so they need no state of their own
     rng        the torch (CPU and CUDA), numpy and python generator states (dropout, sampling)
     config     the resolved training config, for reference
-    extra      small stage-specific values (best held-out accuracy, metrics history length, ...)
+    extra      small values of the loop: the best held-out score and its step, evaluations since the
+               best (early stopping), the step of the last save
 
 It is written to a temporary file in the same directory and renamed over the old one (`os.replace` is atomic
 on POSIX and Windows), so a crash mid-write leaves the previous checkpoint intact. Weights for other tools are
@@ -22,6 +23,7 @@ import tempfile
 import numpy as np
 import torch
 
+from data import missing_local_path
 from model import GPT, GPTConfig
 
 
@@ -87,7 +89,11 @@ def restore_rng(rng_state):
 
 def load_model(path, map_location="cpu"):
     """Build a GPT from `path`: our `ckpt.pt` (or a directory holding one), or a Hugging Face GPT-2 directory
-    (`config.json` + weights), or a hub name such as "gpt2" (see `GPT.from_pretrained`)."""
+    (`config.json` + weights), or a hub name such as "gpt2" (see `GPT.from_pretrained`).
+
+    Raises CheckpointError for a local path that does not exist (rather than asking the hub for it)."""
+    if missing_local_path(path):
+        raise CheckpointError(f"{path}: no such file or directory")
     is_ours = path.endswith(".pt") or os.path.isfile(os.path.join(path, "ckpt.pt"))
     if is_ours:
         state = load_checkpoint(path, map_location)

@@ -1,48 +1,26 @@
-"""The stages of training as commands: each builds the model and data it needs, then runs (train.py's CLI).
+"""The commands' work: each stage builds the model and data it needs from a `TrainConfig`, then runs.
 
-    python train.py                       the embedded demo (demo.py)
-    python train.py pretrain|sft|dpo ...  train.run_stage -> train.train
-    python train.py pairs|eval|sample ... the embedded sentiment task's prompts and ground-truth reward
+    run_stage("pretrain" | "sft" | "dpo", cfg)   model + data -> training.train -> OUT_DIR/hf/ weights
+    pairs(cfg)    sample completions of --init on the sentiment task's prompts, write preference pairs
+    evaluate(cfg) --init (policy) against --reference-init on held-out prompts: reward, win rate, KL
+    sample(cfg, prompts)  one completion of --init per prompt
 
-Every TrainConfig field is a flag (`out_dir` -> `--out-dir`); `--help` on each command lists them.
+Each validates its whole configuration first (`config.check_config`) and loads everything it needs before
+it writes anything, so a run that cannot start leaves no files behind. `train.py` is the command line.
 """
 
-import argparse
-import dataclasses
+import copy
 import json
 import os
 
 import torch
 
 import data
-import dpo
-import evaluate
+import sentiment
 from checkpoint import load_model
+from config import ConfigError, check_config, resolve_device, resolve_lengths
 from model import GPT, GPTConfig
-from train import TrainConfig, train
-
-
-STAGE_DEFAULTS = {
-    "pretrain": dict(out_dir="out/pretrain", lr=1e-3, steps=2000, batch_size=32, warmup_steps=50),
-    "sft": dict(out_dir="out/sft", lr=1e-4, steps=500, batch_size=16),
-    "dpo": dict(out_dir="out/dpo", lr=1e-5, steps=500, batch_size=16, schedule="constant"),
-    "pairs": dict(out_dir="out/pairs"),
-    "eval": dict(out_dir="out/eval"),
-}
-CHOICES = dict(loss=dpo.LOSS_TYPES, reference=("precompute", "live"), schedule=("cosine", "constant"),
-               tokenizer=("bytes", "gpt2"), impl=("auto", "triton", "torch"),
-               dtype=("auto", "float32", "bfloat16", "float16"))
-
-
-def add_config_flags(parser, defaults):
-    """One flag per TrainConfig field, e.g. `out_dir` -> `--out-dir`, defaulting to `defaults`."""
-    for f in dataclasses.fields(TrainConfig):
-        default = defaults.get(f.name, f.default)
-        flag = "--" + f.name.replace("_", "-")
-        if isinstance(default, bool):
-            parser.add_argument(flag, default=default, action=argparse.BooleanOptionalAction)
-        else:
-            parser.add_argument(flag, default=default, type=type(default), choices=CHOICES.get(f.name))
+from training import train
 
 
 def build_model(cfg, tokenizer):
@@ -54,145 +32,134 @@ def build_model(cfg, tokenizer):
         model = GPT(GPTConfig(block_size=cfg.block_size, vocab_size=tokenizer.n_vocab, n_layer=cfg.n_layer,
                               n_head=cfg.n_head, n_embd=cfg.n_embd, dropout=cfg.dropout))
     if tokenizer.n_vocab > model.config.vocab_size:
-        raise ValueError(f"tokenizer {cfg.tokenizer!r} has {tokenizer.n_vocab} tokens but the model "
-                         f"{cfg.init or '(fresh)'} has vocab_size {model.config.vocab_size}: use the "
-                         f"tokenizer the model was trained with")
-    if cfg.max_length > model.config.block_size:
-        raise ValueError(f"--max-length {cfg.max_length} exceeds the model's block_size {model.config.block_size}")
+        raise ConfigError(f"--tokenizer {cfg.tokenizer}: it has {tokenizer.n_vocab} tokens but the model "
+                          f"{cfg.init or '(fresh)'} has vocab_size {model.config.vocab_size}: use the "
+                          f"tokenizer the model was trained with")
     return model
 
 
-def preference_splits(cfg, tokenizer):
-    """Encoded (train, held-out) preference pairs from --data (and --heldout-data, or a seeded split)."""
-    if not cfg.data:
-        raise ValueError("this stage needs --data: a preference file (JSONL/JSON, HH-RLHF) or dataset name")
-    def encode(source):
-        records = data.load_preferences(source)
-        return data.encode_preferences(records, tokenizer, max_length=cfg.max_length,
-                                       max_prompt_length=cfg.max_prompt_length)
-    pairs = encode(cfg.data)
+def preference_splits(cfg, tokenizer, log=print):
+    """Encoded (train, held-out) preference pairs from --data and --heldout-data.
+
+    Without --heldout-data: the test split of a dataset that has one, else a seeded --heldout-fraction of
+    --data. Raises ConfigError when a source yields no usable pair."""
+    def encode(source, flag):
+        records, load_report = data.load_preferences(source, return_report=True)
+        pairs, encode_report = data.encode_preferences(records, tokenizer, max_length=cfg.max_length,
+                                                       max_prompt_length=cfg.max_prompt_length,
+                                                       return_report=True)
+        log(f"{load_report.summary()}; {encode_report.summary()}")
+        if not pairs:
+            raise ConfigError(f"{flag} {source}: no usable preference pair ({load_report.summary()}; "
+                              f"{encode_report.summary()})")
+        return pairs
+
+    pairs = encode(cfg.data, "--data")
     if cfg.heldout_data:
-        return pairs, encode(cfg.heldout_data)
+        return pairs, encode(cfg.heldout_data, "--heldout-data")
+    name, split = data.dataset_name_and_split(cfg.data)
+    if split in (None, "train") and "test" in (data.dataset_splits(cfg.data) or []):
+        return pairs, encode(f"{name}:test", "--data (its test split)")
     order = torch.randperm(len(pairs), generator=torch.Generator().manual_seed(cfg.seed)).tolist()
     n_heldout = max(1, int(len(pairs) * cfg.heldout_fraction))
     if len(pairs) - n_heldout < 1:
-        raise ValueError(f"{cfg.data}: {len(pairs)} usable pairs are too few to hold out {n_heldout}")
+        raise ConfigError(f"--data {cfg.data}: {len(pairs)} usable pairs are too few to hold out {n_heldout}")
     return [pairs[i] for i in order[n_heldout:]], [pairs[i] for i in order[:n_heldout]]
 
 
-def run_stage(stage, cfg, log=print):
-    """Run one of pretrain / sft / dpo from a resolved config; returns (model, last held-out metrics)."""
-    if stage == "dpo" and not cfg.init:
-        raise ValueError("dpo needs --init: the SFT model, which is also the frozen reference")
-    tokenizer = data.get_tokenizer(cfg.tokenizer)
-    if stage == "pretrain":
-        if cfg.data:
-            with open(cfg.data, encoding="utf-8") as f:
-                stream = torch.tensor(tokenizer.encode_ordinary(f.read()), dtype=torch.long)
-        else:
-            stream = data.sentiment.corpus_tokens(tokenizer, seed=cfg.seed)
-        n_heldout = max(cfg.block_size + 1, len(stream) // 20)
-        if len(stream) < n_heldout + cfg.block_size + 1:
-            raise ValueError(f"corpus of {len(stream)} tokens is too short for block_size {cfg.block_size}")
-        train_set, heldout_set = stream[:-n_heldout], stream[-n_heldout:]
-        log(f"{stage}: {len(train_set):,} training tokens, {len(heldout_set):,} held-out tokens")
+def text_splits(cfg, tokenizer):
+    """(train, held-out) token streams for pre-training: --data (a text file) or the embedded reviews."""
+    if cfg.data:
+        with open(cfg.data, encoding="utf-8") as f:
+            stream = torch.tensor(tokenizer.encode_ordinary(f.read()), dtype=torch.long)  # (N,)
     else:
-        train_set, heldout_set = preference_splits(cfg, tokenizer)
-        log(f"{stage}: {len(train_set)} training pairs, {len(heldout_set)} held-out pairs")
+        stream = sentiment.corpus_tokens(tokenizer, seed=cfg.seed)  # (N,)
+    n_heldout = max(cfg.max_length + 1, int(len(stream) * cfg.heldout_fraction))
+    if len(stream) < n_heldout + cfg.max_length + 1:
+        raise ConfigError(f"--data {cfg.data or '(embedded reviews)'}: {len(stream)} tokens are too few for "
+                          f"windows of --max-length {cfg.max_length} and a held-out part")
+    return stream[:-n_heldout], stream[-n_heldout:]
+
+
+def run_stage(stage, cfg, log=print):
+    """Run one of pretrain / sft / dpo; returns (model, last held-out metrics).
+
+    Writes OUT_DIR/{config.json, metrics.jsonl, ckpt.pt} (training.train) and OUT_DIR/hf/ (Hugging Face
+    layout). For dpo the reference is a frozen copy of the --init model."""
+    check_config(stage, cfg)
+    tokenizer = data.get_tokenizer(cfg.tokenizer)
     torch.manual_seed(cfg.seed)  # a fresh model's initial weights come from the seed too
     model = build_model(cfg, tokenizer)
+    cfg = resolve_lengths(cfg, model.config.block_size)
+    if stage == "pretrain":
+        train_set, heldout_set = text_splits(cfg, tokenizer)
+        log(f"{stage}: {len(train_set):,} training tokens, {len(heldout_set):,} held-out tokens")
+    else:
+        train_set, heldout_set = preference_splits(cfg, tokenizer, log)
+        log(f"{stage}: {len(train_set)} training pairs, {len(heldout_set)} held-out pairs")
     log(f"{stage}: model with {model.num_params() / 1e6:.2f}M parameters (non-embedding), "
-        f"vocab {model.config.vocab_size}, block {model.config.block_size}")
-    reference = build_model(cfg, tokenizer) if stage == "dpo" else None  # a frozen copy of --init
-    metrics = train(stage, cfg, model, train_set, heldout_set, pad_id=tokenizer.eot_token, reference=reference,
-                    log=log)
+        f"vocab {model.config.vocab_size}, block {model.config.block_size}, rows of {cfg.max_length} tokens")
+    metrics = train(stage, cfg, model, train_set, heldout_set, pad_id=tokenizer.eot_token, log=log,
+                    reference=copy.deepcopy(model).requires_grad_(False) if stage == "dpo" else None)
     model.save_pretrained(os.path.join(cfg.out_dir, "hf"))  # for transformers and other tools
     return model, metrics
 
 
-def main(argv):
-    import demo  # imports this module: import it here, not at the top
-
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    commands = parser.add_subparsers(dest="stage")
-    for stage in ("pretrain", "sft", "dpo", "pairs", "eval", "sample"):
-        sub = commands.add_parser(stage, help=stage_help(stage).split(". ")[0], description=stage_help(stage))
-        add_config_flags(sub, STAGE_DEFAULTS.get(stage, {}))
-        if stage == "sample":
-            sub.add_argument("--prompt", action="append", default=[], help="a prompt (repeatable)")
-    demo_parser = commands.add_parser("demo", help="the embedded sentiment experiment, end to end (default)")
-    demo_parser.add_argument("--quick", action="store_true", help="a tiny configuration that runs in a minute")
-    demo_parser.add_argument("--out-dir", default="out/demo")
-    args = parser.parse_args(argv)
-
-    if args.stage in (None, "demo"):
-        demo.run(out_dir=getattr(args, "out_dir", "out/demo"), quick=getattr(args, "quick", False))
-        return 0
-    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)}
-    cfg = TrainConfig(**values)
-    if args.stage in ("pretrain", "sft", "dpo"):
-        run_stage(args.stage, cfg)
-    elif args.stage == "pairs":
-        pairs_command(cfg)
-    elif args.stage == "eval":
-        eval_command(cfg)
-    else:
-        sample_command(cfg, args.prompt)
-    return 0
+def load_for_sampling(path, cfg, tokenizer, prompts):
+    """load_model(path) in eval mode on --device; ConfigError if a prompt + --max-new-tokens would not fit."""
+    model = load_model(path)
+    longest = max(len(tokenizer.encode_ordinary(p)) for p in prompts)
+    if longest + cfg.max_new_tokens > model.config.block_size:
+        raise ConfigError(f"--max-new-tokens {cfg.max_new_tokens}: the longest prompt ({longest} tokens) plus "
+                          f"{cfg.max_new_tokens} exceeds the block size {model.config.block_size} of {path}")
+    return model.to(resolve_device(cfg)[0]).eval()
 
 
-def stage_help(stage):
-    return {
-        "pretrain": "Next-token prediction on --data (a UTF-8 text file) or, by default, the embedded reviews.",
-        "sft": "Supervised fine-tuning of --init on prompt + chosen of --data (loss on response tokens only).",
-        "dpo": "DPO (paper Eq. 7) of --init on --data, with a frozen copy of --init as the reference.",
-        "pairs": "Sample --samples-per-prompt completions from --init for the embedded task's training prompts "
-                 "and write best-vs-worst preference pairs (ground-truth reward: VADER) to OUT_DIR/pairs.jsonl.",
-        "eval": "Compare --init (policy) with --reference-init on held-out prompts: reward, win rate, KL.",
-        "sample": "Print a completion of --init for each --prompt (or a few held-out prompts).",
-    }[stage]
+def pairs(cfg, log=print):
+    """Preference pairs from --init's samples on the sentiment task's training prompts -> OUT_DIR/pairs.jsonl.
 
-
-def pairs_command(cfg):
-    """train.py pairs: preference pairs from --init's samples on the task's training prompts."""
-    if not cfg.init:
-        raise ValueError("pairs needs --init: the model to sample from")
-    tokenizer, model = data.get_tokenizer(cfg.tokenizer), load_model(cfg.init)
-    train_prompts, _ = data.sentiment.make_prompts(seed=0)
-    train_prompts = train_prompts[:cfg.num_prompts or None]
+    Returns (records, sentiment.PairReport)."""
+    check_config("pairs", cfg)
+    tokenizer = data.get_tokenizer(cfg.tokenizer)
+    train_prompts = sentiment.make_prompts(seed=0)[0][:cfg.num_prompts or None]
+    model = load_for_sampling(cfg.init, cfg, tokenizer, train_prompts)
     os.makedirs(cfg.out_dir, exist_ok=True)
     path = os.path.join(cfg.out_dir, "pairs.jsonl")
-    _, report = data.sentiment.build_preference_pairs(
+    records, report = sentiment.build_preference_pairs(
         model, tokenizer, train_prompts, k=cfg.samples_per_prompt, min_reward_gap=cfg.min_reward_gap,
         max_new_tokens=cfg.max_new_tokens, seed=cfg.seed, path=path, return_report=True)
-    print(f"{report.summary()}\nwrote {path}")
+    log(f"{report.summary()}\nwrote {path}")
+    return records, report
 
 
-def eval_command(cfg):
-    """train.py eval: --init (policy) vs --reference-init on the task's held-out prompts."""
-    if not cfg.init or not cfg.reference_init:
-        raise ValueError("eval needs --init (the policy) and --reference-init (the reference)")
+def evaluate(cfg, log=print):
+    """--init (policy) against --reference-init on the task's held-out prompts -> OUT_DIR/eval.json.
+
+    Returns sentiment.sample_report's dict."""
+    check_config("eval", cfg)
     tokenizer = data.get_tokenizer(cfg.tokenizer)
-    _, heldout_prompts = data.sentiment.make_prompts(seed=0)
-    heldout_prompts = heldout_prompts[:cfg.num_prompts or None]
-    report = evaluate.sample_report(load_model(cfg.init), load_model(cfg.reference_init), tokenizer,
-                                    heldout_prompts, data.sentiment.sentiment_reward,
-                                    max_new_tokens=cfg.max_new_tokens, seed=cfg.seed)
+    heldout_prompts = sentiment.make_prompts(seed=0)[1][:cfg.num_prompts or None]
+    policy = load_for_sampling(cfg.init, cfg, tokenizer, heldout_prompts)
+    reference = load_for_sampling(cfg.reference_init, cfg, tokenizer, heldout_prompts)
+    report = sentiment.sample_report(policy, reference, tokenizer, heldout_prompts, sentiment.sentiment_reward,
+                                     max_new_tokens=cfg.max_new_tokens, seed=cfg.seed, impl=cfg.impl)
     numbers = {k: v for k, v in report.items() if isinstance(v, float)}
     os.makedirs(cfg.out_dir, exist_ok=True)
     with open(os.path.join(cfg.out_dir, "eval.json"), "w") as f:
         json.dump(numbers, f, indent=2)
-    print(json.dumps(numbers, indent=2))
+    log(json.dumps(numbers, indent=2))
+    return report
 
 
-def sample_command(cfg, prompts):
-    """train.py sample: one completion of --init for each prompt (default: a few held-out prompts)."""
-    if not cfg.init:
-        raise ValueError("sample needs --init: the model to sample from")
-    tokenizer, model = data.get_tokenizer(cfg.tokenizer), load_model(cfg.init)
-    prompts = prompts or data.sentiment.make_prompts(seed=0)[1][:5]
-    completions, _ = data.sentiment.sample_completions(model, tokenizer, prompts, k=1,
-                                                       max_new_tokens=cfg.max_new_tokens, seed=cfg.seed)
-    for prompt, (completion,) in zip(prompts, completions):
-        print(f"{prompt}{completion}")
+def sample(cfg, prompts=(), log=print):
+    """One completion of --init for each prompt (default: the first 5 held-out prompts); returns the texts."""
+    check_config("sample", cfg)
+    tokenizer = data.get_tokenizer(cfg.tokenizer)
+    prompts = list(prompts) or sentiment.make_prompts(seed=0)[1][:5]
+    model = load_for_sampling(cfg.init, cfg, tokenizer, prompts)
+    samples = sentiment.sample_completions(model, tokenizer, prompts, k=1, max_new_tokens=cfg.max_new_tokens,
+                                           seed=cfg.seed)
+    completions = [group[0] for group in samples.texts]
+    for prompt, completion in zip(prompts, completions):
+        log(f"{prompt}{completion}")
+    return completions

@@ -1,15 +1,10 @@
-"""Training: language-model pre-training, SFT and DPO (paper Eq. 7), with evaluation and exact resume.
-
-    python train.py                    the embedded demo, end to end on a CPU (see demo.py)
-    python train.py pretrain --help    next-token prediction on a text corpus (the embedded reviews by default)
-    python train.py sft --help         supervised fine-tuning on prompt + chosen, loss on the response only
-    python train.py dpo --help         DPO against a frozen reference model (the --init model)
-    python train.py pairs --help       sample completions and label preference pairs with the ground-truth reward
-    python train.py eval --help        held-out report: ground-truth reward, win rate and KL from samples
+"""The training loop: language-model pre-training, SFT and DPO (paper Eq. 7), with evaluation and exact resume.
 
 One loop serves every stage (`train` below); only the loss differs:
     pretrain, sft   -(1/N) sum over target tokens of log pi(y_t | y_<t, x)      N = target tokens in the step
     dpo             mean over pairs of dpo.dpo_loss(...)                        the paper's Eq. 7 and variants
+
+`config.TrainConfig` holds the settings (`config.py` also validates them).
 
 The data order, the learning rate and the pre-training windows are pure functions of (seed, step), and the
 checkpoint holds the model, AdamW state and RNG states, so `--resume` continues bit for bit. Gradient
@@ -17,13 +12,10 @@ accumulation divides each micro-batch's summed loss by the size of the whole ste
 accumulated gradient equals the large-batch gradient. Simplifications: one process, one device; no packing.
 """
 
-import contextlib
 import dataclasses
 import json
 import math
 import os
-import sys
-from dataclasses import dataclass
 
 import torch
 from tqdm.auto import tqdm
@@ -32,76 +24,11 @@ import data
 import dpo
 import kernels
 from checkpoint import load_checkpoint, restore_rng, save_checkpoint
+from config import TRAINING_STAGES, ConfigError, check_values, resolve_device
 
 
 class NonFiniteLossError(RuntimeError):
     """Training produced a NaN/inf loss or gradient; the last good checkpoint was left untouched."""
-
-
-# -----------------------------------------------------------------------------
-# Configuration: a dataclass with defaults; stages.py makes every field a command-line flag (--out-dir, ...)
-
-@dataclass
-class TrainConfig:
-    out_dir: str = "out/run"
-    init: str = ""                # "" = a fresh model; else our ckpt.pt (or its dir), or a HF GPT-2 dir / name
-    data: str = ""                # pretrain: a UTF-8 text file ("" = embedded reviews); sft/dpo: preference data
-    heldout_data: str = ""        # held-out preferences ("" = hold out `heldout_fraction` of --data)
-    heldout_fraction: float = 0.05
-    tokenizer: str = "bytes"      # "bytes" (offline byte-level) or "gpt2" (tiktoken's BPE)
-    max_length: int = 256         # prompt + response tokens per row
-    max_prompt_length: int = 128
-    # a fresh model
-    n_layer: int = 4
-    n_head: int = 4
-    n_embd: int = 128
-    block_size: int = 256
-    dropout: float = 0.0
-    # optimisation
-    steps: int = 1000
-    batch_size: int = 32          # examples (DPO: pairs) per optimizer step
-    grad_accum: int = 1           # micro-batches per step (batch_size must divide evenly)
-    lr: float = 3e-4
-    schedule: str = "cosine"      # "cosine" (to min_lr_ratio * lr) or "constant", after linear warm-up
-    min_lr_ratio: float = 0.1
-    warmup_steps: int = 20
-    weight_decay: float = 0.1
-    grad_clip: float = 1.0
-    # DPO
-    loss: str = "sigmoid"         # sigmoid | ipo | hinge | robust (see dpo.py)
-    beta: float = 0.1
-    label_smoothing: float = 0.0
-    reference: str = "precompute"  # "precompute": reference log-probs once, model freed; "live": every step
-    # sampling (pairs, eval)
-    samples_per_prompt: int = 4
-    max_new_tokens: int = 64
-    min_reward_gap: float = 0.2
-    reference_init: str = ""      # eval: the reference model to compare --init with
-    num_prompts: int = 0          # pairs/eval: use the first N of the task's prompts (0 = all)
-    # evaluation and checkpoints
-    eval_every: int = 50
-    early_stop_patience: int = 0  # evaluations without a better held-out score before stopping; 0 = off
-    save_every: int = 200
-    resume: bool = False
-    # hardware
-    device: str = "auto"          # auto = cuda if available, else cpu
-    dtype: str = "auto"           # autocast dtype on CUDA: auto = bfloat16; float16 uses a grad scaler
-    impl: str = "auto"            # log-prob kernel: auto (Triton on CUDA, torch on CPU) | triton | torch
-    compile: bool = False
-    seed: int = 1337
-
-
-def resolve_device(cfg):
-    """(device, autocast context factory, grad scaler or None) for `cfg.device` / `cfg.dtype`."""
-    device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if cfg.device == "auto" else cfg.device))
-    dtype = {"auto": torch.bfloat16 if device.type == "cuda" else torch.float32, "float32": torch.float32,
-             "bfloat16": torch.bfloat16, "float16": torch.float16}[cfg.dtype]
-    if dtype == torch.float32:
-        return device, contextlib.nullcontext, None
-    autocast = lambda: torch.autocast(device_type=device.type, dtype=dtype)  # noqa: E731
-    scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
-    return device, autocast, scaler
 
 
 def learning_rate(cfg, step):
@@ -156,8 +83,8 @@ def in_order(n_examples, batch_size):
 def step_batches(stage, cfg, train_set, step, pad_id):
     """The micro-batches (dicts of tensors) of one optimizer step."""
     micro = cfg.batch_size // cfg.grad_accum
-    if stage == "pretrain":  # random windows of the token stream, drawn from a per-step generator
-        windows = data.lm_batches(train_set, micro, cfg.block_size, num_batches=cfg.grad_accum,
+    if stage == "pretrain":  # random windows of max_length tokens, drawn from a per-step generator
+        windows = data.lm_batches(train_set, micro, cfg.max_length, num_batches=cfg.grad_accum,
                                   generator=torch.Generator().manual_seed(cfg.seed * 100_003 + step))
         return [lm_batch(x, y) for x, y in windows]  # (micro, T) each
     indices = example_indices(len(train_set), cfg.batch_size, step, cfg.seed)
@@ -176,13 +103,17 @@ def lm_loss(model, batch, tokens_in_step, impl):
 
 
 @torch.no_grad()
-def reference_logps(reference, pairs, cfg, pad_id, device, desc="reference log-probs"):
-    """log pi_ref(y_w|x) and log pi_ref(y_l|x) of every pair: (N, 2) float32 on the CPU (summed, not means)."""
+def reference_logps(reference, pairs, cfg, pad_id, device, autocast, desc="reference log-probs"):
+    """log pi_ref(y_w|x) and log pi_ref(y_l|x) of every pair: (N, 2) float32 on the CPU (summed, not means).
+
+    Computed under the same `autocast` as the policy's forward, so that the reference sees exactly what the
+    policy sees: at step 0 (policy == reference) the implicit rewards are 0 and the loss is log 2."""
     reference.eval()
     rows = []
     for indices in tqdm(in_order(len(pairs), cfg.batch_size), desc=desc, leave=False):
         batch = pair_batch("dpo", pairs, indices, pad_id)
-        ref = dpo.concatenated_logps(reference, {k: v.to(device) for k, v in batch.items()}, impl=cfg.impl)
+        with autocast():
+            ref = dpo.concatenated_logps(reference, {k: v.to(device) for k, v in batch.items()}, impl=cfg.impl)
         rows.append(torch.stack([ref.chosen, ref.rejected], dim=1).float().cpu())  # (b, 2)
     return torch.cat(rows)  # (N, 2)
 
@@ -197,19 +128,21 @@ def dpo_batch_loss(model, batch, cfg, pairs_in_step, ref_table=None, reference=N
     else:  # precomputed once before training
         ref_chosen, ref_rejected = ref_table[batch["index"].cpu()].to(policy.chosen.device).unbind(dim=1)
     pi_chosen, pi_rejected = policy.chosen, policy.rejected
-    if cfg.loss == "ipo":  # IPO is defined on length-normalised log-probs (per-token means)
+    if cfg.loss == "ipo":  # IPO is defined on length-normalised log-probs (per-token means); so are its
+        # rewards/* and logps/* metrics here, where TRL logs beta * summed log-ratios for the same loss
         pi_chosen, ref_chosen = pi_chosen / policy.chosen_tokens, ref_chosen / policy.chosen_tokens
         pi_rejected, ref_rejected = pi_rejected / policy.rejected_tokens, ref_rejected / policy.rejected_tokens
     losses, chosen_rewards, rejected_rewards = dpo.dpo_loss(
         pi_chosen, pi_rejected, ref_chosen, ref_rejected,
         beta=cfg.beta, loss_type=cfg.loss, label_smoothing=cfg.label_smoothing)
-    parts = (losses.detach(), chosen_rewards, rejected_rewards, pi_chosen.detach(), pi_rejected.detach())
-    return losses.sum() / pairs_in_step, parts
+    per_pair = dict(losses=losses.detach(), chosen_rewards=chosen_rewards, rejected_rewards=rejected_rewards,
+                    policy_chosen_logps=pi_chosen.detach(), policy_rejected_logps=pi_rejected.detach())  # (b,) each
+    return losses.sum() / pairs_in_step, per_pair
 
 
-def dpo_metrics_from_parts(parts):
-    """dpo.dpo_metrics over the concatenation of several micro-batches' per-pair values."""
-    return dpo.dpo_metrics(*[torch.cat([p[i] for p in parts]) for i in range(5)])
+def dpo_metrics_of(per_pair_values):
+    """dpo.dpo_metrics over several micro-batches: a list of dpo_batch_loss's per-pair dicts."""
+    return dpo.dpo_metrics(**{k: torch.cat([v[k] for v in per_pair_values]) for k in per_pair_values[0]})
 
 
 @torch.no_grad()
@@ -217,7 +150,7 @@ def evaluate_heldout(stage, model, heldout_set, cfg, pad_id, device, ref_table=N
     """Held-out metrics: token-mean NLL as "loss" for pretrain/sft; the dpo.dpo_metrics keys for DPO."""
     model.eval()
     if stage == "pretrain":  # a fixed set of windows from the held-out stream
-        windows = data.lm_batches(heldout_set, cfg.batch_size, cfg.block_size, num_batches=4,
+        windows = data.lm_batches(heldout_set, cfg.batch_size, cfg.max_length, num_batches=4,
                                   generator=torch.Generator().manual_seed(cfg.seed))
         batches = [lm_batch(x, y) for x, y in windows]
     else:
@@ -225,8 +158,7 @@ def evaluate_heldout(stage, model, heldout_set, cfg, pad_id, device, ref_table=N
                    for indices in in_order(len(heldout_set), cfg.batch_size)]
     batches = [{k: v.to(device) for k, v in b.items()} for b in batches]
     if stage == "dpo":
-        parts = [dpo_batch_loss(model, b, cfg, 1, ref_table, reference)[1] for b in batches]
-        return dpo_metrics_from_parts(parts)
+        return dpo_metrics_of([dpo_batch_loss(model, b, cfg, 1, ref_table, reference)[1] for b in batches])
     total_tokens = sum(int(b["mask"].sum()) for b in batches)
     return {"loss": sum(lm_loss(model, b, total_tokens, cfg.impl).item() for b in batches)}
 
@@ -242,34 +174,42 @@ def train(stage, cfg, model, train_set, heldout_set, *, pad_id=0, reference=None
     frozen reference model (required).
     Writes cfg.out_dir/{config.json, metrics.jsonl, ckpt.pt, best.pt (with early stopping)}.
     """
-    assert stage in ("pretrain", "sft", "dpo"), stage
-    if cfg.batch_size % cfg.grad_accum != 0:
-        raise ValueError(f"batch_size {cfg.batch_size} is not divisible by grad_accum {cfg.grad_accum}")
+    assert stage in TRAINING_STAGES, stage
+    check_values(cfg)
+    if not cfg.max_length:
+        raise ConfigError("--max-length: resolve it first (resolve_lengths), train() needs a number")
+    if stage == "dpo" and reference is None:
+        raise ValueError("DPO needs a reference model")
+    ckpt_path, best_path = os.path.join(cfg.out_dir, "ckpt.pt"), os.path.join(cfg.out_dir, "best.pt")
+    resume_state = load_checkpoint(ckpt_path) if cfg.resume else None  # a bad checkpoint fails before any write
+    device, autocast, scaler = resolve_device(cfg)
     os.makedirs(cfg.out_dir, exist_ok=True)
     with open(os.path.join(cfg.out_dir, "config.json"), "w") as f:
         json.dump({"stage": stage, **dataclasses.asdict(cfg)}, f, indent=2)
-    device, autocast, scaler = resolve_device(cfg)
     model.to(device)
     torch.manual_seed(cfg.seed)
 
-    # DPO: the reference's log-probs, precomputed once (then the reference can be freed) or computed live.
+    # DPO: the reference's log-probs, precomputed once under the policy's autocast (then the reference is
+    # dropped: this function held the last reference to it), or computed live every step.
     ref_table = heldout_ref_table = live_reference = None
     if stage == "dpo":
-        if reference is None:
-            raise ValueError("DPO needs a reference model")
         reference.to(device).eval().requires_grad_(False)
         if cfg.reference == "precompute":
-            ref_table = reference_logps(reference, train_set, cfg, pad_id, device)  # (N, 2)
-            heldout_ref_table = reference_logps(reference, heldout_set, cfg, pad_id, device, "held-out reference")
+            ref_table = reference_logps(reference, train_set, cfg, pad_id, device, autocast)  # (N, 2)
+            heldout_ref_table = reference_logps(reference, heldout_set, cfg, pad_id, device, autocast,
+                                                "held-out reference")
+            reference.to("cpu")  # off the accelerator even if the caller keeps a reference to it
+            reference = None
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
         else:
             live_reference = reference
 
     optimizer = make_optimizer(model, cfg)
-    ckpt_path, best_path = os.path.join(cfg.out_dir, "ckpt.pt"), os.path.join(cfg.out_dir, "best.pt")
     metrics_path = os.path.join(cfg.out_dir, "metrics.jsonl")
     step, extra, eval_row = 0, {"best_score": -math.inf, "evals_since_best": 0}, {}
-    if cfg.resume:
-        state = load_checkpoint(ckpt_path)
+    if resume_state is not None:
+        state = resume_state
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         step, extra = state["step"], state["extra"]
@@ -302,13 +242,14 @@ def train(stage, cfg, model, train_set, heldout_set, *, pad_id=0, reference=None
         batches = [{k: v.to(device) for k, v in b.items()}
                    for b in step_batches(stage, cfg, train_set, step, pad_id)]
         model.train()
-        step_loss, parts = 0.0, []
+        step_loss, per_pair_values = 0.0, []
         tokens_in_step = sum(int(b["mask"].sum()) for b in batches)
         for batch in batches:
             with autocast():
                 if stage == "dpo":
-                    loss, part = dpo_batch_loss(step_model, batch, cfg, cfg.batch_size, ref_table, live_reference)
-                    parts.append(part)
+                    loss, per_pair = dpo_batch_loss(step_model, batch, cfg, cfg.batch_size, ref_table,
+                                                    live_reference)
+                    per_pair_values.append(per_pair)
                 else:
                     loss = lm_loss(step_model, batch, max(1, tokens_in_step), cfg.impl)
             (scaler.scale(loss) if scaler else loss).backward()
@@ -331,7 +272,7 @@ def train(stage, cfg, model, train_set, heldout_set, *, pad_id=0, reference=None
 
         # -- logging, evaluation, checkpoints
         row = {"split": "train", "step": step, "lr": lr, "grad_norm": grad_norm}
-        row.update(dpo_metrics_from_parts(parts) if stage == "dpo" else {"loss": step_loss})
+        row.update(dpo_metrics_of(per_pair_values) if stage == "dpo" else {"loss": step_loss})
         record(row)
         progress.update(1)
         progress.set_postfix({k: f"{row[k]:.3f}" for k in ("loss", "rewards/accuracies") if k in row})
@@ -371,9 +312,3 @@ def tensorboard_writer(out_dir):
     except ImportError:
         return None
     return SummaryWriter(os.path.join(out_dir, "tb"))
-
-
-if __name__ == "__main__":
-    import stages  # the stages as commands: python train.py {pretrain,sft,dpo,pairs,eval,sample,demo} --help
-
-    sys.exit(stages.main(sys.argv[1:]))

@@ -26,8 +26,13 @@ import torch
 IGNORE_INDEX = -100
 
 
-def _collate(rows: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
-    """(prompt_ids, response_ids) rows -> input_ids / labels / mask, right-padded to the longest row."""
+def collate_responses(rows: Sequence[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Collate N (prompt_ids, response_ids) rows of int lists into one batch, right-padded to the longest row.
+
+    The building block of every collate here, and of scoring sampled completions (`sentiment.evaluate`).
+    Returns {"input_ids": (N, T) int64, "labels": (N, T) int64 (-100 = no target), "mask": (N, T) bool},
+    T = the longest prompt + response; the mask covers exactly the response tokens.
+    """
     if not rows:
         raise ValueError("cannot collate an empty list of pairs")
     if not isinstance(pad_id, int) or isinstance(pad_id, bool):
@@ -61,7 +66,7 @@ def dpo_collate(pairs: Sequence, pad_id: int) -> dict[str, torch.Tensor]:
         T = the longest prompt + response. Row b and row B + b hold the same prompt.
     """
     rows = [(p.prompt_ids, p.chosen_ids) for p in pairs] + [(p.prompt_ids, p.rejected_ids) for p in pairs]
-    return _collate(rows, pad_id)
+    return collate_responses(rows, pad_id)
 
 
 def sft_collate(pairs: Sequence, pad_id: int) -> dict[str, torch.Tensor]:
@@ -70,7 +75,7 @@ def sft_collate(pairs: Sequence, pad_id: int) -> dict[str, torch.Tensor]:
     Returns the same keys as `dpo_collate`, each (B, T); the mask covers the chosen response (+ EOS) only,
     so the loss is on the response, not on the prompt.
     """
-    return _collate([(p.prompt_ids, p.chosen_ids) for p in pairs], pad_id)
+    return collate_responses([(p.prompt_ids, p.chosen_ids) for p in pairs], pad_id)
 
 
 def lm_batches(tokens, batch_size: int, block_size: int, *, generator: torch.Generator,

@@ -6,7 +6,8 @@ responses, y_w preferred to y_l. `PreferenceRecord` is one such triple, as text.
 * JSON Lines (`.jsonl`, optionally `.jsonl.gz`) or JSON (`.json[.gz]`: an array of objects, or JSON Lines
   under a .json name, as `datasets` writes them) whose objects hold one of the record formats below;
 * an in-memory `datasets.Dataset` / `DatasetDict` or a list of dicts;
-* a Hugging Face dataset name (e.g. "Anthropic/hh-rlhf"), through `datasets.load_dataset` - needs a network.
+* a Hugging Face dataset name (e.g. "Anthropic/hh-rlhf"; "Anthropic/hh-rlhf:test" picks a split) or a local
+  dataset directory (e.g. train.jsonl + test.jsonl), through `datasets.load_dataset` - a name needs a network.
 
 Record formats (detected per record):
 
@@ -37,6 +38,7 @@ import gzip
 import json
 import logging
 import os
+import re
 from collections.abc import Iterable, Iterator, Mapping
 
 log = logging.getLogger(__name__)
@@ -247,17 +249,64 @@ def _dataset_rows(dataset, name: str) -> Iterator[tuple[str, object]]:
         yield f"{name}, row {i}", row
 
 
+def dataset_name_and_split(source: str) -> tuple[str, str | None]:
+    """Split "NAME:SPLIT" (a Hugging Face dataset name or a local dataset directory, then a split) into its parts.
+
+    A string that exists as a path, or has no ":", is a name with no split: ("NAME", None).
+    Example: "Anthropic/hh-rlhf:test" -> ("Anthropic/hh-rlhf", "test").
+    """
+    name, colon, split = source.rpartition(":")
+    if os.path.exists(source) or not colon or not name or not split or "/" in split:
+        return source, None
+    return name, split
+
+
+HUB_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?(:[\w.-]+)?$")  # "gpt2", "org/name", "org/name:split"
+
+
+def missing_local_path(value):
+    """True when `value` names a local file or directory that does not exist, and is not a hub name either.
+
+    "gpt2" and "org/name" are hub names (unless "org" is a local directory: then "org/name" is a path);
+    "/abs/path", "./x", "~/x", "a/b/c" and file names such as "x.jsonl" or "ckpt.pt" are paths.
+    """
+    if os.path.exists(value) or os.path.exists(dataset_name_and_split(value)[0]):
+        return False
+    file_like = value.endswith((".pt", ".bin", ".safetensors", ".json", ".jsonl", ".gz", ".txt"))
+    if file_like or not HUB_NAME.match(value):
+        return True
+    return "/" in value and os.path.isdir(value.split("/")[0])
+
+
+def _is_file_source(path: str) -> bool:
+    """A preference file (existing, or named like one), as opposed to a dataset name or directory."""
+    return os.path.isfile(path) or (not os.path.exists(path) and path.endswith((".json", ".jsonl", ".gz")))
+
+
+def dataset_splits(source) -> list[str] | None:
+    """The split names of a dataset name or local dataset directory (e.g. ["train", "test"]); None for a file.
+
+    Asks `datasets.get_dataset_split_names` (a network request for a hub name that is not cached)."""
+    if not isinstance(source, (str, os.PathLike)) or _is_file_source(os.fspath(source)):
+        return None
+    import datasets
+
+    return list(datasets.get_dataset_split_names(dataset_name_and_split(os.fspath(source))[0]))
+
+
 def _rows(source, split: str, report: LoadReport) -> Iterator[tuple[str, object]]:
     if isinstance(source, (str, os.PathLike)):
         path = os.fspath(source)
-        if os.path.exists(path) or path.endswith((".json", ".jsonl", ".gz")):
+        if _is_file_source(path):
             return _file_rows(path, report)
+        name, named_split = dataset_name_and_split(path)
+        split = named_split or split
         try:
             import datasets
         except ImportError as err:
             raise FileNotFoundError(f"{path}: no such file, and the `datasets` package (needed to load a "
                                     f"Hugging Face dataset by name) is not installed") from err
-        return _dataset_rows(datasets.load_dataset(path, split=split), f"{path}[{split}]")
+        return _dataset_rows(datasets.load_dataset(name, split=split), f"{name}[{split}]")
     if type(source).__name__ == "DatasetDict":
         if split not in source:
             raise KeyError(f"DatasetDict has no split {split!r}; it has {sorted(source)}")
@@ -275,8 +324,9 @@ def load_preferences(source, *, split: str = "train", return_report: bool = Fals
 
     Args:
         source: path (str or PathLike) to a .jsonl/.json file (optionally .gz); a `datasets.Dataset` or
-            `DatasetDict`; a list of dicts; or a dataset name for `datasets.load_dataset` (network).
-        split: the split to take from a DatasetDict or a named dataset.
+            `DatasetDict`; a list of dicts; or a dataset name (network) or local dataset directory for
+            `datasets.load_dataset`, optionally with a split: "Anthropic/hh-rlhf:test".
+        split: the split to take from a DatasetDict or a named dataset (a split in the name wins).
         return_report: also return the `LoadReport`.
     Returns:
         list[PreferenceRecord], or (records, LoadReport) when return_report.

@@ -1,21 +1,6 @@
-"""The embedded task: controlled sentiment generation (Rafailov et al., 2023, section 6.1), offline.
+"""The sentiment task's pieces: the ground-truth reward, the corpus stream, sampling, and preference pairs.
 
-In the paper, x is a prefix of an IMDb review, the policy writes the continuation y, and a sentiment
-classifier gives the ground-truth reward r(x, y). Preference pairs are made by sampling completions from the
-model and labelling them with that reward. Here, with no downloads:
-
-* corpus: short generated reviews (`data.reviews`), 1-2 MB, to pre-train a small base model;
-  `corpus_tokens` returns them as one token stream with EOS after every review;
-* prompts: sentiment-neutral review openings, split into train and held-out sets (`make_prompts`);
-* reward: VADER's compound score in [-1, 1] (Hutto & Gilbert, 2014; `vaderSentiment` package) of the
-  completion only - the prompt is neutral and is not scored;
-* pairs: for each train prompt, sample k completions from the model (one batched `GPT.complete` call),
-  score them, pair the best (chosen) with the worst (rejected), drop pairs whose reward gap is below a
-  threshold (counted), and optionally write them as standard JSONL for `data.load_preferences`.
-
-Left out: the paper's classifier (a fine-tuned SiEBERT model) and real IMDb text; the reward here is a
-lexicon scorer, which a policy can exploit by piling up positive words - the KL term of DPO is what keeps
-the completions reading like reviews.
+See `sentiment/__init__.py` for the task as a whole (the paper's section 6.1, offline).
 """
 
 import dataclasses
@@ -26,8 +11,8 @@ from collections.abc import Sequence
 
 import torch
 
-from data.records import PreferenceRecord, save_preferences
-from data.reviews import Review, make_corpus, make_prompts, make_reviews  # noqa: F401  (re-exported)
+from data import PreferenceRecord, save_preferences
+from sentiment.reviews import Review, make_corpus
 
 log = logging.getLogger(__name__)
 
@@ -89,23 +74,33 @@ class PairReport:
                 f"(chosen {self.mean_chosen_reward:+.3f}, rejected {self.mean_rejected_reward:+.3f})")
 
 
+@dataclasses.dataclass
+class Samples:
+    """What `sample_completions` drew: for prompts[i], its k completions as text and as token ids."""
+
+    texts: list[list[str]]  # texts[i][j]: the j-th completion of prompts[i], decoded without the EOS
+    token_ids: list[list[list[int]]]  # token_ids[i][j]: its token ids, with the EOS when it stopped at one
+    prompt_ids: list[list[int]]  # prompt_ids[i]: prompts[i] encoded (encode_ordinary)
+    n_without_eos: int  # completions that stopped at max_new_tokens rather than at EOS
+
+
 def sample_completions(model, tokenizer, prompts: Sequence[str], *, k: int = 1, max_new_tokens: int = 64,
                        temperature: float = 1.0, top_k: int | None = None, seed: int = 0,
-                       batch_size: int = 64) -> tuple[list[list[str]], int]:
-    """Sample k completions per prompt with `model.complete` (one batched call), decoded without the EOS.
+                       batch_size: int = 64) -> Samples:
+    """Sample k completions per prompt with `model.complete` (one batched call), on the model's device.
 
-    The model is put in eval mode for sampling (its previous mode is restored) and sampling draws from a
-    torch RNG seeded with `seed` inside `torch.random.fork_rng`, so the caller's RNG state is untouched
-    and the same seed gives the same completions.
+    The model is put in eval mode for sampling (its previous mode is restored) and sampling draws from the
+    torch RNG of the model's device, seeded with `seed` inside `torch.random.fork_rng` (which forks exactly
+    that device's generator), so the caller's RNG state is untouched and the same seed gives the same samples.
 
-    Returns:
-        (completions, n_without_eos): completions[i][j] is the j-th completion (str) of prompts[i];
-        n_without_eos counts those that stopped at max_new_tokens rather than at EOS.
+    Args:
+        model: a model.GPT (anything with `complete` and `parameters`); tokenizer: its tiktoken.Encoding.
+        prompts: N strings; k: completions per prompt; max_new_tokens, temperature, top_k: sampling settings.
     """
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
     eos = tokenizer.eot_token
-    prompt_ids = [tokenizer.encode_ordinary(p) for p in prompts for _ in range(k)]  # each prompt k times
+    prompt_ids = [tokenizer.encode_ordinary(p) for p in prompts]
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
@@ -114,13 +109,15 @@ def sample_completions(model, tokenizer, prompts: Sequence[str], *, k: int = 1, 
             if device.type == "cuda" else []
         with torch.random.fork_rng(devices=cuda):
             torch.manual_seed(seed)
-            outputs = model.complete(prompt_ids, max_new_tokens, temperature=temperature, top_k=top_k,
-                                     eos_token=eos, batch_size=batch_size)
+            outputs = model.complete([ids for ids in prompt_ids for _ in range(k)], max_new_tokens,
+                                     temperature=temperature, top_k=top_k, eos_token=eos, batch_size=batch_size)
     finally:
         model.train(was_training)
     n_without_eos = sum(1 for ids in outputs if not ids or ids[-1] != eos)
     texts = [tokenizer.decode([t for t in ids if t != eos], errors="replace") for ids in outputs]
-    return [texts[i * k:(i + 1) * k] for i in range(len(prompts))], n_without_eos
+    return Samples(texts=[texts[i * k:(i + 1) * k] for i in range(len(prompts))],
+                   token_ids=[outputs[i * k:(i + 1) * k] for i in range(len(prompts))],
+                   prompt_ids=prompt_ids, n_without_eos=n_without_eos)
 
 
 def build_preference_pairs(model, tokenizer, prompts: Sequence[str], *, k: int = 4, min_reward_gap: float = 0.1,
@@ -146,9 +143,9 @@ def build_preference_pairs(model, tokenizer, prompts: Sequence[str], *, k: int =
     """
     if k < 2:
         raise ValueError(f"k must be >= 2 to form a pair, got {k}")
-    completions, n_without_eos = sample_completions(
-        model, tokenizer, prompts, k=k, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
-        seed=seed, batch_size=batch_size)
+    samples = sample_completions(model, tokenizer, prompts, k=k, max_new_tokens=max_new_tokens,
+                                 temperature=temperature, top_k=top_k, seed=seed, batch_size=batch_size)
+    completions = samples.texts
     flat_rewards = [float(r) for r in (reward_fn or sentiment_reward)([c for group in completions for c in group])]
     records, chosen_rewards, rejected_rewards, n_small_gap = [], [], [], 0
     for i, (prompt, group) in enumerate(zip(prompts, completions)):
@@ -162,7 +159,7 @@ def build_preference_pairs(model, tokenizer, prompts: Sequence[str], *, k: int =
         chosen_rewards.append(rewards[best])
         rejected_rewards.append(rewards[worst])
     report = PairReport(
-        n_prompts=len(prompts), k=k, n_completions=len(flat_rewards), n_without_eos=n_without_eos,
+        n_prompts=len(prompts), k=k, n_completions=len(flat_rewards), n_without_eos=samples.n_without_eos,
         n_pairs=len(records), n_dropped_small_gap=n_small_gap,
         mean_reward=statistics.fmean(flat_rewards) if flat_rewards else float("nan"),
         mean_chosen_reward=statistics.fmean(chosen_rewards) if records else float("nan"),

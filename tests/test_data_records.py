@@ -171,3 +171,21 @@ def test_unsupported_sources(tmp_path):
         data.load_preferences({"prompt": "p", "chosen": "a", "rejected": "b"})
     with pytest.raises(TypeError, match="cannot load"):
         data.load_preferences(42)
+
+
+def test_dataset_names_with_a_split_and_dataset_directories(tmp_path, monkeypatch):
+    assert data.dataset_name_and_split("Anthropic/hh-rlhf:test") == ("Anthropic/hh-rlhf", "test")
+    assert data.dataset_name_and_split("Anthropic/hh-rlhf") == ("Anthropic/hh-rlhf", None)
+    odd = tmp_path / "odd:name.jsonl"  # an existing path is taken as it is, colon and all
+    odd.write_text(json.dumps({"prompt": "p", "chosen": "a", "rejected": "b"}) + "\n")
+    assert data.dataset_name_and_split(str(odd)) == (str(odd), None)
+    assert data.load_preferences(str(odd)) == [R("p", "a", "b")]
+    directory = tmp_path / "dataset"  # a local dataset: one file per split, read by `datasets` offline
+    directory.mkdir()
+    for split, n in (("train", 3), ("test", 2)):
+        rows = [json.dumps({"prompt": f"{split} {i}", "chosen": "a", "rejected": "b"}) for i in range(n)]
+        (directory / f"{split}.jsonl").write_text("\n".join(rows) + "\n")
+    assert sorted(data.dataset_splits(str(directory))) == ["test", "train"]
+    assert data.dataset_splits(str(odd)) is None
+    assert [r.prompt for r in data.load_preferences(str(directory))] == ["train 0", "train 1", "train 2"]
+    assert [r.prompt for r in data.load_preferences(f"{directory}:test")] == ["test 0", "test 1"]

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 import data
-from data import reviews, sentiment
+import sentiment
+from sentiment import reviews
 
 ENC = data.get_tokenizer("bytes")
 EOS = ENC.eot_token
@@ -132,8 +133,34 @@ def test_pairs_from_a_tiny_random_gpt(tmp_path):
     assert data.load_preferences(path) == records
     assert sentiment.build_preference_pairs(model, ENC, prompts, k=4, max_new_tokens=24, seed=1,
                                             reward_fn=n_bytes) == records
-    completions, n_without_eos = sentiment.sample_completions(model, ENC, prompts, k=2, max_new_tokens=8, seed=2)
-    assert [len(group) for group in completions] == [2] * 6 and 0 <= n_without_eos <= 12
+    samples = sentiment.sample_completions(model, ENC, prompts, k=2, max_new_tokens=8, seed=2)
+    assert [len(group) for group in samples.texts] == [2] * 6 and 0 <= samples.n_without_eos <= 12
+    for ids_group, text_group in zip(samples.token_ids, samples.texts):  # the texts are the ids, EOS removed
+        assert [ENC.decode([t for t in ids if t != EOS], errors="replace") for ids in ids_group] == text_group
+    assert samples.prompt_ids == [ENC.encode_ordinary(p) for p in prompts]
     pairs = data.encode_preferences(records, ENC, max_length=96, max_prompt_length=64)
     batch = data.dpo_collate(pairs, pad_id=EOS)
     assert batch["input_ids"].shape[0] == 2 * len(pairs)
+
+
+def test_sample_report_leaves_the_caller_as_it_was():
+    """sample_report restores the models' train/eval modes and the caller's RNG (it once left both models in
+    eval mode and reseeded every device while forking only the CPU generator); same model: KL 0, all ties."""
+    from model import GPT, GPTConfig
+
+    torch.manual_seed(0)
+    policy = GPT(GPTConfig(block_size=96, vocab_size=ENC.n_vocab, n_layer=1, n_head=2, n_embd=16)).train()
+    reference = GPT(GPTConfig(block_size=96, vocab_size=ENC.n_vocab, n_layer=1, n_head=2, n_embd=16)).eval()
+    reference.load_state_dict(policy.state_dict())
+    prompts = reviews.make_prompts(n_train=1, n_heldout=4, seed=0)[1]
+    cpu_rng = torch.get_rng_state()
+    cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+    report = sentiment.sample_report(policy, reference, ENC, prompts, sentiment.sentiment_reward, max_new_tokens=8,
+                                     seed=5)
+    assert policy.training and not reference.training
+    assert torch.equal(torch.get_rng_state(), cpu_rng)
+    if cuda_rng is not None:
+        assert all(torch.equal(a, b) for a, b in zip(torch.cuda.get_rng_state_all(), cuda_rng))
+    assert report["samples_policy"] == report["samples_reference"]  # the same seed and weights
+    assert report["kl_policy_reference"] == pytest.approx(0.0, abs=1e-6)
+    assert report["tie_rate"] == 1.0 and report["win_rate"] == 0.0

@@ -10,8 +10,11 @@ import pytest
 import torch
 
 import data
+import sentiment
 import stages
 import train
+import training
+from config import ConfigError, TrainConfig
 from checkpoint import CheckpointError, load_checkpoint, load_model, save_checkpoint
 from model import GPT, GPTConfig
 
@@ -44,21 +47,21 @@ def read_metrics(out_dir):
 
 
 def test_learning_rate_schedule():
-    cfg = train.TrainConfig(lr=1.0, warmup_steps=10, steps=110, min_lr_ratio=0.1)
-    assert train.learning_rate(cfg, 0) == pytest.approx(0.1)  # linear warm-up from lr/warmup
-    assert train.learning_rate(cfg, 9) == pytest.approx(1.0)
-    assert train.learning_rate(cfg, 10) == pytest.approx(1.0)  # cosine starts at the peak...
-    assert train.learning_rate(cfg, 60) == pytest.approx(0.55)  # ...is halfway at mid-decay...
-    assert train.learning_rate(cfg, 110) == pytest.approx(0.1)  # ...and ends at min_lr_ratio * lr
-    assert train.learning_rate(dataclasses.replace(cfg, schedule="constant"), 80) == 1.0
+    cfg = TrainConfig(lr=1.0, warmup_steps=10, steps=110, min_lr_ratio=0.1)
+    assert training.learning_rate(cfg, 0) == pytest.approx(0.1)  # linear warm-up from lr/warmup
+    assert training.learning_rate(cfg, 9) == pytest.approx(1.0)
+    assert training.learning_rate(cfg, 10) == pytest.approx(1.0)  # cosine starts at the peak...
+    assert training.learning_rate(cfg, 60) == pytest.approx(0.55)  # ...is halfway at mid-decay...
+    assert training.learning_rate(cfg, 110) == pytest.approx(0.1)  # ...and ends at min_lr_ratio * lr
+    assert training.learning_rate(dataclasses.replace(cfg, schedule="constant"), 80) == 1.0
 
 
 def test_example_indices_are_epochs_of_permutations():
-    indices = [i for step in range(6) for i in train.example_indices(10, 5, step, seed=3)]  # 3 epochs
+    indices = [i for step in range(6) for i in training.example_indices(10, 5, step, seed=3)]  # 3 epochs
     for epoch in range(3):
         assert sorted(indices[10 * epoch:10 * (epoch + 1)]) == list(range(10))
     assert indices[:10] != indices[10:20]  # a fresh order each epoch
-    assert train.example_indices(10, 5, 4, seed=3) == indices[20:25]  # a pure function of (seed, step)
+    assert training.example_indices(10, 5, 4, seed=3) == indices[20:25]  # a pure function of (seed, step)
 
 
 def test_stages_end_to_end(tmp_path):
@@ -66,19 +69,20 @@ def test_stages_end_to_end(tmp_path):
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("the film was great and the cast was great. " * 200)
     prefs = write_preferences(tmp_path / "prefs.jsonl")
-    tiny = ["--n-layer", "1", "--n-head", "2", "--n-embd", "16", "--block-size", "96", "--max-length", "48",
-            "--max-prompt-length", "24", "--batch-size", "8", "--seed", "0"]
+    shape = ["--n-layer", "1", "--n-head", "2", "--n-embd", "16", "--block-size", "96"]
+    lengths = ["--max-length", "48", "--max-prompt-length", "24", "--batch-size", "8", "--seed", "0"]
     pre, sft, dpo_dir = (str(tmp_path / name) for name in ("pre", "sft", "dpo"))
-    assert stages.main(["pretrain", "--data", str(corpus), "--out-dir", pre, "--steps", "12", "--eval-every", "6",
-                        "--lr", "3e-3", *tiny]) == 0
+    assert train.main(["pretrain", "--data", str(corpus), "--out-dir", pre, "--steps", "12", "--eval-every", "6",
+                       "--lr", "3e-3", "--batch-size", "8", "--seed", "0", *shape]) == 0
     pre_eval = [r["loss"] for r in read_metrics(pre) if r["split"] == "eval"]
     assert pre_eval[-1] < pre_eval[0]
     assert os.path.isfile(os.path.join(pre, "hf", "model.safetensors")) and os.path.isfile(os.path.join(pre, "config.json"))
 
-    assert stages.main(["sft", "--init", pre, "--data", prefs, "--out-dir", sft, "--steps", "6", "--lr", "1e-3",
-                        "--heldout-fraction", "0.2", *tiny]) == 0
-    assert stages.main(["dpo", "--init", sft, "--data", prefs, "--out-dir", dpo_dir, "--steps", "20",
-                        "--lr", "3e-3", "--beta", "0.5", "--eval-every", "5", "--heldout-fraction", "0.2", *tiny]) == 0
+    assert train.main(["sft", "--init", pre, "--data", prefs, "--out-dir", sft, "--steps", "6", "--lr", "1e-3",
+                        "--heldout-fraction", "0.2", *lengths]) == 0
+    assert train.main(["dpo", "--init", sft, "--data", prefs, "--out-dir", dpo_dir, "--steps", "20",
+                       "--lr", "3e-3", "--beta", "0.5", "--eval-every", "5", "--heldout-fraction", "0.2",
+                       *lengths]) == 0
     rows = read_metrics(dpo_dir)
     train_losses = [r["loss"] for r in rows if r["split"] == "train"]
     evals = [r for r in rows if r["split"] == "eval"]
@@ -88,20 +92,49 @@ def test_stages_end_to_end(tmp_path):
     policy = load_model(os.path.join(dpo_dir, "ckpt.pt"))
     assert policy.config.vocab_size == 257
 
-    task = ["--init", pre, "--num-prompts", "4", "--max-new-tokens", "8", "--samples-per-prompt", "2"]
-    assert stages.main(["pairs", "--out-dir", str(tmp_path / "pairs"), "--min-reward-gap", "0", *task]) == 0
-    assert stages.main(["eval", "--reference-init", pre, "--out-dir", str(tmp_path / "eval"), *task]) == 0
+
+
+def test_task_commands_write_what_they_say(tmp_path, capsys):
+    """pairs, eval and sample on a tiny pre-trained model: their files and printed output, checked."""
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("the film was great and the cast was awful. " * 200)
+    pre = str(tmp_path / "pre")
+    assert train.main(["pretrain", "--data", str(corpus), "--out-dir", pre, "--steps", "60", "--n-layer", "1",
+                       "--n-head", "2", "--n-embd", "32", "--block-size", "96", "--batch-size", "8", "--lr", "1e-2",
+                       "--warmup-steps", "5", "--eval-every", "60"]) == 0  # it learns "great" and "awful"
+    common = ["--init", pre, "--max-new-tokens", "24", "--device", "cpu"]
+    assert train.main(["pairs", "--out-dir", str(tmp_path / "pairs"), "--num-prompts", "6", "--min-reward-gap", "0",
+                       "--samples-per-prompt", "3", *common]) == 0
+    records = data.load_preferences(str(tmp_path / "pairs" / "pairs.jsonl"))
+    prompts = sentiment.make_prompts(seed=0)[0][:6]
+    assert 0 < len(records) <= 6 and {r.prompt for r in records} <= set(prompts)
+    for record in records:  # the chosen completion has the strictly higher ground-truth reward
+        chosen, rejected = sentiment.sentiment_reward([record.chosen, record.rejected])
+        assert chosen > rejected
+    assert f"{len(records)} pairs from 6 prompts x 3 samples" in capsys.readouterr().out
+
+    assert train.main(["eval", "--reference-init", pre, "--out-dir", str(tmp_path / "eval"), "--num-prompts", "4",
+                       *common]) == 0
     with open(tmp_path / "eval" / "eval.json") as f:
         report = json.load(f)
     assert report["kl_policy_reference"] == pytest.approx(0.0, abs=1e-4)  # the same model on both sides
-    assert stages.main(["sample", "--init", pre, "--max-new-tokens", "8", "--prompt", "The film"]) == 0
+    assert report["win_rate"] == 0.0 and report["tie_rate"] == 1.0  # same seed, same samples, all ties
+    assert report["reward_policy"] == report["reward_reference"]
+
+    capsys.readouterr()
+    assert train.main(["sample", "--prompt", "The film", "--prompt", "A plot", *common]) == 0
+    printed = capsys.readouterr().out
+    completions = stages.sample(TrainConfig(init=pre, max_new_tokens=24, device="cpu"), ["The film", "A plot"],
+                                log=lambda *_: None)  # the same seed: the same samples
+    assert printed == f"The film{completions[0]}\nA plot{completions[1]}\n"
+    assert all(0 < len(c.encode()) <= 24 for c in completions)  # byte tokenizer: at most 24 new bytes
 
 
 def run_dpo(tmp_path, name, prefs, **overrides):
-    cfg = train.TrainConfig(out_dir=str(tmp_path / name), lr=3e-3, **{**TINY, **overrides})
+    cfg = TrainConfig(out_dir=str(tmp_path / name), lr=3e-3, **{**TINY, **overrides})
     pairs = encoded_pairs(prefs, cfg)
     model, reference = tiny_model(dropout=cfg.dropout), tiny_model()
-    train.train("dpo", cfg, model, pairs[:32], pairs[32:], pad_id=256, reference=reference, log=lambda *_: None)
+    training.train("dpo", cfg, model, pairs[:32], pairs[32:], pad_id=256, reference=reference, log=lambda *_: None)
     return cfg, model
 
 
@@ -110,15 +143,15 @@ def test_resume_is_exact(tmp_path, monkeypatch):
     prefs = write_preferences(tmp_path / "prefs.jsonl")
     _, uninterrupted = run_dpo(tmp_path, "a", prefs, steps=6, save_every=3, dropout=0.1)
 
-    real_step_batches = train.step_batches
+    real_step_batches = training.step_batches
     def crash_at_step_4(stage, cfg, train_set, step, pad_id):
         if step == 4:
             raise KeyboardInterrupt
         return real_step_batches(stage, cfg, train_set, step, pad_id)
-    monkeypatch.setattr(train, "step_batches", crash_at_step_4)
+    monkeypatch.setattr(training, "step_batches", crash_at_step_4)
     with pytest.raises(KeyboardInterrupt):
         run_dpo(tmp_path, "b", prefs, steps=6, save_every=3, dropout=0.1)
-    monkeypatch.setattr(train, "step_batches", real_step_batches)
+    monkeypatch.setattr(training, "step_batches", real_step_batches)
     assert load_checkpoint(str(tmp_path / "b"))["step"] == 3
     torch.manual_seed(12345)  # a different global RNG state: resume must restore its own
     _, resumed = run_dpo(tmp_path, "b", prefs, steps=6, save_every=3, dropout=0.1, resume=True)
@@ -134,7 +167,7 @@ def test_gradient_accumulation_equals_large_batch(tmp_path, stage):
     prefs = write_preferences(tmp_path / "prefs.jsonl")
     moments = []
     for grad_accum in (1, 4):
-        cfg = train.TrainConfig(out_dir=str(tmp_path / f"{stage}{grad_accum}"), steps=1, grad_accum=grad_accum,
+        cfg = TrainConfig(out_dir=str(tmp_path / f"{stage}{grad_accum}"), steps=1, grad_accum=grad_accum,
                                 grad_clip=1e9, **{**TINY, "batch_size": 8})
         if stage == "pretrain":
             stream = torch.randint(0, 257, (2000,))
@@ -142,7 +175,7 @@ def test_gradient_accumulation_equals_large_batch(tmp_path, stage):
         else:
             pairs = encoded_pairs(prefs, cfg)
             train_set, heldout = pairs[:32], pairs[32:]
-        train.train(stage, cfg, tiny_model(), train_set, heldout, pad_id=256,
+        training.train(stage, cfg, tiny_model(), train_set, heldout, pad_id=256,
                     reference=tiny_model(seed=1) if stage == "dpo" else None, log=lambda *_: None)
         optimizer_state = load_checkpoint(cfg.out_dir)["optimizer"]["state"]
         moments.append([optimizer_state[i]["exp_avg"] for i in sorted(optimizer_state)])
@@ -164,16 +197,16 @@ def test_precomputed_and_live_reference_agree(tmp_path):
 
 def test_non_finite_loss_stops_and_keeps_last_checkpoint(tmp_path, monkeypatch):
     stream = torch.randint(0, 257, (2000,))
-    cfg = train.TrainConfig(out_dir=str(tmp_path / "run"), steps=10, **{**TINY, "save_every": 2})
-    real_lm_loss, calls = train.lm_loss, []
+    cfg = TrainConfig(out_dir=str(tmp_path / "run"), steps=10, **{**TINY, "save_every": 2})
+    real_lm_loss, calls = training.lm_loss, []
     def loss_becomes_nan(model, batch, tokens_in_step, impl):
         calls.append(1)
         loss = real_lm_loss(model, batch, tokens_in_step, impl)
         return loss * float("nan") if len(calls) == 5 else loss  # the 5th training step (evals use no_grad)
-    monkeypatch.setattr(train, "lm_loss", loss_becomes_nan)
+    monkeypatch.setattr(training, "lm_loss", loss_becomes_nan)
     cfg = dataclasses.replace(cfg, eval_every=1000)
-    with pytest.raises(train.NonFiniteLossError, match="step 5.*Last good checkpoint"):
-        train.train("pretrain", cfg, tiny_model(), stream[:1500], stream[1500:], log=lambda *_: None)
+    with pytest.raises(training.NonFiniteLossError, match="step 5.*Last good checkpoint"):
+        training.train("pretrain", cfg, tiny_model(), stream[:1500], stream[1500:], log=lambda *_: None)
     state = load_checkpoint(cfg.out_dir)
     assert state["step"] == 4
     assert all(torch.isfinite(p).all() for p in state["model"].values())
@@ -194,36 +227,9 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
     assert os.listdir(tmp_path) == ["ckpt.pt"]  # and no temporary file is left behind
 
 
-def test_clear_errors(tmp_path):
-    prefs = write_preferences(tmp_path / "prefs.jsonl")
-    with pytest.raises(FileNotFoundError, match="missing.jsonl"):
-        stages.main(["sft", "--data", str(tmp_path / "missing.jsonl"), "--out-dir", str(tmp_path / "x")])
-    with pytest.raises(ValueError, match="needs --data"):
-        stages.main(["dpo", "--init", "whatever", "--out-dir", str(tmp_path / "x")])
-    with pytest.raises(ValueError, match="dpo needs --init"):
-        stages.main(["dpo", "--data", prefs, "--out-dir", str(tmp_path / "x")])
-    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(CheckpointError, match="junk.pt"):
-        load_model(str(tmp_path / "junk.pt"))
-    with pytest.raises(CheckpointError, match="neither"):
-        load_model(str(tmp_path))  # a directory with neither ckpt.pt nor config.json
-    small_vocab = tiny_model(vocab_size=100)
-    save_checkpoint(str(tmp_path / "small" / "ckpt.pt"), small_vocab, None, 0, {})
-    with pytest.raises(ValueError, match="257 tokens.*vocab_size 100"):
-        stages.main(["dpo", "--init", str(tmp_path / "small"), "--data", prefs, "--out-dir", str(tmp_path / "y")])
-    state = load_checkpoint(str(tmp_path / "small"))
-    state["model_config"]["n_embd"] = 32  # weights no longer match the config
-    torch.save(state, tmp_path / "bad.pt")
-    with pytest.raises(CheckpointError, match="do not match"):
-        load_model(str(tmp_path / "bad.pt"))
-    with pytest.raises(ValueError, match="not divisible"):
-        train.train("sft", train.TrainConfig(out_dir=str(tmp_path / "z"), batch_size=6, grad_accum=4), tiny_model(),
-                    [], [], log=lambda *_: None)
-
-
 def test_demo_quick(tmp_path):
     """The whole embedded experiment in its quick configuration: every output is written and sensible."""
-    import demo
+    from experiments import demo
 
     summary = demo.run(out_dir=str(tmp_path), quick=True, log=lambda *_: None)
     for key in ("reward_reference", "reward_policy", "win_rate", "kl_policy_reference", "heldout_reward_accuracy",
@@ -231,6 +237,9 @@ def test_demo_quick(tmp_path):
         assert math.isfinite(summary[key]), key
     assert -1 <= summary["reward_policy"] <= 1 and 0 <= summary["win_rate"] <= 1
     assert summary["kl_policy_reference"] > -0.5  # a KL estimate: non-negative up to Monte Carlo noise
+    assert summary["heldout_dpo_loss"] < math.log(2)  # DPO learned something that carries to held-out pairs
+    assert summary["heldout_reward_accuracy"] > 0.5 and summary["heldout_reward_margin"] > 0
+    assert summary["reward_policy"] > summary["reward_reference"]  # and the ground-truth reward rose
     for name in ("summary.json", "dpo_training.png", "rewards.png", "samples.txt", "pairs_train.jsonl",
                  "dpo/metrics.jsonl", "dpo/ckpt.pt", "pretrain/ckpt.pt", "dpo/hf/model.safetensors"):
         assert os.path.isfile(tmp_path / name), name
@@ -253,8 +262,8 @@ def test_hf_gpt2_recipe_on_tiny_fixtures(tmp_path, monkeypatch):
             f.write(json.dumps({"chosen": turn + " Yes, it is lovely.", "rejected": turn + " No. Go away."}) + "\n")
     common = ["--data", str(hh), "--max-length", "96", "--max-prompt-length", "64", "--batch-size", "4",
               "--heldout-fraction", "0.25", "--eval-every", "3"]
-    assert stages.main(["sft", "--init", str(hf_dir), "--out-dir", str(tmp_path / "sft"), "--steps", "3", *common]) == 0
-    assert stages.main(["dpo", "--init", str(tmp_path / "sft"), "--out-dir", str(tmp_path / "dpo"), "--steps", "3",
+    assert train.main(["sft", "--init", str(hf_dir), "--out-dir", str(tmp_path / "sft"), "--steps", "3", *common]) == 0
+    assert train.main(["dpo", "--init", str(tmp_path / "sft"), "--out-dir", str(tmp_path / "dpo"), "--steps", "3",
                         "--lr", "1e-4", *common]) == 0
     reloaded = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "dpo" / "hf")
     ours = load_model(str(tmp_path / "dpo" / "ckpt.pt")).eval()
@@ -267,7 +276,7 @@ def test_early_stopping_keeps_the_best_checkpoint(tmp_path, monkeypatch):
     """Held-out accuracies 0.6, 0.7, 0.5, 0.4 with patience 2: stop at the 4th evaluation, best.pt from the 2nd."""
     prefs = write_preferences(tmp_path / "prefs.jsonl")
     scripted = iter([0.6, 0.7, 0.5, 0.4, 0.9])
-    monkeypatch.setattr(train, "evaluate_heldout", lambda *args, **kwargs: {
+    monkeypatch.setattr(training, "evaluate_heldout", lambda *args, **kwargs: {
         "loss": 0.5, "rewards/accuracies": next(scripted)})
     cfg, model = run_dpo(tmp_path, "run", prefs, steps=20, eval_every=2, early_stop_patience=2)
     assert load_checkpoint(str(tmp_path / "run" / "best.pt"))["step"] == 4
@@ -283,8 +292,99 @@ def test_fresh_model_runs_are_reproducible(tmp_path):
     states = []
     for run in ("a", "b"):
         torch.manual_seed(len(states))  # a different global RNG state before each run
-        stages.main(["pretrain", "--data", str(corpus), "--out-dir", str(tmp_path / run), "--steps", "2",
-                     "--n-layer", "1", "--n-head", "2", "--n-embd", "16", "--block-size", "32", "--max-length", "32", "--max-prompt-length", "16", "--batch-size", "4"])
+        assert train.main(["pretrain", "--data", str(corpus), "--out-dir", str(tmp_path / run), "--steps", "2",
+                           "--n-layer", "1", "--n-head", "2", "--n-embd", "16", "--block-size", "32",
+                           "--batch-size", "4"]) == 0
         states.append(load_checkpoint(str(tmp_path / run))["model"])
     for name in states[0]:
         torch.testing.assert_close(states[0][name], states[1][name], rtol=0, atol=0, msg=name)
+
+
+def test_precomputed_reference_sees_what_the_policy_sees_under_bf16(tmp_path):
+    """Under bf16 autocast the precomputed reference agrees with the live one and step 0's loss is log 2.
+
+    The table was once computed in fp32 while the policy ran in bf16, and the first loss was 0.6932454, not
+    log 2 = 0.6931472. Now both run under the same autocast; what remains is bf16 rounding that depends on the
+    padded length of a batch (CPU attention in bf16 sums keys in length-dependent blocks), about 1e-7 in the loss.
+    """
+    prefs = write_preferences(tmp_path / "prefs.jsonl")
+    rows = {}
+    for mode in ("precompute", "live"):
+        run_dpo(tmp_path, mode, prefs, steps=3, reference=mode, dtype="bfloat16", device="cpu")
+        rows[mode] = read_metrics(tmp_path / mode)
+    first = {mode: [r for r in rows[mode] if r["split"] == "train"][0] for mode in rows}
+    assert first["live"]["loss"] == pytest.approx(math.log(2), rel=0, abs=1e-7)  # float32 log 2
+    assert first["precompute"]["loss"] == pytest.approx(math.log(2), rel=0, abs=1e-6)
+    for a, b in zip(rows["precompute"], rows["live"]):
+        assert a.keys() == b.keys()
+        for key in a:
+            assert a[key] == (pytest.approx(b[key], rel=1e-5, abs=1e-6) if key != "split" else b[key]), key
+
+
+def test_precomputed_reference_is_freed(tmp_path, monkeypatch):
+    """After precomputation nothing holds the reference model (it left the accelerator with it)."""
+    import gc
+    import weakref
+    prefs = write_preferences(tmp_path / "prefs.jsonl")
+    cfg = TrainConfig(out_dir=str(tmp_path / "run"), steps=2, lr=3e-3, **TINY)
+    pairs = encoded_pairs(prefs, cfg)
+    holder = [tiny_model()]
+    alive = weakref.ref(holder[0])
+    seen = []
+    real_step_batches = training.step_batches
+    def check_reference_freed(*args):
+        gc.collect()
+        seen.append(alive() is None)
+        return real_step_batches(*args)
+    monkeypatch.setattr(training, "step_batches", check_reference_freed)
+    training.train("dpo", cfg, tiny_model(), pairs[:32], pairs[32:], pad_id=256, reference=holder.pop(),
+                   log=lambda *_: None)
+    assert seen == [True, True]
+
+
+def test_sampling_commands_move_models_to_the_device(tmp_path, monkeypatch):
+    """pairs, eval and sample put every model they load on --device (they once sampled on the CPU always)."""
+    moved = []
+    real_load_model = stages.load_model
+    def load_model_spy(path):
+        model = real_load_model(path)
+        real_to = model.to
+        def to(device, *args, **kwargs):
+            moved.append(str(device))
+            return real_to(device, *args, **kwargs)
+        model.to = to
+        return model
+    monkeypatch.setattr(stages, "load_model", load_model_spy)
+    save_checkpoint(str(tmp_path / "m" / "ckpt.pt"), tiny_model(vocab_size=257), None, 0, {})
+    init = str(tmp_path / "m")
+    common = dict(init=init, max_new_tokens=4, num_prompts=2, device="cpu", out_dir=str(tmp_path / "out"))
+    stages.pairs(TrainConfig(**common, min_reward_gap=0, samples_per_prompt=2), log=lambda *_: None)
+    stages.evaluate(TrainConfig(**common, reference_init=init), log=lambda *_: None)
+    stages.sample(TrainConfig(**common), ["The film"], log=lambda *_: None)
+    assert moved == ["cpu"] * 4
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_sampling_commands_run_on_cuda(tmp_path):
+    save_checkpoint(str(tmp_path / "m" / "ckpt.pt"), tiny_model(vocab_size=257), None, 0, {})
+    cfg = TrainConfig(init=str(tmp_path / "m"), max_new_tokens=4, device="cuda")
+    completions = stages.sample(cfg, ["The film"], log=lambda *_: None)
+    assert len(completions) == 1 and torch.cuda.max_memory_allocated() > 0
+
+
+def test_heldout_data_follows_the_dataset_splits(tmp_path):
+    """A dataset directory (or hub name) with a test split: held out by default, or chosen as NAME:split."""
+    dataset = tmp_path / "dataset"
+    dataset.mkdir()
+    write_preferences(dataset / "train.jsonl", n=12)
+    write_preferences(dataset / "test.jsonl", n=5)
+    tokenizer = data.get_tokenizer("bytes")
+    cfg = TrainConfig(data=str(dataset), max_length=48, max_prompt_length=24)
+    train_pairs, heldout_pairs = stages.preference_splits(cfg, tokenizer, log=lambda *_: None)
+    assert (len(train_pairs), len(heldout_pairs)) == (12, 5)  # the test split, not a slice of the train split
+    cfg = dataclasses.replace(cfg, data=f"{dataset}:test", heldout_data=f"{dataset}:train")
+    train_pairs, heldout_pairs = stages.preference_splits(cfg, tokenizer, log=lambda *_: None)
+    assert (len(train_pairs), len(heldout_pairs)) == (5, 12)
+    cfg = dataclasses.replace(cfg, data=str(tmp_path / "dataset" / "train.jsonl"), heldout_data="")
+    train_pairs, heldout_pairs = stages.preference_splits(cfg, tokenizer, log=lambda *_: None)
+    assert (len(train_pairs), len(heldout_pairs)) == (11, 1)  # a file: a --heldout-fraction of it

@@ -1,0 +1,208 @@
+"""The configuration of every command: one dataclass, its help text, and its validation.
+
+`TrainConfig` holds every setting of pretrain, sft, dpo and the sampling commands. Each field's metadata
+holds its help line and the commands that take it, so `train.py` (the command line) can give each command
+exactly its flags (`out_dir` -> `--out-dir`) from this one source. `check_config` validates a whole
+configuration before any work starts and raises `ConfigError` naming the flag at fault; `resolve_lengths`
+fills the lengths that default to the model's block size once the model is known.
+"""
+
+import contextlib
+import dataclasses
+import math
+import os
+from dataclasses import dataclass
+
+import torch
+
+import data
+import dpo
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot run; the message names the flag (`--beta`) and the value at fault."""
+
+
+# -----------------------------------------------------------------------------
+# Configuration: a dataclass with defaults. Each field's metadata holds its help text and the commands that
+# use it; train.py makes every field a flag of those commands (`out_dir` -> `--out-dir`).
+
+TRAINING_STAGES = ("pretrain", "sft", "dpo")
+STAGES = TRAINING_STAGES + ("pairs", "eval", "sample")
+FRESH_MODEL = "a fresh model (pretrain, sft without --init; ignored with --init)"
+
+
+def option(default, help, stages=TRAINING_STAGES, choices=None, group=None):
+    """A TrainConfig field: its default, help line, the commands that take it, its allowed values."""
+    return dataclasses.field(default=default, metadata=dict(help=help, stages=stages, choices=choices, group=group))
+
+
+@dataclass
+class TrainConfig:
+    out_dir: str = option("out/run", "directory for the run's outputs (config, metrics, checkpoints)",
+                          STAGES[:-1])
+    init: str = option("", "the starting model: a ckpt.pt of ours (or its directory), a Hugging Face GPT-2 "
+                       "directory, or a hub name such as gpt2; '' = a fresh model (dpo: the SFT model, which is "
+                       "also the frozen reference)", STAGES)
+    data: str = option("", "pretrain: a UTF-8 text file ('' = the embedded reviews); sft, dpo: preference data, a "
+                       ".jsonl/.json file, a dataset directory or hub name, optionally NAME:split")
+    heldout_data: str = option("", "held-out preference data, as --data; '' = the dataset's test split when it "
+                               "has one, else a --heldout-fraction of --data", ("sft", "dpo"))
+    heldout_fraction: float = option(0.05, "share of --data held out for evaluation (without --heldout-data)")
+    tokenizer: str = option("bytes", "'bytes' (offline, byte-level) or 'gpt2' (tiktoken's BPE; needs the network "
+                            "or TIKTOKEN_CACHE_DIR)", STAGES, choices=("bytes", "gpt2"))
+    max_length: int = option(0, "tokens per row: prompt + response (sft, dpo) or a pre-training window; "
+                             "0 = the model's block size")
+    max_prompt_length: int = option(0, "most prompt tokens kept when a pair is too long; 0 = half of --max-length",
+                                    ("sft", "dpo"))
+    # a fresh model
+    n_layer: int = option(4, "transformer blocks", ("pretrain", "sft"), group=FRESH_MODEL)
+    n_head: int = option(4, "attention heads per block", ("pretrain", "sft"), group=FRESH_MODEL)
+    n_embd: int = option(128, "embedding width", ("pretrain", "sft"), group=FRESH_MODEL)
+    block_size: int = option(256, "positions the model supports", ("pretrain", "sft"), group=FRESH_MODEL)
+    dropout: float = option(0.0, "dropout probability", ("pretrain", "sft"), group=FRESH_MODEL)
+    # optimisation
+    steps: int = option(1000, "optimizer steps")
+    batch_size: int = option(32, "examples (dpo: pairs) per optimizer step")
+    grad_accum: int = option(1, "micro-batches per step (must divide --batch-size)")
+    lr: float = option(3e-4, "peak learning rate (AdamW)")
+    schedule: str = option("cosine", "after linear warm-up: cosine decay to --min-lr-ratio * --lr, or constant",
+                           choices=("cosine", "constant"))
+    min_lr_ratio: float = option(0.1, "the cosine schedule's final learning rate, as a fraction of --lr")
+    warmup_steps: int = option(20, "steps of linear learning-rate warm-up")
+    weight_decay: float = option(0.1, "AdamW weight decay on weight matrices and embeddings")
+    grad_clip: float = option(1.0, "clip the gradient's global norm to this")
+    # DPO
+    loss: str = option("sigmoid", "the DPO loss (dpo.py): sigmoid (Eq. 7; cDPO with --label-smoothing), ipo, "
+                       "hinge, robust", ("dpo",), choices=dpo.LOSS_TYPES)
+    beta: float = option(0.1, "beta, the strength of the KL penalty (Eq. 3, 7)", ("dpo",))
+    label_smoothing: float = option(0.0, "probability that a preference label is flipped (cDPO, robust)", ("dpo",))
+    reference: str = option("precompute", "precompute: the reference's log-probs once, then the reference is "
+                            "freed; live: every step", ("dpo",), choices=("precompute", "live"))
+    # sampling (pairs, eval, sample)
+    samples_per_prompt: int = option(4, "completions sampled per prompt; the best and worst make a pair", ("pairs",))
+    max_new_tokens: int = option(64, "most tokens sampled per completion", ("pairs", "eval", "sample"))
+    min_reward_gap: float = option(0.2, "drop a prompt whose best - worst reward is below this", ("pairs",))
+    reference_init: str = option("", "the reference model to compare --init with (as --init)", ("eval",))
+    num_prompts: int = option(0, "use the first N of the task's prompts (0 = all)", ("pairs", "eval"))
+    # evaluation and checkpoints
+    eval_every: int = option(50, "steps between held-out evaluations")
+    early_stop_patience: int = option(0, "evaluations without a better held-out score before stopping (0 = off)")
+    save_every: int = option(200, "steps between checkpoints (one is always written at the end)")
+    resume: bool = option(False, "continue from OUT_DIR/ckpt.pt, exactly where it stopped")
+    # hardware
+    device: str = option("auto", "auto (cuda when available, else cpu), cpu, cuda or cuda:N", STAGES)
+    dtype: str = option("auto", "autocast dtype: auto (bfloat16 on CUDA, float32 on CPU), float32, bfloat16, "
+                        "float16 (with a gradient scaler)", choices=("auto", "float32", "bfloat16", "float16"))
+    impl: str = option("auto", "log-prob kernel: auto (Triton on CUDA, torch on CPU), triton, torch",
+                       TRAINING_STAGES + ("eval",), choices=("auto", "triton", "torch"))
+    compile: bool = option(False, "torch.compile the model for training")
+    seed: int = option(1337, "seed of the data order, initialisation, dropout and sampling", STAGES)
+
+
+def flag(name):
+    """The command-line flag of a TrainConfig field: `max_length` -> `--max-length`."""
+    return "--" + name.replace("_", "-")
+
+
+def _need(cfg, ok, name, requirement):
+    if not ok:
+        raise ConfigError(f"{flag(name)} {getattr(cfg, name)!r}: {requirement}")
+
+
+def check_values(cfg):
+    """Check every field's value (ranges, choices, the device); raise ConfigError naming the flag at fault."""
+    def need(ok, name, requirement):
+        _need(cfg, ok, name, requirement)
+
+    for f in dataclasses.fields(TrainConfig):
+        choices = f.metadata["choices"]
+        need(choices is None or getattr(cfg, f.name) in choices, f.name, f"must be one of {', '.join(choices or ())}")
+    for name in ("steps", "batch_size", "grad_accum", "lr", "eval_every", "save_every", "max_new_tokens", "beta",
+                 "grad_clip", "n_layer", "n_head", "n_embd", "block_size"):
+        need(getattr(cfg, name) > 0 and math.isfinite(getattr(cfg, name)), name, "must be > 0")
+    for name in ("max_length", "max_prompt_length", "warmup_steps", "weight_decay", "early_stop_patience",
+                 "num_prompts", "min_reward_gap"):
+        need(getattr(cfg, name) >= 0, name, "must be >= 0")
+    need(0 < cfg.heldout_fraction < 1, "heldout_fraction", "must be between 0 and 1")
+    need(0 <= cfg.min_lr_ratio <= 1, "min_lr_ratio", "must be between 0 and 1")
+    need(0 <= cfg.dropout < 1, "dropout", "must be in [0, 1)")
+    need(0 <= cfg.label_smoothing < 0.5, "label_smoothing", "must be in [0, 0.5)")
+    need(cfg.label_smoothing == 0 or cfg.loss in ("sigmoid", "robust"), "label_smoothing",
+         f"models label noise for --loss sigmoid (cDPO) or robust only, not {cfg.loss}")
+    need(cfg.batch_size % cfg.grad_accum == 0, "grad_accum", f"must divide --batch-size {cfg.batch_size}")
+    need(cfg.n_embd % cfg.n_head == 0, "n_head", f"must divide --n-embd {cfg.n_embd}")
+    need(cfg.samples_per_prompt >= 2, "samples_per_prompt", "must be >= 2 to form a pair")
+    need(cfg.max_length == 0 or cfg.max_length >= 2, "max_length", "must be >= 2 (or 0: the model's block size)")
+    need(cfg.max_length == 0 or cfg.max_prompt_length < cfg.max_length, "max_prompt_length",
+         f"must be below --max-length {cfg.max_length}")
+    try:
+        device = resolve_device(cfg)[0]
+    except (RuntimeError, ValueError) as e:
+        raise ConfigError(f"--device {cfg.device!r}: {e}") from None
+    need(not (cfg.impl == "triton" and device.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1"), "impl",
+         "the Triton kernel on a CPU needs TRITON_INTERPRET=1 set in the environment (or use --impl torch)")
+
+
+def check_config(stage, cfg):
+    """Validate the whole configuration of command `stage` before any work; raise ConfigError naming the flag.
+
+    `check_values`, plus the flags the stage requires, that local paths exist, and that --resume has a
+    checkpoint. Lengths that default to the model (0) are resolved later by `resolve_lengths`, once the model
+    is known.
+    """
+    if stage not in STAGES:
+        raise ConfigError(f"unknown stage {stage!r}; expected one of {STAGES}")
+
+    def need(ok, name, requirement):
+        _need(cfg, ok, name, requirement)
+
+    if stage in ("dpo", "pairs", "eval", "sample"):
+        need(cfg.init, "init", f"{stage} needs --init: " + ("the SFT model, which is also the frozen reference"
+                                                            if stage == "dpo" else "the model to sample from"))
+    if stage in ("sft", "dpo"):
+        need(cfg.data, "data", f"{stage} needs --data: a preference file (JSONL/JSON, HH-RLHF) or dataset name")
+    if stage == "eval":
+        need(cfg.reference_init, "reference_init", "eval needs --reference-init: the reference model")
+    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    for name in ("init", "reference_init", "data", "heldout_data"):
+        value = getattr(cfg, name)
+        if value and stage in fields[name].metadata["stages"]:
+            text_file = name == "data" and stage == "pretrain"  # a local text file, never a hub name
+            need(not (data.missing_local_path(value) or (text_file and not os.path.isfile(value))), name,
+                 "no such file or directory")
+    check_values(cfg)
+    if not cfg.init and stage in ("pretrain", "sft"):
+        need(cfg.max_length <= cfg.block_size, "max_length", f"exceeds --block-size {cfg.block_size}")
+    if cfg.resume and stage in TRAINING_STAGES:
+        ckpt = os.path.join(cfg.out_dir, "ckpt.pt")
+        need(os.path.isfile(ckpt), "resume", f"no checkpoint to resume from: {ckpt} does not exist")
+
+
+def resolve_lengths(cfg, block_size):
+    """`cfg` with --max-length 0 set to the model's `block_size`, and --max-prompt-length 0 to half of it.
+
+    Raises ConfigError when --max-length exceeds what the model supports."""
+    max_length = cfg.max_length or block_size
+    if max_length > block_size:
+        raise ConfigError(f"--max-length {max_length} exceeds the model's block size {block_size}")
+    return dataclasses.replace(cfg, max_length=max_length, max_prompt_length=cfg.max_prompt_length or max_length // 2)
+
+
+def resolve_device(cfg):
+    """(device, autocast context factory, grad scaler or None) for `cfg.device` / `cfg.dtype`.
+
+    Raises RuntimeError for a CUDA device that is not there."""
+    device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
+                          ("cpu" if cfg.device == "auto" else cfg.device))
+    if device.type == "cuda" and (not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()):
+        raise RuntimeError(f"no such CUDA device here ({torch.cuda.device_count()} visible)")
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError("expected auto, cpu, cuda or cuda:N")
+    dtype = {"auto": torch.bfloat16 if device.type == "cuda" else torch.float32, "float32": torch.float32,
+             "bfloat16": torch.bfloat16, "float16": torch.float16}[cfg.dtype]
+    if dtype == torch.float32:
+        return device, contextlib.nullcontext, None
+    autocast = lambda: torch.autocast(device_type=device.type, dtype=dtype)  # noqa: E731
+    scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
+    return device, autocast, scaler

@@ -1,0 +1,211 @@
+"""Tests of the command line a user meets (train.py): one-line errors before any work, per-command flags with
+help and defaults, defaults that follow the model, and an install that adds no top-level names."""
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import data
+import train
+import training
+from checkpoint import CheckpointError, load_checkpoint, load_model, save_checkpoint
+from config import STAGES, ConfigError, TrainConfig
+from model import GPT, GPTConfig
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def tiny_checkpoint(path, block_size=64, vocab_size=257):
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(block_size=block_size, vocab_size=vocab_size, n_layer=1, n_head=2, n_embd=16))
+    save_checkpoint(str(path), model, None, 0, {})
+    return str(path)
+
+
+def write_lines(path, lines):
+    path.write_text("".join(line + "\n" for line in lines))
+    return str(path)
+
+
+@pytest.fixture
+def files(tmp_path):
+    """A tiny checkpoint and preference files: good, empty, malformed, mistyped."""
+    good = json.dumps({"prompt": "Q: ", "chosen": "yes", "rejected": "no"})
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(open(tiny_checkpoint(tmp_path / "full.pt"), "rb").read()[:300])
+    return dict(
+        init=tiny_checkpoint(tmp_path / "init" / "ckpt.pt"),
+        prefs=write_lines(tmp_path / "prefs.jsonl", [good] * 8),
+        empty=write_lines(tmp_path / "empty.jsonl", []),
+        malformed=write_lines(tmp_path / "malformed.jsonl", [good, good, '{"prompt": "Q", "chosen": ']),
+        mistyped=write_lines(tmp_path / "mistyped.jsonl", [good, json.dumps({"prompt": 7, "chosen": "a",
+                                                                             "rejected": "b"})]),
+        truncated=str(truncated),
+        out=str(tmp_path / "run"),
+    )
+
+
+# (command line, a fragment the one-line error must contain); {name} is filled from the `files` fixture.
+USER_ERRORS = [
+    ("sft --data {tmp}/missing.jsonl", "--data '{tmp}/missing.jsonl': no such file or directory"),
+    ("sft --init {init} --data {empty}", "--data {empty}: no usable preference pair"),
+    ("dpo --init {init} --data {malformed}", "malformed.jsonl, line 3: invalid JSON"),
+    ("dpo --init {init} --data {mistyped}", "mistyped.jsonl, line 2, field 'prompt'"),
+    ("dpo --init {init} --data {prefs} --beta -1", "--beta -1.0: must be > 0"),
+    ("dpo --init {init} --data {prefs} --loss ipo --label-smoothing 0.1", "--label-smoothing 0.1: models label"),
+    ("dpo --init {init} --data {prefs} --grad-accum 3", "--grad-accum 3: must divide --batch-size 16"),
+    ("dpo --init {tmp}/no/such/dir --data {prefs}", "--init '{tmp}/no/such/dir': no such file or directory"),
+    ("dpo --init ./missing-model --data {prefs}", "--init './missing-model': no such file or directory"),
+    ("dpo --init {truncated} --data {prefs}", "truncated.pt: not a readable checkpoint"),
+    ("dpo --data {prefs}", "--init '': dpo needs --init"),
+    ("sft --init {init}", "--data '': sft needs --data"),
+    ("dpo --init {init} --data {prefs} --resume", "--resume True: no checkpoint to resume from"),
+    ("dpo --init {init} --data {prefs} --device cuda:7", "--device 'cuda:7': no such CUDA device"),
+    ("dpo --init {init} --data {prefs} --max-length 100", "--max-length 100 exceeds the model's block size 64"),
+    ("dpo --init {init} --data {prefs} --tokenizer gpt2", "gpt2"),  # offline here, or a vocabulary mismatch
+    ("pretrain --data {tmp}/missing.txt", "--data '{tmp}/missing.txt': no such file or directory"),
+    ("pretrain --data {empty}", "tokens are too few for windows of --max-length 256"),
+    ("pretrain --block-size 32 --max-length 64", "--max-length 64: exceeds --block-size 32"),
+    ("eval --init {init}", "--reference-init '': eval needs --reference-init"),
+    ("sample --init {init} --max-new-tokens 60", "--max-new-tokens 60: the longest prompt"),
+]
+
+
+@pytest.mark.parametrize("command, message", USER_ERRORS, ids=[c.split(" --")[0] + f"-{i}" for i, (c, _) in
+                                                                 enumerate(USER_ERRORS)])
+def test_user_errors_are_one_line_and_write_nothing(files, tmp_path, capsys, monkeypatch, command, message):
+    names = dict(files, tmp=str(tmp_path))
+    argv = command.format(**names).split()
+    argv += [] if argv[0] == "sample" else ["--out-dir", files["out"]]  # sample writes nothing
+    monkeypatch.setattr(training, "reference_logps", lambda *a, **k: pytest.fail("work started"))
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path / "no-tiktoken-cache"))  # gpt2 BPE: never downloaded
+    assert train.main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: ") and "Traceback" not in err, err
+    assert message.format(**names) in err, err
+    assert not os.path.exists(files["out"]), "a run that cannot start wrote files"
+
+
+def test_truncated_checkpoint_on_resume_writes_nothing(files, capsys):
+    os.makedirs(files["out"])
+    with open(files["truncated"], "rb") as src, open(os.path.join(files["out"], "ckpt.pt"), "wb") as dst:
+        dst.write(src.read())
+    assert train.main(["dpo", "--init", files["init"], "--data", files["prefs"], "--out-dir", files["out"],
+                       "--resume"]) == 1
+    assert "ckpt.pt: not a readable checkpoint" in capsys.readouterr().err
+    assert sorted(os.listdir(files["out"])) == ["ckpt.pt"]  # no config.json, no metrics.jsonl
+
+
+def test_bad_flag_values_are_one_line(capsys):
+    assert_exit = pytest.raises(SystemExit)
+    with assert_exit as exit_info:
+        train.main(["dpo", "--steps", "many"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err == "error: train.py dpo: argument --steps: invalid int value: 'many'\n"
+    with pytest.raises(SystemExit):
+        train.main(["dpo", "--samples-per-prompt", "3"])  # a flag dpo does not take
+    assert "unrecognized arguments: --samples-per-prompt 3" in capsys.readouterr().err
+
+
+def test_script_prints_no_traceback_and_debug_shows_it(files):
+    command = [sys.executable, "train.py", "dpo", "--init", files["init"], "--data", files["prefs"], "--beta", "-1",
+               "--out-dir", files["out"]]
+    quiet = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert quiet.returncode == 1 and quiet.stdout == ""
+    assert quiet.stderr == "error: --beta -1.0: must be > 0\n"
+    loud = subprocess.run(command + ["--debug"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert loud.returncode == 1 and "Traceback" in loud.stderr and "ConfigError" in loud.stderr
+
+
+def test_each_command_lists_its_flags_with_help_and_default():
+    parser = train.build_parser()
+    commands = parser._subparsers._group_actions[0].choices
+    listed = {}
+    for stage in STAGES:
+        actions = [a for a in commands[stage]._actions if a.option_strings and a.dest not in ("help", "debug")]
+        listed[stage] = {a.option_strings[0] for a in actions}
+        for action in actions:
+            if action.dest != "prompt":
+                assert "(default: " in action.help, (stage, action.option_strings)
+    assert not {"--samples-per-prompt", "--num-prompts", "--min-reward-gap", "--n-layer", "--block-size"} & listed["dpo"]
+    assert not {"--beta", "--steps", "--lr"} & listed["sample"]
+    kept = ("--init --data --heldout-data --steps --batch-size --out-dir --beta --loss --label-smoothing --reference "
+            "--dtype --device --impl --resume --max-length --max-prompt-length --seed").split()
+    assert set(kept) <= listed["dpo"]
+    assert {"--n-layer", "--n-head", "--n-embd", "--block-size", "--max-length", "--seed"} <= listed["pretrain"]
+    shape_group = [g for g in commands["pretrain"]._action_groups if "--n-layer" in
+                   {a.option_strings[0] for a in g._group_actions}][0]
+    assert "ignored with --init" in shape_group.title
+    for f in dataclasses.fields(TrainConfig):  # one source: each field's help lives in its metadata
+        assert f.metadata["help"] and set(f.metadata["stages"]) <= set(STAGES), f.name
+
+
+def test_lengths_default_to_the_model(tmp_path):
+    """pretrain --block-size 64 needs no length flag; with --init, --max-length is the model's block size."""
+    corpus = write_lines(tmp_path / "corpus.txt", ["a small corpus of words for windows."] * 60)
+    assert train.main(["pretrain", "--block-size", "64", "--n-layer", "1", "--n-head", "2", "--n-embd", "16",
+                       "--data", corpus, "--steps", "1", "--batch-size", "2", "--out-dir", str(tmp_path / "a")]) == 0
+    with open(tmp_path / "a" / "config.json") as f:
+        assert json.load(f)["max_length"] == 64
+    small = tiny_checkpoint(tmp_path / "small" / "ckpt.pt", block_size=32)  # fewer positions than the default
+    assert train.main(["pretrain", "--init", small, "--data", corpus, "--steps", "1", "--batch-size", "2",
+                       "--out-dir", str(tmp_path / "b")]) == 0  # windows of the model's 32 positions
+    prefs = write_lines(tmp_path / "prefs.jsonl", [json.dumps({"prompt": "Q: ", "chosen": f"yes {i}",
+                                                               "rejected": "no"}) for i in range(8)])
+    assert train.main(["sft", "--init", small, "--data", prefs, "--steps", "1", "--batch-size", "2",
+                       "--out-dir", str(tmp_path / "c")]) == 0
+    with open(tmp_path / "c" / "config.json") as f:
+        saved = json.load(f)
+    assert (saved["max_length"], saved["max_prompt_length"]) == (32, 16)
+
+
+def test_load_model_errors(tmp_path):
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="junk.pt"):
+        load_model(str(tmp_path / "junk.pt"))
+    with pytest.raises(CheckpointError, match="neither"):
+        load_model(str(tmp_path))  # a directory with neither ckpt.pt nor config.json
+    with pytest.raises(CheckpointError, match="no such file or directory"):
+        load_model(str(tmp_path / "missing" / "dir"))  # a path, not a hub name: no hub URL built from it
+    state = load_checkpoint(tiny_checkpoint(tmp_path / "small" / "ckpt.pt"))
+    state["model_config"]["n_embd"] = 32  # weights no longer match the config
+    torch.save(state, tmp_path / "bad.pt")
+    with pytest.raises(CheckpointError, match="do not match"):
+        load_model(str(tmp_path / "bad.pt"))
+
+
+def test_missing_local_path_tells_paths_from_hub_names(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "out").mkdir()
+    for hub_name in ("gpt2", "openai-community/gpt2", "Anthropic/hh-rlhf:test"):
+        assert not data.missing_local_path(hub_name), hub_name
+    for path in ("out/missing", "./gpt2", "/no/such/dir", "~/x", "a/b/c", "model.pt", "prefs.jsonl"):
+        assert data.missing_local_path(path), path
+    assert not data.missing_local_path("out")
+
+
+def test_config_errors_for_programmatic_use(tmp_path):
+    with pytest.raises(ConfigError, match="--grad-accum 4: must divide --batch-size 6"):
+        training.train("sft", TrainConfig(out_dir=str(tmp_path / "z"), batch_size=6, grad_accum=4, max_length=8),
+                       None, [], [], log=lambda *_: None)
+    assert not os.path.exists(tmp_path / "z")
+
+
+def test_install_adds_no_top_level_names(tmp_path):
+    """Run from outside the checkout, Python finds none of the project's modules: they are not installed."""
+    names = ["data", "model", "train", "training", "stages", "config", "checkpoint", "dpo", "kernels", "sentiment",
+             "experiments", "evaluate", "demo"]
+    probe = ("import importlib.util, json, sys; "
+             f"print(json.dumps({{n: getattr(importlib.util.find_spec(n), 'origin', None) for n in {names!r}}}))")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    found = json.loads(subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, env=env, capture_output=True,
+                                      text=True, check=True).stdout)
+    ours = {name: origin for name, origin in found.items() if origin and str(REPO) in origin}
+    assert not ours, f"installed from the checkout: {ours}"

@@ -1,0 +1,136 @@
+"""The command line: pre-training, SFT and DPO (paper Eq. 7), the sentiment task's pairs and evaluation.
+
+    python train.py                    the embedded demo, end to end on a CPU (experiments/demo.py)
+    python train.py demo --quick       the same in a tiny configuration (about a minute)
+    python train.py pretrain --help    next-token prediction on a text corpus (the embedded reviews by default)
+    python train.py sft --help         supervised fine-tuning on prompt + chosen, loss on the response only
+    python train.py dpo --help         DPO against a frozen reference model (the --init model)
+    python train.py pairs --help       sample completions and label preference pairs with the ground-truth reward
+    python train.py eval --help        held-out report: ground-truth reward, win rate and KL from samples
+    python train.py sample --help      print completions of a model
+
+Every command's flags come from `config.TrainConfig` (`out_dir` -> `--out-dir`), with the help text kept
+there. A user error (a missing file, a bad value, a broken checkpoint) prints one line `error: ...` and exits
+with status 1, before anything is written; `--debug` (or DPO_DEBUG=1) shows the traceback instead.
+This file is the entry point only: nothing imports it.
+"""
+
+import argparse
+import dataclasses
+import os
+import sys
+
+import stages
+from config import STAGES, TrainConfig
+from data import TokenizerUnavailableError
+from experiments import demo
+from training import NonFiniteLossError
+
+# Each command's defaults where they differ from TrainConfig's.
+STAGE_DEFAULTS = {
+    "pretrain": dict(out_dir="out/pretrain", lr=1e-3, steps=2000, batch_size=32, warmup_steps=50),
+    "sft": dict(out_dir="out/sft", lr=1e-4, steps=500, batch_size=16),
+    "dpo": dict(out_dir="out/dpo", lr=1e-5, steps=500, batch_size=16, schedule="constant"),
+    "pairs": dict(out_dir="out/pairs"),
+    "eval": dict(out_dir="out/eval"),
+}
+COMMAND_HELP = {
+    "pretrain": "Next-token prediction on --data (a UTF-8 text file) or, by default, the embedded reviews.",
+    "sft": "Supervised fine-tuning of --init on prompt + chosen of --data (loss on response tokens only).",
+    "dpo": "DPO (paper Eq. 7) of --init on --data, with a frozen copy of --init as the reference.",
+    "pairs": "Sample --samples-per-prompt completions from --init for the sentiment task's training prompts and "
+             "write best-vs-worst preference pairs (ground-truth reward: VADER) to OUT_DIR/pairs.jsonl.",
+    "eval": "Compare --init (policy) with --reference-init on the sentiment task's held-out prompts: "
+            "ground-truth reward, win rate, KL(policy || reference); writes OUT_DIR/eval.json.",
+    "sample": "Print a completion of --init for each --prompt (default: five held-out prompts).",
+}
+# What a user can get wrong (files, values, checkpoints, tokenizer files, a diverging run): one line, no traceback.
+USER_ERRORS = (ValueError, OSError, TokenizerUnavailableError, NonFiniteLossError)
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, with its errors as one line `error: ...` (no usage block) and exit status 2."""
+
+    def error(self, message):
+        self.exit(2, f"error: {self.prog}: {message}\n")
+
+
+def add_config_flags(parser, stage):
+    """One flag per TrainConfig field that `stage` uses, with its help line and default."""
+    defaults = STAGE_DEFAULTS.get(stage, {})
+    groups = {}
+    for f in dataclasses.fields(TrainConfig):
+        meta = f.metadata
+        if stage not in meta["stages"]:
+            continue
+        group = parser if meta["group"] is None else groups.get(meta["group"]) or groups.setdefault(
+            meta["group"], parser.add_argument_group(meta["group"]))
+        default = defaults.get(f.name, f.default)
+        shown = "none" if default == "" else default
+        name = "--" + f.name.replace("_", "-")
+        if isinstance(default, bool):
+            group.add_argument(name, default=default, action=argparse.BooleanOptionalAction,
+                               help=f"{meta['help']} (default: {'on' if default else 'off'})")
+        else:
+            group.add_argument(name, default=default, type=type(default), choices=meta["choices"],
+                               help=f"{meta['help']} (default: {shown})")
+
+
+def build_parser():
+    """The parser of `python train.py [COMMAND] [flags]`."""
+    parser = Parser(prog="train.py", description=__doc__.split("\n\n")[0],
+                    formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for stage in STAGES:
+        sub = commands.add_parser(stage, help=COMMAND_HELP[stage].split(": ")[0].split(". ")[0],
+                                  description=COMMAND_HELP[stage])
+        add_config_flags(sub, stage)
+        if stage == "sample":
+            sub.add_argument("--prompt", action="append", default=[], metavar="TEXT",
+                             help="a prompt (repeatable; default: five held-out prompts of the sentiment task)")
+        sub.add_argument("--debug", action="store_true", help="show the traceback of an error")
+    sub = commands.add_parser("demo", help="the embedded sentiment experiment, end to end (the default)",
+                              description=demo.__doc__.split("\n\n")[0])
+    sub.add_argument("--quick", action="store_true", help="a tiny configuration that runs in about a minute")
+    sub.add_argument("--out-dir", default="out/demo", help="where it writes (default: out/demo)")
+    sub.add_argument("--debug", action="store_true", help="show the traceback of an error")
+    return parser
+
+
+def run(args):
+    """Run the parsed command."""
+    if args.command in (None, "demo"):
+        demo.run(out_dir=getattr(args, "out_dir", "out/demo"), quick=getattr(args, "quick", False))
+        return
+    cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
+                         if hasattr(args, f.name)}, **{k: v for k, v in STAGE_DEFAULTS.get(args.command, {}).items()
+                                                         if not hasattr(args, k)})
+    if args.command in ("pretrain", "sft", "dpo"):
+        stages.run_stage(args.command, cfg)
+    elif args.command == "pairs":
+        stages.pairs(cfg)
+    elif args.command == "eval":
+        stages.evaluate(cfg)
+    else:
+        stages.sample(cfg, args.prompt)
+
+
+def main(argv=None):
+    """Parse `argv` (default: sys.argv[1:]) and run the command; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    try:
+        run(args)
+    except USER_ERRORS as e:
+        if args.debug or os.environ.get("DPO_DEBUG"):
+            raise
+        print("error: " + " ".join(str(e).split()), file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
