@@ -170,7 +170,9 @@ def dpo_metrics(
     Args: five (B,) float tensors, B >= 1: dpo_loss's three outputs and the policy log-probs it got.
     Returns: {"loss", "rewards/chosen", "rewards/rejected", "rewards/accuracies" (fraction of pairs with
     chosen_reward strictly greater than rejected_reward), "rewards/margins" (mean chosen - rejected),
-    "logps/chosen", "logps/rejected"}, all Python floats.
+    "logps/chosen", "logps/rejected"}, all Python floats. For IPO the training loop passes per-token mean
+    log-probs (what IPO is defined on), so its rewards/* and logps/* are per-token; TRL logs beta * summed
+    log-ratios for the same loss.
     """
     _check_logps({
         "losses": losses,

@@ -34,15 +34,21 @@ STAGE_DEFAULTS = {
     "pairs": dict(out_dir="out/pairs"),
     "eval": dict(out_dir="out/eval"),
 }
-COMMAND_HELP = {
-    "pretrain": "Next-token prediction on --data (a UTF-8 text file) or, by default, the embedded reviews.",
-    "sft": "Supervised fine-tuning of --init on prompt + chosen of --data (loss on response tokens only).",
-    "dpo": "DPO (paper Eq. 7) of --init on --data, with a frozen copy of --init as the reference.",
-    "pairs": "Sample --samples-per-prompt completions from --init for the sentiment task's training prompts and "
-             "write best-vs-worst preference pairs (ground-truth reward: VADER) to OUT_DIR/pairs.jsonl.",
-    "eval": "Compare --init (policy) with --reference-init on the sentiment task's held-out prompts: "
-            "ground-truth reward, win rate, KL(policy || reference); writes OUT_DIR/eval.json.",
-    "sample": "Print a completion of --init for each --prompt (default: five held-out prompts).",
+COMMAND_HELP = {  # command: (one line for the command list, the description of `train.py COMMAND --help`)
+    "pretrain": ("next-token prediction on a text file or the embedded reviews",
+                 "Next-token prediction on --data (a UTF-8 text file) or, by default, the embedded reviews."),
+    "sft": ("supervised fine-tuning on prompt + chosen",
+            "Supervised fine-tuning of --init on prompt + chosen of --data (loss on response tokens only)."),
+    "dpo": ("DPO against a frozen copy of --init",
+            "DPO (paper Eq. 7) of --init on --data, with a frozen copy of --init as the reference."),
+    "pairs": ("sample completions and write preference pairs labelled by the ground-truth reward",
+              "Sample --samples-per-prompt completions from --init for the sentiment task's training prompts and "
+              "write best-vs-worst preference pairs (ground-truth reward: VADER) to OUT_DIR/pairs.jsonl."),
+    "eval": ("reward, win rate and KL of --init against --reference-init, from samples",
+             "Compare --init (policy) with --reference-init on the sentiment task's held-out prompts: "
+             "ground-truth reward, win rate, KL(policy || reference); writes OUT_DIR/eval.json."),
+    "sample": ("print completions of --init",
+               "Print a completion of --init for each --prompt (default: five held-out prompts)."),
 }
 # What a user can get wrong (files, values, checkpoints, tokenizer files, a diverging run): one line, no traceback.
 USER_ERRORS = (ValueError, OSError, TokenizerUnavailableError, NonFiniteLossError)
@@ -78,23 +84,24 @@ def add_config_flags(parser, stage):
 
 def build_parser():
     """The parser of `python train.py [COMMAND] [flags]`."""
-    parser = Parser(prog="train.py", description=__doc__.split("\n\n")[0],
+    parser = Parser(prog="train.py", description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n")[1],
                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     for stage in STAGES:
-        sub = commands.add_parser(stage, help=COMMAND_HELP[stage].split(": ")[0].split(". ")[0],
-                                  description=COMMAND_HELP[stage])
+        sub = commands.add_parser(stage, help=COMMAND_HELP[stage][0], description=COMMAND_HELP[stage][1])
         add_config_flags(sub, stage)
         if stage == "sample":
             sub.add_argument("--prompt", action="append", default=[], metavar="TEXT",
                              help="a prompt (repeatable; default: five held-out prompts of the sentiment task)")
-        sub.add_argument("--debug", action="store_true", help="show the traceback of an error")
+        sub.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                         help="show the traceback of an error")
     sub = commands.add_parser("demo", help="the embedded sentiment experiment, end to end (the default)",
                               description=demo.__doc__.split("\n\n")[0])
     sub.add_argument("--quick", action="store_true", help="a tiny configuration that runs in about a minute")
     sub.add_argument("--out-dir", default="out/demo", help="where it writes (default: out/demo)")
-    sub.add_argument("--debug", action="store_true", help="show the traceback of an error")
+    sub.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                     help="show the traceback of an error")
     return parser
 
 
