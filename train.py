@@ -21,7 +21,7 @@ import os
 import sys
 
 import stages
-from config import STAGES, TrainConfig
+from config import STAGES, TrainConfig, flag
 from data import TokenizerUnavailableError
 from experiments import demo
 from training import NonFiniteLossError
@@ -73,7 +73,7 @@ def add_config_flags(parser, stage):
             meta["group"], parser.add_argument_group(meta["group"]))
         default = defaults.get(f.name, f.default)
         shown = "none" if default == "" else default
-        name = "--" + f.name.replace("_", "-")
+        name = flag(f.name)
         if isinstance(default, bool):
             group.add_argument(name, default=default, action=argparse.BooleanOptionalAction,
                                help=f"{meta['help']} (default: {'on' if default else 'off'})")
