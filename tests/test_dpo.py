@@ -1,5 +1,6 @@
-"""Tests for dpo.py: the loss family against a naive float64 reference, properties from the DPO paper's math,
-the worked example of the module docstring, input errors, the metrics, and the concatenated forward pass."""
+"""Tests for dpo.py: the loss family (with RPO) and the Unlikelihood baseline against a naive float64 reference,
+properties from the DPO paper's math, the docstrings' worked examples, input errors, the metrics, and the
+concatenated forward pass."""
 
 import copy
 import math
@@ -13,11 +14,13 @@ from hypothesis import strategies as st
 import dpo
 from kernels.reference import naive_sequence_logprobs
 from model import GPT, GPTConfig
-from naive_dpo import naive_dpo_loss, naive_pair_dloss_dh, naive_pair_loss, sigmoid
+from naive_dpo import (naive_dpo_loss, naive_pair_dloss_dh, naive_pair_loss, naive_unlikelihood_dloss_dx,
+                       naive_unlikelihood_loss, sigmoid)
 
 LOSS_TYPES = ["sigmoid", "ipo", "hinge", "robust"]
 betas = st.floats(0.01, 10.0)
 smoothings = st.floats(0.0, 0.45)
+rpo_alphas = st.floats(0.0, 10.0)
 
 # ----------------------------------------------------------------------------------------------------------------
 # Hypothesis strategies. Log-probs are drawn on a grid (multiples of 2^-10 up to |x| = 4 or 64, or multiples of 1/4
@@ -40,6 +43,16 @@ def tensors(cols, requires_grad=False):
     return [torch.tensor(c, dtype=torch.float32, requires_grad=requires_grad) for c in cols]
 
 
+def as_f64(xs):
+    return torch.tensor(xs, dtype=torch.float64)
+
+
+def token_counts(data, n):
+    """n response lengths in [1, 64] as a list of ints, and as a (n,) int64 or float32 tensor."""
+    lengths = data.draw(st.lists(st.integers(1, 64), min_size=n, max_size=n))
+    return lengths, torch.tensor(lengths, dtype=data.draw(st.sampled_from([torch.int64, torch.float32])))
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # The vectorised float32 loss against the naive per-pair float64 reference.
 
@@ -52,7 +65,6 @@ def test_matches_naive_reference(loss_type, cols, beta, eps):
     losses, chosen_rewards, rejected_rewards = dpo.dpo_loss(*inputs, beta=beta, loss_type=loss_type,
                                                             label_smoothing=eps)
     ref_losses, ref_chosen, ref_rejected = naive_dpo_loss(*cols, beta=beta, loss_type=loss_type, eps=eps)
-    as_f64 = lambda xs: torch.tensor(xs, dtype=torch.float64)  # noqa: E731
     assert losses.dtype == torch.float32
     torch.testing.assert_close(losses.double(), as_f64(ref_losses), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(chosen_rewards.double(), as_f64(ref_chosen), rtol=1e-5, atol=1e-5)
@@ -212,7 +224,166 @@ def test_half_precision_inputs_are_computed_in_float32():
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# The worked example of the module docstring, derived by hand there.
+# RPO: every loss_type plus rpo_alpha * the per-token NLL of the chosen response.
+
+
+@pytest.mark.parametrize("loss_type", LOSS_TYPES)
+@given(cols=grid_columns(), beta=betas, eps=smoothings, rpo_alpha=rpo_alphas, data=st.data())
+def test_rpo_matches_naive_reference(loss_type, cols, beta, eps, rpo_alpha, data):
+    eps = eps if loss_type in ("sigmoid", "robust") else 0.0
+    lengths, n = token_counts(data, len(cols[0]))
+    inputs = tensors(cols, requires_grad=True)
+    losses, chosen_rewards, rejected_rewards = dpo.dpo_loss(*inputs, beta=beta, loss_type=loss_type,
+                                                            label_smoothing=eps, rpo_alpha=rpo_alpha,
+                                                            chosen_lengths=n)
+    ref_losses, ref_chosen, ref_rejected = naive_dpo_loss(*cols, beta=beta, loss_type=loss_type, eps=eps,
+                                                          rpo_alpha=rpo_alpha, chosen_lengths=lengths)
+    # The DPO term and the NLL term may have opposite signs (robust < 0; grid log-probs may be > 0) and cancel
+    # up to |h| ~ 1e6: the float32 error scales with their sizes, not with their sum.
+    dpo_term = as_f64([naive_pair_loss(*pair, beta, loss_type, eps) for pair in zip(*cols)])
+    nll_term = as_f64([-rpo_alpha * pc / k for pc, k in zip(cols[0], lengths)])
+    scale = dpo_term.abs() + nll_term.abs()
+    assert losses.dtype == torch.float32
+    assert ((losses.double() - as_f64(ref_losses)).abs() <= 1e-5 * scale + 1e-5).all(), (losses, ref_losses)
+    torch.testing.assert_close(chosen_rewards.double(), as_f64(ref_chosen), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(rejected_rewards.double(), as_f64(ref_rejected), rtol=1e-5, atol=1e-5)
+
+    # By hand: d loss / d pc = dloss/dh - rpo_alpha / n; the other three only through h, as without RPO.
+    losses.sum().backward()
+    dh = as_f64([naive_pair_dloss_dh(*pair, beta, loss_type, eps) for pair in zip(*cols)])
+    d_nll = as_f64([-rpo_alpha / k for k in lengths])
+    assert ((inputs[0].grad.double() - (dh + d_nll)).abs() <= 1e-5 * (dh.abs() + d_nll.abs()) + 1e-5).all()
+    for t, sign in zip(inputs[1:], (-1, -1, 1)):
+        torch.testing.assert_close(t.grad.double(), sign * dh, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("loss_type", LOSS_TYPES)
+@given(cols=grid_columns(), beta=betas, rpo_alpha=rpo_alphas, data=st.data())
+def test_rpo_only_adds_minus_alpha_over_length_to_the_chosen_gradient(loss_type, cols, beta, rpo_alpha, data):
+    """rpo_alpha = 0 is exactly plain DPO; any rpo_alpha leaves the rewards and the gradients of the other three
+    inputs bit-identical and moves d loss / d policy_chosen_logps by -rpo_alpha / chosen_lengths."""
+    lengths, n = token_counts(data, len(cols[0]))
+
+    def run(**kwargs):
+        inputs = tensors(cols, requires_grad=True)
+        out = dpo.dpo_loss(*inputs, beta=beta, loss_type=loss_type, **kwargs)
+        out[0].sum().backward()
+        return out, [t.grad for t in inputs]
+
+    plain, plain_grads = run()
+    zero, zero_grads = run(rpo_alpha=0.0, chosen_lengths=n)
+    rpo, rpo_grads = run(rpo_alpha=rpo_alpha, chosen_lengths=n)
+    for a, b in zip(plain + tuple(plain_grads), zero + tuple(zero_grads)):
+        assert torch.equal(a, b)
+    assert torch.equal(rpo[1], plain[1]) and torch.equal(rpo[2], plain[2])
+    assert not rpo[1].requires_grad and not rpo[2].requires_grad
+    for a, b in zip(rpo_grads[1:], plain_grads[1:]):
+        assert torch.equal(a, b)
+    shift = as_f64([-rpo_alpha / k for k in lengths])  # (B,) by hand
+    g = plain_grads[0].double()
+    assert ((rpo_grads[0].double() - g - shift).abs() <= 1e-6 * (g.abs() + shift.abs()) + 1e-7).all()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The Unlikelihood baseline: NLL of y_w + alpha * per-token mean of -log(1 - p) over y_l.
+
+CLAMP32 = float(torch.tensor(dpo.UNLIKELIHOOD_CLAMP))  # the clamp bound as float32 log-probs meet it
+NEAR_ZERO = [0.0, -1e-9, -1e-7, -5e-7, -2e-6, -1e-4, -math.log(2), -0.5]  # the clamp, p ~ 1, the log1mexp switch
+
+
+@st.composite
+def unlikelihood_inputs(draw, max_b=6, max_t=8):
+    """(chosen (B,), lengths (B,), token log-probs (B, T), mask (B, T)) as lists; >= 1 True per mask row and
+    0 at masked positions, as kernels.token_logprobs returns them; log-probs are float32 values."""
+    B, T = draw(st.integers(1, max_b)), draw(st.integers(1, max_t))
+    logp = st.one_of(st.floats(-30.0, 0.0, width=32), st.sampled_from(NEAR_ZERO))
+    mask = [draw(st.lists(st.booleans(), min_size=T, max_size=T)) for _ in range(B)]
+    for row in mask:
+        row[draw(st.integers(0, T - 1))] = True
+    x = [[draw(logp) if m else 0.0 for m in row] for row in mask]
+    chosen = draw(st.lists(st.floats(-100.0, 0.0, width=32), min_size=B, max_size=B))
+    lengths = draw(st.lists(st.integers(1, 64), min_size=B, max_size=B))
+    return chosen, lengths, x, mask
+
+
+def unlikelihood_tensors(chosen, lengths, x, mask):
+    return (torch.tensor(chosen, requires_grad=True), torch.tensor(lengths), torch.tensor(x, requires_grad=True),
+            torch.tensor(mask))
+
+
+@given(inputs=unlikelihood_inputs(), alpha=st.floats(0.0, 1.0))
+def test_unlikelihood_matches_naive_reference(inputs, alpha):
+    c, n, x, mask = unlikelihood_tensors(*inputs)
+    losses = dpo.unlikelihood_loss(c, n, x, mask, alpha=alpha)
+    assert losses.dtype == torch.float32 and losses.shape == c.shape
+    naive = naive_unlikelihood_loss(inputs[0], inputs[1], x.tolist(), inputs[3], alpha, clamp=CLAMP32)
+    torch.testing.assert_close(losses.double(), as_f64(naive), rtol=1e-5, atol=1e-5)
+
+    # Gradients by hand: -1/|y_w| for the chosen; alpha/|y_l| * p/(1 - p) for unmasked rejected tokens up to the
+    # clamp, 0 past it and exactly 0 (never NaN) at masked positions.
+    losses.sum().backward()
+    torch.testing.assert_close(c.grad.double(), as_f64([-1 / k for k in inputs[1]]))
+    assert torch.isfinite(x.grad).all()
+    assert torch.equal(x.grad[~mask], torch.zeros_like(x.grad[~mask]))
+    torch.testing.assert_close(x.grad.double(), as_f64(naive_unlikelihood_dloss_dx(x.tolist(), inputs[3], alpha,
+                                                                                   clamp=CLAMP32)),
+                               rtol=1e-5, atol=1e-6)
+
+
+@given(inputs=unlikelihood_inputs(), fill=st.sampled_from([3.0, -math.inf, math.inf, math.nan]))
+def test_unlikelihood_ignores_whatever_masked_positions_hold(inputs, fill):
+    c, n, x, mask = unlikelihood_tensors(*inputs)
+    clean = dpo.unlikelihood_loss(c, n, x, mask)
+    clean.sum().backward()
+    dirty_x = x.detach().masked_fill(~mask, fill).requires_grad_(True)
+    dirty = dpo.unlikelihood_loss(c, n, dirty_x, mask)
+    dirty.sum().backward()
+    assert torch.equal(dirty, clean)
+    assert torch.equal(dirty_x.grad, x.grad)
+
+
+@given(inputs=unlikelihood_inputs())
+def test_unlikelihood_with_alpha_zero_is_the_chosen_per_token_nll(inputs):
+    c, n, x, mask = unlikelihood_tensors(*inputs)
+    losses = dpo.unlikelihood_loss(c, n, x, mask, alpha=0.0)
+    assert torch.equal(losses, -c.detach() / n)
+    losses.sum().backward()
+    assert torch.equal(x.grad, torch.zeros_like(x))
+
+
+def test_unlikelihood_hand_gradient_is_the_derivative_of_the_naive_loss():
+    """Central differences of the naive float64 loss agree with the hand-derived gradient the tests use."""
+    xs, mask, alpha, h = [[-20.0, -3.0, -math.log(2), -0.1, -1e-3, 0.0]], [[True] * 5 + [False]], 0.7, 1e-7
+    grads = naive_unlikelihood_dloss_dx(xs, mask, alpha)[0]
+    for t in range(5):
+        up, down = ([[v + s * (i == t) for i, v in enumerate(xs[0])]] for s in (h, -h))
+        fd = (naive_unlikelihood_loss([0.0], [1], up, mask, alpha)[0]
+              - naive_unlikelihood_loss([0.0], [1], down, mask, alpha)[0]) / (2 * h)
+        assert fd == pytest.approx(grads[t], rel=1e-5, abs=1e-9)
+    assert grads[5] == 0.0
+
+
+def test_unlikelihood_is_finite_at_p_equal_one():
+    """x = 0 (p = 1) is clamped to -1e-6: penalty -log(1 - e^-1e-6) = 13.8155, finite, with zero gradient."""
+    x = torch.tensor([[0.0, 0.0]], requires_grad=True)
+    loss = dpo.unlikelihood_loss(torch.tensor([0.0]), torch.tensor([1]), x, torch.tensor([[True, True]]))
+    loss.backward()
+    torch.testing.assert_close(loss, torch.tensor([-math.log(-math.expm1(-1e-6))]))
+    assert torch.equal(x.grad, torch.zeros_like(x))
+
+
+def test_unlikelihood_computes_in_float32():
+    c, n, x = torch.tensor([-3.0, -5.5]), torch.tensor([3, 4]), torch.tensor([[-0.5, -2.0], [-1e-3, -0.25]])
+    mask = torch.tensor([[True, False], [True, True]])
+    expected = dpo.unlikelihood_loss(c, n, x, mask, alpha=0.5)
+    for dtype in (torch.float64, torch.bfloat16):
+        out = dpo.unlikelihood_loss(c.to(dtype), n, x.to(dtype), mask, alpha=0.5)
+        assert out.dtype == torch.float32
+        torch.testing.assert_close(out, expected, rtol=1e-2 if dtype == torch.bfloat16 else 1e-6, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The worked examples of the docstrings, derived by hand there.
 
 
 def test_worked_example():
@@ -233,6 +404,29 @@ def test_worked_example():
     torch.testing.assert_close(hinge, torch.tensor([0.0]))
     robust, _, _ = dpo.dpo_loss(pc, pr, rc, rr, beta=beta, loss_type="robust", label_smoothing=0.1)
     torch.testing.assert_close(robust, torch.tensor([0.1882617]))
+
+
+def test_worked_example_rpo():
+    pc = torch.tensor([-10.0], requires_grad=True)
+    losses, chosen_rewards, rejected_rewards = dpo.dpo_loss(pc, torch.tensor([-12.0]), torch.tensor([-11.0]),
+                                                            torch.tensor([-11.0]), beta=0.5, rpo_alpha=1.0,
+                                                            chosen_lengths=torch.tensor([5]))
+    torch.testing.assert_close(losses, torch.tensor([2.3132617]))
+    torch.testing.assert_close(chosen_rewards, torch.tensor([0.5]))
+    torch.testing.assert_close(rejected_rewards, torch.tensor([-0.5]))
+    losses.backward()
+    torch.testing.assert_close(pc.grad, torch.tensor([-0.3344707]))
+
+
+def test_worked_example_unlikelihood():
+    chosen = torch.tensor([-2.0], requires_grad=True)
+    x = torch.tensor([[math.log(0.5), 0.0, math.log(0.25)]], requires_grad=True)  # middle position masked
+    losses = dpo.unlikelihood_loss(chosen, torch.tensor([4]), x, torch.tensor([[True, False, True]]), alpha=1.0)
+    torch.testing.assert_close(losses, torch.tensor([0.9904146]))
+    torch.testing.assert_close(losses - 0.5, torch.tensor([-math.log(0.375) / 2]))  # the unlikelihood term
+    losses.backward()
+    torch.testing.assert_close(x.grad, torch.tensor([[0.5, 0.0, 0.1666667]]))
+    torch.testing.assert_close(chosen.grad, torch.tensor([-0.25]))
 
 
 def test_worked_example_metrics():
@@ -270,6 +464,17 @@ def test_metric_accuracy_is_strict():
     (dict(label_smoothing=0.5), ValueError, "label_smoothing"),
     (dict(loss_type="ipo", label_smoothing=0.1), ValueError, "label_smoothing"),
     (dict(loss_type="hinge", label_smoothing=0.1), ValueError, "label_smoothing"),
+    (dict(rpo_alpha=0.5), ValueError, "rpo_alpha=0.5 needs chosen_lengths"),
+    (dict(rpo_alpha=-0.1, chosen_lengths=torch.ones(3)), ValueError, "rpo_alpha"),
+    (dict(rpo_alpha=float("inf"), chosen_lengths=torch.ones(3)), ValueError, "rpo_alpha"),
+    (dict(rpo_alpha=float("nan"), chosen_lengths=torch.ones(3)), ValueError, "rpo_alpha"),
+    (dict(rpo_alpha="1", chosen_lengths=torch.ones(3)), TypeError, "rpo_alpha"),
+    (dict(rpo_alpha=1.0, chosen_lengths=torch.tensor([4, 0, 2])), ValueError, "chosen_lengths must be > 0"),
+    (dict(rpo_alpha=1.0, chosen_lengths=torch.tensor([4.0, -1.0, 2.0])), ValueError, "chosen_lengths must be > 0"),
+    (dict(chosen_lengths=torch.zeros(3)), ValueError, "chosen_lengths must be > 0"),
+    (dict(rpo_alpha=1.0, chosen_lengths=torch.ones(4)), ValueError, r"chosen_lengths must have shape \(B,\) = \(3,\)"),
+    (dict(rpo_alpha=1.0, chosen_lengths=torch.ones(3, dtype=torch.bool)), TypeError, "chosen_lengths"),
+    (dict(rpo_alpha=1.0, chosen_lengths=[1, 1, 1]), TypeError, "chosen_lengths must be a torch.Tensor"),
 ])
 def test_bad_hyperparameters_raise(kwargs, error, match):
     x = torch.zeros(3)
@@ -410,3 +615,31 @@ def test_concatenated_logps_rejects_malformed_batches():
         dpo.concatenated_logps(model, {k: v[:1] for k, v in batch.items()})
     with pytest.raises(ValueError, match=r"batch\['labels'\] has shape"):
         dpo.concatenated_logps(model, {**batch, "labels": batch["labels"][:, :-1]})
+
+
+def test_unlikelihood_bad_inputs_raise_naming_the_argument():
+    c, n, x, mask = torch.zeros(2), torch.ones(2), -torch.ones(2, 3), torch.ones(2, 3, dtype=torch.bool)
+    for alpha, error in ((-0.1, ValueError), (1.5, ValueError), (math.nan, ValueError), (math.inf, ValueError),
+                         ("1", TypeError), (True, TypeError)):
+        with pytest.raises(error, match="alpha"):
+            dpo.unlikelihood_loss(c, n, x, mask, alpha=alpha)
+    with pytest.raises(ValueError, match=r"rows \[1\] have none"):
+        dpo.unlikelihood_loss(c, n, x, torch.tensor([[True, False, False], [False, False, False]]))
+    with pytest.raises(ValueError, match="rows"):
+        dpo.unlikelihood_loss(c, n, x[:, :0], mask[:, :0])
+    with pytest.raises(ValueError, match=r"rejected_mask has shape \(2, 4\)"):
+        dpo.unlikelihood_loss(c, n, x, torch.ones(2, 4, dtype=torch.bool))
+    with pytest.raises(ValueError, match=r"rejected_token_logps must have shape \(B, T\) with B = 2"):
+        dpo.unlikelihood_loss(c, n, -torch.ones(3, 3), mask)
+    with pytest.raises(ValueError, match=r"rejected_token_logps must have shape \(B, T\)"):
+        dpo.unlikelihood_loss(c, n, -torch.ones(2), mask)
+    with pytest.raises(ValueError, match=r"chosen_lengths must have shape \(B,\) = \(2,\)"):
+        dpo.unlikelihood_loss(c, torch.ones(3), x, mask)
+    with pytest.raises(ValueError, match="chosen_lengths must be > 0"):
+        dpo.unlikelihood_loss(c, torch.tensor([3, 0]), x, mask)
+    with pytest.raises(TypeError, match="rejected_mask must be a bool tensor"):
+        dpo.unlikelihood_loss(c, n, x, mask.float())
+    with pytest.raises(TypeError, match="rejected_token_logps must be a floating-point tensor"):
+        dpo.unlikelihood_loss(c, n, x.long(), mask)
+    with pytest.raises(TypeError, match="chosen_logps must be a floating-point tensor"):
+        dpo.unlikelihood_loss(c.long(), n, x, mask)
