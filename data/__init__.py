@@ -1,7 +1,7 @@
 """data: preference datasets in general, tokenization, pair encoding/truncation and padded batches.
 
     records.py   PreferenceRecord, load_preferences (JSONL/JSON/.gz, Anthropic HH, conversational, datasets)
-    tokenizer.py get_tokenizer("gpt2" | "bytes"), both tiktoken.Encoding
+    tokenizer.py get_tokenizer("gpt2" | "bytes" | "path.tiktoken"), all tiktoken.Encoding; tokenizer_description
     encoding.py  encode_preferences: separate tokenization, EOS, the truncation policy -> EncodedPair
     batches.py   dpo_collate / sft_collate / collate_responses (input_ids, pre-shifted labels, response mask),
                  lm_batches (windows of a token stream)
@@ -13,11 +13,11 @@ from data.batches import IGNORE_INDEX, collate_responses, dpo_collate, lm_batche
 from data.encoding import EncodedPair, EncodeReport, encode_preferences, truncate_pair
 from data.records import (LoadReport, PreferenceFormatError, PreferenceRecord, dataset_name_and_split,
                           dataset_splits, load_preferences, missing_local_path, render_messages, save_preferences)
-from data.tokenizer import TokenizerUnavailableError, get_tokenizer
+from data.tokenizer import TokenizerUnavailableError, get_tokenizer, tokenizer_description
 
 __all__ = [
     "IGNORE_INDEX", "EncodeReport", "EncodedPair", "LoadReport", "PreferenceFormatError", "PreferenceRecord",
     "TokenizerUnavailableError", "collate_responses", "dataset_name_and_split", "dataset_splits", "dpo_collate",
     "encode_preferences", "get_tokenizer", "lm_batches", "load_preferences", "missing_local_path", "render_messages",
-    "save_preferences", "sft_collate", "truncate_pair",
+    "save_preferences", "sft_collate", "tokenizer_description", "truncate_pair",
 ]
