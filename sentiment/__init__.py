@@ -12,24 +12,34 @@ model and labelling them with that reward. Here, with no downloads:
 * pairs: for each train prompt, sample k completions from the model (one batched `GPT.complete` call),
   score them, pair the best (chosen) with the worst (rejected), drop pairs whose reward gap is below a
   threshold (counted), and optionally write them as standard JSONL for `data.load_preferences`;
-* evaluation (`evaluate.py`): ground-truth reward, win rate and KL(policy || reference) from samples.
+* fluency (`fluency.py`): the share of generated words that are words of the corpus, which falls when a
+  policy games the lexicon reward by garbling;
+* evaluation (`evaluate.py`): ground-truth reward, KL(policy || reference), fluency and win rate from
+  samples, each with a 95% confidence interval.
 
-    reviews.py   the seeded movie-review generator (corpus, prompts)
-    task.py      sentiment_reward, corpus_tokens, sample_completions, build_preference_pairs
-    evaluate.py  completion_logps, sample_report
+    reviews.py    the seeded movie-review generator (corpus, prompts)
+    tokenizer.py  a small BPE vocabulary trained on the corpus (reviews_bpe.tiktoken)
+    task.py       sentiment_reward, corpus_tokens, sample_completions, build_preference_pairs
+    fluency.py    corpus_vocabulary, fluency, bigram_fluency
+    evaluate.py   completion_logps, score_policy, sample_report
 
 Left out: the paper's classifier (a fine-tuned SiEBERT model) and real IMDb text; the reward here is a
 lexicon scorer, which a policy can exploit by piling up positive words - the KL term of DPO is what keeps
 the completions reading like reviews.
 """
 
-from sentiment.evaluate import completion_logps, sample_report
+from sentiment.evaluate import (completion_logps, fluency_numbers, mean_ci95, ratio_ci95, sample_report,
+                                score_policy)
+from sentiment.fluency import bigram_fluency, corpus_vocabulary, fluency, word_counts
 from sentiment.reviews import MAX_OPENING_BYTES, Review, make_corpus, make_prompts, make_reviews
+from sentiment.tokenizer import TOKENIZER_FILE
 from sentiment.task import (PairReport, Samples, build_preference_pairs, corpus_statistics, corpus_tokens,
                             sample_completions, sentiment_reward)
 
 __all__ = [
-    "MAX_OPENING_BYTES", "PairReport", "Review", "Samples", "build_preference_pairs", "completion_logps",
-    "corpus_statistics", "corpus_tokens", "make_corpus", "make_prompts", "make_reviews", "sample_completions",
-    "sample_report", "sentiment_reward",
+    "MAX_OPENING_BYTES", "PairReport", "Review", "Samples", "bigram_fluency", "build_preference_pairs",
+    "completion_logps", "fluency_numbers",
+    "corpus_statistics", "corpus_tokens", "corpus_vocabulary", "fluency", "make_corpus", "make_prompts",
+    "make_reviews", "mean_ci95", "ratio_ci95", "sample_completions", "sample_report", "score_policy",
+    "sentiment_reward", "word_counts", "TOKENIZER_FILE",
 ]

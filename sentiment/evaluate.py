@@ -1,23 +1,29 @@
-"""Evaluation from samples: ground-truth reward, win rate and KL(policy || reference) on held-out prompts.
+"""Evaluation from samples: ground-truth reward, KL(policy || reference), fluency and win rate on held-out prompts.
 
-The paper's controlled-sentiment experiment (section 6.1) judges a policy by two numbers measured on its own
-samples: the ground-truth reward it achieves, and how far it moved from the reference,
+The paper's controlled-sentiment experiment (section 6.1, Figure 2 left) judges a policy by two numbers
+measured on its own samples: the ground-truth reward it achieves, and how far it moved from the reference,
 
     KL(pi || pi_ref) = E_{y ~ pi(.|x)} [ log pi(y|x) - log pi_ref(y|x) ]        (sequence level, in nats)
 
-estimated here by Monte Carlo with one policy sample per held-out prompt, drawn at temperature 1 with no
-top-k (any other sampling would not be a sample of pi, and the estimate would be biased). Both log-probs are
-sums over the completion tokens, computed with `kernels.sequence_logprobs`. Samples stop at EOS or after
-`max_new_tokens`; a truncated sample is still scored exactly, as a prefix.
+estimated here by Monte Carlo on the policy's samples, drawn at temperature 1 with no top-k (any other
+sampling would not be a sample of pi, and the estimate would be biased). Both log-probs are sums over the
+completion tokens, computed with `kernels.sequence_logprobs`. Samples stop at EOS or after
+`max_new_tokens`; a truncated sample is still scored exactly, as a prefix. Fluency (`sentiment.fluency`)
+catches the reward hacking a lexicon reward invites.
 
-Win rate: the fraction of prompts where the policy's sample gets a strictly higher ground-truth reward than
-the reference's sample for the same prompt (ties count as losses; their fraction is reported too).
+Every mean comes with the half-width of its 95% confidence interval, 1.96 standard errors over the samples
+(for fluency, a ratio of sums, the delta-method standard error). Win rate: the fraction of samples where the
+policy's completion gets a strictly higher reward than the reference's completion of the same prompt and
+sample index (ties count as losses; their fraction is reported too).
 """
+
+import math
 
 import torch
 
 import data
 import kernels
+from sentiment.fluency import word_counts
 from sentiment.task import sample_completions
 
 
@@ -41,46 +47,90 @@ def completion_logps(model, prompt_ids, completions, pad_id, batch_size=64, impl
     return torch.cat(out)  # (N,)
 
 
-@torch.no_grad()
-def sample_report(policy, reference, tokenizer, prompts, reward_fn, *, max_new_tokens, seed=0, batch_size=64,
-                  impl="auto"):
-    """Sample one completion per prompt from each model and compare them on the ground-truth reward.
+def mean_ci95(values):
+    """(mean, half-width of the normal 95% confidence interval) of a list of floats."""
+    n = len(values)
+    mean = sum(values) / n
+    var = sum((v - mean) ** 2 for v in values) / (n - 1) if n > 1 else float("nan")
+    return mean, 1.96 * math.sqrt(var / n)
 
-    Both models sample from the same seed (through `sample_completions`, which leaves the caller's RNG and
-    the models' train/eval modes as they were), on the device their parameters are on.
+
+def ratio_ci95(numerators, denominators):
+    """(sum(num) / sum(den), 95% half-width by the delta method), for a pooled share such as fluency."""
+    n, total = len(numerators), sum(denominators)
+    if total == 0:
+        return float("nan"), float("nan")
+    ratio = sum(numerators) / total
+    residuals = [a - ratio * b for a, b in zip(numerators, denominators)]
+    var = sum(r * r for r in residuals) / (n - 1) if n > 1 else float("nan")
+    return ratio, 1.96 * math.sqrt(var / n) / (total / n)
+
+
+@torch.no_grad()
+def score_policy(policy, reference, tokenizer, prompts, reward_fn, *, max_new_tokens, samples_per_prompt=1,
+                 seed=0, batch_size=64, impl="auto"):
+    """Sample `samples_per_prompt` completions per prompt from `policy`; score reward, KL and fluency.
 
     Args:
-        policy, reference: GPT models. tokenizer: their tiktoken.Encoding. prompts: list of N str.
-        reward_fn: list[str] -> list[float], applied to the completion text only.
-    Returns a dict: reward_policy, reward_reference, win_rate, tie_rate, kl_policy_reference (floats), and the
-    per-prompt lists (rewards_policy, rewards_reference, samples_policy, samples_reference).
+        policy, reference: GPT models (pass the same object twice to score the reference: KL is then 0).
+        tokenizer: their tiktoken.Encoding. prompts: list of N str. reward_fn: list[str] -> list[float].
+    Returns a dict: reward, kl, fluency, bigram_fluency (floats) with their `_ci95` 95% half-widths,
+    n_samples, and per sample (prompt-major, N * samples_per_prompt): rewards, logratios (log pi - log pi_ref),
+    texts, prompt_index.
     """
-    eos = tokenizer.eot_token
-    samples = {name: sample_completions(model, tokenizer, prompts, k=1, max_new_tokens=max_new_tokens,
-                                        temperature=1.0, seed=seed, batch_size=batch_size)
-               for name, model in (("policy", policy), ("reference", reference))}
-    texts = {name: [group[0] for group in s.texts] for name, s in samples.items()}
-    rewards_policy = [float(r) for r in reward_fn(texts["policy"])]
-    rewards_reference = [float(r) for r in reward_fn(texts["reference"])]
+    samples = sample_completions(policy, tokenizer, prompts, k=samples_per_prompt, max_new_tokens=max_new_tokens,
+                                 temperature=1.0, seed=seed, batch_size=batch_size)
+    texts = [t for group in samples.texts for t in group]
+    rewards = [float(r) for r in reward_fn(texts)]
+    if policy is reference:
+        logratios = [0.0] * len(texts)
+    else:
+        prompt_ids = [ids for ids in samples.prompt_ids for _ in range(samples_per_prompt)]
+        completion_ids = [ids for group in samples.token_ids for ids in group]
+        eos = tokenizer.eot_token
+        logratios = (completion_logps(policy, prompt_ids, completion_ids, eos, batch_size, impl) -
+                     completion_logps(reference, prompt_ids, completion_ids, eos, batch_size, impl)).tolist()
+    (reward, reward_ci), (kl, kl_ci) = mean_ci95(rewards), mean_ci95(logratios)
+    return {"reward": reward, "reward_ci95": reward_ci, "kl": kl, "kl_ci95": kl_ci, **fluency_numbers(texts),
+            "n_samples": len(texts), "rewards": rewards, "logratios": logratios, "texts": texts,
+            "prompt_index": [i for i in range(len(prompts)) for _ in range(samples_per_prompt)]}
 
-    # KL(pi || pi_ref) from the policy's own samples.
-    prompt_ids = samples["policy"].prompt_ids
-    policy_ids = [group[0] for group in samples["policy"].token_ids]
-    logp_policy = completion_logps(policy, prompt_ids, policy_ids, eos, batch_size, impl)  # (N,)
-    logp_reference = completion_logps(reference, prompt_ids, policy_ids, eos, batch_size, impl)  # (N,)
-    kl = (logp_policy - logp_reference).mean().item()
 
-    n = len(prompts)
-    wins = sum(p > r for p, r in zip(rewards_policy, rewards_reference))
-    ties = sum(p == r for p, r in zip(rewards_policy, rewards_reference))
+def fluency_numbers(texts):
+    """fluency and bigram_fluency of `texts` (sentiment.fluency), each with its 95% half-width (`_ci95`)."""
+    out = {}
+    for name, bigrams in (("fluency", False), ("bigram_fluency", True)):
+        out[name], out[name + "_ci95"] = ratio_ci95(*reversed(word_counts(texts, bigrams)))
+    return out
+
+
+def sample_report(policy, reference, tokenizer, prompts, reward_fn, *, max_new_tokens, samples_per_prompt=1,
+                  seed=0, batch_size=64, impl="auto"):
+    """Score policy and reference on the same prompts and seeds (`score_policy`), and compare them.
+
+    Both sample through `sample_completions`, which leaves the caller's RNG and the models' train/eval modes
+    as they were, on the device their parameters are on.
+    Returns a dict: reward_policy, reward_reference, kl_policy_reference, fluency_policy, fluency_reference,
+    bigram_fluency_policy, bigram_fluency_reference (each with a `_ci95` half-width), win_rate, tie_rate, n_samples, and per sample rewards_policy,
+    rewards_reference, samples_policy, samples_reference.
+    """
+    settings = dict(max_new_tokens=max_new_tokens, samples_per_prompt=samples_per_prompt, seed=seed,
+                    batch_size=batch_size, impl=impl)
+    pol = score_policy(policy, reference, tokenizer, prompts, reward_fn, **settings)
+    ref = score_policy(reference, reference, tokenizer, prompts, reward_fn, **settings)
+    pairs = list(zip(pol["rewards"], ref["rewards"]))
     return {
-        "reward_policy": sum(rewards_policy) / n,
-        "reward_reference": sum(rewards_reference) / n,
-        "win_rate": wins / n,
-        "tie_rate": ties / n,
-        "kl_policy_reference": kl,
-        "rewards_policy": rewards_policy,
-        "rewards_reference": rewards_reference,
-        "samples_policy": texts["policy"],
-        "samples_reference": texts["reference"],
+        "reward_policy": pol["reward"], "reward_policy_ci95": pol["reward_ci95"],
+        "reward_reference": ref["reward"], "reward_reference_ci95": ref["reward_ci95"],
+        "kl_policy_reference": pol["kl"], "kl_policy_reference_ci95": pol["kl_ci95"],
+        "fluency_policy": pol["fluency"], "fluency_policy_ci95": pol["fluency_ci95"],
+        "fluency_reference": ref["fluency"], "fluency_reference_ci95": ref["fluency_ci95"],
+        "bigram_fluency_policy": pol["bigram_fluency"], "bigram_fluency_policy_ci95": pol["bigram_fluency_ci95"],
+        "bigram_fluency_reference": ref["bigram_fluency"],
+        "bigram_fluency_reference_ci95": ref["bigram_fluency_ci95"],
+        "win_rate": sum(p > r for p, r in pairs) / len(pairs),
+        "tie_rate": sum(p == r for p, r in pairs) / len(pairs),
+        "n_samples": len(pairs),
+        "rewards_policy": pol["rewards"], "rewards_reference": ref["rewards"],
+        "samples_policy": pol["texts"], "samples_reference": ref["texts"],
     }

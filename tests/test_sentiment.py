@@ -1,5 +1,6 @@
 """Tests for the embedded sentiment task: review generator, prompts, VADER reward, preference-pair building."""
 
+import math
 import statistics
 
 import pytest
@@ -8,6 +9,7 @@ import torch
 import data
 import sentiment
 from sentiment import reviews
+from sentiment.fluency import words
 
 ENC = data.get_tokenizer("bytes")
 EOS = ENC.eot_token
@@ -164,3 +166,40 @@ def test_sample_report_leaves_the_caller_as_it_was():
     assert report["samples_policy"] == report["samples_reference"]  # the same seed and weights
     assert report["kl_policy_reference"] == pytest.approx(0.0, abs=1e-6)
     assert report["tie_rate"] == 1.0 and report["win_rate"] == 0.0
+
+
+# ------------------------------------------------------------------------------------------------ fluency
+
+
+def test_fluency_on_hand_made_strings():
+    assert sentiment.fluency(["the acting was great.", "I loved it!"]) == 1.0
+    # "ine", "ling", "nding", "w", "re", "b" are not words of the corpus; "tv", "was", "perfect", "really",
+    # "movie" are: 6 of 12 words
+    assert sentiment.fluency(["ine ling . TV was perfect nding was w re really b movie"]) == 0.5
+    assert sentiment.fluency(["great", "xyzzy", "...", ""]) == 0.5  # texts with no word add nothing
+    assert math.isnan(sentiment.fluency(["", "!!"]))
+    # bigrams: "it was", "was a", "a so" (the grammar writes "it was a so great film") and "loved it" are pairs
+    # of the corpus, "so loved" is not: 4 of 5
+    assert sentiment.bigram_fluency(["it was a so loved it."]) == pytest.approx(4 / 5)
+    assert sentiment.bigram_fluency(["great", "the plot was awful"]) == 1.0  # a one-word text has no pair
+    with pytest.raises(TypeError, match="list of texts"):
+        sentiment.fluency("great")
+
+
+def test_corpus_vocabulary_covers_the_grammar():
+    vocabulary = sentiment.corpus_vocabulary()
+    for word_list in (reviews.POSITIVE, reviews.NEGATIVE, reviews.NEUTRAL, reviews.FILM, reviews.PREMISES,
+                      reviews.OBJECTS, reviews.CONTEXTS, [a for a, _ in reviews.ASPECTS]):
+        for phrase in word_list:
+            assert set(words(phrase)) <= vocabulary, phrase
+    held_out = [r.text for r in reviews.make_reviews(500, seed=123)]  # other seed, same grammar
+    assert sentiment.fluency(held_out) == 1.0 and sentiment.bigram_fluency(held_out) > 0.99
+
+
+def test_confidence_intervals():
+    mean, half = sentiment.mean_ci95([1.0, 2.0, 3.0, 4.0])
+    assert mean == 2.5 and half == pytest.approx(1.96 * statistics.stdev([1, 2, 3, 4]) / 2)
+    ratio, half = sentiment.ratio_ci95([1, 2, 3], [2, 2, 4])  # pooled 6 / 8
+    residuals = [1 - 0.75 * 2, 2 - 0.75 * 2, 3 - 0.75 * 4]
+    expected = 1.96 * math.sqrt(sum(r * r for r in residuals) / 2 / 3) / (8 / 3)
+    assert ratio == 0.75 and half == pytest.approx(expected)
