@@ -27,7 +27,8 @@ class ConfigError(ValueError):
 # Configuration: a dataclass with defaults. Each field's metadata holds its help text and the commands that
 # use it; train.py makes every field a flag of those commands (`out_dir` -> `--out-dir`).
 
-TRAINING_STAGES = ("pretrain", "sft", "dpo")
+TRAINING_STAGES = ("pretrain", "sft", "dpo", "unlikelihood")
+PAIR_STAGES = ("sft", "dpo", "unlikelihood")  # the stages that train on preference pairs
 STAGES = TRAINING_STAGES + ("pairs", "eval", "sample")
 FRESH_MODEL = "a fresh model (pretrain, sft without --init; ignored with --init)"
 
@@ -47,14 +48,14 @@ class TrainConfig:
     data: str = option("", "pretrain: a UTF-8 text file ('' = the embedded reviews); sft, dpo: preference data, a "
                        ".jsonl/.json file, a dataset directory or hub name, optionally NAME:split")
     heldout_data: str = option("", "held-out preference data, as --data; '' = the dataset's test split when it "
-                               "has one, else a --heldout-fraction of --data", ("sft", "dpo"))
+                               "has one, else a --heldout-fraction of --data", PAIR_STAGES)
     heldout_fraction: float = option(0.05, "share of --data held out for evaluation (without --heldout-data)")
-    tokenizer: str = option("bytes", "'bytes' (offline, byte-level) or 'gpt2' (tiktoken's BPE; needs the network "
-                            "or TIKTOKEN_CACHE_DIR)", STAGES, choices=("bytes", "gpt2"))
+    tokenizer: str = option("bytes", "'bytes' (offline, byte-level), 'gpt2' (tiktoken's BPE; needs the network or "
+                            "TIKTOKEN_CACHE_DIR), or a path to a .tiktoken BPE ranks file", STAGES)
     max_length: int = option(0, "tokens per row: prompt + response (sft, dpo) or a pre-training window; "
                              "0 = the model's block size")
     max_prompt_length: int = option(0, "most prompt tokens kept when a pair is too long; 0 = half of --max-length",
-                                    ("sft", "dpo"))
+                                    PAIR_STAGES)
     # a fresh model
     n_layer: int = option(4, "transformer blocks", ("pretrain", "sft"), group=FRESH_MODEL)
     n_head: int = option(4, "attention heads per block", ("pretrain", "sft"), group=FRESH_MODEL)
@@ -77,6 +78,10 @@ class TrainConfig:
                        "hinge, robust", ("dpo",), choices=dpo.LOSS_TYPES)
     beta: float = option(0.1, "beta, the strength of the KL penalty (Eq. 3, 7)", ("dpo",))
     label_smoothing: float = option(0.0, "probability that a preference label is flipped (cDPO, robust)", ("dpo",))
+    rpo_alpha: float = option(0.0, "weight of the chosen response's per-token NLL added to the DPO loss (RPO, "
+                              "Pang et al. 2024; TRL's rpo_alpha)", ("dpo",))
+    unlikelihood_alpha: float = option(1.0, "weight in [0, 1] of the unlikelihood term on the rejected response",
+                                       ("unlikelihood",))
     reference: str = option("precompute", "precompute: the reference's log-probs once, then the reference is "
                             "freed; live: every step", ("dpo",), choices=("precompute", "live"))
     # sampling (pairs, eval, sample)
@@ -89,6 +94,8 @@ class TrainConfig:
     eval_every: int = option(50, "steps between held-out evaluations")
     early_stop_patience: int = option(0, "evaluations without a better held-out score before stopping (0 = off)")
     save_every: int = option(200, "steps between checkpoints (one is always written at the end)")
+    keep_checkpoints: bool = option(False, "also keep the weights of every checkpoint as step_NNNNNN.pt (to "
+                                    "evaluate a run along the way)")
     resume: bool = option(False, "continue from OUT_DIR/ckpt.pt, exactly where it stopped")
     # hardware
     device: str = option("auto", "auto (cuda when available, else cpu), cpu, cuda or cuda:N", STAGES)
@@ -128,6 +135,10 @@ def check_values(cfg):
     need(0 <= cfg.min_lr_ratio <= 1, "min_lr_ratio", "must be between 0 and 1")
     need(0 <= cfg.dropout < 1, "dropout", "must be in [0, 1)")
     need(0 <= cfg.label_smoothing < 0.5, "label_smoothing", "must be in [0, 0.5)")
+    need(cfg.rpo_alpha >= 0 and math.isfinite(cfg.rpo_alpha), "rpo_alpha", "must be >= 0")
+    need(0 <= cfg.unlikelihood_alpha <= 1, "unlikelihood_alpha", "must be in [0, 1]")
+    need(cfg.tokenizer in ("bytes", "gpt2") or cfg.tokenizer.endswith(".tiktoken"), "tokenizer",
+         "must be bytes, gpt2 or a path to a .tiktoken file")
     need(cfg.label_smoothing == 0 or cfg.loss in ("sigmoid", "robust"), "label_smoothing",
          f"models label noise for --loss sigmoid (cDPO) or robust only, not {cfg.loss}")
     need(cfg.batch_size % cfg.grad_accum == 0, "grad_accum", f"must divide --batch-size {cfg.batch_size}")
@@ -157,10 +168,11 @@ def check_config(stage, cfg):
     def need(ok, name, requirement):
         _need(cfg, ok, name, requirement)
 
-    if stage in ("dpo", "pairs", "eval", "sample"):
-        need(cfg.init, "init", f"{stage} needs --init: " + ("the SFT model, which is also the frozen reference"
-                                                            if stage == "dpo" else "the model to sample from"))
-    if stage in ("sft", "dpo"):
+    if stage in ("dpo", "unlikelihood", "pairs", "eval", "sample"):
+        need(cfg.init, "init", f"{stage} needs --init: " + {"dpo": "the SFT model, which is also the frozen "
+                                                                   "reference", "unlikelihood": "the SFT model"}
+             .get(stage, "the model to sample from"))
+    if stage in PAIR_STAGES:
         need(cfg.data, "data", f"{stage} needs --data: a preference file (JSONL/JSON, HH-RLHF) or dataset name")
     if stage == "eval":
         need(cfg.reference_init, "reference_init", "eval needs --reference-init: the reference model")
@@ -171,6 +183,8 @@ def check_config(stage, cfg):
             text_file = name == "data" and stage == "pretrain"  # a local text file, never a hub name
             need(not (data.missing_local_path(value) or (text_file and not os.path.isfile(value))), name,
                  "no such file or directory")
+    need(not cfg.tokenizer.endswith(".tiktoken") or os.path.isfile(cfg.tokenizer), "tokenizer",
+         "no such file or directory")
     check_values(cfg)
     if not cfg.init and stage in ("pretrain", "sft"):
         need(cfg.max_length <= cfg.block_size, "max_length", f"exceeds --block-size {cfg.block_size}")

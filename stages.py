@@ -1,6 +1,6 @@
 """The commands' work: each stage builds the model and data it needs from a `TrainConfig`, then runs.
 
-    run_stage("pretrain" | "sft" | "dpo", cfg)   model + data -> training.train -> OUT_DIR/hf/ weights
+    run_stage("pretrain" | "sft" | "dpo" | "unlikelihood", cfg)   model + data -> training.train -> OUT_DIR/hf/
     pairs(cfg)    sample completions of --init on the sentiment task's prompts, write preference pairs
     evaluate(cfg) --init (policy) against --reference-init on held-out prompts: reward, win rate, KL
     sample(cfg, prompts)  one completion of --init per prompt
@@ -82,7 +82,7 @@ def text_splits(cfg, tokenizer):
 
 
 def run_stage(stage, cfg, log=print):
-    """Run one of pretrain / sft / dpo; returns (model, last held-out metrics).
+    """Run one of pretrain / sft / dpo / unlikelihood; returns (model, last held-out metrics).
 
     Writes OUT_DIR/{config.json, metrics.jsonl, ckpt.pt} (training.train) and OUT_DIR/hf/ (Hugging Face
     layout). For dpo the reference is a frozen copy of the --init model."""

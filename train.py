@@ -2,9 +2,11 @@
 
     python train.py                    the embedded demo, end to end on a CPU (experiments/demo.py)
     python train.py demo --quick       the same in a tiny configuration (about a minute)
+    python train.py frontier           the reward-KL frontier of DPO, its baselines and Best-of-N (Figure 2)
     python train.py pretrain --help    next-token prediction on a text corpus (the embedded reviews by default)
     python train.py sft --help         supervised fine-tuning on prompt + chosen, loss on the response only
     python train.py dpo --help         DPO against a frozen reference model (the --init model)
+    python train.py unlikelihood --help   the paper's Unlikelihood baseline on the same data
     python train.py pairs --help       sample completions and label preference pairs with the ground-truth reward
     python train.py eval --help        held-out report: ground-truth reward, win rate and KL from samples
     python train.py sample --help      print completions of a model
@@ -21,9 +23,9 @@ import os
 import sys
 
 import stages
-from config import STAGES, TrainConfig, flag
+from config import STAGES, TRAINING_STAGES, TrainConfig, flag
 from data import TokenizerUnavailableError
-from experiments import demo
+from experiments import demo, frontier
 from training import NonFiniteLossError
 
 # Each command's defaults where they differ from TrainConfig's.
@@ -31,6 +33,7 @@ STAGE_DEFAULTS = {
     "pretrain": dict(out_dir="out/pretrain", lr=1e-3, steps=2000, batch_size=32, warmup_steps=50),
     "sft": dict(out_dir="out/sft", lr=1e-4, steps=500, batch_size=16),
     "dpo": dict(out_dir="out/dpo", lr=1e-5, steps=500, batch_size=16, schedule="constant"),
+    "unlikelihood": dict(out_dir="out/unlikelihood", lr=1e-5, steps=500, batch_size=16, schedule="constant"),
     "pairs": dict(out_dir="out/pairs"),
     "eval": dict(out_dir="out/eval"),
 }
@@ -41,6 +44,9 @@ COMMAND_HELP = {  # command: (one line for the command list, the description of 
             "Supervised fine-tuning of --init on prompt + chosen of --data (loss on response tokens only)."),
     "dpo": ("DPO against a frozen copy of --init",
             "DPO (paper Eq. 7) of --init on --data, with a frozen copy of --init as the reference."),
+    "unlikelihood": ("the paper's Unlikelihood baseline: raise log p(chosen), push down p(rejected) per token",
+                     "Unlikelihood (Welleck et al. 2019; a baseline of the DPO paper, section 6) of --init on "
+                     "--data: maximise log p(chosen) and log(1 - p) of each rejected token; no reference."),
     "pairs": ("sample completions and write preference pairs labelled by the ground-truth reward",
               "Sample --samples-per-prompt completions from --init for the sentiment task's training prompts and "
               "write best-vs-worst preference pairs (ground-truth reward: VADER) to OUT_DIR/pairs.jsonl."),
@@ -96,12 +102,13 @@ def build_parser():
                              help="a prompt (repeatable; default: five held-out prompts of the sentiment task)")
         sub.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                          help="show the traceback of an error")
-    sub = commands.add_parser("demo", help="the embedded sentiment experiment, end to end (the default)",
-                              description=demo.__doc__.split("\n\n")[0])
-    sub.add_argument("--quick", action="store_true", help="a tiny configuration that runs in about a minute")
-    sub.add_argument("--out-dir", default="out/demo", help="where it writes (default: out/demo)")
-    sub.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
-                     help="show the traceback of an error")
+    for name, module, summary in (("demo", demo, "the embedded sentiment experiment, end to end (the default)"),
+                                  ("frontier", frontier, "the reward-KL frontier (paper Figure 2, left)")):
+        sub = commands.add_parser(name, help=summary, description=module.__doc__.split("\n\n")[0])
+        sub.add_argument("--quick", action="store_true", help="a tiny configuration that runs in about a minute")
+        sub.add_argument("--out-dir", default=f"out/{name}", help=f"where it writes (default: out/{name})")
+        sub.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                         help="show the traceback of an error")
     return parser
 
 
@@ -110,10 +117,13 @@ def run(args):
     if args.command in (None, "demo"):
         demo.run(out_dir=getattr(args, "out_dir", "out/demo"), quick=getattr(args, "quick", False))
         return
+    if args.command == "frontier":
+        frontier.run(out_dir=args.out_dir, quick=args.quick)
+        return
     cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
                          if hasattr(args, f.name)}, **{k: v for k, v in STAGE_DEFAULTS.get(args.command, {}).items()
                                                          if not hasattr(args, k)})
-    if args.command in ("pretrain", "sft", "dpo"):
+    if args.command in TRAINING_STAGES:
         stages.run_stage(args.command, cfg)
     elif args.command == "pairs":
         stages.pairs(cfg)

@@ -3,6 +3,7 @@
 One loop serves every stage (`train` below); only the loss differs:
     pretrain, sft   -(1/N) sum over target tokens of log pi(y_t | y_<t, x)      N = target tokens in the step
     dpo             mean over pairs of dpo.dpo_loss(...)                        the paper's Eq. 7 and variants
+    unlikelihood    mean over pairs of dpo.unlikelihood_loss(...)               the paper's baseline (section 6)
 
 `config.TrainConfig` holds the settings (`config.py` also validates them).
 
@@ -69,7 +70,7 @@ def lm_batch(x, y):
 
 def pair_batch(stage, examples, indices, pad_id):
     """Collate examples[indices] for `stage`, keeping their indices (to look up precomputed reference log-probs)."""
-    collate = data.dpo_collate if stage == "dpo" else data.sft_collate
+    collate = data.sft_collate if stage == "sft" else data.dpo_collate
     batch = collate([examples[i] for i in indices], pad_id)
     batch["index"] = torch.tensor(indices)
     return batch
@@ -132,22 +133,47 @@ def dpo_batch_loss(model, batch, cfg, pairs_in_step, ref_table=None, reference=N
         # rewards/* and logps/* metrics here, where TRL logs beta * summed log-ratios for the same loss
         pi_chosen, ref_chosen = pi_chosen / policy.chosen_tokens, ref_chosen / policy.chosen_tokens
         pi_rejected, ref_rejected = pi_rejected / policy.rejected_tokens, ref_rejected / policy.rejected_tokens
+    chosen_lengths = torch.ones_like(pi_chosen) if cfg.loss == "ipo" else policy.chosen_tokens  # for RPO's NLL
     losses, chosen_rewards, rejected_rewards = dpo.dpo_loss(
-        pi_chosen, pi_rejected, ref_chosen, ref_rejected,
-        beta=cfg.beta, loss_type=cfg.loss, label_smoothing=cfg.label_smoothing)
+        pi_chosen, pi_rejected, ref_chosen, ref_rejected, beta=cfg.beta, loss_type=cfg.loss,
+        label_smoothing=cfg.label_smoothing, rpo_alpha=cfg.rpo_alpha, chosen_lengths=chosen_lengths)
     per_pair = dict(losses=losses.detach(), chosen_rewards=chosen_rewards, rejected_rewards=rejected_rewards,
                     policy_chosen_logps=pi_chosen.detach(), policy_rejected_logps=pi_rejected.detach())  # (b,) each
     return losses.sum() / pairs_in_step, per_pair
 
 
-def dpo_metrics_of(per_pair_values):
-    """dpo.dpo_metrics over several micro-batches: a list of dpo_batch_loss's per-pair dicts."""
-    return dpo.dpo_metrics(**{k: torch.cat([v[k] for v in per_pair_values]) for k in per_pair_values[0]})
+def unlikelihood_batch_loss(model, batch, cfg, pairs_in_step):
+    """The paper's Unlikelihood baseline on one micro-batch (dpo.unlikelihood_loss), scaled by its share of the
+    step; also the per-pair values for metrics. No reference model."""
+    logits = model(batch["input_ids"])  # (2b, T, V): b chosen rows, then b rejected rows
+    token_logps = kernels.token_logprobs(logits, batch["labels"], batch["mask"], impl=cfg.impl)  # (2b, T) fp32
+    b = token_logps.shape[0] // 2
+    chosen_logps, chosen_tokens = token_logps[:b].sum(dim=1), batch["mask"][:b].sum(dim=1)  # (b,), (b,)
+    losses = dpo.unlikelihood_loss(chosen_logps, chosen_tokens, token_logps[b:], batch["mask"][b:],
+                                   alpha=cfg.unlikelihood_alpha)  # (b,)
+    per_pair = {"loss": losses.detach(), "logps/chosen": chosen_logps.detach(),
+                "logps/rejected": token_logps[b:].detach().sum(dim=1)}  # (b,) each
+    return losses.sum() / pairs_in_step, per_pair
+
+
+def pair_loss(stage, model, batch, cfg, pairs_in_step, ref_table=None, reference=None):
+    """The loss of a preference-pair stage ("dpo" or "unlikelihood") on one micro-batch, and per-pair values."""
+    if stage == "dpo":
+        return dpo_batch_loss(model, batch, cfg, pairs_in_step, ref_table, reference)
+    return unlikelihood_batch_loss(model, batch, cfg, pairs_in_step)
+
+
+def pair_metrics(stage, per_pair_values):
+    """Metrics over several micro-batches of pair_loss's per-pair dicts: dpo.dpo_metrics for DPO, means else."""
+    values = {k: torch.cat([v[k] for v in per_pair_values]) for k in per_pair_values[0]}
+    if stage == "dpo":
+        return dpo.dpo_metrics(**values)
+    return {k: v.float().mean().item() for k, v in values.items()}
 
 
 @torch.no_grad()
 def evaluate_heldout(stage, model, heldout_set, cfg, pad_id, device, ref_table=None, reference=None):
-    """Held-out metrics: token-mean NLL as "loss" for pretrain/sft; the dpo.dpo_metrics keys for DPO."""
+    """Held-out metrics: token-mean NLL as "loss" for pretrain/sft; the pair_metrics keys for dpo/unlikelihood."""
     model.eval()
     if stage == "pretrain":  # a fixed set of windows from the held-out stream
         windows = data.lm_batches(heldout_set, cfg.batch_size, cfg.max_length, num_batches=4,
@@ -157,8 +183,8 @@ def evaluate_heldout(stage, model, heldout_set, cfg, pad_id, device, ref_table=N
         batches = [pair_batch(stage, heldout_set, indices, pad_id)
                    for indices in in_order(len(heldout_set), cfg.batch_size)]
     batches = [{k: v.to(device) for k, v in b.items()} for b in batches]
-    if stage == "dpo":
-        return dpo_metrics_of([dpo_batch_loss(model, b, cfg, 1, ref_table, reference)[1] for b in batches])
+    if stage in ("dpo", "unlikelihood"):
+        return pair_metrics(stage, [pair_loss(stage, model, b, cfg, 1, ref_table, reference)[1] for b in batches])
     total_tokens = sum(int(b["mask"].sum()) for b in batches)
     return {"loss": sum(lm_loss(model, b, total_tokens, cfg.impl).item() for b in batches)}
 
@@ -169,10 +195,11 @@ def evaluate_heldout(stage, model, heldout_set, cfg, pad_id, device, ref_table=N
 def train(stage, cfg, model, train_set, heldout_set, *, pad_id=0, reference=None, log=print):
     """Train `model` in place for `cfg.steps` optimizer steps and return the last held-out metrics.
 
-    stage: "pretrain" (train_set, heldout_set: 1-D int64 token streams), "sft" or "dpo" (lists of
-    data.EncodedPair; pad_id pads their batches, e.g. the tokenizer's EOS). For DPO, `reference` is the
-    frozen reference model (required).
-    Writes cfg.out_dir/{config.json, metrics.jsonl, ckpt.pt, best.pt (with early stopping)}.
+    stage: "pretrain" (train_set, heldout_set: 1-D int64 token streams), "sft", "dpo" or "unlikelihood"
+    (lists of data.EncodedPair; pad_id pads their batches, e.g. the tokenizer's EOS). For DPO, `reference` is
+    the frozen reference model (required).
+    Writes cfg.out_dir/{config.json, metrics.jsonl, ckpt.pt, best.pt (with early stopping), step_NNNNNN.pt
+    (the weights at every checkpoint, with keep_checkpoints)}.
     """
     assert stage in TRAINING_STAGES, stage
     check_values(cfg)
@@ -246,9 +273,9 @@ def train(stage, cfg, model, train_set, heldout_set, *, pad_id=0, reference=None
         tokens_in_step = sum(int(b["mask"].sum()) for b in batches)
         for batch in batches:
             with autocast():
-                if stage == "dpo":
-                    loss, per_pair = dpo_batch_loss(step_model, batch, cfg, cfg.batch_size, ref_table,
-                                                    live_reference)
+                if stage in ("dpo", "unlikelihood"):
+                    loss, per_pair = pair_loss(stage, step_model, batch, cfg, cfg.batch_size, ref_table,
+                                               live_reference)
                     per_pair_values.append(per_pair)
                 else:
                     loss = lm_loss(step_model, batch, max(1, tokens_in_step), cfg.impl)
@@ -272,7 +299,7 @@ def train(stage, cfg, model, train_set, heldout_set, *, pad_id=0, reference=None
 
         # -- logging, evaluation, checkpoints
         row = {"split": "train", "step": step, "lr": lr, "grad_norm": grad_norm}
-        row.update(dpo_metrics_of(per_pair_values) if stage == "dpo" else {"loss": step_loss})
+        row.update(pair_metrics(stage, per_pair_values) if per_pair_values else {"loss": step_loss})
         record(row)
         progress.update(1)
         progress.set_postfix({k: f"{row[k]:.3f}" for k in ("loss", "rewards/accuracies") if k in row})
@@ -297,6 +324,9 @@ def train(stage, cfg, model, train_set, heldout_set, *, pad_id=0, reference=None
         if step % cfg.save_every == 0 or step == cfg.steps or stop:
             extra["saved_step"] = step
             save_checkpoint(ckpt_path, model, optimizer, step, dataclasses.asdict(cfg), extra)
+            if cfg.keep_checkpoints:
+                save_checkpoint(os.path.join(cfg.out_dir, f"step_{step:06d}.pt"), model, None, step,
+                                dataclasses.asdict(cfg), extra)
         if stop:
             break
     progress.close()
