@@ -2,112 +2,84 @@
 
     python train.py              # or: python train.py demo [--quick] [--out-dir out/demo]
 
-1. Pre-train a small byte-level GPT on generated movie reviews (`sentiment/`). In the paper's setup this is the SFT model
-   pi_SFT (GPT-2 fine-tuned on IMDb); it is also the frozen reference pi_ref of step 3.
-2. Sample 4 completions per training prompt (a review opening) from pi_SFT, score them with the ground-truth
-   reward (VADER sentiment of the completion), and pair the best with the worst: the preference data D.
-3. Train DPO (Eq. 7) on D, starting from pi_SFT.
+1-2. The base model and its preference pairs (`experiments/base.py`): pre-train a small GPT on generated
+   movie reviews (pi_SFT, also the frozen reference pi_ref), sample k completions per training prompt, and
+   pair the best with the worst by the ground-truth reward (VADER).
+3. Train DPO (Eq. 7) on the pairs, starting from pi_SFT.
 4. On held-out prompts, compare samples of the policy and the reference: ground-truth reward, win rate,
-   KL(policy || reference) from policy samples, and the implicit-reward accuracy on held-out pairs.
+   KL(policy || reference) from policy samples, fluency (`sentiment/fluency.py`), and the implicit-reward
+   accuracy on held-out pairs. The KL-regularised objective (Eq. 3) with a reward in [-1, 1] has an optimum
+   pi* with KL(pi* || pi_ref) <= (max r - E_ref[r]) / beta: the report prints that bound beside the measured KL.
 
-Outputs in OUT_DIR: pretrain/ and dpo/ (checkpoints, metrics.jsonl, config.json, hf/ weights),
-pairs_train.jsonl, pairs_heldout.jsonl, dpo_training.png, rewards.png, samples.txt and summary.json.
+Outputs in OUT_DIR: pretrain/ and dpo/ (checkpoints, metrics.jsonl, config.json, hf/ weights in the Hugging
+Face GPT-2 layout), pairs_train.jsonl, pairs_heldout.jsonl, base.json, dpo_training.png, rewards.png,
+samples.txt and summary.json (every number, with the sampling settings and the tokenizer).
 
-Left out relative to the paper: the sweep over beta (and the reward/KL frontier it traces), the PPO baseline,
-and GPT-2 scale; VADER stands in for the paper's sentiment classifier.
+Left out relative to the paper: the PPO baseline and GPT-2 scale; VADER stands in for the paper's sentiment
+classifier. `python train.py frontier` traces the reward/KL frontier over beta (Figure 2, left).
 """
 
-import dataclasses
 import json
 import os
 import time
 
-import data
 import sentiment
 import stages
 from config import TrainConfig, check_values
-from experiments import plots
+from experiments import base, plots
 
-# The demo's settings; `--quick` shrinks them so the whole pipeline runs in about half a minute (for tests) and
-# still learns (measured: held-out DPO loss 0.63 -> 0.45, reward gain +0.34 on 64 prompts, 34 s on 2 cores).
-# Sizes: prompts are at most 64 bytes and completions at most max_new_tokens, so block_size = 64 +
-# max_new_tokens covers every position the demo samples at; pre-training uses windows of that same length.
-FULL = dict(pretrain_steps=500, prompts=(512, 128), k=4, dpo_steps=48, n_layer=4, n_embd=128, block_size=160,
-            max_new_tokens=96)
-QUICK = dict(pretrain_steps=600, prompts=(256, 64), k=4, dpo_steps=16, n_layer=2, n_embd=96, block_size=112,
-             max_new_tokens=48)
+# DPO's settings, on top of the base's (base.FULL / base.QUICK).
+# One epoch: 16 steps of 32 pairs cover the ~500 training pairs once (README: what each lever did).
+DPO_FULL = dict(beta=0.1, lr=2e-4, steps=16, batch_size=32, warmup_steps=5, samples_per_prompt=2)
+DPO_QUICK = dict(DPO_FULL, steps=8)
 
 
-def stage_configs(out_dir, quick):
-    """The TrainConfig of the pre-training and of the DPO stage."""
-    s = QUICK if quick else FULL
-    common = dict(tokenizer="bytes", block_size=s["block_size"], max_length=s["block_size"], max_prompt_length=64,
-                  seed=1337)
-    pretrain_cfg = TrainConfig(
-        out_dir=os.path.join(out_dir, "pretrain"), n_layer=s["n_layer"], n_head=4, n_embd=s["n_embd"],
-        steps=s["pretrain_steps"], batch_size=16, lr=3e-3, warmup_steps=30,
-        eval_every=max(10, s["pretrain_steps"] // 5), save_every=10**9, **common)
-    # DPO: 48 steps of 32 pairs is about 3 epochs over the ~500 training pairs.
-    dpo_cfg = TrainConfig(
-        out_dir=os.path.join(out_dir, "dpo"), init=os.path.join(out_dir, "pretrain", "ckpt.pt"),
-        data=os.path.join(out_dir, "pairs_train.jsonl"), heldout_data=os.path.join(out_dir, "pairs_heldout.jsonl"),
-        steps=s["dpo_steps"], batch_size=32, lr=2e-4, schedule="constant", warmup_steps=5, beta=0.1,
-        eval_every=max(4, s["dpo_steps"] // 8), save_every=10**9, **common)
-    return pretrain_cfg, dpo_cfg
+def dpo_config(out_dir, b, d):
+    """The TrainConfig of the demo's DPO stage, for the base `b` (experiments.base.Base) and DPO settings `d`."""
+    return TrainConfig(out_dir=os.path.join(out_dir, "dpo"), init=b.reference_path, data=b.pairs_train,
+                       heldout_data=b.pairs_heldout, tokenizer=b.settings["tokenizer"], steps=d["steps"],
+                       batch_size=d["batch_size"], lr=d["lr"], schedule="constant", warmup_steps=d["warmup_steps"],
+                       beta=d["beta"], eval_every=max(4, d["steps"] // 8), save_every=10**9, seed=b.settings["seed"])
 
 
 def run(out_dir="out/demo", quick=False, log=print):
     """Run the whole experiment; returns the summary dict (also written to OUT_DIR/summary.json)."""
     start = time.time()
-    pretrain_cfg, dpo_cfg = stage_configs(out_dir, quick)
-    check_values(pretrain_cfg)  # before any work (the DPO stage's files are checked when it starts)
-    check_values(dpo_cfg)
-    os.makedirs(out_dir, exist_ok=True)
-    tokenizer = data.get_tokenizer("bytes")
-    settings = QUICK if quick else FULL
-    (n_train_prompts, n_heldout_prompts), max_new_tokens = settings["prompts"], settings["max_new_tokens"]
+    settings, dpo_settings = (base.QUICK, DPO_QUICK) if quick else (base.FULL, DPO_FULL)
+    check_values(TrainConfig(beta=dpo_settings["beta"], lr=dpo_settings["lr"], steps=dpo_settings["steps"]))
+    b = base.prepare(out_dir, settings, log=log)
 
-    log("== 1/4 pre-training the base model (the paper's SFT model and DPO's reference) ==")
-    reference, _ = stages.run_stage("pretrain", pretrain_cfg, log=log)
+    log("== DPO against the frozen reference ==")
+    policy, heldout_metrics = stages.run_stage("dpo", dpo_config(out_dir, b, dpo_settings), log=log)
 
-    log(f"== 2/4 preference pairs: {settings['k']} samples per prompt, best vs worst by the ground-truth reward ==")
-    train_prompts, heldout_prompts = sentiment.make_prompts(n_train_prompts, n_heldout_prompts, seed=0)
-    pair_reports = {}
-    for split, prompts, seed in (("train", train_prompts, 1), ("heldout", heldout_prompts, 2)):
-        _, report = sentiment.build_preference_pairs(
-            reference, tokenizer, prompts, k=settings["k"], min_reward_gap=0.1, max_new_tokens=max_new_tokens, seed=seed,
-            path=os.path.join(out_dir, f"pairs_{split}.jsonl"), return_report=True)
-        log(f"{split}: {report.summary()}")
-        pair_reports[split] = dataclasses.asdict(report)
-
-    log("== 3/4 DPO against the frozen reference ==")
-    policy, heldout_metrics = stages.run_stage("dpo", dpo_cfg, log=log)
-
-    log("== 4/4 held-out evaluation from samples ==")
-    # `reference` is still the pre-trained model of step 1: the weights in dpo_cfg.init, untouched by DPO
-    report = sentiment.sample_report(policy, reference, tokenizer, heldout_prompts, sentiment.sentiment_reward,
-                                     max_new_tokens=max_new_tokens, seed=3)
+    log("== held-out evaluation from samples ==")
+    sampling = dict(max_new_tokens=settings["max_new_tokens"], temperature=1.0, top_k=None,
+                    samples_per_prompt=dpo_settings["samples_per_prompt"], seed=3)  # what sample_report does
+    report = sentiment.sample_report(policy, b.reference, b.tokenizer, b.heldout_prompts, sentiment.sentiment_reward,
+                                     max_new_tokens=sampling["max_new_tokens"], seed=sampling["seed"],
+                                     samples_per_prompt=sampling["samples_per_prompt"])
+    numbers = {k: v for k, v in report.items() if isinstance(v, (int, float))}
     summary = {
-        "reward_reference": report["reward_reference"],
-        "reward_policy": report["reward_policy"],
-        "win_rate": report["win_rate"],
-        "tie_rate": report["tie_rate"],
-        "kl_policy_reference": report["kl_policy_reference"],
+        **numbers,
+        "kl_bound_at_optimum": (1.0 - report["reward_reference"]) / dpo_settings["beta"],
         "heldout_reward_accuracy": heldout_metrics["rewards/accuracies"],
         "heldout_reward_margin": heldout_metrics["rewards/margins"],
         "heldout_dpo_loss": heldout_metrics["loss"],
-        "n_heldout_prompts": len(heldout_prompts),
-        "pairs": pair_reports,
-        "beta": dpo_cfg.beta,
+        "n_heldout_prompts": len(b.heldout_prompts),
+        "sampling": sampling,
+        "tokenizer": base.tokenizer_record(settings["tokenizer"], b.tokenizer),
+        "base": settings,
+        "dpo": dpo_settings,
+        "pairs": b.pair_reports,
         "quick": quick,
         "wall_seconds": time.time() - start,
     }
-    write_outputs(out_dir, summary, report, heldout_prompts)
+    write_outputs(out_dir, summary, report, b.heldout_prompts, dpo_settings["samples_per_prompt"])
     log(format_summary(summary))
     return summary
 
 
-def write_outputs(out_dir, summary, report, prompts):
+def write_outputs(out_dir, summary, report, prompts, samples_per_prompt):
     """summary.json, the two plots, and a few side-by-side samples."""
     with open(os.path.join(out_dir, "summary.json"), "w") as f:
         json.dump(summary, f, indent=2)
@@ -117,18 +89,27 @@ def write_outputs(out_dir, summary, report, prompts):
     plots.plot_rewards(report["rewards_reference"], report["rewards_policy"], os.path.join(out_dir, "rewards.png"))
     with open(os.path.join(out_dir, "samples.txt"), "w") as f:
         for i in range(min(20, len(prompts))):
+            j = i * samples_per_prompt  # the first sample of prompt i
             f.write(f"PROMPT    {prompts[i]}\n"
-                    f"reference {report['rewards_reference'][i]:+.2f} {report['samples_reference'][i]!r}\n"
-                    f"policy    {report['rewards_policy'][i]:+.2f} {report['samples_policy'][i]!r}\n\n")
+                    f"reference {report['rewards_reference'][j]:+.2f} {report['samples_reference'][j]!r}\n"
+                    f"policy    {report['rewards_policy'][j]:+.2f} {report['samples_policy'][j]!r}\n\n")
 
 
 def format_summary(s):
+    """The printed report: every number with its 95% confidence interval where it is sampled."""
     return "\n".join([
-        "== report (held-out prompts) ==",
-        f"ground-truth reward   reference {s['reward_reference']:+.3f}   DPO policy {s['reward_policy']:+.3f}   "
+        f"== report ({s['n_samples']} samples on {s['n_heldout_prompts']} held-out prompts; +- = 95% CI) ==",
+        f"ground-truth reward   reference {s['reward_reference']:+.3f} +- {s['reward_reference_ci95']:.3f}   "
+        f"DPO policy {s['reward_policy']:+.3f} +- {s['reward_policy_ci95']:.3f}   "
         f"(gain {s['reward_policy'] - s['reward_reference']:+.3f})",
         f"win rate vs reference {s['win_rate']:.3f}  (ties {s['tie_rate']:.3f})",
-        f"KL(policy || ref)     {s['kl_policy_reference']:.2f} nats per completion",
+        f"KL(policy || ref)     {s['kl_policy_reference']:.2f} +- {s['kl_policy_reference_ci95']:.2f} nats per "
+        f"completion (at the optimum of Eq. 3 for beta {s['dpo']['beta']}: <= {s['kl_bound_at_optimum']:.2f})",
+        f"fluency               reference {s['fluency_reference']:.3f} +- {s['fluency_reference_ci95']:.3f}   "
+        f"DPO policy {s['fluency_policy']:.3f} +- {s['fluency_policy_ci95']:.3f}  (share of words of the corpus)",
+        f"bigram fluency        reference {s['bigram_fluency_reference']:.3f} +- "
+        f"{s['bigram_fluency_reference_ci95']:.3f}   DPO policy {s['bigram_fluency_policy']:.3f} +- "
+        f"{s['bigram_fluency_policy_ci95']:.3f}  (share of word pairs of the corpus)",
         f"implicit-reward accuracy on held-out pairs {s['heldout_reward_accuracy']:.3f}",
         f"wall time {s['wall_seconds']:.0f} s",
     ])

@@ -48,3 +48,44 @@ def plot_rewards(rewards_reference, rewards_policy, path):
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+METHOD_STYLES = {"DPO": "o-", "Preferred-FT": "s--", "Unlikelihood": "^--", "Best-of-N": "D-", "reference": "k*"}
+
+
+def plot_frontier(points, path):
+    """The reward-KL frontier (paper Figure 2, left), and word and bigram fluency against KL, with 95% CIs.
+
+    points: frontier.json's points (method, setting, reward, reward_ci95, kl, kl_ci95, fluency, fluency_ci95;
+    Best-of-N points also kl_analytic). One line per DPO beta through its checkpoints; KL on a symlog axis."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = ("reward", "fluency", "bigram_fluency")
+    fig, axes = plt.subplots(1, len(keys), figsize=(15, 5.2))
+    curves = {}
+    for p in points:
+        label = p["method"] + ("".join(f" {k}={v}" for k, v in p["setting"].items()) if p["method"] == "DPO" else "")
+        curves.setdefault(label, []).append(p)
+    for label, curve in curves.items():
+        style = METHOD_STYLES[curve[0]["method"]]
+        for ax, key in zip(axes, keys):
+            ax.errorbar([p["kl"] for p in curve], [p[key] for p in curve], xerr=[p["kl_ci95"] for p in curve],
+                        yerr=[p[key + "_ci95"] for p in curve], fmt=style, markersize=4, capsize=2, label=label)
+        if curve[0]["method"] == "Best-of-N":
+            axes[0].plot([p["kl_analytic"] for p in curve], [p["reward"] for p in curve], "D:", color="gray",
+                         markerfacecolor="none", markersize=4, label="Best-of-N at log N - (N-1)/N")
+    for ax, ylabel in zip(axes, ("expected ground-truth reward", "fluency (share of words of the corpus)",
+                                 "bigram fluency (share of word pairs of the corpus)")):
+        ax.set_xscale("symlog", linthresh=1.0)
+        ax.set_xlabel("KL(policy || reference), nats per completion")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=5, fontsize=8, frameon=False)
+    fig.suptitle("Reward-KL frontier on the embedded sentiment task (95% CIs over held-out samples)")
+    fig.tight_layout(rect=(0, 0.12, 1, 1))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

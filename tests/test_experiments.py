@@ -1,0 +1,107 @@
+"""Tests of the experiments: the frontier's pieces (Best-of-N selection and its KL, cached runs) and the quick
+frontier end to end; the Unlikelihood stage and kept checkpoints through the command line."""
+
+import json
+import math
+import os
+import random
+
+import pytest
+import torch
+
+import data
+import train
+from experiments import frontier
+
+
+def test_best_of_n_kl_hand_derived():
+    # rewards [0, 0, 1, 1], n = 2: p = (1/2, 1/2), q = (1/4, 3/4)
+    assert frontier.best_of_n_kl([0, 0, 1, 1], 2) == pytest.approx(0.25 * math.log(0.5) + 0.75 * math.log(1.5))
+    assert frontier.best_of_n_kl([0.3, -0.2, 0.9], 1) == pytest.approx(0.0)  # best-of-1 is the reference
+    assert frontier.best_of_n_kl([0.5] * 8, 16) == pytest.approx(0.0)  # all tied: nothing to select
+    rng = random.Random(0)
+    distinct = [rng.random() for _ in range(4000)]  # no ties: the analytic log N - (N-1)/N, as M grows
+    for n in (2, 4, 8, 32):
+        exact = frontier.best_of_n_kl(distinct, n)
+        assert exact <= math.log(n) - (n - 1) / n and exact == pytest.approx(math.log(n) - (n - 1) / n, rel=1e-2)
+    ties = [1.0] * 50 + [rng.random() for _ in range(50)]  # half the samples tie at the top: far below the bound
+    assert 0 < frontier.best_of_n_kl(ties, 8) < math.log(8) - 7 / 8 - 0.1
+
+
+def test_best_of_n_selection():
+    rewards = [0.1, 0.5, 0.9, -1.0, 0.7, 0.7]  # two draws of three samples
+    assert frontier.best_of_n_choices(rewards, 2, 3) == [1, 4]
+    assert frontier.best_of_n_choices(rewards, 3, 3) == [2, 4]  # ties: the first
+    assert frontier.best_of_n_choices(rewards, 1, 3) == [0, 3]  # best-of-1: the first sample of each draw
+    rng = random.Random(3)
+    pool = [rng.choice([-1.0, 0.0, 0.5, 1.0]) for _ in range(32 * 50)]
+    for n in (1, 2, 8, 32):  # the chosen reward is the max of the draw's first n
+        chosen = frontier.best_of_n_choices(pool, n, 32)
+        assert [pool[j] for j in chosen] == [max(pool[d * 32:d * 32 + n]) for d in range(50)]
+
+
+def test_best_of_n_kl_matches_simulation():
+    """Monte Carlo: draw n of the rewards with replacement, keep the max level; KL of that level distribution."""
+    rewards = [0, 0, 0, 1, 1, 2]
+    rng, n, trials = random.Random(2), 3, 200_000
+    counts = {0: 0, 1: 0, 2: 0}
+    for _ in range(trials):
+        counts[max(rng.choice(rewards) for _ in range(n))] += 1
+    p = {0: 0.5, 1: 1 / 3, 2: 1 / 6}
+    simulated = sum(c / trials * math.log(c / trials / p[level]) for level, c in counts.items())
+    assert frontier.best_of_n_kl(rewards, n) == pytest.approx(simulated, abs=0.01)
+
+
+def test_unlikelihood_stage_and_kept_checkpoints(tmp_path):
+    """train.py unlikelihood: the chosen log-prob rises, and more than the rejected one; every checkpoint is kept."""
+    torch.manual_seed(0)
+    prefs = tmp_path / "prefs.jsonl"
+    data.save_preferences([data.PreferenceRecord(f"Q{i}: how was it? ", "great, great!", "awful, awful.")
+                           for i in range(24)], prefs)
+    common = ["--n-layer", "1", "--n-head", "2", "--n-embd", "16", "--block-size", "48"]
+    assert train.main(["sft", "--data", str(prefs), "--out-dir", str(tmp_path / "sft"), "--steps", "2",
+                       "--batch-size", "4", *common]) == 0
+    assert train.main(["unlikelihood", "--init", str(tmp_path / "sft"), "--data", str(prefs), "--steps", "12",
+                       "--lr", "3e-3", "--batch-size", "8", "--eval-every", "4", "--save-every", "4",
+                       "--keep-checkpoints", "--out-dir", str(tmp_path / "ul")]) == 0
+    rows = [json.loads(line) for line in open(tmp_path / "ul" / "metrics.jsonl")]
+    evals = [r for r in rows if r["split"] == "eval"]
+    assert set(evals[0]) == {"split", "step", "loss", "logps/chosen", "logps/rejected"}
+    margins = [r["logps/chosen"] - r["logps/rejected"] for r in evals]
+    assert evals[-1]["logps/chosen"] > evals[0]["logps/chosen"] and margins[-1] > margins[0] + 1
+    assert {f for f in os.listdir(tmp_path / "ul") if f.startswith("step_")} == {
+        "step_000004.pt", "step_000008.pt", "step_000012.pt"}
+
+
+@pytest.mark.slow
+def test_frontier_quick(tmp_path):
+    """frontier --quick end to end: the structure of frontier.json, the methods, and a rerun from the caches."""
+    log = []
+    result = frontier.run(out_dir=str(tmp_path), quick=True, log=log.append)
+    points = result["points"]
+    methods = {p["method"] for p in points}
+    assert methods == {"reference", "DPO", "Preferred-FT", "Unlikelihood", "Best-of-N"}
+    for p in points:
+        for key in ("reward", "reward_ci95", "kl", "kl_ci95", "fluency", "fluency_ci95", "bigram_fluency"):
+            assert math.isfinite(p[key]), (p["name"], key)
+        assert p["n_samples"] >= 128 and -1 <= p["reward"] <= 1
+    reference = [p for p in points if p["method"] == "reference"][0]
+    assert reference["kl"] == 0.0
+    bon = {p["setting"]["N"]: p for p in points if p["method"] == "Best-of-N"}
+    assert bon[1]["kl"] == pytest.approx(0.0) and bon[1]["kl_analytic"] == 0.0
+    assert bon[16]["reward"] > bon[4]["reward"] > bon[1]["reward"]  # more samples, a better best
+    for n, p in bon.items():
+        assert p["kl"] <= p["kl_analytic"] + 1e-9  # the analytic value bounds the exact KL
+    final = {p["setting"]["beta"]: p for p in points if p["method"] == "DPO" and p["step"] == max(
+        q["step"] for q in points if q["method"] == "DPO")}
+    betas = sorted(final)
+    assert final[betas[-1]]["kl"] < final[betas[0]]["kl"] + final[betas[0]]["kl_ci95"]  # larger beta, smaller KL
+    assert os.path.isfile(tmp_path / "frontier.png") and os.path.isfile(tmp_path / "frontier.json")
+    with open(tmp_path / "samples" / f"{points[1]['name']}.jsonl") as f:
+        first = json.loads(f.readline())
+    assert set(first) == {"prompt", "completion", "reward", "logratio"}
+    log.clear()
+    again = frontier.run(out_dir=str(tmp_path), quick=True, log=log.append)  # everything cached
+    assert [p["reward"] for p in again["points"]] == [p["reward"] for p in points]
+    assert any("reusing the base model" in line for line in log) and any("reusing the finished run" in line
+                                                                         for line in log)
