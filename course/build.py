@@ -1,0 +1,138 @@
+"""Build the student copy of the repository: every assignment's solutions replaced by stubs.
+
+For each (file, qualified name) of the manifest, the function's body is replaced, in place in the copied
+file, by its docstring, the comment lines of the original body that stand on their own line (hints, shape
+notes), and
+
+    raise NotImplementedError("Assignment N: <what to write>")
+
+Signatures, decorators (so a `@triton.jit` kernel stays a kernel) and everything outside the stubbed bodies
+are kept byte for byte. The files in manifest.REMOVED are not copied; the handouts go to handouts/ and the
+A4 answer sheet to answers/A4.md; tests/conftest.py registers `course.plugin`, which turns an ungraded test
+that reaches a stub into a skip naming the assignment it waits for.
+
+`solution_lines()` lists the distinctive lines of every stubbed body (code lines of at least 25 characters),
+so a check can assert that none of them is left in the copy.
+"""
+
+import ast
+import os
+import shutil
+import subprocess
+
+from course.manifest import ANSWERS, ASSIGNMENTS, REMOVED
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SKIPPED_DIRS = {".git", ".venv", "out", "__pycache__", ".pytest_cache", ".hypothesis", "build"}
+
+
+def find_function(tree, qualname):
+    """The ast node of `qualname` ("f" or "Class.method") in a module's tree."""
+    nodes = tree.body
+    *outer, name = qualname.split(".")
+    for part in outer:
+        nodes = next(n for n in nodes if isinstance(n, ast.ClassDef) and n.name == part).body
+    for node in nodes:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name == name:
+            return node
+    raise KeyError(f"no function {qualname}")
+
+
+def body_span(node):
+    """(first line, last line) of a function's body after its docstring, 1-based, inclusive."""
+    body = node.body
+    if body and isinstance(body[0], ast.Expr) and isinstance(getattr(body[0], "value", None), ast.Constant) \
+            and isinstance(body[0].value.value, str):
+        if len(body) == 1:
+            return body[0].end_lineno + 1, body[0].end_lineno
+        body = body[1:]
+    return body[0].lineno, node.end_lineno
+
+
+def stub_source(source, stubs):
+    """`source` with the bodies of `stubs` [(qualname, message)] replaced; returns (new source, removed lines)."""
+    lines = source.splitlines(keepends=True)
+    tree = ast.parse(source)
+    spans = []
+    for qualname, message in stubs:
+        node = find_function(tree, qualname)
+        first, last = body_span(node)
+        indent = " " * node.body[0].col_offset
+        kept = [line for line in lines[first - 1:last] if line.strip().startswith("#")]
+        spans.append((first, last, kept + [f"{indent}raise NotImplementedError({message!r})\n"]))
+    removed = []
+    for first, last, replacement in sorted(spans, reverse=True):
+        removed += lines[first - 1:last]
+        lines[first - 1:last] = replacement
+    return "".join(lines), removed
+
+
+def stubs_by_file():
+    """{file: [(qualname, "Assignment N: what to write")]} over every assignment."""
+    out = {}
+    for a in ASSIGNMENTS.values():
+        for path, qualname, what in a.stubs:
+            out.setdefault(path, []).append((qualname, f"Assignment {a.number}: {what}"))
+    return out
+
+
+def solution_lines(repo=REPO):
+    """The distinctive code lines of the stubbed bodies: stripped, >= 25 characters, not comments, and found
+    nowhere else in the repository's Python files (a line such as `return grad, None, None, None` that other
+    code also has gives nothing away)."""
+    found, stubbed = set(), {}
+    for path, stubs in stubs_by_file().items():
+        with open(os.path.join(repo, path)) as f:
+            stubbed[path], removed = stub_source(f.read(), stubs)
+        found |= {line.strip() for line in removed if len(line.strip()) >= 25 and not line.strip().startswith("#")}
+    for path in repository_files(repo):
+        if path.endswith(".py") and path not in REMOVED and not path.startswith("course/"):
+            text = stubbed.get(path) or open(os.path.join(repo, path), errors="replace").read()
+            found = {line for line in found if line not in text}
+    return found
+
+
+def repository_files(repo=REPO):
+    """The files to copy: what git tracks (and untracked files it does not ignore), or a walk without caches."""
+    try:
+        listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=repo,
+                                capture_output=True, text=True, check=True).stdout.splitlines()
+        return [p for p in listed if os.path.isfile(os.path.join(repo, p))]
+    except (OSError, subprocess.CalledProcessError):
+        files = []
+        for dirpath, dirnames, filenames in os.walk(repo):
+            dirnames[:] = [d for d in dirnames if d not in SKIPPED_DIRS]
+            files += [os.path.relpath(os.path.join(dirpath, f), repo) for f in filenames]
+        return files
+
+
+def build(out_dir, repo=REPO, log=print):
+    """Write the student copy of `repo` into `out_dir` (which must not exist, or be empty)."""
+    if os.path.exists(out_dir) and os.listdir(out_dir):
+        raise FileExistsError(f"{out_dir}: exists and is not empty; give a new directory")
+    stubs = stubs_by_file()
+    n_files = 0
+    for path in repository_files(repo):
+        if path in REMOVED:
+            continue
+        target = os.path.join(out_dir, path)
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        if path in stubs:
+            with open(os.path.join(repo, path)) as f:
+                source, _ = stub_source(f.read(), stubs[path])
+            with open(target, "w") as f:
+                f.write(source)
+        else:
+            shutil.copy2(os.path.join(repo, path), target)
+        n_files += 1
+    os.makedirs(os.path.join(out_dir, "handouts"), exist_ok=True)
+    for a in ASSIGNMENTS.values():
+        shutil.copy2(os.path.join(repo, a.handout), os.path.join(out_dir, "handouts", os.path.basename(a.handout)))
+    os.makedirs(os.path.join(out_dir, "answers"), exist_ok=True)
+    shutil.copy2(os.path.join(repo, ANSWERS), os.path.join(out_dir, "answers", "A4.md"))
+    with open(os.path.join(out_dir, "tests", "conftest.py"), "a") as f:
+        f.write("\n# The course kit: ungraded tests that reach an assignment's stub skip, naming the assignment.\n"
+                "pytest_plugins = [\"course.plugin\"]\n")
+    n_stubs = sum(len(s) for s in stubs.values())
+    log(f"wrote {out_dir}: {n_files} files, {n_stubs} functions stubbed in {len(stubs)} files, "
+        f"{len(REMOVED)} files left out, {len(ASSIGNMENTS)} handouts")

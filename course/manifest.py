@@ -1,0 +1,55 @@
+"""The course's one source of truth: each assignment's functions to write, its grader, handout and points.
+
+A stub is (file, qualified name, what to write): `build.py` replaces that function's body with its docstring
+and `raise NotImplementedError("Assignment N: <what to write>")`. REMOVED lists the files of the repository
+that give solutions away (a naive reference, tests that re-implement a solution); they are not copied.
+Points: each graded test counts `@pytest.mark.points(n)` points (1 without the marker).
+"""
+
+import dataclasses
+
+
+@dataclasses.dataclass(frozen=True)
+class Assignment:
+    number: int
+    title: str
+    hours: str  # expected student time
+    stubs: tuple  # (file, qualified name, what to write)
+    grader: str  # path of its graded tests
+    handout: str  # path of its handout (copied to handouts/ in the student copy)
+
+
+ASSIGNMENTS = {
+    "A1": Assignment(
+        1, "The DPO loss family", "3-4 hours",
+        stubs=(("dpo.py", "_losses_from_logits", "the per-pair loss of h for sigmoid/cDPO, IPO, hinge and robust"),
+               ("dpo.py", "dpo_loss", "dpo_loss: checks, pi/ref log-ratios, the loss, detached rewards, RPO"),
+               ("dpo.py", "dpo_metrics", "dpo_metrics: the batch means every DPO run logs")),
+        grader="course/graders/test_a1_dpo.py", handout="course/handouts/A1.md"),
+    "A2": Assignment(
+        2, "Masked log-probs: a chunked backward and a fused Triton kernel", "6-8 hours",
+        stubs=(("kernels/logprobs_torch.py", "TorchTokenLogprobs.backward",
+                "the backward of the chunked torch path: g * (onehot - softmax), chunk by chunk"),
+               ("kernels/logprobs_triton.py", "_logprobs_fwd_kernel",
+                "the Triton forward kernel: streaming logsumexp over the vocabulary, the label's logit"),
+               ("kernels/logprobs_triton.py", "_logprobs_bwd_kernel",
+                "the Triton backward kernel: g * (onehot - softmax) from the saved statistics")),
+        grader="course/graders/test_a2_kernels.py", handout="course/handouts/A2.md"),
+    "A3": Assignment(
+        3, "The data path: truncation, collate, concatenated forward", "3-4 hours",
+        stubs=(("data/encoding.py", "truncate_pair", "the truncation policy of a too-long pair"),
+               ("data/batches.py", "collate_responses", "the collate: input_ids, pre-shifted labels, response mask"),
+               ("dpo.py", "concatenated_logps", "the concatenated forward over chosen and rejected rows")),
+        grader="course/graders/test_a3_data.py", handout="course/handouts/A3.md"),
+    "A4": Assignment(
+        4, "The experiment: the demo, the reward-KL frontier, and what they mean", "4-6 hours",
+        stubs=(("experiments/frontier.py", "best_of_n_kl", "the exact KL of best-of-n from the reward levels"),),
+        grader="course/graders/test_a4_experiment.py", handout="course/handouts/A4.md"),
+}
+
+# Files that give solutions away: the naive float reference of the DPO losses and the tests built on it, and
+# the tests that check the data path against a re-implementation. The graders replace them.
+REMOVED = ("tests/naive_dpo.py", "tests/test_dpo.py", "tests/test_data_batches.py", "course/make_fixtures.py")
+
+# Written into the student copy beside the handouts: the answer sheet of A4.
+ANSWERS = "course/handouts/A4_answers.md"
