@@ -1,8 +1,8 @@
 """Build the student copy of the repository: every assignment's solutions replaced by stubs.
 
 For each (file, qualified name) of the manifest, the function's body is replaced, in place in the copied
-file, by its docstring, the comment lines of the original body that stand on their own line (hints, shape
-notes), and
+file, by its docstring, the comment lines of the original body (hints), the shape comments of its
+assignments as comments naming their targets ("# logits: (2B, T, V)"), and
 
     raise NotImplementedError("Assignment N: <what to write>")
 
@@ -17,6 +17,7 @@ so a check can assert that none of them is left in the copy.
 
 import ast
 import os
+import re
 import shutil
 import subprocess
 
@@ -49,6 +50,18 @@ def body_span(node):
     return body[0].lineno, node.end_lineno
 
 
+SHAPE_COMMENT = re.compile(r"^(\s*)([A-Za-z_][\w, ]*?)\s*=[^=].*#\s*(\(.*\).*)$")
+
+
+def kept_comment(line):
+    """What a stubbed body keeps of one line: a comment line as it is, and the shape comment of an assignment
+    as a comment naming its target ("    logits = model(x)  # (B, T, V)" -> "    # logits: (B, T, V)")."""
+    if line.strip().startswith("#"):
+        return line
+    match = SHAPE_COMMENT.match(line)
+    return f"{match.group(1)}# {match.group(2).strip()}: {match.group(3).strip()}\n" if match else None
+
+
 def stub_source(source, stubs):
     """`source` with the bodies of `stubs` [(qualname, message)] replaced; returns (new source, removed lines)."""
     lines = source.splitlines(keepends=True)
@@ -58,7 +71,7 @@ def stub_source(source, stubs):
         node = find_function(tree, qualname)
         first, last = body_span(node)
         indent = " " * node.body[0].col_offset
-        kept = [line for line in lines[first - 1:last] if line.strip().startswith("#")]
+        kept = [indent + c.lstrip() for c in map(kept_comment, lines[first - 1:last]) if c]
         spans.append((first, last, kept + [f"{indent}raise NotImplementedError({message!r})\n"]))
     removed = []
     for first, last, replacement in sorted(spans, reverse=True):
