@@ -16,18 +16,10 @@ from torch.testing import assert_close
 from lora import (LoRALinear, adapters_disabled, apply_lora, count_trainable, load_lora_state_dict, lora_layers,
                   lora_state_dict, merge_lora, merged_copy, unmerge_lora)
 from model import GPT, GPTConfig
+from test_model import perturbed  # noise on every parameter
 
 TINY = dict(block_size=16, vocab_size=50, n_layer=2, n_head=2, n_embd=16)
 TARGET_SHAPES = {"attn.c_attn": (16, 48), "attn.c_proj": (16, 16), "mlp.c_fc": (16, 64), "mlp.c_proj": (64, 16)}
-
-
-def perturbed(module, seed=0, scale=0.1):
-    """Add noise to every parameter (biases and LayerNorms included), so that no parameter is trivially 0 or 1."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.add_(scale * torch.randn(p.shape, generator=g))
-    return module.eval()
 
 
 @pytest.fixture
