@@ -10,6 +10,10 @@ A checkpoint is one file, `ckpt.pt`, holding everything a run needs to continue 
     config     the resolved training config, for reference
     extra      small values of the loop: the best held-out score and its step, evaluations since the
                best (early stopping), the step of the last save
+    lora       LoRA runs only: then "model" holds the adapters alone (lora.lora_state_dict, a few MB), and
+               this entry holds their settings (rank, alpha, dropout, targets) and the frozen base they belong
+               to: its --init path (as given and absolute) and the sha256 of its weights. Loading rebuilds the
+               base from that path, checks the hash and applies the adapters (load_model merges them).
 
 It is written to a temporary file in the same directory and renamed over the old one (`os.replace` is atomic
 on POSIX and Windows), so a crash mid-write leaves the previous checkpoint intact. Weights for other tools are
@@ -23,6 +27,7 @@ import tempfile
 import numpy as np
 import torch
 
+import lora
 from data import missing_local_path
 from model import GPT, GPTConfig
 
@@ -31,11 +36,23 @@ class CheckpointError(ValueError):
     """A checkpoint or --init path that cannot be used (missing, not ours, or incompatible)."""
 
 
-def save_checkpoint(path, model, optimizer, step, config, extra=None):
-    """Write `path` (a `ckpt.pt` file) atomically. `model` may be wrapped by torch.compile."""
+def describe_lora_base(init, model):
+    """The `lora_base` argument of save_checkpoint for adapters trained on the model loaded from `init` (a path
+    or hub name): {"init", "path" (absolute, for a local path), "sha256" (lora.base_fingerprint)}."""
+    path = os.path.abspath(init) if os.path.exists(init) else None
+    return {"init": init, "path": path, "sha256": lora.base_fingerprint(model)}
+
+
+def save_checkpoint(path, model, optimizer, step, config, extra=None, lora_base=None):
+    """Write `path` (a `ckpt.pt` file) atomically. `model` may be wrapped by torch.compile.
+
+    A model with LoRA adapters needs `lora_base` (see `describe_lora_base`): only its adapters are written."""
     model = getattr(model, "_orig_mod", model)  # torch.compile wraps the module; save the original's weights
+    has_adapters = bool(lora.lora_layers(model))
+    if has_adapters and lora_base is None:
+        raise ValueError("save_checkpoint: a model with LoRA adapters needs lora_base (where its base comes from)")
     state = {
-        "model": model.state_dict(),
+        "model": lora.lora_state_dict(model) if has_adapters else model.state_dict(),
         "model_config": vars(model.config).copy(),
         "optimizer": optimizer.state_dict() if optimizer is not None else None,
         "step": int(step),
@@ -48,6 +65,8 @@ def save_checkpoint(path, model, optimizer, step, config, extra=None):
         "config": dict(config) if config is not None else None,
         "extra": dict(extra or {}),
     }
+    if has_adapters:
+        state["lora"] = {**lora.lora_settings(model), "base": dict(lora_base)}
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     fd, tmp_path = tempfile.mkstemp(prefix=".ckpt-", suffix=".tmp", dir=directory)
@@ -97,6 +116,12 @@ def load_model(path, map_location="cpu"):
     is_ours = path.endswith(".pt") or os.path.isfile(os.path.join(path, "ckpt.pt"))
     if is_ours:
         state = load_checkpoint(path, map_location)
+        if "lora" in state:  # adapters: rebuild the base, check it is theirs, return the merged model
+            model = load_lora_base(state, path, map_location)
+            lora.apply_lora(model, state["lora"]["rank"], state["lora"]["alpha"], state["lora"]["dropout"],
+                            state["lora"]["targets"])
+            lora.load_lora_state_dict(model, state["model"])
+            return lora.merged_copy(model)
         model = GPT(GPTConfig(**state["model_config"]))
         try:
             model.load_state_dict(state["model"])
@@ -106,3 +131,20 @@ def load_model(path, map_location="cpu"):
     if os.path.isdir(path) and not os.path.isfile(os.path.join(path, "config.json")):
         raise CheckpointError(f"{path}: neither a ckpt.pt of ours nor a Hugging Face GPT-2 directory (config.json)")
     return GPT.from_pretrained(path)
+
+
+def load_lora_base(state, path, map_location="cpu"):
+    """The frozen base model of the LoRA checkpoint `state` (read from `path`), loaded from where the run found
+    it (its absolute path first, then the --init value as given). Raises CheckpointError when it is not there
+    or its weights are not the ones the adapters were trained on."""
+    base = state["lora"]["base"]
+    where = base["path"] if base["path"] and os.path.exists(base["path"]) else base["init"]
+    try:
+        model = load_model(where, map_location)
+    except Exception as e:
+        raise CheckpointError(f"{path}: a LoRA checkpoint whose base model {base['init']!r} cannot be loaded "
+                              f"({type(e).__name__}: {e})") from e
+    if lora.base_fingerprint(model) != base["sha256"]:
+        raise CheckpointError(f"{path}: its adapters were trained on other base weights than those now at "
+                              f"{where!r} (sha256 differs): the base changed since the run")
+    return model

@@ -29,8 +29,10 @@ class ConfigError(ValueError):
 
 TRAINING_STAGES = ("pretrain", "sft", "dpo", "unlikelihood")
 PAIR_STAGES = ("sft", "dpo", "unlikelihood")  # the stages that train on preference pairs
+LORA_STAGES = ("sft", "dpo")  # the stages that can train LoRA adapters instead of all weights
 STAGES = TRAINING_STAGES + ("pairs", "eval", "sample")
 FRESH_MODEL = "a fresh model (pretrain, sft without --init; ignored with --init)"
+LORA = "LoRA: low-rank adapters on a frozen --init model (used with --lora-rank > 0)"
 
 
 def option(default, help, stages=TRAINING_STAGES, choices=None, group=None):
@@ -83,7 +85,17 @@ class TrainConfig:
     unlikelihood_alpha: float = option(1.0, "weight in [0, 1] of the unlikelihood term on the rejected response",
                                        ("unlikelihood",))
     reference: str = option("precompute", "precompute: the reference's log-probs once, then the reference is "
-                            "freed; live: every step", ("dpo",), choices=("precompute", "live"))
+                            "freed; live: every step (with LoRA the reference is the policy with its adapters off: "
+                            "no copy either way)", ("dpo",), choices=("precompute", "live"))
+    # LoRA (lora.py)
+    lora_rank: int = option(0, "train low-rank adapters of this rank on a frozen --init model instead of all "
+                            "weights (LoRA); 0 = full fine-tuning", LORA_STAGES, group=LORA)
+    lora_alpha: float = option(16.0, "LoRA's alpha: the update B A is scaled by alpha / rank", LORA_STAGES,
+                               group=LORA)
+    lora_dropout: float = option(0.0, "dropout on the adapters' input", LORA_STAGES, group=LORA)
+    lora_targets: str = option("c_attn,c_proj,c_fc", "comma-separated names of the linear layers that get "
+                               "adapters (c_proj matches attention's and the MLP's; attn.c_proj one of them)",
+                               LORA_STAGES, group=LORA)
     # sampling (pairs, eval, sample)
     samples_per_prompt: int = option(4, "completions sampled per prompt; the best and worst make a pair", ("pairs",))
     max_new_tokens: int = option(64, "most tokens sampled per completion", ("pairs", "eval", "sample"))
@@ -137,6 +149,10 @@ def check_values(cfg):
     need(0 <= cfg.label_smoothing < 0.5, "label_smoothing", "must be in [0, 0.5)")
     need(cfg.rpo_alpha >= 0 and math.isfinite(cfg.rpo_alpha), "rpo_alpha", "must be >= 0")
     need(0 <= cfg.unlikelihood_alpha <= 1, "unlikelihood_alpha", "must be in [0, 1]")
+    need(cfg.lora_rank >= 0, "lora_rank", "must be >= 0 (0 = full fine-tuning)")
+    need(0 < cfg.lora_alpha < math.inf, "lora_alpha", "must be > 0")
+    need(0 <= cfg.lora_dropout < 1, "lora_dropout", "must be in [0, 1)")
+    need(all(lora_targets(cfg)), "lora_targets", "must be comma-separated layer names, e.g. c_attn,c_proj,c_fc")
     need(cfg.tokenizer in ("bytes", "gpt2") or cfg.tokenizer.endswith(".tiktoken"), "tokenizer",
          "must be bytes, gpt2 or a path to a .tiktoken file")
     need(cfg.label_smoothing == 0 or cfg.loss in ("sigmoid", "robust"), "label_smoothing",
@@ -172,6 +188,8 @@ def check_config(stage, cfg):
         need(cfg.init, "init", f"{stage} needs --init: " + {"dpo": "the SFT model, which is also the frozen "
                                                                    "reference", "unlikelihood": "the SFT model"}
              .get(stage, "the model to sample from"))
+    if cfg.lora_rank and stage in LORA_STAGES:
+        need(cfg.init, "lora_rank", "LoRA needs --init: the model whose weights stay frozen under the adapters")
     if stage in PAIR_STAGES:
         need(cfg.data, "data", f"{stage} needs --data: a preference file (JSONL/JSON, HH-RLHF) or dataset name")
     if stage == "eval":
@@ -191,6 +209,11 @@ def check_config(stage, cfg):
     if cfg.resume and stage in TRAINING_STAGES:
         ckpt = os.path.join(cfg.out_dir, "ckpt.pt")
         need(os.path.isfile(ckpt), "resume", f"no checkpoint to resume from: {ckpt} does not exist")
+
+
+def lora_targets(cfg):
+    """--lora-targets as a tuple of names: "c_attn, c_fc" -> ("c_attn", "c_fc")."""
+    return tuple(name.strip() for name in cfg.lora_targets.split(","))
 
 
 def resolve_lengths(cfg, block_size):

@@ -30,6 +30,7 @@ embedding too), and rsLoRA / DoRA style rescalings.
 
 import contextlib
 import copy
+import hashlib
 import math
 
 import torch
@@ -234,3 +235,54 @@ def merged_copy(model):
 def count_trainable(model):
     """Number of trainable parameter elements (tied parameters counted once)."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def lora_settings(model):
+    """{"rank", "alpha", "dropout", "targets"}: what apply_lora needs to rebuild model's adapters (targets are the
+    full module names it replaced). Raises ValueError for a model without adapters."""
+    layers = _require_lora(model, "lora_settings")
+    first = layers[0][1]
+    dropout = first.lora_dropout.p if isinstance(first.lora_dropout, nn.Dropout) else 0.0
+    return {"rank": first.rank, "alpha": first.alpha, "dropout": dropout, "targets": [name for name, _ in layers]}
+
+
+def base_state_dict(model):
+    """The frozen base weights of model under the names a plain model.GPT uses ("....c_attn.base.weight" ->
+    "....c_attn.weight"), adapters left out; for a model without adapters, its state_dict."""
+    return {k.replace(".base.", "."): v for k, v in model.state_dict().items()
+            if not k.endswith((".lora_A", ".lora_B"))}
+
+
+def base_fingerprint(model):
+    """sha256 (hex) of the base weights (base_state_dict: names, shapes, dtypes and bytes): the same for a plain
+    model and for it with adapters applied, so an adapter checkpoint can tell whether it meets its own base."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(base_state_dict(model).items()):
+        tensor = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype};".encode())
+        digest.update(tensor.view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+class BaseModelView:
+    """pi_ref for DPO on a LoRA policy: calling it runs the policy's own network with every adapter switched off,
+    in eval mode (no dropout), and puts the previous mode and adapter flags back. No second copy of the weights
+    exists; the reference costs one extra forward where it is needed (precomputed once or live each step).
+    Call it under torch.no_grad(): the base weights are frozen and the reference is a constant of the loss.
+
+        reference = BaseModelView(policy)
+        logits = reference(input_ids)  # (B, T) int64 -> (B, T, V): the base model's logits
+    """
+
+    def __init__(self, model):
+        _require_lora(model, "BaseModelView")
+        self.model = model
+
+    def __call__(self, input_ids):
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with adapters_disabled(self.model):
+                return self.model(input_ids)
+        finally:
+            self.model.train(was_training)

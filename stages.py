@@ -16,9 +16,10 @@ import os
 import torch
 
 import data
+import lora
 import sentiment
 from checkpoint import load_model
-from config import ConfigError, check_config, resolve_device, resolve_lengths
+from config import LORA_STAGES, ConfigError, check_config, lora_targets, resolve_device, resolve_lengths
 from model import GPT, GPTConfig
 from training import train
 
@@ -81,16 +82,33 @@ def text_splits(cfg, tokenizer):
     return stream[:-n_heldout], stream[-n_heldout:]
 
 
+def add_adapters(model, cfg, log=print):
+    """apply_lora with the --lora-* settings (cfg.lora_rank > 0); ConfigError for targets the model lacks."""
+    try:
+        names = lora.apply_lora(model, cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout, lora_targets(cfg))
+    except ValueError as e:
+        raise ConfigError(f"--lora-targets {cfg.lora_targets!r}: {e}") from None
+    total = sum(p.numel() for p in model.parameters())
+    log(f"LoRA: rank {cfg.lora_rank}, alpha {cfg.lora_alpha:g} on {len(names)} layers; "
+        f"{lora.count_trainable(model):,} trainable parameters of {total:,} "
+        f"({100 * lora.count_trainable(model) / total:.2f}%)")
+    return model
+
+
 def run_stage(stage, cfg, log=print):
     """Run one of pretrain / sft / dpo / unlikelihood; returns (model, last held-out metrics).
 
     Writes OUT_DIR/{config.json, metrics.jsonl, ckpt.pt} (training.train) and OUT_DIR/hf/ (Hugging Face
-    layout). For dpo the reference is a frozen copy of the --init model."""
+    layout). For dpo the reference is a frozen copy of the --init model; with --lora-rank it is the same
+    network with its adapters off (no copy), ckpt.pt holds the adapters and hf/ the merged model."""
     check_config(stage, cfg)
     tokenizer = data.get_tokenizer(cfg.tokenizer)
     torch.manual_seed(cfg.seed)  # a fresh model's initial weights come from the seed too
     model = build_model(cfg, tokenizer)
     cfg = resolve_lengths(cfg, model.config.block_size)
+    use_lora = bool(cfg.lora_rank) and stage in LORA_STAGES
+    if use_lora:
+        add_adapters(model, cfg, log)
     if stage == "pretrain":
         train_set, heldout_set = text_splits(cfg, tokenizer)
         log(f"{stage}: {len(train_set):,} training tokens, {len(heldout_set):,} held-out tokens")
@@ -99,9 +117,16 @@ def run_stage(stage, cfg, log=print):
         log(f"{stage}: {len(train_set)} training pairs, {len(heldout_set)} held-out pairs")
     log(f"{stage}: model with {model.num_params() / 1e6:.2f}M parameters (non-embedding), "
         f"vocab {model.config.vocab_size}, block {model.config.block_size}, rows of {cfg.max_length} tokens")
+    reference = None
+    if stage == "dpo":
+        reference = lora.BaseModelView(model) if use_lora else copy.deepcopy(model).requires_grad_(False)
     metrics = train(stage, cfg, model, train_set, heldout_set, pad_id=tokenizer.eot_token, log=log,
-                    reference=copy.deepcopy(model).requires_grad_(False) if stage == "dpo" else None)
-    model.save_pretrained(os.path.join(cfg.out_dir, "hf"))  # for transformers and other tools
+                    reference=reference)
+    exported = lora.merged_copy(model) if use_lora else model  # LoRA: W0 + (alpha/r) B A, plain GPT-2
+    exported.save_pretrained(os.path.join(cfg.out_dir, "hf"))  # for transformers and other tools
+    if use_lora:
+        log(f"LoRA: ckpt.pt {os.path.getsize(os.path.join(cfg.out_dir, 'ckpt.pt')) / 2**20:.2f} MiB (adapters and "
+            f"their optimizer state); hf/ holds the merged model")
     return model, metrics
 
 

@@ -24,7 +24,8 @@ from tqdm.auto import tqdm
 import data
 import dpo
 import kernels
-from checkpoint import load_checkpoint, restore_rng, save_checkpoint
+import lora
+from checkpoint import CheckpointError, describe_lora_base, load_checkpoint, restore_rng, save_checkpoint
 from config import TRAINING_STAGES, ConfigError, check_values, resolve_device
 
 
@@ -108,8 +109,10 @@ def reference_logps(reference, pairs, cfg, pad_id, device, autocast, desc="refer
     """log pi_ref(y_w|x) and log pi_ref(y_l|x) of every pair: (N, 2) float32 on the CPU (summed, not means).
 
     Computed under the same `autocast` as the policy's forward, so that the reference sees exactly what the
-    policy sees: at step 0 (policy == reference) the implicit rewards are 0 and the loss is log 2."""
-    reference.eval()
+    policy sees: at step 0 (policy == reference) the implicit rewards are 0 and the loss is log 2.
+    `reference`: a frozen model, or a lora.BaseModelView (the policy with its adapters off; it sets eval itself)."""
+    if isinstance(reference, torch.nn.Module):
+        reference.eval()
     rows = []
     for indices in tqdm(in_order(len(pairs), cfg.batch_size), desc=desc, leave=False):
         batch = pair_batch("dpo", pairs, indices, pad_id)
@@ -197,7 +200,10 @@ def train(stage, cfg, model, train_set, heldout_set, *, pad_id=0, reference=None
 
     stage: "pretrain" (train_set, heldout_set: 1-D int64 token streams), "sft", "dpo" or "unlikelihood"
     (lists of data.EncodedPair; pad_id pads their batches, e.g. the tokenizer's EOS). For DPO, `reference` is
-    the frozen reference model (required).
+    the frozen reference model (required): a copy of the initial model, or for a model with LoRA adapters
+    lora.BaseModelView(model), the same network with its adapters off.
+    A model with LoRA adapters (lora.apply_lora) trains only them; its checkpoints hold only them, with
+    the sha256 of the base weights (loaded from cfg.init), and --resume checks that the base is the same.
     Writes cfg.out_dir/{config.json, metrics.jsonl, ckpt.pt, best.pt (with early stopping), step_NNNNNN.pt
     (the weights at every checkpoint, with keep_checkpoints)}.
     """
@@ -209,6 +215,13 @@ def train(stage, cfg, model, train_set, heldout_set, *, pad_id=0, reference=None
         raise ValueError("DPO needs a reference model")
     ckpt_path, best_path = os.path.join(cfg.out_dir, "ckpt.pt"), os.path.join(cfg.out_dir, "best.pt")
     resume_state = load_checkpoint(ckpt_path) if cfg.resume else None  # a bad checkpoint fails before any write
+    base = describe_lora_base(cfg.init, model) if lora.lora_layers(model) else None  # LoRA: the frozen base
+    if resume_state is not None:  # adapters resume only onto their own base; full weights only without LoRA
+        saved = resume_state.get("lora", {}).get("base", {}).get("sha256")  # None: a full fine-tuning checkpoint
+        if saved != (base["sha256"] if base else None):
+            written_by = ("LoRA on other base weights" if base else "LoRA") if saved else "full fine-tuning"
+            raise CheckpointError(f"--resume {ckpt_path}: written by a {written_by} run; this one is "
+                                  f"{'LoRA on ' + repr(cfg.init) if base else 'full fine-tuning'}")
     device, autocast, scaler = resolve_device(cfg)
     os.makedirs(cfg.out_dir, exist_ok=True)
     with open(os.path.join(cfg.out_dir, "config.json"), "w") as f:
@@ -220,12 +233,15 @@ def train(stage, cfg, model, train_set, heldout_set, *, pad_id=0, reference=None
     # dropped: this function held the last reference to it), or computed live every step.
     ref_table = heldout_ref_table = live_reference = None
     if stage == "dpo":
-        reference.to(device).eval().requires_grad_(False)
+        is_copy = isinstance(reference, torch.nn.Module)  # else a lora.BaseModelView of model: nothing to move
+        if is_copy:
+            reference.to(device).eval().requires_grad_(False)
         if cfg.reference == "precompute":
             ref_table = reference_logps(reference, train_set, cfg, pad_id, device, autocast)  # (N, 2)
             heldout_ref_table = reference_logps(reference, heldout_set, cfg, pad_id, device, autocast,
                                                 "held-out reference")
-            reference.to("cpu")  # off the accelerator even if the caller keeps a reference to it
+            if is_copy:
+                reference.to("cpu")  # off the accelerator even if the caller keeps a reference to it
             reference = None
             if device.type == "cuda":
                 torch.cuda.empty_cache()
@@ -237,7 +253,10 @@ def train(stage, cfg, model, train_set, heldout_set, *, pad_id=0, reference=None
     step, extra, eval_row = 0, {"best_score": -math.inf, "evals_since_best": 0}, {}
     if resume_state is not None:
         state = resume_state
-        model.load_state_dict(state["model"])
+        if base:
+            lora.load_lora_state_dict(model, state["model"])
+        else:
+            model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         step, extra = state["step"], state["extra"]
         restore_rng(state["rng"])
@@ -314,7 +333,7 @@ def train(stage, cfg, model, train_set, heldout_set, *, pad_id=0, reference=None
             if score > extra["best_score"]:
                 extra.update(best_score=score, evals_since_best=0, best_step=step)
                 if cfg.early_stop_patience:
-                    save_checkpoint(best_path, model, None, step, dataclasses.asdict(cfg), extra)
+                    save_checkpoint(best_path, model, None, step, dataclasses.asdict(cfg), extra, base)
             else:
                 extra["evals_since_best"] += 1
                 stop = 0 < cfg.early_stop_patience <= extra["evals_since_best"]
@@ -323,10 +342,10 @@ def train(stage, cfg, model, train_set, heldout_set, *, pad_id=0, reference=None
                         f"evaluations; the best (step {extra['best_step']}) is in {best_path}")
         if step % cfg.save_every == 0 or step == cfg.steps or stop:
             extra["saved_step"] = step
-            save_checkpoint(ckpt_path, model, optimizer, step, dataclasses.asdict(cfg), extra)
+            save_checkpoint(ckpt_path, model, optimizer, step, dataclasses.asdict(cfg), extra, base)
             if cfg.keep_checkpoints:
                 save_checkpoint(os.path.join(cfg.out_dir, f"step_{step:06d}.pt"), model, None, step,
-                                dataclasses.asdict(cfg), extra)
+                                dataclasses.asdict(cfg), extra, base)
         if stop:
             break
     progress.close()
