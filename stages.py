@@ -117,11 +117,10 @@ def run_stage(stage, cfg, log=print):
         log(f"{stage}: {len(train_set)} training pairs, {len(heldout_set)} held-out pairs")
     log(f"{stage}: model with {model.num_params() / 1e6:.2f}M parameters (non-embedding), "
         f"vocab {model.config.vocab_size}, block {model.config.block_size}, rows of {cfg.max_length} tokens")
-    reference = None
-    if stage == "dpo":
-        reference = lora.BaseModelView(model) if use_lora else copy.deepcopy(model).requires_grad_(False)
+    # the DPO reference: passed without keeping a name for it here, so that train() can free a precomputed copy
     metrics = train(stage, cfg, model, train_set, heldout_set, pad_id=tokenizer.eot_token, log=log,
-                    reference=reference)
+                    reference=None if stage != "dpo" else lora.BaseModelView(model) if use_lora else
+                    copy.deepcopy(model).requires_grad_(False))
     exported = lora.merged_copy(model) if use_lora else model  # LoRA: W0 + (alpha/r) B A, plain GPT-2
     exported.save_pretrained(os.path.join(cfg.out_dir, "hf"))  # for transformers and other tools
     if use_lora:

@@ -92,3 +92,17 @@ def test_kernels_compile_for_h100_without_spills(tmp_path):
             assert any(is_vector(op) for op in row["global_loads"]), row
             if row["kernel"] == "bwd":                 # the backward kernel stores nothing but the gradient
                 assert row["global_stores"] and all(is_vector(op) for op in row["global_stores"]), row
+
+
+def test_lora_memory_benchmark_runs(tmp_path):
+    """bench/bench_lora_memory.py --quick: three variants, each measured in its own process, written as JSON."""
+    script = SCRIPT.parent / "bench_lora_memory.py"
+    out = tmp_path / "lora.json"
+    proc = subprocess.run([sys.executable, str(script), "--quick", "--json", str(out)], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "| variant | trainable parameters | peak memory MiB |" in proc.stdout
+    rows = {row["variant"]: row for row in json.loads(out.read_text())["rows"]}
+    full, lora_row = rows["full, reference copy (live)"], rows["LoRA, adapters-off reference (live)"]
+    assert full["trainable"] == full["parameters"] > lora_row["trainable"] > 0
+    assert all(row["peak_bytes"] > 0 and row["step_ms"] > 0 for row in rows.values())
