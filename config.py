@@ -100,7 +100,8 @@ class TrainConfig:
     samples_per_prompt: int = option(4, "completions sampled per prompt; the best and worst make a pair", ("pairs",))
     max_new_tokens: int = option(64, "most tokens sampled per completion", ("pairs", "eval", "sample"))
     min_reward_gap: float = option(0.2, "drop a prompt whose best - worst reward is below this", ("pairs",))
-    reference_init: str = option("", "the reference model to compare --init with (as --init)", ("eval",))
+    reference_init: str = option("", "eval: the reference model to compare --init with; dpo: the frozen reference "
+                                 "pi_ref ('' = the --init model); a path as --init", ("eval", "dpo"))
     num_prompts: int = option(0, "use the first N of the task's prompts (0 = all)", ("pairs", "eval"))
     # evaluation and checkpoints
     eval_every: int = option(50, "steps between held-out evaluations")
@@ -190,6 +191,9 @@ def check_config(stage, cfg):
              .get(stage, "the model to sample from"))
     if cfg.lora_rank and stage in LORA_STAGES:
         need(cfg.init, "lora_rank", "LoRA needs --init: the model whose weights stay frozen under the adapters")
+    if cfg.lora_rank and stage == "dpo":
+        need(not cfg.reference_init, "reference_init", "with LoRA the reference is the --init model under the "
+             "adapters (switched off); drop --reference-init or --lora-rank")
     if stage in PAIR_STAGES:
         need(cfg.data, "data", f"{stage} needs --data: a preference file (JSONL/JSON, HH-RLHF) or dataset name")
     if stage == "eval":

@@ -95,12 +95,29 @@ def add_adapters(model, cfg, log=print):
     return model
 
 
+def dpo_reference(cfg, model, use_lora):
+    """pi_ref: the policy with its adapters off (LoRA), the --reference-init model, or a frozen copy of the model.
+
+    Raises ConfigError for a --reference-init whose vocabulary or block size does not fit the policy's data."""
+    if use_lora:
+        return lora.BaseModelView(model)
+    if not cfg.reference_init:
+        return copy.deepcopy(model).requires_grad_(False)
+    reference = load_model(cfg.reference_init)
+    if reference.config.vocab_size != model.config.vocab_size or reference.config.block_size < cfg.max_length:
+        raise ConfigError(f"--reference-init {cfg.reference_init}: vocab_size {reference.config.vocab_size} and "
+                          f"block_size {reference.config.block_size} do not fit the policy's (vocab_size "
+                          f"{model.config.vocab_size}, rows of {cfg.max_length} tokens)")
+    return reference.requires_grad_(False)
+
+
 def run_stage(stage, cfg, log=print):
     """Run one of pretrain / sft / dpo / unlikelihood; returns (model, last held-out metrics).
 
     Writes OUT_DIR/{config.json, metrics.jsonl, ckpt.pt} (training.train) and OUT_DIR/hf/ (Hugging Face
-    layout). For dpo the reference is a frozen copy of the --init model; with --lora-rank it is the same
-    network with its adapters off (no copy), ckpt.pt holds the adapters and hf/ the merged model."""
+    layout). For dpo the reference is a frozen copy of the --init model (or --reference-init); with
+    --lora-rank it is the same network with its adapters off (no copy), ckpt.pt holds the adapters and hf/
+    the merged model."""
     check_config(stage, cfg)
     tokenizer = data.get_tokenizer(cfg.tokenizer)
     torch.manual_seed(cfg.seed)  # a fresh model's initial weights come from the seed too
@@ -119,8 +136,7 @@ def run_stage(stage, cfg, log=print):
         f"vocab {model.config.vocab_size}, block {model.config.block_size}, rows of {cfg.max_length} tokens")
     # the DPO reference: passed without keeping a name for it here, so that train() can free a precomputed copy
     metrics = train(stage, cfg, model, train_set, heldout_set, pad_id=tokenizer.eot_token, log=log,
-                    reference=None if stage != "dpo" else lora.BaseModelView(model) if use_lora else
-                    copy.deepcopy(model).requires_grad_(False))
+                    reference=dpo_reference(cfg, model, use_lora) if stage == "dpo" else None)
     exported = lora.merged_copy(model) if use_lora else model  # LoRA: W0 + (alpha/r) B A, plain GPT-2
     exported.save_pretrained(os.path.join(cfg.out_dir, "hf"))  # for transformers and other tools
     if use_lora:

@@ -43,7 +43,9 @@ COMMAND_HELP = {  # command: (one line for the command list, the description of 
     "sft": ("supervised fine-tuning on prompt + chosen",
             "Supervised fine-tuning of --init on prompt + chosen of --data (loss on response tokens only)."),
     "dpo": ("DPO against a frozen copy of --init",
-            "DPO (paper Eq. 7) of --init on --data, with a frozen copy of --init as the reference."),
+            "DPO (paper Eq. 7) of --init on --data, with a frozen copy of --init (or --reference-init) as the "
+            "reference; with --lora-rank, low-rank adapters on the frozen --init, the reference being the same "
+            "network with its adapters off."),
     "unlikelihood": ("the paper's Unlikelihood baseline: raise log p(chosen), push down p(rejected) per token",
                      "Unlikelihood (Welleck et al. 2019; a baseline of the DPO paper, section 6) of --init on "
                      "--data: maximise log p(chosen) and log(1 - p) of each rejected token; no reference."),

@@ -413,3 +413,23 @@ def test_heldout_data_follows_the_dataset_splits(tmp_path):
     cfg = dataclasses.replace(cfg, data=str(tmp_path / "dataset" / "train.jsonl"), heldout_data="")
     train_pairs, heldout_pairs = stages.preference_splits(cfg, tokenizer, log=lambda *_: None)
     assert (len(train_pairs), len(heldout_pairs)) == (11, 1)  # a file: a --heldout-fraction of it
+
+
+def test_dpo_reference_init(tmp_path, capsys):
+    """--reference-init sets pi_ref: the --init path itself reproduces the default run exactly; another model
+    starts away from log 2; LoRA refuses it (its reference is the --init model under the adapters)."""
+    prefs = write_preferences(tmp_path / "prefs.jsonl")
+    paths = {}
+    for seed in (0, 1):
+        paths[seed] = str(tmp_path / f"model{seed}.pt")
+        save_checkpoint(paths[seed], tiny_model(seed=seed), None, 0, None)
+    common = dict(init=paths[0], data=prefs, steps=3, lr=3e-3, heldout_fraction=0.2, **TINY)
+    for name, reference_init in (("default", ""), ("same", paths[0]), ("other", paths[1])):
+        stages.run_stage("dpo", TrainConfig(out_dir=str(tmp_path / name), reference_init=reference_init, **common),
+                         log=lambda *_: None)
+    assert read_metrics(tmp_path / "default") == read_metrics(tmp_path / "same")
+    assert read_metrics(tmp_path / "default")[0]["loss"] == pytest.approx(math.log(2), abs=1e-6)
+    assert abs(read_metrics(tmp_path / "other")[0]["loss"] - math.log(2)) > 1e-3
+    assert train.main(["dpo", "--init", paths[0], "--data", prefs, "--reference-init", paths[1], "--lora-rank", "2",
+                       "--out-dir", str(tmp_path / "lora")]) == 1
+    assert "--reference-init" in capsys.readouterr().err
