@@ -3,6 +3,7 @@
     python train.py                    the embedded demo, end to end on a CPU (experiments/demo.py)
     python train.py demo --quick       the same in a tiny configuration (about a minute)
     python train.py frontier           the reward-KL frontier of DPO, its baselines and Best-of-N (Figure 2)
+    python train.py study              LoRA, bf16, beta vs forgetting, early stopping, base quality, self-labelling
     python train.py pretrain --help    next-token prediction on a text corpus (the embedded reviews by default)
     python train.py sft --help         supervised fine-tuning on prompt + chosen, loss on the response only
     python train.py dpo --help         DPO against a frozen reference model (the --init model)
@@ -25,7 +26,7 @@ import sys
 import stages
 from config import STAGES, TRAINING_STAGES, TrainConfig, flag
 from data import TokenizerUnavailableError
-from experiments import demo, frontier
+from experiments import demo, frontier, study
 from training import NonFiniteLossError
 
 # Each command's defaults where they differ from TrainConfig's.
@@ -105,7 +106,8 @@ def build_parser():
         sub.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                          help="show the traceback of an error")
     for name, module, summary in (("demo", demo, "the embedded sentiment experiment, end to end (the default)"),
-                                  ("frontier", frontier, "the reward-KL frontier (paper Figure 2, left)")):
+                                  ("frontier", frontier, "the reward-KL frontier (paper Figure 2, left)"),
+                                  ("study", study, "a single-GPU user's questions in miniature (seed 004)")):
         sub = commands.add_parser(name, help=summary, description=module.__doc__.split("\n\n")[0])
         sub.add_argument("--quick", action="store_true", help="a tiny configuration that runs in about a minute")
         sub.add_argument("--out-dir", default=f"out/{name}", help=f"where it writes (default: out/{name})")
@@ -119,8 +121,8 @@ def run(args):
     if args.command in (None, "demo"):
         demo.run(out_dir=getattr(args, "out_dir", "out/demo"), quick=getattr(args, "quick", False))
         return
-    if args.command == "frontier":
-        frontier.run(out_dir=args.out_dir, quick=args.quick)
+    if args.command in ("frontier", "study"):
+        {"frontier": frontier, "study": study}[args.command].run(out_dir=args.out_dir, quick=args.quick)
         return
     cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
                          if hasattr(args, f.name)}, **{k: v for k, v in STAGE_DEFAULTS.get(args.command, {}).items()

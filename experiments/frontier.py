@@ -54,18 +54,22 @@ QUICK = dict(FULL, betas=(0.03, 3.0), dpo=dict(FULL["dpo"], steps=24), preferred
 
 
 def training_config(stage, out_dir, b, run_settings, checkpoints, **extra):
-    """The TrainConfig of one frontier run on the base `b`, keeping `checkpoints` evenly spaced checkpoints."""
+    """The TrainConfig of one frontier run on the base `b`, keeping `checkpoints` evenly spaced checkpoints;
+    `extra` sets or overrides TrainConfig fields (e.g. beta, or init and data for a run from another model)."""
     steps = run_settings["steps"]
     block = b.settings["block_size"]  # lengths given, not left to default, so the saved config is this one
-    return TrainConfig(out_dir=out_dir, init=b.reference_path, data=b.pairs_train, heldout_data=b.pairs_heldout,
-                       tokenizer=b.settings["tokenizer"], max_length=block, max_prompt_length=block // 2, steps=steps, batch_size=run_settings["batch_size"],
-                       lr=run_settings["lr"], schedule="constant", warmup_steps=min(5, steps),
-                       eval_every=max(1, steps // checkpoints), save_every=max(1, steps // checkpoints),
-                       keep_checkpoints=True, seed=b.settings["seed"], **extra)
+    fields = dict(out_dir=out_dir, init=b.reference_path, data=b.pairs_train, heldout_data=b.pairs_heldout,
+                  tokenizer=b.settings["tokenizer"], max_length=block, max_prompt_length=block // 2, steps=steps,
+                  batch_size=run_settings["batch_size"], lr=run_settings["lr"], schedule="constant",
+                  warmup_steps=min(5, steps), eval_every=max(1, steps // checkpoints),
+                  save_every=max(1, steps // checkpoints), keep_checkpoints=True, seed=b.settings["seed"])
+    return TrainConfig(**{**fields, **extra})
 
 
 def train_cached(stage, cfg, log):
-    """stages.run_stage, unless OUT_DIR already holds a finished run with exactly this configuration."""
+    """stages.run_stage, unless OUT_DIR already holds a finished run with exactly this configuration.
+
+    Returns True when it trained, False when it reused a finished run."""
     try:
         with open(os.path.join(cfg.out_dir, "config.json")) as f:
             saved = json.load(f)
@@ -77,6 +81,7 @@ def train_cached(stage, cfg, log):
         log(f"{stage}: reusing the finished run in {cfg.out_dir}")
     else:
         stages.run_stage(stage, cfg, log=log)
+    return not done
 
 
 def write_samples(path, prompts, scored):

@@ -89,3 +89,64 @@ def plot_frontier(points, path):
     fig.tight_layout(rect=(0, 0.12, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def plot_study(result, path):
+    """The study's six questions (experiments/study.py), one panel each, with 95% intervals, to a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 3, figsize=(17, 9.5))
+    (ax_a, ax_b, ax_c), (ax_d, ax_e, ax_f) = axes
+
+    def reward_vs_kl(ax, rows, title):
+        for row in rows:
+            ax.errorbar(row["kl"], row["reward"], xerr=row["kl_ci95"], yerr=row["reward_ci95"], fmt="o", capsize=2,
+                        label=row["method"])
+        ax.set_xlabel("KL(policy || base) (nats)")
+        ax.set_ylabel("ground-truth reward")
+        ax.set_title(title, fontsize=10)
+        ax.legend(fontsize=7)
+
+    reward_vs_kl(ax_a, result["a_lora"] + result["b_precision"]["rows"][-1:], "(a) LoRA vs full DPO; (b) bf16")
+    for losses, label in zip(result["b_precision"]["train_losses"], ("fp32", "bf16 autocast")):
+        ax_b.plot(range(1, len(losses) + 1), losses, "o-", markersize=3, label=label)
+    ax_b.set(xlabel="step", ylabel="train DPO loss", title="(b) fp32 vs bf16 autocast: training loss")
+    ax_b.legend(fontsize=8)
+
+    rows = result["c_forgetting"]
+    betas = [r["beta"] for r in rows]
+    ax_c.errorbar(betas, [r["nll_rise"] for r in rows], yerr=[r["nll_rise_ci95"] for r in rows], fmt="o-",
+                  capsize=2, label="held-out LM loss rise")
+    ax_c.set(xscale="log", xlabel="beta", ylabel="rise of held-out pre-training loss (nats/token)",
+             title="(c) beta vs forgetting (3 epochs)")
+    twin = ax_c.twinx()
+    twin.errorbar(betas, [r["reward"] for r in rows], yerr=[r["reward_ci95"] for r in rows], fmt="s--",
+                  color="tab:orange", capsize=2, label="reward")
+    twin.set_ylabel("ground-truth reward", color="tab:orange")
+
+    rows = result["d_early_stopping"]["rows"]
+    steps = [r["step"] for r in rows]
+    ax_d.plot(steps, [r["heldout_accuracy"] for r in rows], "o-", markersize=3, label="held-out accuracy")
+    ax_d.errorbar(steps, [r["win_rate"] for r in rows], yerr=[r["win_rate_ci95"] for r in rows], fmt="s-",
+                  markersize=3, capsize=2, label="win rate vs base (samples)")
+    ax_d.plot(steps, [r["heldout_loss"] for r in rows], "^:", markersize=3, label="held-out DPO loss")
+    ax_d.set(xlabel="step", title="(d) early stopping: held-out metrics vs win rate")
+    ax_d.legend(fontsize=7)
+
+    rows = result["e_base_quality"]
+    xs = range(len(rows))
+    ax_e.bar([x - 0.2 for x in xs], [r["reference_reward"] for r in rows], 0.4,
+             yerr=[r["reference_reward_ci95"] for r in rows], capsize=3, label="base")
+    ax_e.bar([x + 0.2 for x in xs], [r["reward"] for r in rows], 0.4, yerr=[r["reward_ci95"] for r in rows],
+             capsize=3, label="after DPO")
+    ax_e.set_xticks(list(xs), [r["method"] for r in rows], fontsize=8)
+    ax_e.set(ylabel="ground-truth reward", title="(e) the base's quality")
+    ax_e.legend(fontsize=8)
+
+    reward_vs_kl(ax_f, result["f_self_labelling"], "(f) self-labelling: a second DPO round")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)

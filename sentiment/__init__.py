@@ -29,7 +29,7 @@ the completions reading like reviews.
 """
 
 from sentiment.evaluate import (completion_logps, fluency_numbers, mean_ci95, ratio_ci95, sample_report,
-                                score_policy)
+                                score_policy, win_and_tie_rates)
 from sentiment.fluency import bigram_fluency, corpus_vocabulary, fluency, word_counts
 from sentiment.reviews import MAX_OPENING_BYTES, Review, make_corpus, make_prompts, make_reviews
 from sentiment.tokenizer import TOKENIZER_FILE
@@ -41,5 +41,5 @@ __all__ = [
     "completion_logps", "fluency_numbers",
     "corpus_statistics", "corpus_tokens", "corpus_vocabulary", "fluency", "make_corpus", "make_prompts",
     "make_reviews", "mean_ci95", "ratio_ci95", "sample_completions", "sample_report", "score_policy",
-    "sentiment_reward", "word_counts", "TOKENIZER_FILE",
+    "sentiment_reward", "win_and_tie_rates", "word_counts", "TOKENIZER_FILE",
 ]

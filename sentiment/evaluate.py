@@ -104,6 +104,13 @@ def fluency_numbers(texts):
     return out
 
 
+def win_and_tie_rates(policy_rewards, reference_rewards):
+    """(win rate, tie rate): the shares of sample pairs (same prompt, same sample index) where the policy's reward
+    is strictly higher than the reference's, and where they are equal. Lists of floats of the same length."""
+    pairs = list(zip(policy_rewards, reference_rewards, strict=True))
+    return sum(p > r for p, r in pairs) / len(pairs), sum(p == r for p, r in pairs) / len(pairs)
+
+
 def sample_report(policy, reference, tokenizer, prompts, reward_fn, *, max_new_tokens, samples_per_prompt=1,
                   seed=0, batch_size=64, impl="auto"):
     """Score policy and reference on the same prompts and seeds (`score_policy`), and compare them.
@@ -128,8 +135,7 @@ def sample_report(policy, reference, tokenizer, prompts, reward_fn, *, max_new_t
         "bigram_fluency_policy": pol["bigram_fluency"], "bigram_fluency_policy_ci95": pol["bigram_fluency_ci95"],
         "bigram_fluency_reference": ref["bigram_fluency"],
         "bigram_fluency_reference_ci95": ref["bigram_fluency_ci95"],
-        "win_rate": sum(p > r for p, r in pairs) / len(pairs),
-        "tie_rate": sum(p == r for p, r in pairs) / len(pairs),
+        **dict(zip(("win_rate", "tie_rate"), win_and_tie_rates(pol["rewards"], ref["rewards"]))),
         "n_samples": len(pairs),
         "rewards_policy": pol["rewards"], "rewards_reference": ref["rewards"],
         "samples_policy": pol["texts"], "samples_reference": ref["texts"],

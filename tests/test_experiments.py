@@ -105,3 +105,40 @@ def test_frontier_quick(tmp_path):
     assert [p["reward"] for p in again["points"]] == [p["reward"] for p in points]
     assert any("reusing the base model" in line for line in log) and any("reusing the finished run" in line
                                                                          for line in log)
+
+
+@pytest.mark.slow
+def test_study_quick(tmp_path):
+    """study --quick end to end: every question's rows, their numbers re-measured from the files the study wrote,
+    the properties the settings guarantee, and a rerun from the caches."""
+    from experiments import study
+    log = []
+    result = study.run(out_dir=str(tmp_path), quick=True, log=log.append)
+    a = {row["name"]: row for row in result["a_lora"]}
+    full, lora_run = a["full"], [row for name, row in a.items() if name.startswith("lora")][0]
+    assert lora_run["trainable"] < full["trainable"] / 5 and lora_run["state_bytes"] < full["state_bytes"] / 2
+    assert lora_run["ckpt_bytes"] < full["ckpt_bytes"] / 2  # adapters and their optimizer state only
+    for row in result["a_lora"] + result["c_forgetting"] + result["d_early_stopping"]["rows"]:
+        assert 0 <= row["win_rate"] <= 1 and math.isfinite(row["reward"]) and 0 <= row["heldout_accuracy"] <= 1
+        rewards = [json.loads(line)["reward"] for line in open(tmp_path / "samples" / f"{row['name']}.jsonl")]
+        assert sum(rewards) / len(rewards) == pytest.approx(row["reward"])  # the samples file re-measures it
+    gap = result["b_precision"]
+    assert 0 < gap["max_train_loss_gap"] < 0.05  # bf16 rounding: visible but small
+    c = result["c_forgetting"]
+    for row in c:
+        lm = json.load(open(tmp_path / "lm_nll" / f"forget-beta{row['beta']}.json"))
+        rise = [p - q for p, q in zip(lm["policy"], lm["base"])]
+        assert sum(rise) / len(rise) == pytest.approx(row["nll_rise"])
+    d = result["d_early_stopping"]
+    assert [r["step"] for r in d["rows"]] == sorted(r["step"] for r in d["rows"]) and len(d["rows"]) >= 2
+    e = result["e_base_quality"]
+    assert e[1]["pretrain_steps"] < e[0]["pretrain_steps"] and e[1]["base_heldout_lm_loss"] > e[0]["base_heldout_lm_loss"]
+    f = result["f_self_labelling"]
+    assert [r["method"] for r in f][:3] == ["round 1 (the run of (a))", "round 2, reference = round-1 policy",
+                                            "round 2, reference = base"]
+    assert all(r["kl_to_round1"] < r["kl"] for r in f[1:3])  # round 2 stays nearer round 1 than the base
+    assert os.path.isfile(tmp_path / "study.png")
+    log.clear()
+    again = study.run(out_dir=str(tmp_path), quick=True, log=log.append)
+    assert [r["reward"] for r in again["c_forgetting"]] == [r["reward"] for r in c]
+    assert not any("== pre-training" in line for line in log)  # both bases and every run reused

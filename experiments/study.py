@@ -1,0 +1,372 @@
+"""The questions of a single-GPU DPO user, answered in miniature on the embedded sentiment task (after seed 004,
+Cerebras' BTLM-DPO study).
+
+    python train.py study [--quick] [--out-dir out/study]
+
+Every DPO run starts from the base model and pairs of `experiments/base.py` (the demo's), and every policy is
+judged on the same held-out prompts as the frontier (`frontier.evaluate_point`: 256 samples, ground-truth
+reward, KL(pi || pi_ref) in nats, word and bigram fluency, each with a 95% confidence interval) plus its win
+rate against the reference's samples of the same prompt and index (a binomial 95% interval).
+
+(a) LoRA against full fine-tuning: the demo's DPO (beta 0.1, 16 steps of 32 pairs) with all weights, and with
+    rank-8 adapters (alpha 16) at several learning rates; trainable parameters, the training state's memory
+    (weights, reference copy, gradients, AdamW moments: counted), wall time, and the peak memory of one DPO
+    step at GPT-2 124M shapes measured by bench/bench_lora_memory.py.
+(b) fp32 against bf16 autocast (on a CPU too): the same run under torch.autocast(bfloat16).
+(c) beta against forgetting: DPO for 3 epochs at several beta; forgetting = the rise of the next-token loss on
+    the held-out part of the pre-training corpus (the split pre-training never saw), paired over the same 256
+    windows for the policy and the base (mean difference, 95% interval). Seed 004: larger beta, less forgetting.
+(d) Early stopping: one run of 6 epochs with a checkpoint every 4 steps; at each, the held-out implicit-reward
+    accuracy and DPO loss (metrics.jsonl) beside the sampled win rate. Do their peaks coincide (seed 004,
+    Figures 3-4)?
+(e) The base's quality: the same DPO from a base pre-trained 5x fewer steps (with its own pairs, sampled from
+    it, as the pipeline would make them).
+(f) Self-labelling (the paper's open question): pairs sampled from the round-1 policy (the run of (a)) and
+    labelled by the ground-truth reward, then a second round of DPO from it, with the round-1 policy as the
+    reference (iterative DPO's choice: the KL is measured from the model whose samples made the pairs) and,
+    for comparison, with the base as the reference. Control: the same number of steps on the original pairs.
+
+Outputs in OUT_DIR: study.json (settings, and per question its rows), study.png (one panel per question),
+runs/ (each run's config.json, metrics.jsonl, checkpoints), samples/NAME.jsonl (prompt, completion, reward,
+log-ratio per sample: enough to re-measure any number), points/ (cached evaluations), lm_nll/NAME.json (the
+per-window held-out losses of (c)), pairs_round2_*.jsonl. Runs and evaluations are cached, so a rerun costs
+seconds.
+"""
+
+import copy
+import dataclasses
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+
+import torch
+
+import data
+import kernels
+import lora
+import sentiment
+import stages
+from checkpoint import load_model
+from config import lora_targets, resolve_lengths
+from experiments import base, frontier, plots
+
+FULL = dict(dpo=dict(lr=2e-4, steps=16, batch_size=32, beta=0.1),  # the demo's DPO: one epoch
+            lora=dict(rank=8, alpha=16.0, lrs=(2e-4, 1e-3, 3e-3)),
+            betas=(0.03, 0.1, 0.3, 1.0, 3.0), forgetting=dict(lr=2e-4, steps=48, batch_size=32),
+            early=dict(lr=2e-4, steps=96, batch_size=32, beta=0.1, checkpoints=24),
+            weak_pretrain_steps=100, self_label=dict(k=4, seed=5),
+            samples_per_prompt=2, seed=11, lm_windows=256, memory_bench=True)
+QUICK = dict(FULL, dpo=dict(FULL["dpo"], steps=8), lora=dict(FULL["lora"], lrs=(3e-3,)), betas=(0.1, 1.0),
+             forgetting=dict(FULL["forgetting"], steps=8), early=dict(FULL["early"], steps=8, checkpoints=2),
+             weak_pretrain_steps=50, lm_windows=64, memory_bench=False)
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def dpo_run(name, b, ss, out_dir, log, run=None, checkpoints=1, **extra):
+    """Train (or reuse) one DPO run of the study; returns (cfg, wall seconds of its training)."""
+    run = dict(ss["dpo"], **(run or {}))
+    beta = extra.pop("beta", run.pop("beta"))
+    cfg = frontier.training_config("dpo", os.path.join(out_dir, "runs", name), b, run, checkpoints, beta=beta,
+                                   **extra)
+    return cfg, timed(lambda c: frontier.train_cached("dpo", c, log), cfg)
+
+
+def timed(train_fn, cfg):
+    """Run train_fn(cfg); its wall time is kept in OUT_DIR/wall_seconds.json for when the run is reused."""
+    path = os.path.join(cfg.out_dir, "wall_seconds.json")
+    start = time.time()
+    if train_fn(cfg) or not os.path.isfile(path):
+        with open(path, "w") as f:
+            json.dump(time.time() - start, f)
+    with open(path) as f:
+        return json.load(f)
+
+
+def eval_rows(run_dir):
+    """{step: held-out metrics row} of a run's metrics.jsonl."""
+    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+        return {r["step"]: r for r in map(json.loads, f) if r["split"] == "eval"}
+
+
+def rewards_of(out_dir, name):
+    """The per-sample rewards of an evaluated point, read back from samples/NAME.jsonl."""
+    with open(os.path.join(out_dir, "samples", f"{name}.jsonl")) as f:
+        return [json.loads(line)["reward"] for line in f]
+
+
+def row_path(cfg, step=None):
+    """The checkpoint of a run at `step` (default: its last)."""
+    return os.path.join(cfg.out_dir, f"step_{step or cfg.steps:06d}.pt")
+
+
+def point(name, method, setting, cfg, b, ss, out_dir, log, reference_name="reference", step=None):
+    """Evaluate a run's checkpoint (the last unless `step`): frontier.evaluate_point, plus the win rate against the
+    reference point's samples and the run's held-out implicit-reward metrics at that step."""
+    step = step or cfg.steps
+    p = frontier.evaluate_point(name, method, setting, row_path(cfg, step), b, ss, out_dir, log, step=step)
+    win, tie = sentiment.win_and_tie_rates(rewards_of(out_dir, name), rewards_of(out_dir, reference_name))
+    heldout = eval_rows(cfg.out_dir)[step]
+    return {**p, "win_rate": win, "tie_rate": tie, "win_rate_ci95": 1.96 * math.sqrt(win * (1 - win) / p["n_samples"]),
+            "heldout_accuracy": heldout["rewards/accuracies"], "heldout_loss": heldout["loss"],
+            "heldout_margin": heldout["rewards/margins"]}
+
+
+# -----------------------------------------------------------------------------
+# (a) LoRA against full fine-tuning, (b) fp32 against bf16
+
+def state_bytes(cfg, b):
+    """Bytes of the training state a DPO run keeps (fp32): weights, a reference copy (full fine-tuning with a
+    live reference), gradients and AdamW's two moments of the trainable parameters. Counted, not measured."""
+    model = copy.deepcopy(b.reference)
+    if cfg.lora_rank:
+        lora.apply_lora(model, cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout, lora_targets(cfg))
+    weights, trainable = sum(p.numel() for p in model.parameters()), lora.count_trainable(model)
+    reference_copy = 0 if cfg.lora_rank else weights
+    return {"trainable": trainable, "state_bytes": 4 * (weights + reference_copy + 3 * trainable)}
+
+
+def memory_bench(out_dir, log):
+    """bench/bench_lora_memory.py at GPT-2 124M shapes (each variant in its own process), cached."""
+    path = os.path.join(out_dir, "lora_memory.json")
+    if not os.path.isfile(path):
+        log("== (a) peak memory of one DPO step at GPT-2 124M shapes (bench/bench_lora_memory.py) ==")
+        subprocess.run([sys.executable, os.path.join(REPO, "bench", "bench_lora_memory.py"), "--json", path],
+                       check=True)
+    with open(path) as f:
+        return json.load(f)
+
+
+def lora_and_precision(b, ss, out_dir, log):
+    """(a) and (b): rows for full DPO, LoRA at each learning rate, and full DPO under bf16 autocast."""
+    rows = []
+    lo = ss["lora"]
+    variants = [("full", "full fine-tuning, fp32", {}, {})]
+    variants += [(f"lora-r{lo['rank']}-lr{lr:g}", f"LoRA r={lo['rank']} alpha={lo['alpha']:g}, lr {lr:g}",
+                  {"lr": lr}, {"lora_rank": lo["rank"], "lora_alpha": lo["alpha"]}) for lr in lo["lrs"]]
+    variants += [("full-bf16", "full fine-tuning, bf16 autocast", {}, {"dtype": "bfloat16"})]
+    for name, label, run, extra in variants:
+        cfg, seconds = dpo_run(name, b, ss, out_dir, log, run=run, **extra)
+        row = point(name, label, {"lr": cfg.lr, "lora_rank": cfg.lora_rank, "dtype": cfg.dtype}, cfg, b, ss,
+                    out_dir, log)
+        rows.append({**row, **state_bytes(cfg, b), "train_seconds": seconds,
+                     "ckpt_bytes": os.path.getsize(os.path.join(cfg.out_dir, "ckpt.pt"))})
+    return rows
+
+
+def precision_gap(out_dir):
+    """Largest |train loss fp32 - train loss bf16| over the steps of (b)'s two runs, and the final gap."""
+    losses = []
+    for name in ("full", "full-bf16"):
+        with open(os.path.join(out_dir, "runs", name, "metrics.jsonl")) as f:
+            losses.append([r["loss"] for r in map(json.loads, f) if r["split"] == "train"])
+    gaps = [abs(a - b) for a, b in zip(*losses)]
+    return {"max_train_loss_gap": max(gaps), "final_train_loss_gap": gaps[-1], "train_losses": losses}
+
+
+# -----------------------------------------------------------------------------
+# (c) beta against forgetting
+
+def heldout_windows(b, n_windows):
+    """n_windows fixed windows (x, y), each (32, T), of the corpus part that pre-training held out."""
+    cfg = resolve_lengths(base.pretrain_config("", b.settings), b.settings["block_size"])
+    _, heldout = stages.text_splits(cfg, b.tokenizer)  # the very split pre-training evaluated on, never trained on
+    return list(data.lm_batches(heldout, 32, cfg.max_length, num_batches=max(1, n_windows // 32),
+                                generator=torch.Generator().manual_seed(0)))
+
+
+@torch.no_grad()
+def window_nlls(model, windows):
+    """Mean next-token NLL (nats per token) of `model` on each window: a list of floats, one per window."""
+    model.eval()
+    out = []
+    for x, y in windows:
+        logps = kernels.token_logprobs(model(x), y, torch.ones_like(y, dtype=torch.bool))  # (32, T) fp32
+        out += (-logps.mean(dim=1)).tolist()
+    return out
+
+
+def forgetting(b, ss, out_dir, log):
+    """(c): per beta, reward/KL/fluency and the paired rise of the held-out pre-training loss over the base."""
+    windows = heldout_windows(b, ss["lm_windows"])
+    base_nll = window_nlls(b.reference, windows)
+    rows = []
+    for beta in ss["betas"]:
+        cfg, _ = dpo_run(f"forget-beta{beta}", b, ss, out_dir, log, run=ss["forgetting"], beta=beta)
+        row = point(f"forget-beta{beta}", "DPO 3 epochs", {"beta": beta}, cfg, b, ss, out_dir, log)
+        nll = window_nlls(load_model(row_path(cfg)), windows)
+        os.makedirs(os.path.join(out_dir, "lm_nll"), exist_ok=True)
+        with open(os.path.join(out_dir, "lm_nll", f"forget-beta{beta}.json"), "w") as f:
+            json.dump({"policy": nll, "base": base_nll}, f)
+        rise, rise_ci = sentiment.mean_ci95([p - q for p, q in zip(nll, base_nll)])
+        rows.append({**row, "beta": beta, "heldout_lm_nll": sum(nll) / len(nll),
+                     "base_lm_nll": sum(base_nll) / len(base_nll), "nll_rise": rise, "nll_rise_ci95": rise_ci})
+        log(f"{'':>24}  held-out LM loss {rows[-1]['heldout_lm_nll']:.4f} (base {rows[-1]['base_lm_nll']:.4f}): "
+            f"rise {rise:+.4f} +- {rise_ci:.4f} nats/token")
+    return rows
+
+
+# -----------------------------------------------------------------------------
+# (d) early stopping, (e) a weaker base, (f) self-labelling
+
+def early_stopping(b, ss, out_dir, log):
+    """(d): every checkpoint of one long run, with its held-out accuracy/loss and sampled win rate."""
+    e = ss["early"]
+    cfg, _ = dpo_run("early", b, ss, out_dir, log, run={k: e[k] for k in ("lr", "steps", "batch_size", "beta")},
+                     checkpoints=e["checkpoints"])
+    rows = [point(f"early-step{step}", "DPO along training", {"beta": e["beta"]}, cfg, b, ss, out_dir, log,
+                  step=step) for step in sorted(eval_rows(cfg.out_dir))]
+    best = {key: max(rows, key=lambda r: sign * r[key])["step"]
+            for key, sign in (("heldout_accuracy", 1), ("heldout_margin", 1), ("heldout_loss", -1), ("win_rate", 1),
+                              ("reward", 1))}
+    first_top_accuracy = next(r["step"] for r in rows if r["heldout_accuracy"] == max(x["heldout_accuracy"] for x in rows))
+    return {"rows": rows, "best_step": best, "first_step_at_top_accuracy": first_top_accuracy}
+
+
+def weaker_base(b, ss, out_dir, log, default_row):
+    """(e): the same DPO as (a)'s full run (`default_row`), from a base pre-trained on fewer steps, with pairs
+    sampled from that base."""
+    weak = base.prepare(os.path.join(out_dir, "base-weak"), dict(b.settings, pretrain_steps=ss["weak_pretrain_steps"]),
+                        log=log)
+    frontier.evaluate_point("weak-reference", "reference", {}, None, weak, ss, out_dir, log)
+    cfg, _ = dpo_run("weak-dpo", weak, ss, out_dir, log)
+    weak_row = point("weak-dpo", f"base of {ss['weak_pretrain_steps']} steps", {}, cfg, weak, ss, out_dir, log,
+                     reference_name="weak-reference")
+    rows = []
+    for row, bb, reference_name in ((default_row, b, "reference"), (weak_row, weak, "weak-reference")):
+        with open(os.path.join(out_dir, "points", f"{reference_name}.json")) as f:
+            ref_point = json.load(f)
+        pretrain_loss = [r["loss"] for r in eval_rows(os.path.dirname(bb.reference_path)).values()][-1]
+        rows.append({**row, "method": row["method"] if bb is weak else f"base of {bb.settings['pretrain_steps']} steps",
+                     "pretrain_steps": bb.settings["pretrain_steps"], "base_heldout_lm_loss": pretrain_loss,
+                     "reference_reward": ref_point["reward"], "reference_reward_ci95": ref_point["reward_ci95"],
+                     "reference_bigram_fluency": ref_point["bigram_fluency"],
+                     "train_pairs": bb.pair_reports["train"]["n_pairs"]})
+    return rows
+
+
+def round2_pairs(policy_path, b, ss, out_dir, log):
+    """Pairs sampled from the round-1 policy on the train and held-out prompts, labelled by the reward; cached."""
+    paths = {}
+    policy = None
+    for split, prompts, seed in (("train", b.train_prompts, ss["self_label"]["seed"]),
+                                 ("heldout", b.heldout_prompts, ss["self_label"]["seed"] + 1)):
+        paths[split] = os.path.join(out_dir, f"pairs_round2_{split}.jsonl")
+        key_path = paths[split] + ".source.json"
+        key = {"policy": policy_path, "mtime": os.path.getmtime(policy_path), "k": ss["self_label"]["k"], "seed": seed}
+        if os.path.isfile(key_path) and json.load(open(key_path)) == key:
+            continue
+        policy = policy or load_model(policy_path).eval()
+        _, report = sentiment.build_preference_pairs(
+            policy, b.tokenizer, prompts, k=ss["self_label"]["k"], min_reward_gap=b.settings["min_reward_gap"],
+            max_new_tokens=b.settings["max_new_tokens"], seed=seed, path=paths[split], return_report=True)
+        log(f"round-2 pairs ({split}): {report.summary()}")
+        with open(key_path, "w") as f:
+            json.dump(key, f)
+    return paths
+
+
+def self_labelling(b, ss, out_dir, log, round1, early):
+    """(f): a second DPO round on the round-1 policy's own labelled samples, against two references.
+
+    round1: (a)'s full DPO row (its run is round 1); early: (d)'s result, whose checkpoint at twice round 1's
+    steps is the control (the same number of DPO steps, all on the original pairs)."""
+    round1_path = os.path.join(out_dir, "runs", "full", f"step_{ss['dpo']['steps']:06d}.pt")
+    paths = round2_pairs(round1_path, b, ss, out_dir, log)
+    rows = [{**round1, "method": "round 1 (the run of (a))"}]
+    for name, label, reference_init in (("round2-ref-round1", "round 2, reference = round-1 policy", ""),
+                                        ("round2-ref-base", "round 2, reference = base", b.reference_path)):
+        cfg, _ = dpo_run(name, b, ss, out_dir, log, init=round1_path, reference_init=reference_init,
+                         data=paths["train"], heldout_data=paths["heldout"])
+        row = point(name, label, {"reference": "base" if reference_init else "round 1"}, cfg, b, ss, out_dir, log)
+        round1_model = load_model(round1_path).eval()  # the same samples, log-ratios against round 1 instead
+        to_round1 = frontier.evaluate_point(f"{name}-vs-round1", label, row["setting"], row_path(cfg),
+                                            dataclasses.replace(b, reference=round1_model), ss, out_dir, log)
+        rows.append({**row, "kl_to_round1": to_round1["kl"], "kl_to_round1_ci95": to_round1["kl_ci95"]})
+    rows += [{**r, "method": "control: DPO on the original pairs, same steps as rounds 1 + 2"}
+             for r in early["rows"] if r["step"] == 2 * ss["dpo"]["steps"]]
+    return rows
+
+
+# -----------------------------------------------------------------------------
+
+def run(out_dir="out/study", quick=False, log=print):
+    """Run every question of the study; returns the result dict (also OUT_DIR/study.json) and writes study.png."""
+    start = time.time()
+    settings, ss = (base.QUICK, QUICK) if quick else (base.FULL, FULL)
+    for sub in ("points", "samples", "runs"):
+        os.makedirs(os.path.join(out_dir, sub), exist_ok=True)
+    b = base.prepare(os.path.join(out_dir, "base"), settings, log=log)
+    frontier.evaluate_point("reference", "reference", {}, None, b, ss, out_dir, log)
+    log("== (a) LoRA against full fine-tuning, (b) fp32 against bf16 autocast ==")
+    runs_ab = lora_and_precision(b, ss, out_dir, log)
+    result = {"settings": {"base": settings, "study": ss}, "quick": quick,
+              "a_lora": [r for r in runs_ab if r["name"] != "full-bf16"],
+              "a_memory_gpt2": memory_bench(out_dir, log) if ss["memory_bench"] else None,
+              "b_precision": {"rows": [r for r in runs_ab if r["name"] in ("full", "full-bf16")],
+                              **precision_gap(out_dir)}}
+    log("== (c) beta against forgetting ==")
+    result["c_forgetting"] = forgetting(b, ss, out_dir, log)
+    log("== (d) early stopping: held-out accuracy against the sampled win rate ==")
+    result["d_early_stopping"] = early_stopping(b, ss, out_dir, log)
+    log("== (e) a weaker base ==")
+    result["e_base_quality"] = weaker_base(b, ss, out_dir, log, runs_ab[0])
+    log("== (f) self-labelling: a second round on the round-1 policy's own samples ==")
+    result["f_self_labelling"] = self_labelling(b, ss, out_dir, log, runs_ab[0], result["d_early_stopping"])
+    result["wall_seconds"] = time.time() - start
+    with open(os.path.join(out_dir, "study.json"), "w") as f:
+        json.dump(result, f, indent=2)
+    plots.plot_study(result, os.path.join(out_dir, "study.png"))
+    log(format_study(result) + f"\nwall time {result['wall_seconds']:.0f} s; wrote {out_dir}/study.json, study.png")
+    return result
+
+
+def _pm(row, key, digits=3, sign=""):
+    return f"{row[key]:{sign}.{digits}f} +- {row[key + '_ci95']:.{digits}f}"
+
+
+def format_study(r):
+    """The study's tables as text: one per question, every sampled number with its 95% interval."""
+    lines = ["(a) LoRA against full DPO (demo settings: beta 0.1, 16 steps of 32 pairs)",
+             f"{'run':<36} {'trainable':>9} {'state MiB':>9} {'ckpt MiB':>8} {'train s':>7} {'reward':>15} "
+             f"{'KL':>14} {'bigram fl.':>14} {'win rate':>14} {'acc':>5}"]
+    for x in r["a_lora"] + [r["b_precision"]["rows"][-1]]:
+        lines.append(f"{x['method']:<36} {x['trainable']:>9,} {x['state_bytes'] / 2**20:>9.2f} "
+                     f"{x['ckpt_bytes'] / 2**20:>8.2f} {x['train_seconds']:>7.1f} {_pm(x, 'reward', sign='+')} "
+                     f"{_pm(x, 'kl', 2):>14} {_pm(x, 'bigram_fluency')} {_pm(x, 'win_rate')} "
+                     f"{x['heldout_accuracy']:>5.3f}")
+    if r["a_memory_gpt2"]:
+        lines.append("peak memory of one DPO step at GPT-2 124M shapes (bench/bench_lora_memory.py): " + ", ".join(
+            f"{m['variant']} {m['peak_bytes'] / 2**20:.0f} MiB ({m['peak_vs_full_copy']:.2f}x)"
+            for m in r["a_memory_gpt2"]["rows"]))
+    p = r["b_precision"]
+    lines += ["", f"(b) bf16 autocast against fp32: largest train-loss gap over the steps {p['max_train_loss_gap']:.2e}"
+                  f", at the end {p['final_train_loss_gap']:.2e} (rows: the last line of (a) and its first)", "",
+              "(c) beta against forgetting (DPO 3 epochs; held-out pre-training loss, paired over windows)",
+              f"{'beta':>6} {'reward':>15} {'KL':>14} {'bigram fl.':>14} {'LM loss rise (nats/token)':>26}"]
+    for x in r["c_forgetting"]:
+        lines.append(f"{x['beta']:>6g} {_pm(x, 'reward', sign='+')} {_pm(x, 'kl', 2):>14} {_pm(x, 'bigram_fluency')} "
+                     f"{_pm(x, 'nll_rise', 4, '+'):>26}")
+    d = r["d_early_stopping"]
+    lines += ["", "(d) early stopping: along one run (beta 0.1, 6 epochs)",
+              f"{'step':>5} {'acc':>6} {'held-out loss':>13} {'margin':>7} {'win rate':>14} {'reward':>15} {'KL':>14}"]
+    for x in d["rows"]:
+        lines.append(f"{x['step']:>5} {x['heldout_accuracy']:>6.3f} {x['heldout_loss']:>13.4f} "
+                     f"{x['heldout_margin']:>7.3f} {_pm(x, 'win_rate')} {_pm(x, 'reward', sign='+')} {_pm(x, 'kl', 2):>14}")
+    lines.append(f"best step by: {d['best_step']}; first step at the top accuracy: {d['first_step_at_top_accuracy']}")
+    lines += ["", "(e) the base's quality (same DPO; pairs sampled from each base)",
+              f"{'base':<24} {'base LM loss':>12} {'ref reward':>15} {'DPO reward':>15} {'KL':>14} {'bigram fl.':>14} "
+              f"{'win rate':>14}"]
+    for x in r["e_base_quality"]:
+        lines.append(f"{x['method']:<24} {x['base_heldout_lm_loss']:>12.4f} {x['reference_reward']:+.3f} +- "
+                     f"{x['reference_reward_ci95']:.3f} {_pm(x, 'reward', sign='+')} {_pm(x, 'kl', 2):>14} "
+                     f"{_pm(x, 'bigram_fluency')} {_pm(x, 'win_rate')}")
+    lines += ["", "(f) self-labelling (KL against the base; 'KL to round 1' for round 2)",
+              f"{'run':<62} {'reward':>15} {'KL':>14} {'KL to round 1':>14} {'bigram fl.':>14} {'win rate':>14}"]
+    for x in r["f_self_labelling"]:
+        to_round1 = _pm(x, "kl_to_round1", 2) if "kl_to_round1" in x else ""
+        lines.append(f"{x['method']:<62} {_pm(x, 'reward', sign='+')} {_pm(x, 'kl', 2):>14} {to_round1:>14} "
+                     f"{_pm(x, 'bigram_fluency')} {_pm(x, 'win_rate')}")
+    return "\n".join(lines)
