@@ -17,10 +17,12 @@ import os
 import torch
 
 from .checks import check_inputs
+from .linear_logprobs import linear_sequence_logprobs, naive_linear_sequence_logprobs
 from .logprobs_torch import torch_token_logprobs
 from .reference import naive_sequence_logprobs, naive_token_logprobs
 
-__all__ = ["sequence_logprobs", "token_logprobs", "naive_sequence_logprobs", "naive_token_logprobs"]
+__all__ = ["sequence_logprobs", "token_logprobs", "naive_sequence_logprobs", "naive_token_logprobs",
+           "linear_sequence_logprobs", "naive_linear_sequence_logprobs"]
 
 IMPLS = ("auto", "torch", "triton")
 TRITON_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
