@@ -346,7 +346,30 @@ class PairLogps(NamedTuple):
         return self.chosen / self.chosen_tokens, self.rejected / self.rejected_tokens
 
 
-def concatenated_logps(model: torch.nn.Module, batch: dict, *, impl: str = "auto") -> PairLogps:
+def sequence_logps(model, input_ids: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor, *,
+                   impl: str = "auto", fused_linear: bool = False) -> torch.Tensor:
+    """log pi(y | x) of each row under `model`: the masked sum of the label tokens' log-probabilities.
+
+    Args:
+        model: a model.GPT (or lora.BaseModelView): maps input_ids (N, T) int64 to logits (N, T, V); with
+            fused_linear it must also have hidden_states(input_ids) -> (N, T, d) and lm_head.weight (V, d).
+        input_ids, labels (N, T) int64 (labels pre-shifted), mask (N, T) bool: as in data.dpo_collate.
+        impl: "auto", "torch" or "triton" (kernels).
+        fused_linear: compute the log-probs from the last hidden states and the LM head's weight with
+            kernels.linear_sequence_logprobs, never materialising the (N, T, V) logits; under autocast both
+            are cast to the autocast dtype first, as the lm_head matmul would be.
+    Returns (N,) float32.
+    """
+    if not fused_linear:
+        return kernels.sequence_logprobs(model(input_ids), labels, mask, impl=impl)  # logits (N, T, V)
+    hidden, weight = model.hidden_states(input_ids), model.lm_head.weight  # (N, T, d), (V, d)
+    device_type = hidden.device.type
+    dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else weight.dtype
+    return kernels.linear_sequence_logprobs(hidden.to(dtype), weight.to(dtype), labels, mask, impl=impl)  # (N,)
+
+
+def concatenated_logps(model: torch.nn.Module, batch: dict, *, impl: str = "auto",
+                       fused_linear: bool = False) -> PairLogps:
     """Log-probs of the chosen and the rejected responses, from one forward pass over both.
 
     Args:
@@ -356,6 +379,7 @@ def concatenated_logps(model: torch.nn.Module, batch: dict, *, impl: str = "auto
             labels (2B, T) int64, PRE-SHIFTED: labels[:, t] is the token after input_ids[:, t], -100 if none;
             mask (2B, T) bool, True exactly on response tokens.
         impl: passed to kernels.sequence_logprobs ("auto", "torch" or "triton").
+        fused_linear: log-probs from hidden states without the logits (see sequence_logps).
 
     Returns: PairLogps with chosen/rejected (B,) float32 sums and chosen_tokens/rejected_tokens (B,) int64.
 
@@ -376,7 +400,6 @@ def concatenated_logps(model: torch.nn.Module, batch: dict, *, impl: str = "auto
                              f"but batch['input_ids'] has {tuple(input_ids.shape)}")
     B = input_ids.shape[0] // 2
 
-    logits = model(input_ids)  # (2B, T, V)
-    logps = kernels.sequence_logprobs(logits, labels, mask, impl=impl)  # (2B,) float32
+    logps = sequence_logps(model, input_ids, labels, mask, impl=impl, fused_linear=fused_linear)  # (2B,) fp32
     tokens = mask.sum(-1, dtype=torch.int64)  # (2B,) response tokens per row
     return PairLogps(chosen=logps[:B], rejected=logps[B:], chosen_tokens=tokens[:B], rejected_tokens=tokens[B:])

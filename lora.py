@@ -278,11 +278,22 @@ class BaseModelView:
         _require_lora(model, "BaseModelView")
         self.model = model
 
-    def __call__(self, input_ids):
+    def __call__(self, input_ids):  # (B, T) int64 -> (B, T, V) logits of the base model
+        return self._base_model_run(self.model, input_ids)
+
+    def hidden_states(self, input_ids):  # (B, T) int64 -> (B, T, d): for log-probs without the logits
+        return self._base_model_run(self.model.hidden_states, input_ids)
+
+    @property
+    def lm_head(self):
+        """The model's lm_head (never adapted: it is tied to the embedding table)."""
+        return self.model.lm_head
+
+    def _base_model_run(self, fn, input_ids):
         was_training = self.model.training
         self.model.eval()
         try:
             with adapters_disabled(self.model):
-                return self.model(input_ids)
+                return fn(input_ids)
         finally:
             self.model.train(was_training)
