@@ -106,3 +106,41 @@ def test_lora_memory_benchmark_runs(tmp_path):
     full, lora_row = rows["full, reference copy (live)"], rows["LoRA, adapters-off reference (live)"]
     assert full["trainable"] == full["parameters"] > lora_row["trainable"] > 0
     assert all(row["peak_bytes"] > 0 and row["step_ms"] > 0 for row in rows.values())
+
+
+def test_dpo_step_benchmark_methods_agree(tmp_path):
+    """bench/bench_dpo_step.py --quick: the three ways of computing log pi train the same model to the same loss."""
+    out = tmp_path / "step.json"
+    proc = subprocess.run([sys.executable, str(SCRIPT.parent / "bench_dpo_step.py"), "--quick", "--json", str(out)],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["method"] for r in rows] == ["naive", "logits kernel", "fused linear"]
+    for row in rows:
+        assert row["tokens_per_s"] > 0 and row["loss"] == pytest.approx(rows[0]["loss"], abs=1e-5)
+
+
+@pytest.mark.slow
+def test_gpu_suite_runs_in_its_quick_form(tmp_path):
+    """bash bench/gpu_suite.sh --quick OUT: every step runs (on a CPU: interpreter, smoke shapes) and the collected
+    report says so; on a GPU machine the same script without --quick writes bench/results/<gpu>.{json,md}."""
+    suite = SCRIPT.parent / "gpu_suite.sh"
+    env = dict(os.environ, TRITON_CACHE_DIR=str(tmp_path / "triton-cache"))
+    proc = subprocess.run(["bash", str(suite), "--quick", str(tmp_path / "results")], cwd=SCRIPT.parents[1], env=env,
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    name = "cpu" if not torch_cuda_available() else None
+    if name is None:
+        pytest.skip("a CUDA machine names its results after the GPU")
+    report = json.loads((tmp_path / "results" / "cpu.json").read_text())
+    assert [s["step"] for s in report["steps"]] == ["tests", "logprobs", "linear_logprobs", "dpo_step", "lora_memory"]
+    assert all(s["exit_status"] == 0 for s in report["steps"]), report["steps"]
+    assert report["tests"]["tests"] > 50 and report["tests"]["failures"] == report["tests"]["errors"] == 0
+    assert set(report["benchmarks"]) == {"logprobs", "linear_logprobs", "dpo_step", "lora_memory"}
+    md = (tmp_path / "results" / "cpu.md").read_text()
+    assert "| tests | 0 |" in md and "## One DPO step" in md
+
+
+def torch_cuda_available():
+    import torch
+    return torch.cuda.is_available()
