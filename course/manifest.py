@@ -33,7 +33,13 @@ ASSIGNMENTS = {
                ("kernels/logprobs_triton.py", "_logprobs_fwd_kernel",
                 "the Triton forward kernel: streaming logsumexp over the vocabulary, the label's logit"),
                ("kernels/logprobs_triton.py", "_logprobs_bwd_kernel",
-                "the Triton backward kernel: g * (onehot - softmax) from the saved statistics")),
+                "the Triton backward kernel: g * (onehot - softmax) from the saved statistics"),
+               # the same gradient on the path without logits: stubbed so it does not give the answer away
+               ("kernels/linear_logprobs.py", "LinearTokenLogprobs.backward",
+                "(optional, ungraded) the backward without logits: recompute each chunk, dz = g * (onehot - "
+                "softmax), dhidden = dz @ W, dW += dz.T @ h"),
+               ("kernels/linear_logprobs_triton.py", "_dlogits_kernel",
+                "(optional, ungraded) the Triton kernel of dz = g * (onehot - softmax) for a tile of positions")),
         grader="course/graders/test_a2_kernels.py", handout="course/handouts/A2.md"),
     "A3": Assignment(
         3, "The data path: truncation, collate, concatenated forward", "3-4 hours",
