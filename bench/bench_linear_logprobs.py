@@ -114,7 +114,9 @@ def cpu_memory(n: int, d: int, v: int, dtype: str = "fp32") -> dict:
     rows = []
     for method in ("naive", "ours torch"):
         proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child", method, str(n), str(d),
-                               str(v), dtype], capture_output=True, text=True, check=True)
+                               str(v), dtype], capture_output=True, text=True)
+        if proc.returncode != 0:  # say why: the child's own error (its last lines), not just its exit status
+            raise RuntimeError(f"--child {method!r} exited with status {proc.returncode}:\n{proc.stderr[-2000:]}")
         rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
     size = DTYPES[dtype].itemsize
     naive, chunked = rows
