@@ -7,6 +7,7 @@ A checkpoint is one file, `ckpt.pt`, holding everything a run needs to continue 
     step       optimizer steps taken; the learning-rate schedule and the data order are pure functions of
                the step (see train.py), so they need no state of their own
     rng        the torch (CPU and CUDA), numpy and python generator states (dropout, sampling)
+    rng_by_rank  data-parallel runs (torchrun): every rank's generator states, in rank order (rank 0's = rng)
     config     the resolved training config, for reference
     extra      small values of the loop: the best held-out score and its step, evaluations since the
                best (early stopping), the step of the last save
@@ -43,10 +44,21 @@ def describe_lora_base(init, model):
     return {"init": init, "path": path, "sha256": lora.base_fingerprint(model)}
 
 
-def save_checkpoint(path, model, optimizer, step, config, extra=None, lora_base=None):
+def rng_state():
+    """This process's generator states: torch (CPU and every visible CUDA device), numpy and python."""
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        "numpy": np.random.get_state(),
+        "python": random.getstate(),
+    }
+
+
+def save_checkpoint(path, model, optimizer, step, config, extra=None, lora_base=None, rng_by_rank=None):
     """Write `path` (a `ckpt.pt` file) atomically. `model` may be wrapped by torch.compile.
 
-    A model with LoRA adapters needs `lora_base` (see `describe_lora_base`): only its adapters are written."""
+    A model with LoRA adapters needs `lora_base` (see `describe_lora_base`): only its adapters are written.
+    `rng_by_rank`: a data-parallel run's rng_state() of every rank, in rank order (stored as given)."""
     model = getattr(model, "_orig_mod", model)  # torch.compile wraps the module; save the original's weights
     has_adapters = bool(lora.lora_layers(model))
     if has_adapters and lora_base is None:
@@ -56,15 +68,12 @@ def save_checkpoint(path, model, optimizer, step, config, extra=None, lora_base=
         "model_config": vars(model.config).copy(),
         "optimizer": optimizer.state_dict() if optimizer is not None else None,
         "step": int(step),
-        "rng": {
-            "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-            "numpy": np.random.get_state(),
-            "python": random.getstate(),
-        },
+        "rng": rng_state(),
         "config": dict(config) if config is not None else None,
         "extra": dict(extra or {}),
     }
+    if rng_by_rank is not None:
+        state["rng_by_rank"] = list(rng_by_rank)
     if has_adapters:
         state["lora"] = {**lora.lora_settings(model), "base": dict(lora_base)}
     directory = os.path.dirname(os.path.abspath(path))

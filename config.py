@@ -66,8 +66,10 @@ class TrainConfig:
     dropout: float = option(0.0, "dropout probability", ("pretrain", "sft"), group=FRESH_MODEL)
     # optimisation
     steps: int = option(1000, "optimizer steps")
-    batch_size: int = option(32, "examples (dpo: pairs) per optimizer step")
-    grad_accum: int = option(1, "micro-batches per step (must divide --batch-size)")
+    batch_size: int = option(32, "examples (dpo: pairs) per optimizer step, over all processes (torchrun: "
+                             "each takes an equal share)")
+    grad_accum: int = option(1, "micro-batches per step in each process (processes x this must divide "
+                             "--batch-size)")
     lr: float = option(3e-4, "peak learning rate (AdamW)")
     schedule: str = option("cosine", "after linear warm-up: cosine decay to --min-lr-ratio * --lr, or constant",
                            choices=("cosine", "constant"))
@@ -117,6 +119,8 @@ class TrainConfig:
     impl: str = option("auto", "log-prob kernel: auto (Triton on CUDA, torch on CPU), triton, torch",
                        TRAINING_STAGES + ("eval",), choices=("auto", "triton", "torch"))
     compile: bool = option(False, "torch.compile the model for training")
+    world_size: int = option(1, "processes training data-parallel (torchrun --nproc_per_node N): not a flag, set "
+                             "from the process group when training starts and recorded in config.json", ())
     seed: int = option(1337, "seed of the data order, initialisation, dropout and sampling", STAGES)
 
 
@@ -159,11 +163,16 @@ def check_values(cfg):
     need(cfg.label_smoothing == 0 or cfg.loss in ("sigmoid", "robust"), "label_smoothing",
          f"models label noise for --loss sigmoid (cDPO) or robust only, not {cfg.loss}")
     need(cfg.batch_size % cfg.grad_accum == 0, "grad_accum", f"must divide --batch-size {cfg.batch_size}")
+    need(cfg.batch_size % (cfg.world_size * cfg.grad_accum) == 0, "batch_size",
+         f"must be divisible by {cfg.world_size} processes x --grad-accum {cfg.grad_accum}: each process takes an "
+         f"equal share of every step")
     need(cfg.n_embd % cfg.n_head == 0, "n_head", f"must divide --n-embd {cfg.n_embd}")
     need(cfg.samples_per_prompt >= 2, "samples_per_prompt", "must be >= 2 to form a pair")
     need(cfg.max_length == 0 or cfg.max_length >= 2, "max_length", "must be >= 2 (or 0: the model's block size)")
     need(cfg.max_length == 0 or cfg.max_prompt_length < cfg.max_length, "max_prompt_length",
          f"must be below --max-length {cfg.max_length}")
+    need(cfg.world_size == 1 or not cfg.device.startswith("cuda:"), "device",
+         "under torchrun each process uses cuda:LOCAL_RANK: pass --device cuda (or auto)")
     try:
         device = resolve_device(cfg)[0]
     except (RuntimeError, ValueError) as e:

@@ -11,6 +11,7 @@
     python train.py pairs --help       sample completions and label preference pairs with the ground-truth reward
     python train.py eval --help        held-out report: ground-truth reward, win rate and KL from samples
     python train.py sample --help      print completions of a model
+    torchrun --nproc_per_node N train.py dpo ...   pretrain, sft, dpo or unlikelihood, data-parallel on N GPUs/CPUs
 
 Every command's flags come from `config.TrainConfig` (`out_dir` -> `--out-dir`), with the help text kept
 there. A user error (a missing file, a bad value, a broken checkpoint) prints one line `error: ...` and exits
@@ -23,6 +24,7 @@ import dataclasses
 import os
 import sys
 
+import distributed
 import stages
 from config import STAGES, TRAINING_STAGES, TrainConfig, flag
 from data import TokenizerUnavailableError
@@ -60,7 +62,7 @@ COMMAND_HELP = {  # command: (one line for the command list, the description of 
                "Print a completion of --init for each --prompt (default: five held-out prompts)."),
 }
 # What a user can get wrong (files, values, checkpoints, tokenizer files, a diverging run): one line, no traceback.
-USER_ERRORS = (ValueError, OSError, TokenizerUnavailableError, NonFiniteLossError)
+USER_ERRORS = (ValueError, OSError, TokenizerUnavailableError, NonFiniteLossError, distributed.LaunchError)
 
 
 class Parser(argparse.ArgumentParser):
@@ -128,7 +130,8 @@ def run(args):
                          if hasattr(args, f.name)}, **{k: v for k, v in STAGE_DEFAULTS.get(args.command, {}).items()
                                                          if not hasattr(args, k)})
     if args.command in TRAINING_STAGES:
-        stages.run_stage(args.command, cfg)
+        with distributed.process_group(cfg.device):  # under torchrun: join the other processes (else nothing)
+            stages.run_stage(args.command, cfg)
     elif args.command == "pairs":
         stages.pairs(cfg)
     elif args.command == "eval":
@@ -145,7 +148,8 @@ def main(argv=None):
     except USER_ERRORS as e:
         if args.debug or os.environ.get("DPO_DEBUG"):
             raise
-        print("error: " + " ".join(str(e).split()), file=sys.stderr)
+        rank = int(os.environ.get("RANK", "0"))  # under torchrun each process reports; rank 0 without a prefix
+        print("error: " + (f"rank {rank}: " if rank else "") + " ".join(str(e).split()), file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)

@@ -10,7 +10,17 @@ One loop serves every stage (`train` below); only the loss differs:
 The data order, the learning rate and the pre-training windows are pure functions of (seed, step), and the
 checkpoint holds the model, AdamW state and RNG states, so `--resume` continues bit for bit. Gradient
 accumulation divides each micro-batch's summed loss by the size of the whole step (pairs or tokens), so the
-accumulated gradient equals the large-batch gradient. Simplifications: one process, one device; no packing.
+accumulated gradient equals the large-batch gradient.
+
+Data-parallel (`torchrun --nproc_per_node N train.py ...`, see distributed.py): --batch-size stays the whole
+step; each of the N processes takes a contiguous 1/N of the step's examples, its losses are still divided by
+the whole step's size, and the gradients are summed over the processes before clipping, so the update is the
+single-process one (up to float rounding). Metrics, the DPO reference log-probs and the held-out evaluation
+are shared out and gathered, so every process holds the global numbers; rank 0 alone writes files and prints.
+--resume: every rank loads ckpt.pt and restores its own generator states (the checkpoint holds every rank's);
+a rank the checkpoint has no state for (resuming with more processes) keeps its fresh seed, seed + rank, which
+only changes dropout masks. Simplifications: no packing; gradients are all-reduced after the backward pass,
+not overlapped with it as DistributedDataParallel would.
 """
 
 import dataclasses
@@ -22,10 +32,11 @@ import torch
 from tqdm.auto import tqdm
 
 import data
+import distributed
 import dpo
 import kernels
 import lora
-from checkpoint import CheckpointError, describe_lora_base, load_checkpoint, restore_rng, save_checkpoint
+from checkpoint import CheckpointError, describe_lora_base, load_checkpoint, restore_rng, rng_state, save_checkpoint
 from config import TRAINING_STAGES, ConfigError, check_values, resolve_device
 
 
@@ -83,15 +94,17 @@ def in_order(n_examples, batch_size):
 
 
 def step_batches(stage, cfg, train_set, step, pad_id):
-    """The micro-batches (dicts of tensors) of one optimizer step."""
-    micro = cfg.batch_size // cfg.grad_accum
+    """The micro-batches (dicts of tensors) of one optimizer step: this process's share of the step's examples,
+    a contiguous 1/world_size of them (rank 0 the first), in grad_accum micro-batches; all of them in one process."""
+    world_size, rank = distributed.world_size(), distributed.rank()
+    share = cfg.batch_size // world_size  # examples (or windows) of this process
+    micro = share // cfg.grad_accum
     if stage == "pretrain":  # random windows of max_length tokens, drawn from a per-step generator
-        windows = data.lm_batches(train_set, micro, cfg.max_length, num_batches=cfg.grad_accum,
-                                  generator=torch.Generator().manual_seed(cfg.seed * 100_003 + step))
-        return [lm_batch(x, y) for x, y in windows]  # (micro, T) each
-    indices = example_indices(len(train_set), cfg.batch_size, step, cfg.seed)
-    return [pair_batch(stage, train_set, indices[start:start + micro], pad_id)
-            for start in range(0, cfg.batch_size, micro)]
+        windows = list(data.lm_batches(train_set, micro, cfg.max_length, num_batches=world_size * cfg.grad_accum,
+                                       generator=torch.Generator().manual_seed(cfg.seed * 100_003 + step)))
+        return [lm_batch(x, y) for x, y in windows[rank * cfg.grad_accum:(rank + 1) * cfg.grad_accum]]  # (micro, T)
+    indices = example_indices(len(train_set), cfg.batch_size, step, cfg.seed)[rank * share:(rank + 1) * share]
+    return [pair_batch(stage, train_set, indices[start:start + micro], pad_id) for start in range(0, share, micro)]
 
 
 # -----------------------------------------------------------------------------
@@ -110,16 +123,18 @@ def reference_logps(reference, pairs, cfg, pad_id, device, autocast, desc="refer
 
     Computed under the same `autocast` as the policy's forward, so that the reference sees exactly what the
     policy sees: at step 0 (policy == reference) the implicit rewards are 0 and the loss is log 2.
-    `reference`: a frozen model, or a lora.BaseModelView (the policy with its adapters off; it sets eval itself)."""
+    `reference`: a frozen model, or a lora.BaseModelView (the policy with its adapters off; it sets eval itself).
+    Data-parallel: the processes take the batches in turn and gather the rows, so each holds the whole table."""
     if isinstance(reference, torch.nn.Module):
         reference.eval()
     rows = []
-    for indices in tqdm(in_order(len(pairs), cfg.batch_size), desc=desc, leave=False):
+    for indices in tqdm(distributed.in_turn(in_order(len(pairs), cfg.batch_size)), desc=desc, leave=False,
+                        disable=not distributed.is_main()):
         batch = pair_batch("dpo", pairs, indices, pad_id)
         with autocast():
             ref = dpo.concatenated_logps(reference, {k: v.to(device) for k, v in batch.items()}, impl=cfg.impl)
         rows.append(torch.stack([ref.chosen, ref.rejected], dim=1).float().cpu())  # (b, 2)
-    return torch.cat(rows)  # (N, 2)
+    return torch.cat(distributed.gather_in_turn(rows))  # (N, 2)
 
 
 def dpo_batch_loss(model, batch, cfg, pairs_in_step, ref_table=None, reference=None):
@@ -174,9 +189,19 @@ def pair_metrics(stage, per_pair_values):
     return {k: v.float().mean().item() for k, v in values.items()}
 
 
+def step_pair_values(per_pair_values):
+    """The per-pair values of the whole step from this process's micro-batches: every process's, gathered in
+    the order of the step's examples (as step_batches shares them out). One dict of (batch_size,) tensors."""
+    values = {k: torch.cat([v[k] for v in per_pair_values]) for k in per_pair_values[0]}  # (batch_size / N,) each
+    return {k: distributed.all_gather_cat(v) for k, v in values.items()}  # (batch_size,) each
+
+
 @torch.no_grad()
 def evaluate_heldout(stage, model, heldout_set, cfg, pad_id, device, ref_table=None, reference=None):
-    """Held-out metrics: token-mean NLL as "loss" for pretrain/sft; the pair_metrics keys for dpo/unlikelihood."""
+    """Held-out metrics: token-mean NLL as "loss" for pretrain/sft; the pair_metrics keys for dpo/unlikelihood.
+
+    Data-parallel: the processes take the batches in turn and gather the results in order, so every process
+    gets the single-process numbers."""
     model.eval()
     if stage == "pretrain":  # a fixed set of windows from the held-out stream
         windows = data.lm_batches(heldout_set, cfg.batch_size, cfg.max_length, num_batches=4,
@@ -185,11 +210,12 @@ def evaluate_heldout(stage, model, heldout_set, cfg, pad_id, device, ref_table=N
     else:
         batches = [pair_batch(stage, heldout_set, indices, pad_id)
                    for indices in in_order(len(heldout_set), cfg.batch_size)]
-    batches = [{k: v.to(device) for k, v in b.items()} for b in batches]
-    if stage in ("dpo", "unlikelihood"):
-        return pair_metrics(stage, [pair_loss(stage, model, b, cfg, 1, ref_table, reference)[1] for b in batches])
     total_tokens = sum(int(b["mask"].sum()) for b in batches)
-    return {"loss": sum(lm_loss(model, b, total_tokens, cfg.impl).item() for b in batches)}
+    mine = [{k: v.to(device) for k, v in b.items()} for b in distributed.in_turn(batches)]
+    if stage in ("dpo", "unlikelihood"):
+        return pair_metrics(stage, distributed.gather_in_turn(
+            [pair_loss(stage, model, b, cfg, 1, ref_table, reference)[1] for b in mine]))
+    return {"loss": sum(distributed.gather_in_turn([lm_loss(model, b, total_tokens, cfg.impl).item() for b in mine]))}
 
 
 # -----------------------------------------------------------------------------
@@ -206,9 +232,13 @@ def train(stage, cfg, model, train_set, heldout_set, *, pad_id=0, reference=None
     the sha256 of the base weights (loaded from cfg.init), and --resume checks that the base is the same.
     Writes cfg.out_dir/{config.json, metrics.jsonl, ckpt.pt, best.pt (with early stopping), step_NNNNNN.pt
     (the weights at every checkpoint, with keep_checkpoints)}.
+    In a torch.distributed process group (torchrun), every process calls it with the same arguments and they
+    train data-parallel (see the module's docstring); only rank 0 writes and logs.
     """
     assert stage in TRAINING_STAGES, stage
+    cfg = dataclasses.replace(cfg, world_size=distributed.world_size())
     check_values(cfg)
+    rank, main, log = distributed.rank(), distributed.is_main(), distributed.main_only(log)
     if not cfg.max_length:
         raise ConfigError("--max-length: resolve it first (resolve_lengths), train() needs a number")
     if stage == "dpo" and reference is None:
@@ -223,11 +253,12 @@ def train(stage, cfg, model, train_set, heldout_set, *, pad_id=0, reference=None
             raise CheckpointError(f"--resume {ckpt_path}: written by a {written_by} run; this one is "
                                   f"{'LoRA on ' + repr(cfg.init) if base else 'full fine-tuning'}")
     device, autocast, scaler = resolve_device(cfg)
-    os.makedirs(cfg.out_dir, exist_ok=True)
-    with open(os.path.join(cfg.out_dir, "config.json"), "w") as f:
-        json.dump({"stage": stage, **dataclasses.asdict(cfg)}, f, indent=2)
+    if main:
+        os.makedirs(cfg.out_dir, exist_ok=True)
+        with open(os.path.join(cfg.out_dir, "config.json"), "w") as f:
+            json.dump({"stage": stage, **dataclasses.asdict(cfg)}, f, indent=2)
     model.to(device)
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(cfg.seed + rank)  # dropout: a stream of its own on each process (rank 0: the usual one)
 
     # DPO: the reference's log-probs, precomputed once under the policy's autocast (then the reference is
     # dropped: this function held the last reference to it), or computed live every step.
@@ -259,18 +290,22 @@ def train(stage, cfg, model, train_set, heldout_set, *, pad_id=0, reference=None
             model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         step, extra = state["step"], state["extra"]
-        restore_rng(state["rng"])
+        saved_rngs = state.get("rng_by_rank", [state["rng"]])  # one per rank of the run that saved it
+        if rank < len(saved_rngs):  # else this process keeps its fresh seed
+            restore_rng(saved_rngs[rank])
         log(f"resumed from {ckpt_path} at step {step}")
-    # metrics.jsonl: keep rows up to the resumed step (later ones are recomputed), else start it anew
-    rows = []
-    if cfg.resume and os.path.exists(metrics_path):
-        with open(metrics_path) as f:
-            rows = [r for r in map(json.loads, f) if r["step"] <= step]
-    with open(metrics_path, "w") as f:
-        f.writelines(json.dumps(r) + "\n" for r in rows)
-    writer = tensorboard_writer(cfg.out_dir)
+    if main:  # metrics.jsonl: keep rows up to the resumed step (later ones are recomputed), else start it anew
+        rows = []
+        if cfg.resume and os.path.exists(metrics_path):
+            with open(metrics_path) as f:
+                rows = [r for r in map(json.loads, f) if r["step"] <= step]
+        with open(metrics_path, "w") as f:
+            f.writelines(json.dumps(r) + "\n" for r in rows)
+    writer = tensorboard_writer(cfg.out_dir) if main else None
 
     def record(row):
+        if not main:
+            return
         with open(metrics_path, "a") as f:
             f.write(json.dumps(row) + "\n")
         if writer is not None:
@@ -279,7 +314,7 @@ def train(stage, cfg, model, train_set, heldout_set, *, pad_id=0, reference=None
                     writer.add_scalar(f"{row['split']}/{k}", v, row["step"])
 
     step_model = torch.compile(model) if cfg.compile else model
-    progress = tqdm(total=cfg.steps, initial=step, desc=stage, dynamic_ncols=True)
+    progress = tqdm(total=cfg.steps, initial=step, desc=stage, dynamic_ncols=True, disable=not main)
     while step < cfg.steps:
         # -- one optimizer step: accumulate the micro-batches' gradients, then clip and update
         lr = learning_rate(cfg, step)
@@ -289,7 +324,7 @@ def train(stage, cfg, model, train_set, heldout_set, *, pad_id=0, reference=None
                    for b in step_batches(stage, cfg, train_set, step, pad_id)]
         model.train()
         step_loss, per_pair_values = 0.0, []
-        tokens_in_step = sum(int(b["mask"].sum()) for b in batches)
+        tokens_in_step = distributed.all_reduce_sum(sum(int(b["mask"].sum()) for b in batches))  # every process's
         for batch in batches:
             with autocast():
                 if stage in ("dpo", "unlikelihood"):
@@ -300,6 +335,9 @@ def train(stage, cfg, model, train_set, heldout_set, *, pad_id=0, reference=None
                     loss = lm_loss(step_model, batch, max(1, tokens_in_step), cfg.impl)
             (scaler.scale(loss) if scaler else loss).backward()
             step_loss += loss.item()
+        # data-parallel: each process holds the gradient of its share of the step's loss; their sum is the step's
+        distributed.sum_gradients(model)
+        step_loss = distributed.all_reduce_sum(step_loss)
         if scaler:
             scaler.unscale_(optimizer)
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip).item()
@@ -318,7 +356,7 @@ def train(stage, cfg, model, train_set, heldout_set, *, pad_id=0, reference=None
 
         # -- logging, evaluation, checkpoints
         row = {"split": "train", "step": step, "lr": lr, "grad_norm": grad_norm}
-        row.update(pair_metrics(stage, per_pair_values) if per_pair_values else {"loss": step_loss})
+        row.update(pair_metrics(stage, [step_pair_values(per_pair_values)]) if per_pair_values else {"loss": step_loss})
         record(row)
         progress.update(1)
         progress.set_postfix({k: f"{row[k]:.3f}" for k in ("loss", "rewards/accuracies") if k in row})
@@ -332,7 +370,7 @@ def train(stage, cfg, model, train_set, heldout_set, *, pad_id=0, reference=None
             score = eval_row.get("rewards/accuracies", -eval_row["loss"])  # LM stages: lower loss is better
             if score > extra["best_score"]:
                 extra.update(best_score=score, evals_since_best=0, best_step=step)
-                if cfg.early_stop_patience:
+                if cfg.early_stop_patience and main:
                     save_checkpoint(best_path, model, None, step, dataclasses.asdict(cfg), extra, base)
             else:
                 extra["evals_since_best"] += 1
@@ -342,8 +380,10 @@ def train(stage, cfg, model, train_set, heldout_set, *, pad_id=0, reference=None
                         f"evaluations; the best (step {extra['best_step']}) is in {best_path}")
         if step % cfg.save_every == 0 or step == cfg.steps or stop:
             extra["saved_step"] = step
-            save_checkpoint(ckpt_path, model, optimizer, step, dataclasses.asdict(cfg), extra, base)
-            if cfg.keep_checkpoints:
+            rng_by_rank = distributed.gather_objects(rng_state())  # --resume gives each process its own back
+            if main:
+                save_checkpoint(ckpt_path, model, optimizer, step, dataclasses.asdict(cfg), extra, base, rng_by_rank)
+            if main and cfg.keep_checkpoints:
                 save_checkpoint(os.path.join(cfg.out_dir, f"step_{step:06d}.pt"), model, None, step,
                                 dataclasses.asdict(cfg), extra, base)
         if stop:
@@ -351,6 +391,7 @@ def train(stage, cfg, model, train_set, heldout_set, *, pad_id=0, reference=None
     progress.close()
     if writer is not None:
         writer.close()
+    distributed.barrier()  # every process returns once rank 0's files are written
     return eval_row
 
 
