@@ -118,6 +118,9 @@ class TrainConfig:
                         "float16 (with a gradient scaler)", choices=("auto", "float32", "bfloat16", "float16"))
     impl: str = option("auto", "log-prob kernel: auto (Triton on CUDA, torch on CPU), triton, torch",
                        TRAINING_STAGES + ("eval",), choices=("auto", "triton", "torch"))
+    fused_linear: bool = option(False, "log-probs from the last hidden states and the LM-head weight without the "
+                                "(B, T, V) logits (kernels.linear_sequence_logprobs), for the policy and the DPO "
+                                "reference", ("pretrain", "sft", "dpo"))
     compile: bool = option(False, "torch.compile the model for training")
     world_size: int = option(1, "processes training data-parallel (torchrun --nproc_per_node N): not a flag, set "
                              "from the process group when training starts and recorded in config.json", ())
@@ -166,6 +169,8 @@ def check_values(cfg):
     need(cfg.batch_size % (cfg.world_size * cfg.grad_accum) == 0, "batch_size",
          f"must be divisible by {cfg.world_size} processes x --grad-accum {cfg.grad_accum}: each process takes an "
          f"equal share of every step")
+    need(not (cfg.compile and cfg.fused_linear), "compile",
+         "compiles the model's forward (the logits), which --fused-linear never calls; drop one of the two")
     need(cfg.n_embd % cfg.n_head == 0, "n_head", f"must divide --n-embd {cfg.n_embd}")
     need(cfg.samples_per_prompt >= 2, "samples_per_prompt", "must be >= 2 to form a pair")
     need(cfg.max_length == 0 or cfg.max_length >= 2, "max_length", "must be >= 2 (or 0: the model's block size)")
@@ -203,6 +208,8 @@ def check_config(stage, cfg):
     if cfg.lora_rank and stage == "dpo":
         need(not cfg.reference_init, "reference_init", "with LoRA the reference is the --init model under the "
              "adapters (switched off); drop --reference-init or --lora-rank")
+    need(not (cfg.fused_linear and stage == "unlikelihood"), "fused_linear",
+         "unlikelihood needs every token's log-prob, which the fused path does not return; drop --fused-linear")
     if stage in PAIR_STAGES:
         need(cfg.data, "data", f"{stage} needs --data: a preference file (JSONL/JSON, HH-RLHF) or dataset name")
     if stage == "eval":

@@ -110,10 +110,12 @@ def step_batches(stage, cfg, train_set, step, pad_id):
 # -----------------------------------------------------------------------------
 # Losses
 
-def lm_loss(model, batch, tokens_in_step, impl):
-    """Summed next-token NLL over the batch's target tokens, divided by the whole step's target tokens."""
-    logits = model(batch["input_ids"])  # (B, T, V)
-    logps = kernels.sequence_logprobs(logits, batch["labels"], batch["mask"], impl=impl)  # (B,) fp32
+def lm_loss(model, batch, tokens_in_step, cfg):
+    """Summed next-token NLL over the batch's target tokens, divided by the whole step's target tokens.
+
+    With cfg.fused_linear the log-probs come from the hidden states, without the (B, T, V) logits."""
+    logps = dpo.sequence_logps(model, batch["input_ids"], batch["labels"], batch["mask"], impl=cfg.impl,
+                               fused_linear=cfg.fused_linear)  # (B,) fp32
     return -logps.sum() / tokens_in_step
 
 
@@ -132,17 +134,18 @@ def reference_logps(reference, pairs, cfg, pad_id, device, autocast, desc="refer
                         disable=not distributed.is_main()):
         batch = pair_batch("dpo", pairs, indices, pad_id)
         with autocast():
-            ref = dpo.concatenated_logps(reference, {k: v.to(device) for k, v in batch.items()}, impl=cfg.impl)
+            ref = dpo.concatenated_logps(reference, {k: v.to(device) for k, v in batch.items()}, impl=cfg.impl,
+                                         fused_linear=cfg.fused_linear)
         rows.append(torch.stack([ref.chosen, ref.rejected], dim=1).float().cpu())  # (b, 2)
     return torch.cat(distributed.gather_in_turn(rows))  # (N, 2)
 
 
 def dpo_batch_loss(model, batch, cfg, pairs_in_step, ref_table=None, reference=None):
     """DPO loss of one micro-batch, scaled by its share of the step; also the per-pair values for metrics."""
-    policy = dpo.concatenated_logps(model, batch, impl=cfg.impl)  # PairLogps, each (b,)
+    policy = dpo.concatenated_logps(model, batch, impl=cfg.impl, fused_linear=cfg.fused_linear)  # PairLogps (b,)
     if reference is not None:  # live reference
         with torch.no_grad():
-            ref = dpo.concatenated_logps(reference, batch, impl=cfg.impl)
+            ref = dpo.concatenated_logps(reference, batch, impl=cfg.impl, fused_linear=cfg.fused_linear)
         ref_chosen, ref_rejected = ref.chosen, ref.rejected
     else:  # precomputed once before training
         ref_chosen, ref_rejected = ref_table[batch["index"].cpu()].to(policy.chosen.device).unbind(dim=1)
@@ -215,7 +218,7 @@ def evaluate_heldout(stage, model, heldout_set, cfg, pad_id, device, ref_table=N
     if stage in ("dpo", "unlikelihood"):
         return pair_metrics(stage, distributed.gather_in_turn(
             [pair_loss(stage, model, b, cfg, 1, ref_table, reference)[1] for b in mine]))
-    return {"loss": sum(distributed.gather_in_turn([lm_loss(model, b, total_tokens, cfg.impl).item() for b in mine]))}
+    return {"loss": sum(distributed.gather_in_turn([lm_loss(model, b, total_tokens, cfg).item() for b in mine]))}
 
 
 # -----------------------------------------------------------------------------
@@ -332,7 +335,7 @@ def train(stage, cfg, model, train_set, heldout_set, *, pad_id=0, reference=None
                                                live_reference)
                     per_pair_values.append(per_pair)
                 else:
-                    loss = lm_loss(step_model, batch, max(1, tokens_in_step), cfg.impl)
+                    loss = lm_loss(step_model, batch, max(1, tokens_in_step), cfg)
             (scaler.scale(loss) if scaler else loss).backward()
             step_loss += loss.item()
         # data-parallel: each process holds the gradient of its share of the step's loss; their sum is the step's

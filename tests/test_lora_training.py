@@ -17,7 +17,7 @@ import train
 import training
 from checkpoint import CheckpointError, load_checkpoint, load_model, save_checkpoint
 from config import TrainConfig
-from test_train import TINY, read_metrics, tiny_model, write_preferences
+from test_train import TINY, no_logits, read_metrics, tiny_model, write_preferences
 
 QUIET = dict(log=lambda *_: None)
 
@@ -92,6 +92,29 @@ def test_live_and_precomputed_reference_agree_with_lora(tmp_path, base_ckpt):
     for a, b in zip(*runs):
         for key in a:
             assert a[key] == (pytest.approx(b[key], rel=1e-4, abs=1e-6) if key != "split" else b[key]), key
+
+
+@pytest.mark.parametrize("reference", ["precompute", "live"])
+def test_fused_linear_with_lora_trains_as_the_logits_path(tmp_path, base_ckpt, monkeypatch, reference):
+    """--fused-linear on LoRA DPO: the adapters-off reference goes through the hidden states too (never the
+    logits), and the run is the logits path's up to float rounding."""
+    prefs = write_preferences(tmp_path / "prefs.jsonl")
+    runs = []
+    for fused in (False, True):
+        cfg = lora_cfg(tmp_path, f"fused{int(fused)}", base_ckpt, prefs, reference=reference, fused_linear=fused)
+        with monkeypatch.context() as patch:
+            if fused:
+                no_logits(patch)
+            model, _ = stages.run_stage("dpo", cfg, **QUIET)
+        runs.append((read_metrics(cfg.out_dir), lora.lora_state_dict(model)))
+    (rows, adapters), (rows_fused, adapters_fused) = runs
+    assert len(rows) == len(rows_fused) > 6
+    for a, b in zip(rows, rows_fused):
+        for key in a:
+            assert b[key] == (pytest.approx(a[key], rel=1e-4, abs=1e-5) if key != "split" else a[key]), key
+    assert adapters.keys() == adapters_fused.keys() and adapters
+    for name in adapters:
+        torch.testing.assert_close(adapters_fused[name], adapters[name], rtol=1e-4, atol=1e-5, msg=name)
 
 
 def test_lora_resume_is_exact(tmp_path, base_ckpt, monkeypatch):

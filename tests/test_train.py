@@ -14,7 +14,7 @@ import sentiment
 import stages
 import train
 import training
-from config import TrainConfig
+from config import ConfigError, TrainConfig, check_config
 from checkpoint import load_checkpoint, load_model, save_checkpoint
 from model import GPT, GPTConfig
 
@@ -199,9 +199,9 @@ def test_non_finite_loss_stops_and_keeps_last_checkpoint(tmp_path, monkeypatch):
     stream = torch.randint(0, 257, (2000,))
     cfg = TrainConfig(out_dir=str(tmp_path / "run"), steps=10, **{**TINY, "save_every": 2})
     real_lm_loss, calls = training.lm_loss, []
-    def loss_becomes_nan(model, batch, tokens_in_step, impl):
+    def loss_becomes_nan(model, batch, tokens_in_step, cfg):
         calls.append(1)
-        loss = real_lm_loss(model, batch, tokens_in_step, impl)
+        loss = real_lm_loss(model, batch, tokens_in_step, cfg)
         return loss * float("nan") if len(calls) == 5 else loss  # the 5th training step (evals use no_grad)
     monkeypatch.setattr(training, "lm_loss", loss_becomes_nan)
     cfg = dataclasses.replace(cfg, eval_every=1000)
@@ -433,3 +433,58 @@ def test_dpo_reference_init(tmp_path, capsys):
     assert train.main(["dpo", "--init", paths[0], "--data", prefs, "--reference-init", paths[1], "--lora-rank", "2",
                        "--out-dir", str(tmp_path / "lora")]) == 1
     assert "--reference-init" in capsys.readouterr().err
+
+
+def no_logits(monkeypatch):
+    """Make any call of the model's forward (the (B, T, V) logits) an error: the fused path must not make them."""
+    def forward_called(self, *args, **kwargs):
+        raise AssertionError("model.forward was called: the logits were materialised")
+    monkeypatch.setattr(GPT, "forward", forward_called)
+
+
+@pytest.mark.parametrize("stage, reference", [("pretrain", "precompute"), ("sft", "precompute"),
+                                               ("dpo", "precompute"), ("dpo", "live")])
+def test_fused_linear_trains_as_the_logits_path(tmp_path, monkeypatch, stage, reference):
+    """--fused-linear (log-probs from hidden states and the LM-head weight) gives the logits path's metrics and
+    weights after 4 steps (float rounding only), without ever calling the model's forward: for the policy, the
+    DPO reference (precomputed or live) and the held-out evaluation."""
+    prefs = write_preferences(tmp_path / "prefs.jsonl")
+    runs = {}
+    for fused in (False, True):
+        cfg = TrainConfig(out_dir=str(tmp_path / f"fused{int(fused)}"), steps=4, lr=3e-3, fused_linear=fused,
+                          reference=reference, impl="torch", **TINY)
+        if stage == "pretrain":
+            stream = torch.randint(0, 257, (2000,), generator=torch.Generator().manual_seed(0))
+            train_set, heldout = stream[:1500], stream[1500:]
+        else:
+            pairs = encoded_pairs(prefs, cfg)
+            train_set, heldout = pairs[:32], pairs[32:]
+        model = tiny_model()
+        with monkeypatch.context() as patch:
+            if fused:
+                no_logits(patch)
+            training.train(stage, cfg, model, train_set, heldout, pad_id=256, log=lambda *_: None,
+                           reference=tiny_model(seed=1) if stage == "dpo" else None)
+        runs[fused] = (read_metrics(cfg.out_dir), model.state_dict())
+    (rows, weights), (rows_fused, weights_fused) = runs[False], runs[True]
+    assert [(r["split"], r["step"], sorted(r)) for r in rows] == [(r["split"], r["step"], sorted(r)) for r in rows_fused]
+    for a, b in zip(rows, rows_fused):
+        for key in a:
+            if key != "split":
+                assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-5), (a["step"], key)
+    for name in weights:
+        torch.testing.assert_close(weights_fused[name], weights[name], rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_fused_linear_is_refused_for_unlikelihood(tmp_path, capsys):
+    prefs = write_preferences(tmp_path / "prefs.jsonl")
+    init = str(tmp_path / "init.pt")
+    save_checkpoint(init, tiny_model(), None, 0, None)
+    cfg = TrainConfig(init=init, data=prefs, fused_linear=True, out_dir=str(tmp_path / "run"))
+    with pytest.raises(ConfigError, match="--fused-linear True: unlikelihood needs every token's log-prob"):
+        check_config("unlikelihood", cfg)
+    with pytest.raises(ConfigError, match="--compile True: compiles the model's forward"):
+        check_config("dpo", dataclasses.replace(cfg, compile=True))
+    with pytest.raises(SystemExit) as exit_status:  # not one of its flags
+        train.main(["unlikelihood", "--init", init, "--data", prefs, "--fused-linear"])
+    assert exit_status.value.code == 2 and "unrecognized arguments: --fused-linear" in capsys.readouterr().err
