@@ -12,35 +12,15 @@ impl="auto" picks Triton for CUDA tensors and the torch path otherwise. Both are
 results, then a fixed-order torch sum over T. Left out: label smoothing, ignore_index conventions (use the mask).
 """
 
-import os
-
 import torch
 
-from .checks import check_inputs
+from .checks import check_inputs, resolve_impl
 from .linear_logprobs import linear_sequence_logprobs, naive_linear_sequence_logprobs
 from .logprobs_torch import torch_token_logprobs
 from .reference import naive_sequence_logprobs, naive_token_logprobs
 
 __all__ = ["sequence_logprobs", "token_logprobs", "naive_sequence_logprobs", "naive_token_logprobs",
            "linear_sequence_logprobs", "naive_linear_sequence_logprobs"]
-
-IMPLS = ("auto", "torch", "triton")
-TRITON_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
-
-
-def _resolve_impl(impl: str, logits: torch.Tensor) -> str:
-    if impl not in IMPLS:
-        raise ValueError(f"kernels: impl must be one of {IMPLS}, got {impl!r}")
-    if impl == "auto":
-        return "triton" if logits.is_cuda and logits.dtype in TRITON_DTYPES else "torch"
-    if impl == "triton":
-        if logits.dtype not in TRITON_DTYPES:
-            raise TypeError(f"kernels: impl='triton' takes logits in {TRITON_DTYPES}, got {logits.dtype}; "
-                            f"use impl='torch' for float64")
-        if not logits.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
-            raise ValueError("kernels: impl='triton' on CPU tensors needs TRITON_INTERPRET=1 set before triton "
-                             "is first imported (the Triton CPU interpreter); or use impl='torch'")
-    return impl
 
 
 def token_logprobs(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor, *, impl: str = "auto",
@@ -64,7 +44,7 @@ def token_logprobs(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tenso
         label yields NaN for that position instead of an out-of-bounds read.
     """
     keep = check_inputs(logits, labels, mask, check_values=check_labels)  # (B, T) bool
-    if _resolve_impl(impl, logits) == "triton":
+    if resolve_impl(impl, logits) == "triton":
         from .logprobs_triton import triton_token_logprobs  # imported lazily: TRITON_INTERPRET must be set first
         return triton_token_logprobs(logits, labels, keep, inplace_backward)
     return torch_token_logprobs(logits, labels, keep, inplace_backward)

@@ -1,12 +1,35 @@
-"""Input checks shared by the torch and Triton log-prob paths (kernels/__init__.py calls them once per call).
+"""Input checks shared by the torch and Triton log-prob paths (kernels/__init__.py calls them once per call),
+and the choice between the two (`resolve_impl`).
 
 They turn the caller's mask into a bool `keep` (B, T) and raise a typed error that names the argument at fault
 and the offending value, instead of letting a kernel read out of bounds or silently reinterpret a mask.
 """
 
+import os
+
 import torch
 
 FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
+IMPLS = ("auto", "torch", "triton")
+TRITON_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+def resolve_impl(impl: str, x: torch.Tensor, what: str = "logits") -> str:
+    """The implementation `impl` names for input `x` ("torch" or "triton"); raises for an unusable choice.
+
+    "auto" is Triton for CUDA tensors of a Triton dtype, torch otherwise. `what` names x in the errors."""
+    if impl not in IMPLS:
+        raise ValueError(f"kernels: impl must be one of {IMPLS}, got {impl!r}")
+    if impl == "auto":
+        return "triton" if x.is_cuda and x.dtype in TRITON_DTYPES else "torch"
+    if impl == "triton":
+        if x.dtype not in TRITON_DTYPES:
+            raise TypeError(f"kernels: impl='triton' takes {what} in {TRITON_DTYPES}, got {x.dtype}; "
+                            f"use impl='torch' for float64")
+        if not x.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
+            raise ValueError("kernels: impl='triton' on CPU tensors needs TRITON_INTERPRET=1 set before triton "
+                             "is first imported (the Triton CPU interpreter); or use impl='torch'")
+    return impl
 
 
 def check_inputs(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor, *,

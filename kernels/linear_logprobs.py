@@ -58,15 +58,11 @@ the Triton kernels accumulate the logits in fp32 and never round them. Left out:
 soft-capping, label smoothing, double backward, autocast (hidden and weight must share a dtype).
 """
 
-import os
-
 import torch
 
-from .checks import FLOAT_DTYPES, check_inputs
+from .checks import FLOAT_DTYPES, check_inputs, resolve_impl
 from .reference import naive_sequence_logprobs
 
-IMPLS = ("auto", "torch", "triton")
-TRITON_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 CHUNK_ELEMENTS = 1 << 23  # elements of one chunk's (rows, V) fp32 logits: 32 MiB; 166 rows for V = 50257
 
 
@@ -172,20 +168,6 @@ class LinearTokenLogprobs(torch.autograd.Function):
         return grad_hidden, grad_weight, None, None
 
 
-def resolve_impl(impl: str, hidden: torch.Tensor) -> str:
-    """The implementation impl names for these inputs ("torch" or "triton"); raises for an unusable choice."""
-    if impl not in IMPLS:
-        raise ValueError(f"kernels: impl must be one of {IMPLS}, got {impl!r}")
-    if impl == "auto":
-        return "triton" if hidden.is_cuda and hidden.dtype in TRITON_DTYPES else "torch"
-    if impl == "triton":
-        if hidden.dtype not in TRITON_DTYPES:
-            raise TypeError(f"kernels: impl='triton' takes hidden and weight in {TRITON_DTYPES}, got "
-                            f"{hidden.dtype}; use impl='torch' for float64")
-        if not hidden.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
-            raise ValueError("kernels: impl='triton' on CPU tensors needs TRITON_INTERPRET=1 set before triton "
-                             "is first imported (the Triton CPU interpreter); or use impl='torch'")
-    return impl
 
 
 def linear_sequence_logprobs(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
@@ -206,7 +188,7 @@ def linear_sequence_logprobs(hidden: torch.Tensor, weight: torch.Tensor, labels:
     [ln 3, 0]] with labels [1, 0] give log(1/2) + log(3/4) = -0.9808..., as in kernels.reference.
     """
     keep = check_linear_inputs(hidden, weight, labels, mask)  # (B, T) bool
-    if resolve_impl(impl, hidden) == "triton":
+    if resolve_impl(impl, hidden, "hidden and weight") == "triton":
         from .linear_logprobs_triton import triton_linear_token_logprobs  # lazily: TRITON_INTERPRET first
         tok = triton_linear_token_logprobs(hidden, weight, labels, keep)  # (B, T)
     else:
