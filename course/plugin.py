@@ -10,7 +10,7 @@ import re
 
 import pytest
 
-STUB = re.compile(r"Assignment \d+: [^\n'\"]*")
+STUB = re.compile(r"Assignment \d+: [^\n'\"\\]*")
 
 
 def pytest_configure(config):
