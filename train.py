@@ -149,7 +149,9 @@ def main(argv=None):
         if args.debug or os.environ.get("DPO_DEBUG"):
             raise
         rank = int(os.environ.get("RANK", "0"))  # under torchrun each process reports; rank 0 without a prefix
-        print("error: " + (f"rank {rank}: " if rank else "") + " ".join(str(e).split()), file=sys.stderr)
+        line = "error: " + (f"rank {rank}: " if rank else "") + " ".join(str(e).split())
+        sys.stderr.write(line + "\n")  # one write: the lines of several torchrun processes do not interleave
+        sys.stderr.flush()
         return 1
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
