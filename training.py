@@ -184,9 +184,13 @@ def pair_loss(stage, model, batch, cfg, pairs_in_step, ref_table=None, reference
     return unlikelihood_batch_loss(model, batch, cfg, pairs_in_step)
 
 
-def pair_metrics(stage, per_pair_values):
-    """Metrics over several micro-batches of pair_loss's per-pair dicts: dpo.dpo_metrics for DPO, means else."""
-    values = {k: torch.cat([v[k] for v in per_pair_values]) for k in per_pair_values[0]}
+def cat_pair_values(per_pair_values):
+    """Several micro-batches' per-pair dicts (of pair_loss) as one dict of concatenated (n,) tensors."""
+    return {k: torch.cat([v[k] for v in per_pair_values]) for k in per_pair_values[0]}
+
+
+def pair_metrics(stage, values):
+    """Metrics of a dict of per-pair (n,) tensors (cat_pair_values): dpo.dpo_metrics for DPO, means else."""
     if stage == "dpo":
         return dpo.dpo_metrics(**values)
     return {k: v.float().mean().item() for k, v in values.items()}
@@ -195,8 +199,8 @@ def pair_metrics(stage, per_pair_values):
 def step_pair_values(per_pair_values):
     """The per-pair values of the whole step from this process's micro-batches: every process's, gathered in
     the order of the step's examples (as step_batches shares them out). One dict of (batch_size,) tensors."""
-    values = {k: torch.cat([v[k] for v in per_pair_values]) for k in per_pair_values[0]}  # (batch_size / N,) each
-    return {k: distributed.all_gather_cat(v) for k, v in values.items()}  # (batch_size,) each
+    mine = cat_pair_values(per_pair_values)  # (batch_size / N,) each
+    return {k: distributed.all_gather_cat(v) for k, v in mine.items()}  # (batch_size,) each
 
 
 @torch.no_grad()
@@ -216,8 +220,8 @@ def evaluate_heldout(stage, model, heldout_set, cfg, pad_id, device, ref_table=N
     total_tokens = sum(int(b["mask"].sum()) for b in batches)
     mine = [{k: v.to(device) for k, v in b.items()} for b in distributed.in_turn(batches)]
     if stage in ("dpo", "unlikelihood"):
-        return pair_metrics(stage, distributed.gather_in_turn(
-            [pair_loss(stage, model, b, cfg, 1, ref_table, reference)[1] for b in mine]))
+        return pair_metrics(stage, cat_pair_values(distributed.gather_in_turn(
+            [pair_loss(stage, model, b, cfg, 1, ref_table, reference)[1] for b in mine])))
     return {"loss": sum(distributed.gather_in_turn([lm_loss(model, b, total_tokens, cfg).item() for b in mine]))}
 
 
@@ -359,7 +363,7 @@ def train(stage, cfg, model, train_set, heldout_set, *, pad_id=0, reference=None
 
         # -- logging, evaluation, checkpoints
         row = {"split": "train", "step": step, "lr": lr, "grad_norm": grad_norm}
-        row.update(pair_metrics(stage, [step_pair_values(per_pair_values)]) if per_pair_values else {"loss": step_loss})
+        row.update(pair_metrics(stage, step_pair_values(per_pair_values)) if per_pair_values else {"loss": step_loss})
         record(row)
         progress.update(1)
         progress.set_postfix({k: f"{row[k]:.3f}" for k in ("loss", "rewards/accuracies") if k in row})

@@ -168,8 +168,6 @@ class LinearTokenLogprobs(torch.autograd.Function):
         return grad_hidden, grad_weight, None, None
 
 
-
-
 def linear_sequence_logprobs(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
                              mask: torch.Tensor, *, impl: str = "auto") -> torch.Tensor:
     """sum_t mask[b, t] * log_softmax(hidden[b, t] @ weight.T)[labels[b, t]]: log pi(y | x) per sequence.
