@@ -119,8 +119,8 @@ class TrainConfig:
     impl: str = option("auto", "log-prob kernel: auto (Triton on CUDA, torch on CPU), triton, torch",
                        TRAINING_STAGES + ("eval",), choices=("auto", "triton", "torch"))
     fused_linear: bool = option(False, "log-probs from the last hidden states and the LM-head weight without the "
-                                "(B, T, V) logits (kernels.linear_sequence_logprobs), for the policy and the DPO "
-                                "reference", ("pretrain", "sft", "dpo"))
+                                "(B, T, V) logits (logprob_kernels.linear_sequence_logprobs), for the policy and the "
+                                "DPO reference", ("pretrain", "sft", "dpo"))
     compile: bool = option(False, "torch.compile the model for training")
     world_size: int = option(1, "processes training data-parallel (torchrun --nproc_per_node N): not a flag, set "
                              "from the process group when training starts and recorded in config.json", ())

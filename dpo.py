@@ -67,7 +67,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-import kernels
+import logprob_kernels
 
 LOSS_TYPES = ("sigmoid", "ipo", "hinge", "robust")
 _SMOOTHED_LOSS_TYPES = ("sigmoid", "robust")  # the variants that model label noise
@@ -248,7 +248,7 @@ def unlikelihood_loss(
     Args:
         chosen_logps: (B,) float, log pi(y_w|x) summed over the chosen response tokens.
         chosen_lengths: (B,) int or float, all > 0, |y_w|, the number of chosen response tokens.
-        rejected_token_logps: (B, T) float, log pi of each rejected response token, as kernels.token_logprobs
+        rejected_token_logps: (B, T) float, log pi of each rejected response token, as logprob_kernels.token_logprobs
             returns them (fp32, 0 at masked positions); masked positions may hold anything, even NaN.
         rejected_mask: (B, T) bool, True on the rejected response tokens; at least one per row.
         alpha: in [0, 1], the weight of the unlikelihood term; 0 leaves the chosen NLL (SFT on y_w).
@@ -354,18 +354,18 @@ def sequence_logps(model, input_ids: torch.Tensor, labels: torch.Tensor, mask: t
         model: a model.GPT (or lora.BaseModelView): maps input_ids (N, T) int64 to logits (N, T, V); with
             fused_linear it must also have hidden_states(input_ids) -> (N, T, d) and lm_head.weight (V, d).
         input_ids, labels (N, T) int64 (labels pre-shifted), mask (N, T) bool: as in data.dpo_collate.
-        impl: "auto", "torch" or "triton" (kernels).
+        impl: "auto", "torch" or "triton" (logprob_kernels).
         fused_linear: compute the log-probs from the last hidden states and the LM head's weight with
-            kernels.linear_sequence_logprobs, never materialising the (N, T, V) logits; under autocast both
+            logprob_kernels.linear_sequence_logprobs, never materialising the (N, T, V) logits; under autocast both
             are cast to the autocast dtype first, as the lm_head matmul would be.
     Returns (N,) float32.
     """
     if not fused_linear:
-        return kernels.sequence_logprobs(model(input_ids), labels, mask, impl=impl)  # logits (N, T, V)
+        return logprob_kernels.sequence_logprobs(model(input_ids), labels, mask, impl=impl)  # logits (N, T, V)
     hidden, weight = model.hidden_states(input_ids), model.lm_head.weight  # (N, T, d), (V, d)
     device_type = hidden.device.type
     dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else weight.dtype
-    return kernels.linear_sequence_logprobs(hidden.to(dtype), weight.to(dtype), labels, mask, impl=impl)  # (N,)
+    return logprob_kernels.linear_sequence_logprobs(hidden.to(dtype), weight.to(dtype), labels, mask, impl=impl)  # (N,)
 
 
 def concatenated_logps(model: torch.nn.Module, batch: dict, *, impl: str = "auto",
@@ -378,7 +378,7 @@ def concatenated_logps(model: torch.nn.Module, batch: dict, *, impl: str = "auto
             input_ids (2B, T) int64, right-padded (causal attention needs no mask for right padding);
             labels (2B, T) int64, PRE-SHIFTED: labels[:, t] is the token after input_ids[:, t], -100 if none;
             mask (2B, T) bool, True exactly on response tokens.
-        impl: passed to kernels.sequence_logprobs ("auto", "torch" or "triton").
+        impl: passed to logprob_kernels.sequence_logprobs ("auto", "torch" or "triton").
         fused_linear: log-probs from hidden states without the logits (see sequence_logps).
 
     Returns: PairLogps with chosen/rejected (B,) float32 sums and chosen_tokens/rejected_tokens (B,) int64.

@@ -7,7 +7,7 @@
 
 Each validates its whole configuration first (`config.check_config`) and loads everything it needs before
 it writes anything, so a run that cannot start leaves no files behind. `train.py` is the command line.
-Under torchrun (distributed.py) every process runs run_stage alike; rank 0 alone writes and prints.
+Under torchrun (data_parallel.py) every process runs run_stage alike; rank 0 alone writes and prints.
 """
 
 import copy
@@ -18,7 +18,7 @@ import os
 import torch
 
 import data
-import distributed
+import data_parallel
 import lora
 import sentiment
 from checkpoint import load_model
@@ -121,9 +121,9 @@ def run_stage(stage, cfg, log=print):
     layout). For dpo the reference is a frozen copy of the --init model (or --reference-init); with
     --lora-rank it is the same network with its adapters off (no copy), ckpt.pt holds the adapters and hf/
     the merged model. In a process group (torchrun) each process trains its share; rank 0 writes and logs."""
-    cfg = dataclasses.replace(cfg, world_size=distributed.world_size())  # --batch-size is checked against it
+    cfg = dataclasses.replace(cfg, world_size=data_parallel.world_size())  # --batch-size is checked against it
     check_config(stage, cfg)
-    log = distributed.main_only(log)
+    log = data_parallel.main_only(log)
     tokenizer = data.get_tokenizer(cfg.tokenizer)
     torch.manual_seed(cfg.seed)  # a fresh model's initial weights come from the seed too
     model = build_model(cfg, tokenizer)
@@ -142,13 +142,13 @@ def run_stage(stage, cfg, log=print):
     # the DPO reference: passed without keeping a name for it here, so that train() can free a precomputed copy
     metrics = train(stage, cfg, model, train_set, heldout_set, pad_id=tokenizer.eot_token, log=log,
                     reference=dpo_reference(cfg, model, use_lora) if stage == "dpo" else None)
-    if distributed.is_main():
+    if data_parallel.is_main():
         exported = lora.merged_copy(model) if use_lora else model  # LoRA: W0 + (alpha/r) B A, plain GPT-2
         exported.save_pretrained(os.path.join(cfg.out_dir, "hf"))  # for transformers and other tools
         if use_lora:
             log(f"LoRA: ckpt.pt {os.path.getsize(os.path.join(cfg.out_dir, 'ckpt.pt')) / 2**20:.2f} MiB (adapters "
                 f"and their optimizer state); hf/ holds the merged model")
-    distributed.barrier()  # hf/ is written before any process returns
+    data_parallel.barrier()  # hf/ is written before any process returns
     return model, metrics
 
 

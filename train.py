@@ -24,7 +24,7 @@ import dataclasses
 import os
 import sys
 
-import distributed
+import data_parallel
 import stages
 from config import STAGES, TRAINING_STAGES, TrainConfig, flag
 from data import TokenizerUnavailableError
@@ -62,7 +62,7 @@ COMMAND_HELP = {  # command: (one line for the command list, the description of 
                "Print a completion of --init for each --prompt (default: five held-out prompts)."),
 }
 # What a user can get wrong (files, values, checkpoints, tokenizer files, a diverging run): one line, no traceback.
-USER_ERRORS = (ValueError, OSError, TokenizerUnavailableError, NonFiniteLossError, distributed.LaunchError)
+USER_ERRORS = (ValueError, OSError, TokenizerUnavailableError, NonFiniteLossError, data_parallel.LaunchError)
 
 
 class Parser(argparse.ArgumentParser):
@@ -130,7 +130,7 @@ def run(args):
                          if hasattr(args, f.name)}, **{k: v for k, v in STAGE_DEFAULTS.get(args.command, {}).items()
                                                          if not hasattr(args, k)})
     if args.command in TRAINING_STAGES:
-        with distributed.process_group(cfg.device):  # under torchrun: join the other processes (else nothing)
+        with data_parallel.process_group(cfg.device):  # under torchrun: join the other processes (else nothing)
             stages.run_stage(args.command, cfg)
     elif args.command == "pairs":
         stages.pairs(cfg)

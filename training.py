@@ -12,7 +12,7 @@ checkpoint holds the model, AdamW state and RNG states, so `--resume` continues 
 accumulation divides each micro-batch's summed loss by the size of the whole step (pairs or tokens), so the
 accumulated gradient equals the large-batch gradient.
 
-Data-parallel (`torchrun --nproc_per_node N train.py ...`, see distributed.py): --batch-size stays the whole
+Data-parallel (`torchrun --nproc_per_node N train.py ...`, see data_parallel.py): --batch-size stays the whole
 step; each of the N processes takes a contiguous 1/N of the step's examples, its losses are still divided by
 the whole step's size, and the gradients are summed over the processes before clipping, so the update is the
 single-process one (up to float rounding). Metrics, the DPO reference log-probs and the held-out evaluation
@@ -32,9 +32,9 @@ import torch
 from tqdm.auto import tqdm
 
 import data
-import distributed
+import data_parallel
 import dpo
-import kernels
+import logprob_kernels
 import lora
 from checkpoint import CheckpointError, describe_lora_base, load_checkpoint, restore_rng, rng_state, save_checkpoint
 from config import TRAINING_STAGES, ConfigError, check_values, resolve_device
@@ -96,7 +96,7 @@ def in_order(n_examples, batch_size):
 def step_batches(stage, cfg, train_set, step, pad_id):
     """The micro-batches (dicts of tensors) of one optimizer step: this process's share of the step's examples,
     a contiguous 1/world_size of them (rank 0 the first), in grad_accum micro-batches; all of them in one process."""
-    world_size, rank = distributed.world_size(), distributed.rank()
+    world_size, rank = data_parallel.world_size(), data_parallel.rank()
     share = cfg.batch_size // world_size  # examples (or windows) of this process
     micro = share // cfg.grad_accum
     if stage == "pretrain":  # random windows of max_length tokens, drawn from a per-step generator
@@ -130,14 +130,14 @@ def reference_logps(reference, pairs, cfg, pad_id, device, autocast, desc="refer
     if isinstance(reference, torch.nn.Module):
         reference.eval()
     rows = []
-    for indices in tqdm(distributed.in_turn(in_order(len(pairs), cfg.batch_size)), desc=desc, leave=False,
-                        disable=not distributed.is_main()):
+    for indices in tqdm(data_parallel.in_turn(in_order(len(pairs), cfg.batch_size)), desc=desc, leave=False,
+                        disable=not data_parallel.is_main()):
         batch = pair_batch("dpo", pairs, indices, pad_id)
         with autocast():
             ref = dpo.concatenated_logps(reference, {k: v.to(device) for k, v in batch.items()}, impl=cfg.impl,
                                          fused_linear=cfg.fused_linear)
         rows.append(torch.stack([ref.chosen, ref.rejected], dim=1).float().cpu())  # (b, 2)
-    return torch.cat(distributed.gather_in_turn(rows))  # (N, 2)
+    return torch.cat(data_parallel.gather_in_turn(rows))  # (N, 2)
 
 
 def dpo_batch_loss(model, batch, cfg, pairs_in_step, ref_table=None, reference=None):
@@ -167,7 +167,7 @@ def unlikelihood_batch_loss(model, batch, cfg, pairs_in_step):
     """The paper's Unlikelihood baseline on one micro-batch (dpo.unlikelihood_loss), scaled by its share of the
     step; also the per-pair values for metrics. No reference model."""
     logits = model(batch["input_ids"])  # (2b, T, V): b chosen rows, then b rejected rows
-    token_logps = kernels.token_logprobs(logits, batch["labels"], batch["mask"], impl=cfg.impl)  # (2b, T) fp32
+    token_logps = logprob_kernels.token_logprobs(logits, batch["labels"], batch["mask"], impl=cfg.impl)  # (2b, T) fp32
     b = token_logps.shape[0] // 2
     chosen_logps, chosen_tokens = token_logps[:b].sum(dim=1), batch["mask"][:b].sum(dim=1)  # (b,), (b,)
     losses = dpo.unlikelihood_loss(chosen_logps, chosen_tokens, token_logps[b:], batch["mask"][b:],
@@ -200,7 +200,7 @@ def step_pair_values(per_pair_values):
     """The per-pair values of the whole step from this process's micro-batches: every process's, gathered in
     the order of the step's examples (as step_batches shares them out). One dict of (batch_size,) tensors."""
     mine = cat_pair_values(per_pair_values)  # (batch_size / N,) each
-    return {k: distributed.all_gather_cat(v) for k, v in mine.items()}  # (batch_size,) each
+    return {k: data_parallel.all_gather_cat(v) for k, v in mine.items()}  # (batch_size,) each
 
 
 @torch.no_grad()
@@ -218,11 +218,11 @@ def evaluate_heldout(stage, model, heldout_set, cfg, pad_id, device, ref_table=N
         batches = [pair_batch(stage, heldout_set, indices, pad_id)
                    for indices in in_order(len(heldout_set), cfg.batch_size)]
     total_tokens = sum(int(b["mask"].sum()) for b in batches)
-    mine = [{k: v.to(device) for k, v in b.items()} for b in distributed.in_turn(batches)]
+    mine = [{k: v.to(device) for k, v in b.items()} for b in data_parallel.in_turn(batches)]
     if stage in ("dpo", "unlikelihood"):
-        return pair_metrics(stage, cat_pair_values(distributed.gather_in_turn(
+        return pair_metrics(stage, cat_pair_values(data_parallel.gather_in_turn(
             [pair_loss(stage, model, b, cfg, 1, ref_table, reference)[1] for b in mine])))
-    return {"loss": sum(distributed.gather_in_turn([lm_loss(model, b, total_tokens, cfg).item() for b in mine]))}
+    return {"loss": sum(data_parallel.gather_in_turn([lm_loss(model, b, total_tokens, cfg).item() for b in mine]))}
 
 
 # -----------------------------------------------------------------------------
@@ -243,9 +243,9 @@ def train(stage, cfg, model, train_set, heldout_set, *, pad_id=0, reference=None
     train data-parallel (see the module's docstring); only rank 0 writes and logs.
     """
     assert stage in TRAINING_STAGES, stage
-    cfg = dataclasses.replace(cfg, world_size=distributed.world_size())
+    cfg = dataclasses.replace(cfg, world_size=data_parallel.world_size())
     check_values(cfg)
-    rank, main, log = distributed.rank(), distributed.is_main(), distributed.main_only(log)
+    rank, main, log = data_parallel.rank(), data_parallel.is_main(), data_parallel.main_only(log)
     if not cfg.max_length:
         raise ConfigError("--max-length: resolve it first (resolve_lengths), train() needs a number")
     if stage == "dpo" and reference is None:
@@ -331,7 +331,7 @@ def train(stage, cfg, model, train_set, heldout_set, *, pad_id=0, reference=None
                    for b in step_batches(stage, cfg, train_set, step, pad_id)]
         model.train()
         step_loss, per_pair_values = 0.0, []
-        tokens_in_step = distributed.all_reduce_sum(sum(int(b["mask"].sum()) for b in batches))  # every process's
+        tokens_in_step = data_parallel.all_reduce_sum(sum(int(b["mask"].sum()) for b in batches))  # every process's
         for batch in batches:
             with autocast():
                 if stage in ("dpo", "unlikelihood"):
@@ -343,8 +343,8 @@ def train(stage, cfg, model, train_set, heldout_set, *, pad_id=0, reference=None
             (scaler.scale(loss) if scaler else loss).backward()
             step_loss += loss.item()
         # data-parallel: each process holds the gradient of its share of the step's loss; their sum is the step's
-        distributed.sum_gradients(model)
-        step_loss = distributed.all_reduce_sum(step_loss)
+        data_parallel.sum_gradients(model)
+        step_loss = data_parallel.all_reduce_sum(step_loss)
         if scaler:
             scaler.unscale_(optimizer)
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip).item()
@@ -387,7 +387,7 @@ def train(stage, cfg, model, train_set, heldout_set, *, pad_id=0, reference=None
                         f"evaluations; the best (step {extra['best_step']}) is in {best_path}")
         if step % cfg.save_every == 0 or step == cfg.steps or stop:
             extra["saved_step"] = step
-            rng_by_rank = distributed.gather_objects(rng_state())  # --resume gives each process its own back
+            rng_by_rank = data_parallel.gather_objects(rng_state())  # --resume gives each process its own back
             if main:
                 save_checkpoint(ckpt_path, model, optimizer, step, dataclasses.asdict(cfg), extra, base, rng_by_rank)
             if main and cfg.keep_checkpoints:
@@ -398,7 +398,7 @@ def train(stage, cfg, model, train_set, heldout_set, *, pad_id=0, reference=None
     progress.close()
     if writer is not None:
         writer.close()
-    distributed.barrier()  # every process returns once rank 0's files are written
+    data_parallel.barrier()  # every process returns once rank 0's files are written
     return eval_row
 
 

@@ -3,9 +3,9 @@
 The step is what training.train does with a precomputed reference: the policy's forward over chosen + rejected
 rows, the sigmoid DPO loss (Eq. 7), backward, AdamW. Only the log-prob computation differs:
 
-    naive         logits = lm_head(h) (B, T, V), then kernels.naive_sequence_logprobs (fp32 log_softmax + gather)
-    logits kernel logits = lm_head(h), then kernels.sequence_logprobs (Triton on CUDA, chunked torch on a CPU)
-    fused linear  kernels.linear_sequence_logprobs(h, lm_head.weight): the logits are never materialised
+    naive         logits = lm_head(h) (B, T, V), then logprob_kernels.naive_sequence_logprobs (fp32 log_softmax, gather)
+    logits kernel logits = lm_head(h), then logprob_kernels.sequence_logprobs (Triton on CUDA, chunked torch on a CPU)
+    fused linear  logprob_kernels.linear_sequence_logprobs(h, lm_head.weight): the logits are never materialised
 
 Default shapes (the issue's): GPT-2 124M (random init), 8 pairs x 512 tokens, the response = the second half of
 each row, bf16 autocast on CUDA. Reported: tokens per second (all 2 x pairs x tokens positions of the step, the
@@ -53,9 +53,9 @@ def parse_args(argv=None):
 def sequence_logps(method, model, batch):
     """(2B,) log-probs of the batch's rows by `method` (see the module docstring)."""
     import dpo
-    import kernels
+    import logprob_kernels
     if method == "naive":
-        return kernels.naive_sequence_logprobs(model(batch["input_ids"]), batch["labels"], batch["mask"])
+        return logprob_kernels.naive_sequence_logprobs(model(batch["input_ids"]), batch["labels"], batch["mask"])
     return dpo.sequence_logps(model, batch["input_ids"], batch["labels"], batch["mask"],
                               fused_linear=method == "fused linear")
 

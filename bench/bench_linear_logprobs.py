@@ -1,6 +1,6 @@
-"""Benchmark: log-probs from hidden states (kernels.linear_sequence_logprobs) against materialising the logits.
+"""Benchmark: log-probs from hidden states (logprob_kernels.linear_sequence_logprobs) against materialising the logits.
 
-Two parts (FLOP and byte counts: the docstring of kernels/linear_logprobs.py):
+Two parts (FLOP and byte counts: the docstring of logprob_kernels/linear_logprobs.py):
 (a) CPU memory. Peak memory of one forward + backward, naive (logits = hidden @ weight.T, fp32 log_softmax,
     gather) against the chunked torch path, at GPT-2 shapes (N = 2048 positions, d = 768, V = 50257, fp32).
     Each method runs in a fresh subprocess (this script with --child): after a tiny warm-up call (one-time
@@ -44,7 +44,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from a checkout without installing the project
 
-# kernels (and through it triton) is imported inside the functions that use it: main() first decides whether
+# logprob_kernels (and through it triton) is imported inside the functions that use it: main() first decides whether
 # Triton runs on the GPU or in its CPU interpreter, and TRITON_INTERPRET must be set before triton is imported.
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 QUICK_CPU_SHAPE = (64, 32, 1000)    # N, d, V for --quick
@@ -95,9 +95,9 @@ def rss_bytes(peak: bool) -> int:
 
 def child_memory(method: str, n: int, d: int, v: int, dtype: str) -> dict:
     """One forward + backward of `method` in this (fresh) process: extra peak RSS over the set-up inputs."""
-    import kernels
-    fn = {"naive": kernels.naive_linear_sequence_logprobs,
-          "ours torch": lambda *a: kernels.linear_sequence_logprobs(*a, impl="torch")}[method]
+    import logprob_kernels
+    fn = {"naive": logprob_kernels.naive_linear_sequence_logprobs,
+          "ours torch": lambda *a: logprob_kernels.linear_sequence_logprobs(*a, impl="torch")}[method]
     fn(*make_inputs(8, d, 16, DTYPES[dtype], "cpu")).sum().backward()  # one-time library and thread set-up
     inputs = make_inputs(n, d, v, DTYPES[dtype], "cpu")
     base = rss_bytes(peak=False)
@@ -141,10 +141,10 @@ def memory_table(mem: dict) -> str:
 
 def methods(cuda: bool):
     """name -> (fn(hidden, weight, labels, mask) -> tensor to backward with ones, or None, note)."""
-    import kernels
-    out = {"naive eager": (kernels.naive_linear_sequence_logprobs, ""),
-           "ours torch": (lambda *a: kernels.linear_sequence_logprobs(*a, impl="torch"), ""),
-           "ours triton": (lambda *a: kernels.linear_sequence_logprobs(*a, impl="triton"), "")}
+    import logprob_kernels
+    out = {"naive eager": (logprob_kernels.naive_linear_sequence_logprobs, ""),
+           "ours torch": (lambda *a: logprob_kernels.linear_sequence_logprobs(*a, impl="torch"), ""),
+           "ours triton": (lambda *a: logprob_kernels.linear_sequence_logprobs(*a, impl="triton"), "")}
     try:
         from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
         flce = LigerFusedLinearCrossEntropyLoss(reduction="sum")
@@ -238,8 +238,8 @@ def time_all(n: int, d: int, v: int, dtype: str, cuda: bool, args) -> dict:
     device = "cuda" if cuda else "cpu"
     inputs = make_inputs(n, d, v, DTYPES[dtype], device, rows=8 if n % 8 == 0 else 1)
     with torch.no_grad():
-        import kernels
-        reference = kernels.naive_linear_sequence_logprobs(*inputs).sum().item()
+        import logprob_kernels
+        reference = logprob_kernels.naive_linear_sequence_logprobs(*inputs).sum().item()
     flops_fwd = 2 * n * v * d
     rows = []
     for name, (fn, note) in methods(cuda).items():

@@ -1,13 +1,13 @@
 """Benchmark: masked per-sequence log-prob sums, forward / backward / forward+backward, time and memory.
 
 Compares, on the same bf16 logits (N = B*T tokens, V vocabulary entries, every position unmasked):
-  naive eager        kernels.reference.naive_sequence_logprobs (log_softmax in fp32 + gather + mask + sum)
+  naive eager        logprob_kernels.reference.naive_sequence_logprobs (log_softmax in fp32 + gather + mask + sum)
   naive compiled     torch.compile of the same function
   liger CE (none)    Liger-Kernel's LigerCrossEntropyLoss(reduction="none") when liger_kernel is importable;
                      it computes the same logsumexp + gather (its forward also writes the gradient into the
                      logits buffer, so its "fwd" includes gradient work and its "bwd" is a rescale)
-  ours torch         kernels.sequence_logprobs(impl="torch"), the chunked PyTorch path
-  ours triton        kernels.sequence_logprobs(impl="triton"), the fused kernel (+ an in-place-backward row)
+  ours torch         logprob_kernels.sequence_logprobs(impl="torch"), the chunked PyTorch path
+  ours triton        logprob_kernels.sequence_logprobs(impl="triton"), the fused kernel (+ an in-place-backward row)
 
 Bytes counted (the minimum any method must move, O(N) label/mask/output traffic ignored), s = bytes per logit:
   fwd = 1 * N * V * s (one read), bwd = 2 * N * V * s (read + write the gradient), fwd+bwd = 3 * N * V * s.
@@ -45,7 +45,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from a checkout without installing the project
 
-# triton and kernels are imported inside the functions that use them: main() first decides whether Triton runs
+# triton and logprob_kernels are imported inside the functions that use them: main() first decides whether Triton runs
 # on the GPU or in its CPU interpreter, and TRITON_INTERPRET must be set before triton is first imported.
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 EXIT_AOT_UNAVAILABLE = 3  # exit status of --aot where this Triton cannot compile for CUDA
@@ -72,8 +72,8 @@ def parse_args(argv=None):
 
 def methods(compile_naive: bool, cuda: bool):
     """name -> (fn(logits, labels, mask) -> (B,), supports a repeated backward, reason if unavailable)."""
-    import kernels
-    from kernels.reference import naive_sequence_logprobs
+    import logprob_kernels
+    from logprob_kernels.reference import naive_sequence_logprobs
     out = {"naive eager": (naive_sequence_logprobs, True, None)}
     out["naive compiled"] = ((torch.compile(naive_sequence_logprobs), True, None) if compile_naive
                              else (None, False, "skipped (--no-compile / --tiny)"))
@@ -88,12 +88,12 @@ def methods(compile_naive: bool, cuda: bool):
         out["liger CE (none)"] = (liger, False, None) if cuda else (None, False, "skipped (needs CUDA)")
     except ImportError:
         out["liger CE (none)"] = (None, False, "liger_kernel not installed")
-    out["ours torch"] = (lambda x, y, m: kernels.sequence_logprobs(x, y, m, impl="torch"), True, None)
-    out["ours triton"] = (lambda x, y, m: kernels.sequence_logprobs(x, y, m, impl="triton"), True, None)
+    out["ours torch"] = (lambda x, y, m: logprob_kernels.sequence_logprobs(x, y, m, impl="torch"), True, None)
+    out["ours triton"] = (lambda x, y, m: logprob_kernels.sequence_logprobs(x, y, m, impl="triton"), True, None)
     # In place, the gradient overwrites the logits: later iterations read gradients as logits (finite, in
     # [-1, 1]), which changes no memory traffic; a single backward per forward, so no separate bwd timing.
     out["ours triton in-place"] = (
-        lambda x, y, m: kernels.sequence_logprobs(x, y, m, impl="triton", inplace_backward=True), False, None)
+        lambda x, y, m: logprob_kernels.sequence_logprobs(x, y, m, impl="triton", inplace_backward=True), False, None)
     return out
 
 
@@ -142,7 +142,7 @@ def measure(name, fn, repeat_bwd, logits, labels, mask):
 
 
 def run_benchmark(args, cuda: bool):
-    import kernels
+    import logprob_kernels
     import triton
     dtype = DTYPES[args.dtype]
     device = "cuda" if cuda else "cpu"
@@ -160,7 +160,7 @@ def run_benchmark(args, cuda: bool):
         labels = torch.randint(0, V, (B, T), generator=gen, device=device)
         mask = torch.ones(B, T, dtype=torch.bool, device=device)
         with torch.no_grad():
-            expected = kernels.sequence_logprobs(base_logits, labels, mask, impl="triton")
+            expected = logprob_kernels.sequence_logprobs(base_logits, labels, mask, impl="triton")
         bytes_once = B * T * V * base_logits.element_size()
         for name, (fn, repeat_bwd, reason) in methods(compile_naive, cuda).items():
             row = {"V": V, "N": B * T, "method": name}
@@ -198,7 +198,7 @@ def aot_report(arch: str, vocabs):
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    from kernels import logprobs_triton
+    from logprob_kernels import logprobs_triton
 
     if "nvidia" not in triton.backends.backends:
         raise AOTUnavailable(f"this Triton ({triton.__version__}) has no CUDA backend")

@@ -80,10 +80,12 @@ def stub_source(source, stubs):
     return "".join(lines), removed
 
 
-def stubs_by_file():
-    """{file: [(qualname, "Assignment N: what to write")]} over every assignment."""
+def stubs_by_file(solved=()):
+    """{file: [(qualname, "Assignment N: what to write")]} over every assignment but those named in `solved`."""
     out = {}
-    for a in ASSIGNMENTS.values():
+    for name, a in ASSIGNMENTS.items():
+        if name in solved:
+            continue
         for path, qualname, what in a.stubs:
             out.setdefault(path, []).append((qualname, f"Assignment {a.number}: {what}"))
     return out
@@ -119,11 +121,14 @@ def repository_files(repo=REPO):
         return files
 
 
-def build(out_dir, repo=REPO, log=print):
-    """Write the student copy of `repo` into `out_dir` (which must not exist, or be empty)."""
+def build(out_dir, repo=REPO, log=print, solved=()):
+    """Write the student copy of `repo` into `out_dir` (which must not exist, or be empty).
+
+    `solved`: assignments ("A1", ...) whose solutions stay in the copy, as if a student had done them (the kit's
+    self-test grades each assignment with only its own solution in place)."""
     if os.path.exists(out_dir) and os.listdir(out_dir):
         raise FileExistsError(f"{out_dir}: exists and is not empty; give a new directory")
-    stubs = stubs_by_file()
+    stubs = stubs_by_file(solved)
     n_files = 0
     for path in repository_files(repo):
         if path in REMOVED:

@@ -28,17 +28,17 @@ ASSIGNMENTS = {
         grader="course/graders/test_a1_dpo.py", handout="course/handouts/A1.md"),
     "A2": Assignment(
         2, "Masked log-probs: a chunked backward and a fused Triton kernel", "6-8 hours",
-        stubs=(("kernels/logprobs_torch.py", "TorchTokenLogprobs.backward",
+        stubs=(("logprob_kernels/logprobs_torch.py", "TorchTokenLogprobs.backward",
                 "the backward of the chunked torch path: g * (onehot - softmax), chunk by chunk"),
-               ("kernels/logprobs_triton.py", "_logprobs_fwd_kernel",
+               ("logprob_kernels/logprobs_triton.py", "_logprobs_fwd_kernel",
                 "the Triton forward kernel: streaming logsumexp over the vocabulary, the label's logit"),
-               ("kernels/logprobs_triton.py", "_logprobs_bwd_kernel",
+               ("logprob_kernels/logprobs_triton.py", "_logprobs_bwd_kernel",
                 "the Triton backward kernel: g * (onehot - softmax) from the saved statistics"),
                # the same gradient on the path without logits: stubbed so it does not give the answer away
-               ("kernels/linear_logprobs.py", "LinearTokenLogprobs.backward",
+               ("logprob_kernels/linear_logprobs.py", "LinearTokenLogprobs.backward",
                 "(optional, ungraded) the backward without logits: recompute each chunk, dz = g * (onehot - "
                 "softmax), dhidden = dz @ W, dW += dz.T @ h"),
-               ("kernels/linear_logprobs_triton.py", "_dlogits_kernel",
+               ("logprob_kernels/linear_logprobs_triton.py", "_dlogits_kernel",
                 "(optional, ungraded) the Triton kernel of dz = g * (onehot - softmax) for a tile of positions")),
         grader="course/graders/test_a2_kernels.py", handout="course/handouts/A2.md"),
     "A3": Assignment(

@@ -1,6 +1,6 @@
 """Batches: DPO and SFT collates over encoded pairs, and random windows of a token stream for pre-training.
 
-Every batch uses the same three tensors, so one log-prob routine (`kernels.sequence_logprobs`) serves all:
+Every batch uses the same three tensors, so one log-prob routine (`logprob_kernels.sequence_logprobs`) serves all:
 
     input_ids (N, T) int64  the sequence prompt + response, right-padded with pad_id
     labels    (N, T) int64  labels[:, t] = input_ids[:, t + 1], the token that position t predicts;

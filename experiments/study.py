@@ -45,7 +45,7 @@ import time
 import torch
 
 import data
-import kernels
+import logprob_kernels
 import lora
 import sentiment
 import stages
@@ -183,7 +183,7 @@ def window_nlls(model, windows):
     model.eval()
     out = []
     for x, y in windows:
-        logps = kernels.token_logprobs(model(x), y, torch.ones_like(y, dtype=torch.bool))  # (32, T) fp32
+        logps = logprob_kernels.token_logprobs(model(x), y, torch.ones_like(y, dtype=torch.bool))  # (32, T) fp32
         out += (-logps.mean(dim=1)).tolist()
     return out
 

@@ -7,7 +7,7 @@ measured on its own samples: the ground-truth reward it achieves, and how far it
 
 estimated here by Monte Carlo on the policy's samples, drawn at temperature 1 with no top-k (any other
 sampling would not be a sample of pi, and the estimate would be biased). Both log-probs are sums over the
-completion tokens, computed with `kernels.sequence_logprobs`. Samples stop at EOS or after
+completion tokens, computed with `logprob_kernels.sequence_logprobs`. Samples stop at EOS or after
 `max_new_tokens`; a truncated sample is still scored exactly, as a prefix. Fluency (`sentiment.fluency`)
 catches the reward hacking a lexicon reward invites.
 
@@ -22,7 +22,7 @@ import math
 import torch
 
 import data
-import kernels
+import logprob_kernels
 from sentiment.fluency import word_counts
 from sentiment.task import sample_completions
 
@@ -42,7 +42,7 @@ def completion_logps(model, prompt_ids, completions, pad_id, batch_size=64, impl
         rows = list(zip(prompt_ids[start:start + batch_size], completions[start:start + batch_size]))
         batch = {k: v.to(device) for k, v in data.collate_responses(rows, pad_id).items()}
         logits = model(batch["input_ids"])  # (b, T, V)
-        out.append(kernels.sequence_logprobs(logits, batch["labels"], batch["mask"], impl=impl).cpu())  # (b,)
+        out.append(logprob_kernels.sequence_logprobs(logits, batch["labels"], batch["mask"], impl=impl).cpu())  # (b,)
     model.train(was_training)
     return torch.cat(out)  # (N,)
 

@@ -200,8 +200,8 @@ def test_config_errors_for_programmatic_use(tmp_path):
 
 def test_install_adds_no_top_level_names(tmp_path):
     """Run from outside the checkout, Python finds none of the project's modules: they are not installed."""
-    names = ["data", "model", "train", "training", "stages", "config", "checkpoint", "dpo", "kernels", "sentiment",
-             "experiments", "evaluate", "demo"]
+    names = ["data", "model", "train", "training", "stages", "config", "checkpoint", "dpo", "logprob_kernels",
+             "data_parallel", "lora", "sentiment", "experiments", "course", "evaluate", "demo"]
     probe = ("import importlib.util, json, sys; "
              f"print(json.dumps({{n: getattr(importlib.util.find_spec(n), 'origin', None) for n in {names!r}}}))")
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}

@@ -64,6 +64,20 @@ def test_graded_tests_fail_on_the_stubs_and_pass_on_the_solutions(student_copy, 
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("assignment", ["A1", "A2", "A3"])
+def test_each_assignment_grades_fully_with_only_its_own_solution(tmp_path, assignment):
+    """A1, A2 and A3 are independent (course/README.md): a copy in which only this one is written, the others
+    still stubs, scores full marks on it."""
+    copy = tmp_path / f"only-{assignment}"
+    build.build(str(copy), log=lambda *_: None, solved=(assignment,))
+    others = [a for a in ASSIGNMENTS if a != assignment]
+    assert all(f"Assignment {ASSIGNMENTS[a].number}: " in (copy / ASSIGNMENTS[a].stubs[0][0]).read_text()
+               for a in others)
+    results, table = grade(copy, assignment, tmp_path)
+    assert results["points"] == results["total"] > 0, table
+
+
+@pytest.mark.slow
 def test_ungraded_tests_pass_or_wait_in_the_student_copy(student_copy):
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rs", "-x",

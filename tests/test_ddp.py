@@ -1,4 +1,4 @@
-"""Data-parallel training under torchrun (distributed.py), on the CPU with gloo: 2 processes give the metrics
+"""Data-parallel training under torchrun (data_parallel.py), on the CPU with gloo: 2 processes give the metrics
 and final weights of 1 process with the same global batch (DPO with its precomputed reference; SFT with LoRA,
 whose loss is divided by the target tokens of the whole step and whose base weights are frozen; pre-training
 windows), only rank 0 writes and prints, a run resumes across process counts, and a --batch-size that the

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import dpo
-from kernels.reference import naive_sequence_logprobs
+from logprob_kernels.reference import naive_sequence_logprobs
 from model import GPT, GPTConfig
 from naive_dpo import (naive_dpo_loss, naive_pair_dloss_dh, naive_pair_loss, naive_unlikelihood_dloss_dx,
                        naive_unlikelihood_loss, sigmoid)
@@ -294,7 +294,7 @@ NEAR_ZERO = [0.0, -1e-9, -1e-7, -5e-7, -2e-6, -1e-4, -math.log(2), -0.5]  # the 
 @st.composite
 def unlikelihood_inputs(draw, max_b=6, max_t=8):
     """(chosen (B,), lengths (B,), token log-probs (B, T), mask (B, T)) as lists; >= 1 True per mask row and
-    0 at masked positions, as kernels.token_logprobs returns them; log-probs are float32 values."""
+    0 at masked positions, as logprob_kernels.token_logprobs returns them; log-probs are float32 values."""
     B, T = draw(st.integers(1, max_b)), draw(st.integers(1, max_t))
     logp = st.one_of(st.floats(-30.0, 0.0, width=32), st.sampled_from(NEAR_ZERO))
     mask = [draw(st.lists(st.booleans(), min_size=T, max_size=T)) for _ in range(B)]

@@ -1,4 +1,5 @@
-"""Tests for kernels/: the Triton kernel (interpreted on CPU) and the torch path against the naive fp64 reference.
+"""Tests for logprob_kernels/: the Triton kernel (interpreted on CPU) and the torch path against the naive fp64
+reference.
 
 Shapes stay small because the Triton interpreter costs about a millisecond per loop step; block_v=64/128 forces
 several vocabulary blocks so the streaming logsumexp is exercised. Tensors are made on the CPU from seeded
@@ -12,11 +13,11 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import kernels
-from kernels import logprobs_torch
-from kernels.checks import check_inputs
-from kernels.logprobs_triton import launch_config, triton_token_logprobs
-from kernels.reference import naive_sequence_logprobs, naive_token_logprobs
+import logprob_kernels
+from logprob_kernels import logprobs_torch
+from logprob_kernels.checks import check_inputs
+from logprob_kernels.logprobs_triton import launch_config, triton_token_logprobs
+from logprob_kernels.reference import naive_sequence_logprobs, naive_token_logprobs
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 IMPLS = ["triton", "torch"]
@@ -95,7 +96,7 @@ def run(impl, view, labels, mask, grad_tok, block_v=None, inplace=False):
     if impl == "triton" and block_v is not None:
         tok = triton_token_logprobs(view, labels, check_inputs(view, labels, mask), inplace, block_v)
     else:
-        tok = kernels.token_logprobs(view, labels, mask, impl=impl, inplace_backward=inplace)
+        tok = logprob_kernels.token_logprobs(view, labels, mask, impl=impl, inplace_backward=inplace)
     tok.backward(grad_tok)
     return tok.detach()
 
@@ -124,8 +125,8 @@ def test_fused_paths_match_naive_fp64_forward_and_backward(p, impl, block_v):
 @given(problems(max_positions=12, max_vocab=200))
 def test_triton_and_torch_agree_on_sequence_sums(p):
     values, labels, mask, _ = build(p)
-    seq_triton = kernels.sequence_logprobs(values, labels, mask, impl="triton")
-    seq_torch = kernels.sequence_logprobs(values, labels, mask, impl="torch")
+    seq_triton = logprob_kernels.sequence_logprobs(values, labels, mask, impl="triton")
+    seq_torch = logprob_kernels.sequence_logprobs(values, labels, mask, impl="torch")
     torch.testing.assert_close(seq_triton, seq_torch, rtol=1e-6, atol=1e-5)
     torch.testing.assert_close(seq_torch.double(), naive_sequence_logprobs(values.double(), labels, mask),
                                rtol=1e-5, atol=1e-4)
@@ -155,8 +156,8 @@ def test_torch_path_gradcheck_fp64(layout):
     values, labels, mask = on(values, labels, mask)
     _, view, _ = make_leaf(values, layout)
     view = view.detach().requires_grad_(True)
-    assert torch.autograd.gradcheck(lambda x: kernels.sequence_logprobs(x, labels, mask, impl="torch"), (view,))
-    assert torch.autograd.gradcheck(lambda x: kernels.token_logprobs(x, labels, mask, impl="torch"), (view,))
+    assert torch.autograd.gradcheck(lambda x: logprob_kernels.sequence_logprobs(x, labels, mask, impl="torch"), (view,))
+    assert torch.autograd.gradcheck(lambda x: logprob_kernels.token_logprobs(x, labels, mask, impl="torch"), (view,))
 
 
 @pytest.mark.parametrize("impl", IMPLS)
@@ -169,7 +170,7 @@ def test_sequence_gradient_formula_by_hand(impl):
     g = torch.tensor([0.5, -2.0])
     values, labels, mask, g = on(values, labels, mask, g)
     x = values.clone().requires_grad_(True)
-    kernels.sequence_logprobs(x, labels, mask, impl=impl).backward(g)
+    logprob_kernels.sequence_logprobs(x, labels, mask, impl=impl).backward(g)
     onehot = torch.nn.functional.one_hot(labels.clamp(min=0), 10).float()   # (B, T, V)
     expected = g[:, None, None] * mask[..., None] * (onehot - values.softmax(-1))
     torch.testing.assert_close(x.grad, expected, rtol=1e-5, atol=1e-6)
@@ -199,8 +200,8 @@ def test_inplace_backward_gives_the_same_gradient(impl, layout):
 def test_adding_a_constant_to_a_row_changes_nothing(p, impl):
     values, labels, mask, _ = build({**p, "dtype": torch.float32})
     shift = 50.0 * torch.randn(p["B"], p["T"], 1, device=DEVICE)   # one constant per (b, t) row of logits
-    a = kernels.sequence_logprobs(values, labels, mask, impl=impl)
-    b = kernels.sequence_logprobs(values + shift, labels, mask, impl=impl)
+    a = logprob_kernels.sequence_logprobs(values, labels, mask, impl=impl)
+    b = logprob_kernels.sequence_logprobs(values + shift, labels, mask, impl=impl)
     torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-4 * p["T"])
 
 
@@ -209,8 +210,8 @@ def test_adding_a_constant_to_a_row_changes_nothing(p, impl):
 def test_sum_over_disjoint_spans_equals_the_whole(p, impl, cut_seed):
     values, labels, mask, _ = build({**p, "mask_kind": "random"})
     cut, = on(torch.randint(0, 3, mask.shape, generator=torch.Generator().manual_seed(cut_seed)))  # span id
-    whole = kernels.sequence_logprobs(values, labels, mask, impl=impl)
-    parts = sum(kernels.sequence_logprobs(values, labels, mask & (cut == k), impl=impl) for k in range(3))
+    whole = logprob_kernels.sequence_logprobs(values, labels, mask, impl=impl)
+    parts = sum(logprob_kernels.sequence_logprobs(values, labels, mask & (cut == k), impl=impl) for k in range(3))
     torch.testing.assert_close(parts, whole, rtol=1e-6, atol=1e-5)
 
 
@@ -218,8 +219,8 @@ def test_sum_over_disjoint_spans_equals_the_whole(p, impl, cut_seed):
 def test_token_logprobs_sum_to_sequence_logprobs(impl):
     values, labels, mask, _ = build(dict(B=3, T=5, V=40, dtype=torch.float16, mask_kind="random",
                                          layout="contiguous", scale=2.0, seed=11))
-    tok = kernels.token_logprobs(values, labels, mask, impl=impl)
-    assert torch.equal(tok.sum(-1), kernels.sequence_logprobs(values, labels, mask, impl=impl))
+    tok = logprob_kernels.token_logprobs(values, labels, mask, impl=impl)
+    assert torch.equal(tok.sum(-1), logprob_kernels.sequence_logprobs(values, labels, mask, impl=impl))
     assert torch.all(tok[~mask] == 0) and torch.all(tok[mask] < 0)
 
 
@@ -231,7 +232,7 @@ def test_reference_worked_example():
     expected = torch.tensor([math.log(0.5) + math.log(0.75)])
     logits, labels, mask, expected = on(logits, labels, mask, expected)
     for impl in IMPLS:
-        torch.testing.assert_close(kernels.sequence_logprobs(logits, labels, mask, impl=impl), expected)
+        torch.testing.assert_close(logprob_kernels.sequence_logprobs(logits, labels, mask, impl=impl), expected)
     torch.testing.assert_close(naive_sequence_logprobs(logits, labels, mask), expected)
 
 
@@ -247,7 +248,7 @@ def test_empty_mask_rows_give_exact_zero_and_zero_gradient(impl, mask_dtype):
     mask[1, 1:3] = 1
     values, labels, mask = on(values, labels, mask)
     x = values.clone().requires_grad_(True)
-    out = kernels.sequence_logprobs(x, labels, mask, impl=impl)
+    out = logprob_kernels.sequence_logprobs(x, labels, mask, impl=impl)
     out.backward(torch.ones(3, device=DEVICE))
     assert out[0].item() == 0.0 and out[2].item() == 0.0 and out[1].item() < 0
     assert torch.all(x.grad[0] == 0) and torch.all(x.grad[2] == 0) and torch.all(x.grad[1, [0, 3]] == 0)
@@ -268,7 +269,7 @@ def test_extreme_logits_are_stable(impl, dtype, big):
     mask = torch.ones(2, 3, dtype=torch.bool)
     values, labels, mask, ones = on(values, labels, mask, torch.ones(2, 3))
     x = values.clone().requires_grad_(True)
-    out = kernels.token_logprobs(x, labels, mask, impl=impl)
+    out = logprob_kernels.token_logprobs(x, labels, mask, impl=impl)
     out.sum().backward()
     grad = x.grad
     ref_tok, ref_grad = reference(values, labels, mask, ones)
@@ -305,12 +306,12 @@ def test_out_of_range_labels_at_unmasked_positions_raise(impl):
     labels = torch.tensor([[1, 2, -100], [0, 8, 3]])  # -100 is masked (fine); 8 == V is not
     values, mask, labels = on(values, mask, labels)
     with pytest.raises(ValueError, match=r"labels\[1, 1\] = 8 is outside the vocabulary \[0, 8\)"):
-        kernels.sequence_logprobs(values, labels, mask, impl=impl)
+        logprob_kernels.sequence_logprobs(values, labels, mask, impl=impl)
     labels[1, 1] = -1
     with pytest.raises(ValueError, match=r"labels\[1, 1\] = -1"):
-        kernels.token_logprobs(values, labels, mask, impl=impl)
+        logprob_kernels.token_logprobs(values, labels, mask, impl=impl)
     # With the check off, the bad position reads no memory out of bounds and yields NaN; the rest is intact.
-    tok = kernels.token_logprobs(values, labels, mask, impl=impl, check_labels=False)
+    tok = logprob_kernels.token_logprobs(values, labels, mask, impl=impl, check_labels=False)
     assert torch.isnan(tok[1, 1]) and torch.isfinite(tok[0]).all() and torch.isfinite(tok[1, [0, 2]]).all()
 
 
@@ -318,29 +319,29 @@ def test_out_of_range_labels_at_unmasked_positions_raise(impl):
 def test_bad_arguments_raise_typed_errors(impl):
     values, labels, mask = on(torch.randn(2, 3, 8), torch.zeros(2, 3, dtype=torch.long), torch.ones(2, 3))
     with pytest.raises(ValueError, match="mask must hold only 0 and 1"):
-        kernels.sequence_logprobs(values, labels, 2 * mask, impl=impl)
+        logprob_kernels.sequence_logprobs(values, labels, 2 * mask, impl=impl)
     with pytest.raises(ValueError, match="labels must have shape"):
-        kernels.sequence_logprobs(values, labels[:, :2], mask, impl=impl)
+        logprob_kernels.sequence_logprobs(values, labels[:, :2], mask, impl=impl)
     with pytest.raises(ValueError, match=r"\(B, T, V\)"):
-        kernels.sequence_logprobs(values[0], labels, mask, impl=impl)
+        logprob_kernels.sequence_logprobs(values[0], labels, mask, impl=impl)
     with pytest.raises(TypeError, match="labels must be an integer tensor"):
-        kernels.sequence_logprobs(values, labels.float(), mask, impl=impl)
+        logprob_kernels.sequence_logprobs(values, labels.float(), mask, impl=impl)
     with pytest.raises(TypeError, match="logits dtype"):
-        kernels.sequence_logprobs(values.long(), labels, mask, impl=impl)
+        logprob_kernels.sequence_logprobs(values.long(), labels, mask, impl=impl)
     with pytest.raises(ValueError, match="impl must be one of"):
-        kernels.sequence_logprobs(values, labels, mask, impl="cuda")
+        logprob_kernels.sequence_logprobs(values, labels, mask, impl="cuda")
     with pytest.raises(TypeError, match="use impl='torch' for float64"):
-        kernels.sequence_logprobs(values.double(), labels, mask, impl="triton")
+        logprob_kernels.sequence_logprobs(values.double(), labels, mask, impl="triton")
 
 
 @pytest.mark.parametrize("impl", IMPLS)
 def test_int32_labels_and_empty_time_axis(impl):
     values, labels, mask, _ = build(dict(B=2, T=3, V=20, dtype=torch.float32, mask_kind="random",
                                          layout="contiguous", scale=1.0, seed=6))
-    expected = kernels.sequence_logprobs(values, labels, mask, impl=impl)
-    assert torch.equal(kernels.sequence_logprobs(values, labels.int(), mask, impl=impl), expected)
+    expected = logprob_kernels.sequence_logprobs(values, labels, mask, impl=impl)
+    assert torch.equal(logprob_kernels.sequence_logprobs(values, labels.int(), mask, impl=impl), expected)
     empty = torch.zeros(2, 0, 20, device=DEVICE, requires_grad=True)
-    out = kernels.sequence_logprobs(empty, labels[:, :0], mask[:, :0], impl=impl)
+    out = logprob_kernels.sequence_logprobs(empty, labels[:, :0], mask[:, :0], impl=impl)
     out.sum().backward()
     assert torch.equal(out, torch.zeros(2, device=DEVICE)) and empty.grad.shape == (2, 0, 20)
 
@@ -349,9 +350,9 @@ def test_auto_picks_triton_for_cuda_tensors_and_torch_otherwise():
     values, labels, mask, _ = build(dict(B=2, T=3, V=20, dtype=torch.float32, mask_kind="random",
                                          layout="contiguous", scale=1.0, seed=2))
     expected_impl = "triton" if values.is_cuda else "torch"
-    assert torch.equal(kernels.sequence_logprobs(values, labels, mask),
-                       kernels.sequence_logprobs(values, labels, mask, impl=expected_impl))
-    assert kernels.sequence_logprobs(values.double(), labels, mask).dtype == torch.float64
+    assert torch.equal(logprob_kernels.sequence_logprobs(values, labels, mask),
+                       logprob_kernels.sequence_logprobs(values, labels, mask, impl=expected_impl))
+    assert logprob_kernels.sequence_logprobs(values.double(), labels, mask).dtype == torch.float64
 
 
 # ----------------------------------------------------------------------------- determinism, launch config
@@ -363,7 +364,7 @@ def test_repeated_runs_are_bit_identical(impl):
     results = []
     for _ in range(2):
         leaf, view, view_grad = make_leaf(values, "contiguous")
-        seq = kernels.sequence_logprobs(view, labels, mask, impl=impl)
+        seq = logprob_kernels.sequence_logprobs(view, labels, mask, impl=impl)
         seq.backward(grad_tok[:, 0])
         results.append((seq.detach(), leaf.grad))
     assert torch.equal(results[0][0], results[1][0]) and torch.equal(results[0][1], results[1][1])

@@ -1,4 +1,4 @@
-"""Tests for kernels/linear_logprobs*.py: log-probs from hidden states against the naive path in float64.
+"""Tests for logprob_kernels/linear_logprobs*.py: log-probs from hidden states against the naive path in float64.
 
 The yardstick is naive_linear_sequence_logprobs on the same (quantized) inputs cast to float64, with autograd's
 gradients w.r.t. hidden and weight. Shapes stay small because the Triton interpreter costs ~2 ms per loop step;
@@ -14,10 +14,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import kernels
-from kernels import linear_logprobs
-from kernels.linear_logprobs import check_linear_inputs, naive_linear_sequence_logprobs
-from kernels.linear_logprobs_triton import LaunchConfig, launch_config, triton_linear_token_logprobs
+import logprob_kernels
+from logprob_kernels import linear_logprobs
+from logprob_kernels.linear_logprobs import check_linear_inputs, naive_linear_sequence_logprobs
+from logprob_kernels.linear_logprobs_triton import LaunchConfig, launch_config, triton_linear_token_logprobs
 
 IMPLS = ["torch", "triton"]
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -66,7 +66,7 @@ def run(impl, hidden, weight, labels, mask, seq_grad, config=SMALL):
             keep = check_linear_inputs(h, w, labels, mask)
             out = triton_linear_token_logprobs(h, w, labels, keep, config).sum(-1)
         else:
-            out = kernels.linear_sequence_logprobs(h, w, labels, mask, impl=impl)
+            out = logprob_kernels.linear_sequence_logprobs(h, w, labels, mask, impl=impl)
         out.backward(seq_grad)
     return out.detach(), h.grad, w.grad
 
@@ -117,7 +117,7 @@ def test_non_uniform_sequence_gradient(impl):
     hidden, weight, labels, mask = make_problem(3, 6, 24, 50, torch.float32, seed=5, mask_kind="all")
     c, = on(SEQ_GRAD)
     h, w = hidden.clone().requires_grad_(True), weight.clone().requires_grad_(True)
-    (kernels.linear_sequence_logprobs(h, w, labels, mask, impl=impl) * c).sum().backward()
+    (logprob_kernels.linear_sequence_logprobs(h, w, labels, mask, impl=impl) * c).sum().backward()
     _, ref_dh, ref_dw = reference(hidden, weight, labels, mask, c)
     torch.testing.assert_close(h.grad.double(), ref_dh, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(w.grad.double(), ref_dw, rtol=1e-4, atol=1e-5)
@@ -133,7 +133,7 @@ def test_worked_example(impl):
     weight = torch.eye(2)
     labels, mask = torch.tensor([[1, 0, -100]]), torch.tensor([[1, 1, 0]])
     hidden, weight, labels, mask = on(hidden, weight, labels, mask)
-    out = kernels.linear_sequence_logprobs(hidden, weight, labels, mask, impl=impl)
+    out = logprob_kernels.linear_sequence_logprobs(hidden, weight, labels, mask, impl=impl)
     torch.testing.assert_close(out, torch.tensor([math.log(0.5) + math.log(0.75)], device=DEVICE))
 
 
@@ -148,7 +148,7 @@ def test_torch_path_gradcheck_fp64_over_several_chunks(monkeypatch):
     view = torch.cat([hidden, hidden[:, :1]], dim=1)[:, :-1].detach().requires_grad_(True)  # (3, 4, 6)
     weight.requires_grad_(True)
     assert torch.autograd.gradcheck(
-        lambda h, w: kernels.linear_sequence_logprobs(h, w, labels, mask, impl="torch"), (view, weight))
+        lambda h, w: logprob_kernels.linear_sequence_logprobs(h, w, labels, mask, impl="torch"), (view, weight))
 
 
 # ----------------------------------------------------------------------------- layouts and graphs
@@ -166,7 +166,7 @@ def test_strided_hidden_and_weight(impl, layout):
     w_view = weight.T.contiguous().T                                         # (V, d), stride (1, V)
     assert not view.is_contiguous() and not w_view.is_contiguous()
     h, w = view.detach().requires_grad_(True), w_view.detach().requires_grad_(True)
-    out = kernels.linear_sequence_logprobs(h, w, labels, mask, impl=impl)
+    out = logprob_kernels.linear_sequence_logprobs(h, w, labels, mask, impl=impl)
     out.backward(on(SEQ_GRAD[:2])[0])
     ref, ref_dh, ref_dw = reference(hidden, weight, labels, mask, on(SEQ_GRAD[:2])[0])
     torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-4)
@@ -192,7 +192,7 @@ def test_tied_embeddings_gradients_add_up(impl):
         return (fn(hidden, weight, labels, mask) * c).sum()
 
     ours = table.clone().requires_grad_(True)
-    forward(ours, mix, lambda h, w, y, m: kernels.linear_sequence_logprobs(h, w, y, m, impl=impl)).backward()
+    forward(ours, mix, lambda h, w, y, m: logprob_kernels.linear_sequence_logprobs(h, w, y, m, impl=impl)).backward()
     ref = table.double().requires_grad_(True)
     forward(ref, mix.double(), naive_linear_sequence_logprobs).backward()
     torch.testing.assert_close(ours.grad.double(), ref.grad, rtol=1e-4, atol=1e-5)
@@ -204,10 +204,10 @@ def test_frozen_weight_or_frozen_hidden(impl):
     hidden, weight, labels, mask = make_problem(2, 4, 16, 20, torch.float32, seed=2)
     _, ref_dh, ref_dw = reference(hidden, weight, labels, mask, torch.ones(2, device=DEVICE))
     h = hidden.clone().requires_grad_(True)
-    kernels.linear_sequence_logprobs(h, weight, labels, mask, impl=impl).sum().backward()
+    logprob_kernels.linear_sequence_logprobs(h, weight, labels, mask, impl=impl).sum().backward()
     torch.testing.assert_close(h.grad.double(), ref_dh, rtol=1e-4, atol=1e-5)
     w = weight.clone().requires_grad_(True)
-    kernels.linear_sequence_logprobs(hidden, w, labels, mask, impl=impl).sum().backward()
+    logprob_kernels.linear_sequence_logprobs(hidden, w, labels, mask, impl=impl).sum().backward()
     torch.testing.assert_close(w.grad.double(), ref_dw, rtol=1e-4, atol=1e-5)
 
 
@@ -217,7 +217,7 @@ def test_saves_no_logits_for_backward(impl):
     hidden, weight, labels, mask = make_problem(2, 16, 16, 64, torch.float32, seed=4, mask_kind="all")
     saved = []
     with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel()) or t, lambda t: t):
-        out = kernels.linear_sequence_logprobs(hidden.requires_grad_(True), weight, labels, mask, impl=impl)
+        out = logprob_kernels.linear_sequence_logprobs(hidden.requires_grad_(True), weight, labels, mask, impl=impl)
     out.sum().backward()
     assert saved and max(saved) == max(hidden.numel(), weight.numel()) < 2 * 16 * 64, saved
 
@@ -253,7 +253,7 @@ def test_triton_tiles_splits_and_chunks_do_not_change_the_result(config):
 @pytest.mark.parametrize("impl", IMPLS)
 def test_bad_inputs_raise_typed_errors(impl):
     hidden, weight, labels, mask = make_problem(2, 3, 16, 8, torch.float32, seed=0, mask_kind="all")
-    f = kernels.linear_sequence_logprobs
+    f = logprob_kernels.linear_sequence_logprobs
     with pytest.raises(ValueError, match=r"labels must have shape \(B, T\) = \(2, 3\)"):
         f(hidden, weight, labels[:, :2], mask, impl=impl)
     with pytest.raises(ValueError, match=r"mask must have shape"):
@@ -278,10 +278,10 @@ def test_bad_inputs_raise_typed_errors(impl):
 def test_float64_needs_the_torch_path_and_auto_picks_torch_on_cpu():
     hidden, weight, labels, mask = make_problem(2, 3, 16, 8, torch.float64, seed=0)
     with pytest.raises(TypeError, match="use impl='torch' for float64"):
-        kernels.linear_sequence_logprobs(hidden, weight, labels, mask, impl="triton")
-    out = kernels.linear_sequence_logprobs(hidden, weight, labels, mask)
+        logprob_kernels.linear_sequence_logprobs(hidden, weight, labels, mask, impl="triton")
+    out = logprob_kernels.linear_sequence_logprobs(hidden, weight, labels, mask)
     assert out.dtype == torch.float64
     if not hidden.is_cuda:
-        assert torch.equal(out, kernels.linear_sequence_logprobs(hidden, weight, labels, mask, impl="torch"))
+        assert torch.equal(out, logprob_kernels.linear_sequence_logprobs(hidden, weight, labels, mask, impl="torch"))
     with pytest.raises(ValueError, match="power of two >= 16"):
         triton_linear_token_logprobs(hidden.float(), weight.float(), labels, mask, LaunchConfig(block_d=8))

@@ -1,12 +1,12 @@
 """Graded tests of Assignment 2: masked log-probs, a chunked backward and a fused Triton kernel (20 points).
 
-What is graded (kernels/, the three functions of course/manifest.py):
+What is graded (logprob_kernels/, the three functions of course/manifest.py):
   TorchTokenLogprobs.backward      the backward of the chunked torch path (impl="torch")          7 points
   _logprobs_fwd_kernel             the Triton forward kernel (impl="triton")                        6 points
   _logprobs_bwd_kernel             the Triton backward kernel                                       5 points
   both paths on a DPO-like concatenated batch, forward + backward                                 2 points
 
-The yardstick is kernels/reference.py (naive log_softmax + gather + mask + sum, which the student copy keeps)
+The yardstick is logprob_kernels/reference.py (naive log_softmax + gather + mask + sum, which the student copy keeps)
 evaluated in float64 on the very same (possibly bf16-quantised) logits, and torch autograd through it; plus
 properties of the math (gradient rows sum to 0, exact zeros where the mask is 0, gradcheck). Nothing here
 re-implements the functions being graded.
@@ -33,10 +33,10 @@ from hypothesis import strategies as st
 if not torch.cuda.is_available():  # Triton's CPU interpreter: must be decided before triton is first imported
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-import kernels  # noqa: E402  (kernels.logprobs_triton imports triton)
-from kernels import logprobs_torch  # noqa: E402
-from kernels.logprobs_triton import TritonTokenLogprobs, launch_config, triton_token_logprobs  # noqa: E402
-from kernels.reference import naive_sequence_logprobs, naive_token_logprobs  # noqa: E402
+import logprob_kernels  # noqa: E402  (logprob_kernels.logprobs_triton imports triton)
+from logprob_kernels import logprobs_torch  # noqa: E402
+from logprob_kernels.logprobs_triton import TritonTokenLogprobs, launch_config, triton_token_logprobs  # noqa: E402
+from logprob_kernels.reference import naive_sequence_logprobs, naive_token_logprobs  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 LAYOUTS = ("contiguous", "shifted", "vocab_strided")
@@ -158,7 +158,7 @@ def triton_backward_alone(logits, labels, mask, grad_tok, *, inplace=False, bloc
 def triton_tok(logits, labels, mask, block_v=None):
     """Token log-probs from the Triton forward: the public API, or the wrapper with a forced BLOCK_V."""
     if block_v is None:
-        return kernels.token_logprobs(logits, labels, mask, impl="triton")
+        return logprob_kernels.token_logprobs(logits, labels, mask, impl="triton")
     return triton_token_logprobs(logits, labels, mask != 0, False, block_v)
 
 
@@ -174,7 +174,7 @@ def test_torch_backward_matches_naive_autograd(p, per_token):
     upstream = g_tok if per_token else g_row
     ref_out, ref_grad = naive(values, labels, mask, upstream)
     leaf, view, grad_of_view = as_layout(values, p["layout"])
-    fn = kernels.token_logprobs if per_token else kernels.sequence_logprobs
+    fn = logprob_kernels.token_logprobs if per_token else logprob_kernels.sequence_logprobs
     out = fn(view, labels, mask, impl="torch")
     out.backward(upstream.to(out.dtype))
     grad = grad_of_view(leaf.grad)
@@ -194,7 +194,7 @@ def test_torch_backward_low_precision_logits():
         values, labels, mask, g_row, _ = make(p)
         _, ref_grad = naive(values, labels, mask, g_row)
         leaf, view, grad_of_view = as_layout(values, "shifted")
-        kernels.sequence_logprobs(view, labels, mask, impl="torch").backward(g_row)
+        logprob_kernels.sequence_logprobs(view, labels, mask, impl="torch").backward(g_row)
         close_grad(grad_of_view(leaf.grad), ref_grad, dtype)
         assert torch.all(leaf.grad[:, -1] == 0)
 
@@ -210,7 +210,7 @@ def test_torch_backward_is_exactly_zero_on_masked_positions():
         labels[0] = -100
         _, ref_grad = naive(values, labels, mask, g_row)
         x = nan_where_masked(values, mask).requires_grad_(True)
-        out = kernels.sequence_logprobs(x, labels, mask, impl="torch")
+        out = logprob_kernels.sequence_logprobs(x, labels, mask, impl="torch")
         assert out[0].item() == 0.0 and out[-1].item() == 0.0
         out.backward(g_row.to(out.dtype))
         assert not torch.isnan(x.grad).any(), "masked rows must not turn NaN logits into NaN gradients"
@@ -228,8 +228,8 @@ def test_torch_backward_gradcheck_fp64():
     labels[~mask] = -100
     base, labels, mask = base.to(DEVICE), labels.to(DEVICE), mask.to(DEVICE)
     view = base[:, :-1].detach().requires_grad_(True)  # (3, 4, 7), non-contiguous
-    assert torch.autograd.gradcheck(lambda x: kernels.sequence_logprobs(x, labels, mask, impl="torch"), (view,))
-    assert torch.autograd.gradcheck(lambda x: kernels.token_logprobs(x, labels, mask, impl="torch"), (view,))
+    assert torch.autograd.gradcheck(lambda x: logprob_kernels.sequence_logprobs(x, labels, mask, impl="torch"), (view,))
+    assert torch.autograd.gradcheck(lambda x: logprob_kernels.token_logprobs(x, labels, mask, impl="torch"), (view,))
 
 
 @pytest.mark.points(1)
@@ -243,7 +243,7 @@ def test_torch_backward_does_not_depend_on_the_chunk_size(monkeypatch):
     for chunk in (50, 100, 157, 2000):  # 1, 2, 3 rows per chunk (157: not a multiple of V), everything at once
         monkeypatch.setattr(logprobs_torch, "CHUNK_ELEMENTS", chunk)
         x = values.clone().requires_grad_(True)
-        kernels.sequence_logprobs(x, labels, mask, impl="torch").backward(g_row)
+        logprob_kernels.sequence_logprobs(x, labels, mask, impl="torch").backward(g_row)
         close_grad(x.grad, ref_grad, torch.float32)
         grads.append(x.grad)
     for grad in grads[1:]:
@@ -258,11 +258,11 @@ def test_torch_inplace_backward_gives_the_same_gradient():
         values, labels, mask, g_row, _ = make(p)
         _, ref_grad = naive(values, labels, mask, g_row)
         leaf, view, grad_of_view = as_layout(values, "shifted")
-        kernels.sequence_logprobs(view, labels, mask, impl="torch").backward(g_row)
+        logprob_kernels.sequence_logprobs(view, labels, mask, impl="torch").backward(g_row)
         leaf2, _, _ = as_layout(values, "shifted")
         full = leaf2 * 1.0        # a non-leaf whose buffer nothing else needs (MulBackward by a scalar saves none)
         logits = full[:, :-1]
-        kernels.sequence_logprobs(logits, labels, mask, impl="torch", inplace_backward=True).backward(g_row)
+        logprob_kernels.sequence_logprobs(logits, labels, mask, impl="torch", inplace_backward=True).backward(g_row)
         close_grad(grad_of_view(leaf2.grad), ref_grad, dtype)
         torch.testing.assert_close(leaf2.grad, leaf.grad, rtol=0, atol=0)
         assert torch.equal(logits.detach(), grad_of_view(leaf.grad)), \
@@ -285,7 +285,7 @@ def test_triton_forward_matches_naive(p, block_v):
     assert tok.dtype == torch.float32 and tok.shape == (p["B"], p["T"])
     torch.testing.assert_close(tok.double(), ref_tok, rtol=1e-5, atol=1e-4)
     assert torch.all(tok[~mask] == 0)
-    seq = kernels.sequence_logprobs(view.detach(), labels, mask, impl="triton")
+    seq = logprob_kernels.sequence_logprobs(view.detach(), labels, mask, impl="triton")
     torch.testing.assert_close(seq.double(), ref_tok.sum(-1), rtol=1e-5, atol=1e-4 * p["T"])
 
 
@@ -300,11 +300,11 @@ def test_triton_forward_is_exactly_zero_on_masked_positions():
         labels[0, :2] = torch.tensor([3, 44])
         ref_tok, _ = naive(values, labels, mask, torch.zeros(labels.shape, device=DEVICE))
         x = nan_where_masked(values, mask)
-        tok = kernels.token_logprobs(x, labels, mask, impl="triton")
+        tok = logprob_kernels.token_logprobs(x, labels, mask, impl="triton")
         assert torch.all(tok[~mask] == 0), "masked positions must be exactly 0 (and not read their logits)"
         assert torch.isfinite(tok[mask]).all() and torch.all(tok[mask] < 0)
         torch.testing.assert_close(tok.double(), ref_tok, rtol=1e-5, atol=1e-5)
-        seq = kernels.sequence_logprobs(x, labels, mask, impl="triton")
+        seq = logprob_kernels.sequence_logprobs(x, labels, mask, impl="triton")
         assert seq[-1].item() == 0.0, "a row with an empty mask sums to exactly 0"
 
 
@@ -331,7 +331,7 @@ def test_triton_forward_large_logits_stay_exact():
         assert torch.isfinite(tok).all()
         torch.testing.assert_close(tok.double(), ref_tok, rtol=0, atol=2e-5)
     bf = (1e4 + 64.0 * torch.randn(B, T, V, generator=gen)).to(torch.bfloat16).to(DEVICE)  # spacing 64: many ties
-    tok = kernels.token_logprobs(bf, labels, mask, impl="triton")
+    tok = logprob_kernels.token_logprobs(bf, labels, mask, impl="triton")
     ref_tok, _ = naive(bf, labels, mask, torch.zeros(B, T, device=DEVICE))
     torch.testing.assert_close(tok.double(), ref_tok, rtol=1e-6, atol=1e-5)
 
@@ -490,7 +490,7 @@ def test_triton_and_torch_agree_on_a_concatenated_dpo_batch():
         if impl == "naive":
             logps = naive_sequence_logprobs(logits, labels, mask)
         else:
-            logps = kernels.sequence_logprobs(logits, labels, mask, impl=impl, inplace_backward=inplace)
+            logps = logprob_kernels.sequence_logprobs(logits, labels, mask, impl=impl, inplace_backward=inplace)
         ratios = logps - ref_logps
         loss = -torch.nn.functional.logsigmoid(0.1 * (ratios[:pairs] - ratios[pairs:])).mean()
         loss.backward()

@@ -3,7 +3,7 @@ dpo.concatenated_logps).
 
 Literal worked examples (from the modules' docstrings, derived by hand), properties of the truncation policy
 and of the collate layout (hypothesis), and the concatenated forward against two separate forwards scored by
-kernels.reference (the naive log-prob reference, which is not part of the assignment). 23 points.
+logprob_kernels.reference (the naive log-prob reference, which is not part of the assignment). 23 points.
 """
 
 import pytest
@@ -13,8 +13,9 @@ from hypothesis import strategies as st
 
 import data
 import dpo
+import logprob_kernels
 from data.encoding import truncate_pair
-from kernels.reference import naive_sequence_logprobs
+from logprob_kernels.reference import naive_sequence_logprobs
 from model import GPT, GPTConfig
 
 SETTINGS = settings(derandomize=True, deadline=None, max_examples=60)
@@ -138,8 +139,16 @@ def test_concatenated_forward_equals_two_separate_forwards(pairs):
     assert out.chosen.dtype == torch.float32 and out.chosen_tokens.dtype == torch.int64
 
 
+@pytest.fixture
+def log_probs_by_the_specification(monkeypatch):
+    """Log-probs through logprob_kernels/reference.py instead of the kernels: A3's grader must not need A2's
+    backward (a student who has done only A3 gets full marks)."""
+    monkeypatch.setattr(logprob_kernels, "sequence_logprobs",
+                        lambda logits, labels, mask, **_: naive_sequence_logprobs(logits, labels, mask))
+
+
 @pytest.mark.points(2)
-def test_concatenated_forward_is_differentiable_and_checks_its_batch():
+def test_concatenated_forward_is_differentiable_and_checks_its_batch(log_probs_by_the_specification):
     model = tiny_gpt().train()
     batch = data.dpo_collate([data.EncodedPair([1, 2], [3, 4], [5])], pad_id=0)
     out = dpo.concatenated_logps(model, batch, impl="torch")

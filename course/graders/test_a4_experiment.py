@@ -136,14 +136,14 @@ def require_written_code():
     raises NotImplementedError here."""
     import data
     import dpo
-    import kernels
+    import logprob_kernels
 
     logps = torch.tensor([-3.0, -2.0])
     dpo.dpo_loss(logps, logps - 1.0, logps, logps, beta=0.1)
     data.collate_responses([([1, 2], [3, 4])], 0)
     logits = torch.zeros(1, 2, 3, requires_grad=True)
     keep = torch.ones(1, 2, dtype=torch.bool)
-    kernels.sequence_logprobs(logits, torch.tensor([[0, 2]]), keep, impl="torch").sum().backward()
+    logprob_kernels.sequence_logprobs(logits, torch.tensor([[0, 2]]), keep, impl="torch").sum().backward()
 
 
 def mean_ci95(values):

@@ -45,7 +45,7 @@ Backward. With g[b, t] = d loss / d logp[b, t], x = logits[b, t], p = softmax(x)
 One program per position again: masked rows write zeros (no reads), kept rows re-read the logits, form p from
 the saved m and log_s, and write the gradient in the logits dtype. In-place mode passes the logits buffer as the
 gradient buffer: each element is read before it is overwritten, by the same program, so this is safe for the
-kernel; whether it is safe for the caller is said in kernels.token_logprobs.
+kernel; whether it is safe for the caller is said in logprob_kernels.token_logprobs.
 
 Launch configuration (V up to 128256 on an H100): BLOCK_V covers 16 KiB of logits per loop step (8192 bf16/fp16
 or 4096 fp32 elements), with 16 or 8 warps, so each thread owns 16 elements, i.e. two 16-byte vector loads of
@@ -234,8 +234,8 @@ def triton_token_logprobs(logits: torch.Tensor, labels: torch.Tensor, keep: torc
     """Token log-probs (B, T) fp32 from the fused kernel, 0 where keep is False; differentiable.
 
     Shape: logits (B, T, V) fp32/bf16/fp16, any strides, on CUDA (or CPU under TRITON_INTERPRET=1); labels (B, T)
-    integer; keep (B, T) bool (already validated by kernels.checks). block_v overrides BLOCK_V (a power of two).
+    integer; keep (B, T) bool (already validated by logprob_kernels.checks). block_v overrides BLOCK_V (a power of two).
     """
     if block_v is not None and (block_v < 1 or block_v & (block_v - 1)):
-        raise ValueError(f"kernels: block_v must be a power of two, got {block_v}")
+        raise ValueError(f"logprob_kernels: block_v must be a power of two, got {block_v}")
     return TritonTokenLogprobs.apply(logits, labels, keep, inplace_backward, block_v)

@@ -1,7 +1,7 @@
 """Masked token log-probabilities in plain PyTorch, chunked so that no (B, T, V) fp32 tensor is ever built.
 
-This is the CPU path of `kernels.token_logprobs` / `kernels.sequence_logprobs` and the readable statement of
-what the Triton kernel (kernels/logprobs_triton.py) fuses. For each position (b, t) with mask 1:
+This is the CPU path of `logprob_kernels.token_logprobs` / `logprob_kernels.sequence_logprobs` and the readable
+statement of what the Triton kernel (logprob_kernels/logprobs_triton.py) fuses. For each position (b, t) with mask 1:
 
     m[b, t]     = max_v logits[b, t, v]                                  (in fp32; fp64 for fp64 logits)
     log_s[b, t] = log sum_v exp(logits[b, t, v] - m[b, t])

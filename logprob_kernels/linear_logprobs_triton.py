@@ -1,12 +1,12 @@
 """Triton kernels for log-probabilities from hidden states: the logits live only in registers, tile by tile.
 
-What they compute, the math and the FLOP count: kernels/linear_logprobs.py (log pi(y | x) of DPO's Eq. 7 with
+What they compute, the math and the FLOP count: logprob_kernels/linear_logprobs.py (log pi(y | x) of DPO's Eq. 7 with
 the head folded in). Inputs here are already compacted: h (N, d) holds the kept positions only.
 
 Forward, _lse_fwd_kernel. A program owns BLOCK_N positions and a range of the vocabulary. For each vocabulary
 tile it computes z = h_tile @ weight_tile.T (BLOCK_N, BLOCK_V) with tl.dot over BLOCK_D slices of d, and folds
 it into a running max m and running sum s = sum exp(z - m) per position (the online softmax of Milakov &
-Gimelshein 2018, as in kernels/logprobs_triton.py); the label's logit is picked up by the tile that holds it.
+Gimelshein 2018, as in logprob_kernels/logprobs_triton.py); the label's logit is picked up by the tile that holds it.
 A tile of z never leaves registers: 2 N V d FLOPs for 12 bytes written per position and vocabulary range.
 With N = 8192 and BLOCK_N = 128 there are only 64 position blocks, fewer than an H100's 132 SMs, so the
 vocabulary is split into v_splits ranges, one program each; torch then merges the (N, v_splits) partial
@@ -36,7 +36,7 @@ stages: wgmma instructions, a 128 x 128 fp32 accumulator (64 registers per threa
 larger ones spill. fp32 inputs use 64 x 128 x 32 tiles and 2 stages (the 128 x 128 x 64 fp32 forward spills)
 and tl.dot's "ieee" precision unless torch.backends.cuda.matmul.allow_tf32 is set, as torch.matmul does. No
 autotuning. Under the CPU interpreter (TRITON_INTERPRET=1) loads are upcast to fp32 before tl.dot and bf16
-stores are rounded by hand (kernels/logprobs_triton._to_out_dtype).
+stores are rounded by hand (logprob_kernels/logprobs_triton._to_out_dtype).
 Left out: fp64 (use the torch path), a head bias, logits beyond fp32 range.
 """
 
@@ -301,11 +301,11 @@ def triton_linear_token_logprobs(hidden: torch.Tensor, weight: torch.Tensor, lab
 
     Shape: hidden (B, T, d) and weight (V, d), one dtype of fp32/bf16/fp16, any strides, on CUDA (or CPU under
     TRITON_INTERPRET=1); labels (B, T) integer; keep (B, T) bool. Inputs are validated by
-    kernels.linear_logprobs.check_linear_inputs. config overrides the tiles (tests force small ones).
+    logprob_kernels.linear_logprobs.check_linear_inputs. config overrides the tiles (tests force small ones).
     """
     cfg = config or launch_config(hidden.dtype)
     for name in ("block_n", "block_v", "block_d"):
         size = getattr(cfg, name)
         if size < 16 or size & (size - 1):
-            raise ValueError(f"kernels: LaunchConfig.{name} must be a power of two >= 16 (tl.dot), got {size}")
+            raise ValueError(f"logprob_kernels: LaunchConfig.{name} must be a power of two >= 16 (tl.dot), got {size}")
     return TritonLinearTokenLogprobs.apply(hidden, weight, labels, keep, cfg)

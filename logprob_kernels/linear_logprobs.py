@@ -9,10 +9,10 @@ With i running over the positions (b, t), hidden[i] (d,) the final hidden state 
     result[b] = sum_t mask[b, t] * logp[b, t]
 
 Three implementations compute the same numbers:
-* naive_linear_sequence_logprobs: logits = hidden @ weight.T, then kernels.reference's naive log-softmax; the
+* naive_linear_sequence_logprobs: logits = hidden @ weight.T, then logprob_kernels.reference's naive log-softmax; the
   yardstick in tests (fp64-capable).
 * LinearTokenLogprobs below: chunked PyTorch; the CPU path and the readable statement of the algorithm.
-* kernels/linear_logprobs_triton.py: Triton kernels that keep the logits in registers; the CUDA path.
+* logprob_kernels/linear_logprobs_triton.py: Triton kernels that keep the logits in registers; the CUDA path.
 linear_sequence_logprobs(..., impl="auto") picks Triton for CUDA tensors and the torch path otherwise.
 
 Compaction. Positions with mask 0 (prompt, padding) are dropped before any matrix product: the kept rows are
@@ -46,7 +46,7 @@ Cost, for N kept positions, vocabulary V, hidden size d, s bytes per element (s 
              accumulated in fp32 (V d 4 bytes; for fp32 weights that is the gradient itself). The same bench
              measures 0.34-0.41 GB, of which 0.16 GB are the gradients. Triton path: a (c, V) dz workspace in the
              input dtype (at most linear_logprobs_triton.DZ_WORKSPACE_BYTES) instead of the fp32 chunk.
-    bytes    naive: >= (s + 12) N V forward and >= (s + 24) N V backward (counted in kernels/logprobs_triton.py)
+    bytes    naive: >= (s + 12) N V forward and >= (s + 24) N V backward (counted in logprob_kernels/logprobs_triton.py)
              plus the GEMMs' own N V s writes and 2 N V s reads. here (torch path): each chunk of c rows reads the
              weight 3 times (z, recomputed z, dz @ weight) and updates the fp32 dweight (read + write, 8 V d), so
              c sets the arithmetic intensity: 8 c V d FLOPs per (3 s + 8) V d bytes, 0.57 c FLOPs per byte in
@@ -82,31 +82,31 @@ def check_linear_inputs(hidden: torch.Tensor, weight: torch.Tensor, labels: torc
     """Validate shapes, dtypes, devices and label values; return keep = (mask != 0) as a (B, T) bool tensor.
 
     Shape: hidden (B, T, d) float; weight (V, d) of the same dtype; labels (B, T) integer; mask (B, T).
-    Labels must lie in [0, V) where mask is 1 (one pass over labels and one host sync, as in kernels.checks).
+    Labels must lie in [0, V) where mask is 1 (one pass over labels and one host sync, as in logprob_kernels.checks).
     """
     for name, t, dims in (("hidden", hidden, "(B, T, d)"), ("weight", weight, "(V, d)")):
         if not isinstance(t, torch.Tensor) or t.dim() != len(dims.split(",")):
             got = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
-            raise ValueError(f"kernels: {name} must be a {dims} tensor, got {got}")
+            raise ValueError(f"logprob_kernels: {name} must be a {dims} tensor, got {got}")
         if t.dtype not in FLOAT_DTYPES:
-            raise TypeError(f"kernels: {name} dtype must be one of {FLOAT_DTYPES}, got {t.dtype}")
+            raise TypeError(f"logprob_kernels: {name} dtype must be one of {FLOAT_DTYPES}, got {t.dtype}")
     if hidden.dtype != weight.dtype:
-        raise TypeError(f"kernels: hidden and weight must have the same dtype, got {hidden.dtype} and "
+        raise TypeError(f"logprob_kernels: hidden and weight must have the same dtype, got {hidden.dtype} and "
                         f"{weight.dtype}")
     if weight.device != hidden.device:
-        raise ValueError(f"kernels: weight is on {weight.device} but hidden is on {hidden.device}")
+        raise ValueError(f"logprob_kernels: weight is on {weight.device} but hidden is on {hidden.device}")
     B, T, d = hidden.shape
     V = weight.shape[0]
     if weight.shape[1] != d:
-        raise ValueError(f"kernels: hidden has size d = {d} but weight {tuple(weight.shape)} has d = "
+        raise ValueError(f"logprob_kernels: hidden has size d = {d} but weight {tuple(weight.shape)} has d = "
                          f"{weight.shape[1]}; weight must be (V, d), as lm_head.weight is")
     for name, t in (("labels", labels), ("mask", mask)):
         if not isinstance(t, torch.Tensor):
-            raise TypeError(f"kernels: {name} must be a torch.Tensor, got {type(t).__name__}")
+            raise TypeError(f"logprob_kernels: {name} must be a torch.Tensor, got {type(t).__name__}")
         if tuple(t.shape) != (B, T):
-            raise ValueError(f"kernels: {name} must have shape (B, T) = {(B, T)} matching hidden "
+            raise ValueError(f"logprob_kernels: {name} must have shape (B, T) = {(B, T)} matching hidden "
                              f"{tuple(hidden.shape)}, got {tuple(t.shape)}")
-    # Shapes agree; the dtype, device and value checks of labels and mask are kernels.checks' own. A zero-stride
+    # Shapes agree; the dtype, device and value checks of labels and mask are logprob_kernels.checks' own. A zero-stride
     # (B, T, V) view of one element stands in for the logits there: it allocates nothing.
     return check_inputs(hidden.new_empty(()).expand(B, T, V), labels, mask)
 
@@ -183,7 +183,7 @@ def linear_sequence_logprobs(hidden: torch.Tensor, weight: torch.Tensor, labels:
     impl: "auto" (Triton for CUDA tensors, torch otherwise), "torch" or "triton".
 
     Worked example: d = V = 2, weight = identity, so the logits are the hidden states: hidden [[0, 0],
-    [ln 3, 0]] with labels [1, 0] give log(1/2) + log(3/4) = -0.9808..., as in kernels.reference.
+    [ln 3, 0]] with labels [1, 0] give log(1/2) + log(3/4) = -0.9808..., as in logprob_kernels.reference.
     """
     keep = check_linear_inputs(hidden, weight, labels, mask)  # (B, T) bool
     if resolve_impl(impl, hidden, "hidden and weight") == "triton":

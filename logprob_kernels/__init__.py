@@ -4,9 +4,9 @@
     sequence_logprobs(logits, labels, mask)[b] = sum_t token_logprobs(...)[b, t]
 
 Three implementations compute the same numbers:
-* kernels/reference.py      naive log_softmax + gather + mask + sum; the yardstick in tests (fp64-capable).
-* kernels/logprobs_torch.py chunked PyTorch, no (B, T, V) fp32 temporary; the CPU path.
-* kernels/logprobs_triton.py the fused Triton kernel (streaming logsumexp forward, one-pass backward); the
+* logprob_kernels/reference.py      naive log_softmax + gather + mask + sum; the yardstick in tests (fp64-capable).
+* logprob_kernels/logprobs_torch.py chunked PyTorch, no (B, T, V) fp32 temporary; the CPU path.
+* logprob_kernels/logprobs_triton.py the fused Triton kernel (streaming logsumexp forward, one-pass backward); the
   CUDA path, also runnable on CPU tensors under TRITON_INTERPRET=1.
 impl="auto" picks Triton for CUDA tensors and the torch path otherwise. Both are deterministic: per-position
 results, then a fixed-order torch sum over T. Left out: label smoothing, ignore_index conventions (use the mask).
