@@ -5,12 +5,12 @@ A checkpoint is one file, `ckpt.pt`, holding everything a run needs to continue 
     model      the GPT's state_dict and its GPTConfig
     optimizer  AdamW's state (moments, step counts)
     step       optimizer steps taken; the learning-rate schedule and the data order are pure functions of
-               the step (see train.py), so they need no state of their own
+               the step (see training.py), so they need no state of their own
     rng        the torch (CPU and CUDA), numpy and python generator states (dropout, sampling)
     rng_by_rank  data-parallel runs (torchrun): every rank's generator states, in rank order (rank 0's = rng)
     config     the resolved training config, for reference
-    extra      small values of the loop: the best held-out score and its step, evaluations since the
-               best (early stopping), the step of the last save
+    early_stopping  the best held-out score so far, its step, and the evaluations since it
+                    (training.EarlyStopping as a dict)
     lora       LoRA runs only: then "model" holds the adapters alone (lora.lora_state_dict, a few MB), and
                this entry holds their settings (rank, alpha, dropout, targets) and the frozen base they belong
                to: its --init path (as given and absolute) and the sha256 of its weights. Loading rebuilds the
@@ -54,7 +54,7 @@ def rng_state():
     }
 
 
-def save_checkpoint(path, model, optimizer, step, config, extra=None, lora_base=None, rng_by_rank=None):
+def save_checkpoint(path, model, optimizer, step, config, early_stopping=None, lora_base=None, rng_by_rank=None):
     """Write `path` (a `ckpt.pt` file) atomically. `model` may be wrapped by torch.compile.
 
     A model with LoRA adapters needs `lora_base` (see `describe_lora_base`): only its adapters are written.
@@ -70,7 +70,7 @@ def save_checkpoint(path, model, optimizer, step, config, extra=None, lora_base=
         "step": int(step),
         "rng": rng_state(),
         "config": dict(config) if config is not None else None,
-        "extra": dict(extra or {}),
+        "early_stopping": dict(early_stopping or {}),
     }
     if rng_by_rank is not None:
         state["rng_by_rank"] = list(rng_by_rank)

@@ -1,10 +1,12 @@
-"""The configuration of every command: one dataclass, its help text, and its validation.
+"""The configuration of every command: one dataclass, each command's defaults, and the validation of it all.
 
-`TrainConfig` holds every setting of pretrain, sft, dpo and the sampling commands. Each field's metadata
-holds its help line and the commands that take it, so `train.py` (the command line) can give each command
-exactly its flags (`out_dir` -> `--out-dir`) from this one source. `check_config` validates a whole
-configuration before any work starts and raises `ConfigError` naming the flag at fault; `resolve_lengths`
-fills the lengths that default to the model's block size once the model is known.
+`TrainConfig` holds every setting of the commands. Each field names its command-line flag, its help line, the
+commands that take it and its allowed values, so `train.py` gives each command exactly its flags from this one
+source; `STAGE_DEFAULTS`, beside the fields, holds each command's own defaults (`train.py dpo --help` shows
+them) and `stage_config` builds a command's configuration from them. `check_config` validates a whole
+configuration before any work starts and raises `ConfigError` naming the flag at fault (`check_values` checks
+the values alone, with the allowed values exported by the modules that own them); `resolve_lengths` fills the
+lengths that default to the model's block size once the model is known.
 """
 
 import contextlib
@@ -16,7 +18,9 @@ from dataclasses import dataclass
 import torch
 
 import data
-import dpo
+from dpo import LOSS_TYPES, SMOOTHED_LOSS_TYPES
+from logprob_kernels import IMPLS
+from reference import MODES as REFERENCE_MODES
 
 
 class ConfigError(ValueError):
@@ -24,117 +28,143 @@ class ConfigError(ValueError):
 
 
 # -----------------------------------------------------------------------------
-# Configuration: a dataclass with defaults. Each field's metadata holds its help text and the commands that
-# use it; train.py makes every field a flag of those commands (`out_dir` -> `--out-dir`).
+# The settings: one dataclass field each, with its flag, help line, commands and allowed values
 
 TRAINING_STAGES = ("pretrain", "sft", "dpo", "unlikelihood")
 PAIR_STAGES = ("sft", "dpo", "unlikelihood")  # the stages that train on preference pairs
 LORA_STAGES = ("sft", "dpo")  # the stages that can train LoRA adapters instead of all weights
 STAGES = TRAINING_STAGES + ("pairs", "eval", "sample")
+SCHEDULES = ("cosine", "constant")  # the learning rate after warm-up (training.learning_rate)
+DTYPES = ("auto", "float32", "bfloat16", "float16")  # the autocast dtype (resolve_device)
 FRESH_MODEL = "a fresh model (pretrain, sft without --init; ignored with --init)"
 LORA = "LoRA: low-rank adapters on a frozen --init model (used with --lora-rank > 0)"
 
 
-def option(default, help, stages=TRAINING_STAGES, choices=None, group=None):
-    """A TrainConfig field: its default, help line, the commands that take it, its allowed values."""
-    return dataclasses.field(default=default, metadata=dict(help=help, stages=stages, choices=choices, group=group))
+def option(flag, default, help, stages=TRAINING_STAGES, choices=None, group=None):
+    """A TrainConfig field: its flag (None: not a flag), default, help line, the commands that take it, its
+    allowed values (None: any) and its --help group."""
+    return dataclasses.field(default=default, metadata=dict(flag=flag, help=help, stages=stages, choices=choices,
+                                                            group=group))
 
 
 @dataclass
 class TrainConfig:
-    out_dir: str = option("out/run", "directory for the run's outputs (config, metrics, checkpoints)",
+    out_dir: str = option("--out-dir", "out/run", "directory for the run's outputs (config, metrics, checkpoints)",
                           STAGES[:-1])
-    init: str = option("", "the starting model: a ckpt.pt of ours (or its directory), a Hugging Face GPT-2 "
-                       "directory, or a hub name such as gpt2; '' = a fresh model (dpo: the SFT model, which is "
-                       "also the frozen reference)", STAGES)
-    data: str = option("", "pretrain: a UTF-8 text file ('' = the embedded reviews); sft, dpo: preference data, a "
-                       ".jsonl/.json file, a dataset directory or hub name, optionally NAME:split")
-    heldout_data: str = option("", "held-out preference data, as --data; '' = the dataset's test split when it "
-                               "has one, else a --heldout-fraction of --data", PAIR_STAGES)
-    heldout_fraction: float = option(0.05, "share of --data held out for evaluation (without --heldout-data)")
-    tokenizer: str = option("bytes", "'bytes' (offline, byte-level), 'gpt2' (tiktoken's BPE; needs the network or "
-                            "TIKTOKEN_CACHE_DIR), or a path to a .tiktoken BPE ranks file", STAGES)
-    max_length: int = option(0, "tokens per row: prompt + response (sft, dpo) or a pre-training window; "
-                             "0 = the model's block size")
-    max_prompt_length: int = option(0, "most prompt tokens kept when a pair is too long; 0 = half of --max-length",
-                                    PAIR_STAGES)
+    init: str = option("--init", "", "the starting model: a ckpt.pt of ours (or its directory), a Hugging Face "
+                       "GPT-2 directory, or a hub name such as gpt2; '' = a fresh model (dpo: the SFT model, which "
+                       "is also the frozen reference)", STAGES)
+    data: str = option("--data", "", "pretrain: a UTF-8 text file ('' = the embedded reviews); sft, dpo: preference "
+                       "data, a .jsonl/.json file, a dataset directory or hub name, optionally NAME:split")
+    heldout_data: str = option("--heldout-data", "", "held-out preference data, as --data; '' = the dataset's test "
+                               "split when it has one, else a --heldout-fraction of --data", PAIR_STAGES)
+    heldout_fraction: float = option("--heldout-fraction", 0.05, "share of --data held out for evaluation (without "
+                                     "--heldout-data)")
+    tokenizer: str = option("--tokenizer", "bytes", "'bytes' (offline, byte-level), 'gpt2' (tiktoken's BPE; needs "
+                            "the network or TIKTOKEN_CACHE_DIR), or a path to a .tiktoken BPE ranks file", STAGES)
+    max_length: int = option("--max-length", 0, "tokens per row: prompt + response (sft, dpo) or a pre-training "
+                             "window; 0 = the model's block size")
+    max_prompt_length: int = option("--max-prompt-length", 0, "most prompt tokens kept when a pair is too long; "
+                                    "0 = half of --max-length", PAIR_STAGES)
     # a fresh model
-    n_layer: int = option(4, "transformer blocks", ("pretrain", "sft"), group=FRESH_MODEL)
-    n_head: int = option(4, "attention heads per block", ("pretrain", "sft"), group=FRESH_MODEL)
-    n_embd: int = option(128, "embedding width", ("pretrain", "sft"), group=FRESH_MODEL)
-    block_size: int = option(256, "positions the model supports", ("pretrain", "sft"), group=FRESH_MODEL)
-    dropout: float = option(0.0, "dropout probability", ("pretrain", "sft"), group=FRESH_MODEL)
+    n_layer: int = option("--n-layer", 4, "transformer blocks", ("pretrain", "sft"), group=FRESH_MODEL)
+    n_head: int = option("--n-head", 4, "attention heads per block", ("pretrain", "sft"), group=FRESH_MODEL)
+    n_embd: int = option("--n-embd", 128, "embedding width", ("pretrain", "sft"), group=FRESH_MODEL)
+    block_size: int = option("--block-size", 256, "positions the model supports", ("pretrain", "sft"),
+                             group=FRESH_MODEL)
+    dropout: float = option("--dropout", 0.0, "dropout probability", ("pretrain", "sft"), group=FRESH_MODEL)
     # optimisation
-    steps: int = option(1000, "optimizer steps")
-    batch_size: int = option(32, "examples (dpo: pairs) per optimizer step, over all processes (torchrun: "
-                             "each takes an equal share)")
-    grad_accum: int = option(1, "micro-batches per step in each process (processes x this must divide "
-                             "--batch-size)")
-    lr: float = option(3e-4, "peak learning rate (AdamW)")
-    schedule: str = option("cosine", "after linear warm-up: cosine decay to --min-lr-ratio * --lr, or constant",
-                           choices=("cosine", "constant"))
-    min_lr_ratio: float = option(0.1, "the cosine schedule's final learning rate, as a fraction of --lr")
-    warmup_steps: int = option(20, "steps of linear learning-rate warm-up")
-    weight_decay: float = option(0.1, "AdamW weight decay on weight matrices and embeddings")
-    grad_clip: float = option(1.0, "clip the gradient's global norm to this")
+    steps: int = option("--steps", 1000, "optimizer steps")
+    batch_size: int = option("--batch-size", 32, "examples (dpo: pairs) per optimizer step, over all processes "
+                             "(torchrun: each takes an equal share)")
+    grad_accum: int = option("--grad-accum", 1, "micro-batches per step in each process (processes x this must "
+                             "divide --batch-size)")
+    lr: float = option("--lr", 3e-4, "peak learning rate (AdamW)")
+    schedule: str = option("--schedule", "cosine", "after linear warm-up: cosine decay to --min-lr-ratio * --lr, or "
+                           "constant", choices=SCHEDULES)
+    min_lr_ratio: float = option("--min-lr-ratio", 0.1, "the cosine schedule's final learning rate, as a fraction "
+                                 "of --lr")
+    warmup_steps: int = option("--warmup-steps", 20, "steps of linear learning-rate warm-up")
+    weight_decay: float = option("--weight-decay", 0.1, "AdamW weight decay on weight matrices and embeddings")
+    grad_clip: float = option("--grad-clip", 1.0, "clip the gradient's global norm to this")
     # DPO
-    loss: str = option("sigmoid", "the DPO loss (dpo.py): sigmoid (Eq. 7; cDPO with --label-smoothing), ipo, "
-                       "hinge, robust", ("dpo",), choices=dpo.LOSS_TYPES)
-    beta: float = option(0.1, "beta, the strength of the KL penalty (Eq. 3, 7)", ("dpo",))
-    label_smoothing: float = option(0.0, "probability that a preference label is flipped (cDPO, robust)", ("dpo",))
-    rpo_alpha: float = option(0.0, "weight of the chosen response's per-token NLL added to the DPO loss (RPO, "
-                              "Pang et al. 2024; TRL's rpo_alpha)", ("dpo",))
-    unlikelihood_alpha: float = option(1.0, "weight in [0, 1] of the unlikelihood term on the rejected response",
-                                       ("unlikelihood",))
-    reference: str = option("precompute", "precompute: the reference's log-probs once, then the reference is "
-                            "freed; live: every step (with LoRA the reference is the policy with its adapters off: "
-                            "no copy either way)", ("dpo",), choices=("precompute", "live"))
+    loss: str = option("--loss", "sigmoid", "the DPO loss (dpo.py): sigmoid (Eq. 7; cDPO with --label-smoothing), "
+                       "ipo, hinge, robust", ("dpo",), choices=LOSS_TYPES)
+    beta: float = option("--beta", 0.1, "beta, the strength of the KL penalty (Eq. 3, 7)", ("dpo",))
+    label_smoothing: float = option("--label-smoothing", 0.0, "probability that a preference label is flipped "
+                                    "(cDPO, robust)", ("dpo",))
+    rpo_alpha: float = option("--rpo-alpha", 0.0, "weight of the chosen response's per-token NLL added to the DPO "
+                              "loss (RPO, Pang et al. 2024; TRL's rpo_alpha)", ("dpo",))
+    unlikelihood_alpha: float = option("--unlikelihood-alpha", 1.0, "weight in [0, 1] of the unlikelihood term on "
+                                       "the rejected response", ("unlikelihood",))
+    reference: str = option("--reference", "precompute", "precompute: the reference's log-probs once, then the "
+                            "reference is freed; live: every step (with LoRA the reference is the policy with its "
+                            "adapters off: no copy either way)", ("dpo",), choices=REFERENCE_MODES)
     # LoRA (lora.py)
-    lora_rank: int = option(0, "train low-rank adapters of this rank on a frozen --init model instead of all "
-                            "weights (LoRA); 0 = full fine-tuning", LORA_STAGES, group=LORA)
-    lora_alpha: float = option(16.0, "LoRA's alpha: the update B A is scaled by alpha / rank", LORA_STAGES,
-                               group=LORA)
-    lora_dropout: float = option(0.0, "dropout on the adapters' input", LORA_STAGES, group=LORA)
-    lora_targets: str = option("c_attn,c_proj,c_fc", "comma-separated names of the linear layers that get "
-                               "adapters (c_proj matches attention's and the MLP's; attn.c_proj one of them)",
+    lora_rank: int = option("--lora-rank", 0, "train low-rank adapters of this rank on a frozen --init model "
+                            "instead of all weights (LoRA); 0 = full fine-tuning", LORA_STAGES, group=LORA)
+    lora_alpha: float = option("--lora-alpha", 16.0, "LoRA's alpha: the update B A is scaled by alpha / rank",
                                LORA_STAGES, group=LORA)
+    lora_dropout: float = option("--lora-dropout", 0.0, "dropout on the adapters' input", LORA_STAGES, group=LORA)
+    lora_targets: str = option("--lora-targets", "c_attn,c_proj,c_fc", "comma-separated names of the linear "
+                               "layers that get adapters (c_proj matches attention's and the MLP's; attn.c_proj "
+                               "one of them)", LORA_STAGES, group=LORA)
     # sampling (pairs, eval, sample)
-    samples_per_prompt: int = option(4, "completions sampled per prompt; the best and worst make a pair", ("pairs",))
-    max_new_tokens: int = option(64, "most tokens sampled per completion", ("pairs", "eval", "sample"))
-    min_reward_gap: float = option(0.2, "drop a prompt whose best - worst reward is below this", ("pairs",))
-    reference_init: str = option("", "eval: the reference model to compare --init with; dpo: the frozen reference "
-                                 "pi_ref ('' = the --init model); a path as --init", ("eval", "dpo"))
-    num_prompts: int = option(0, "use the first N of the task's prompts (0 = all)", ("pairs", "eval"))
+    samples_per_prompt: int = option("--samples-per-prompt", 4, "completions sampled per prompt; the best and "
+                                     "worst make a pair", ("pairs",))
+    max_new_tokens: int = option("--max-new-tokens", 64, "most tokens sampled per completion",
+                                 ("pairs", "eval", "sample"))
+    min_reward_gap: float = option("--min-reward-gap", 0.2, "drop a prompt whose best - worst reward is below this",
+                                   ("pairs",))
+    reference_init: str = option("--reference-init", "", "eval: the reference model to compare --init with; dpo: "
+                                 "the frozen reference pi_ref ('' = the --init model); a path as --init",
+                                 ("eval", "dpo"))
+    num_prompts: int = option("--num-prompts", 0, "use the first N of the task's prompts (0 = all)",
+                              ("pairs", "eval"))
     # evaluation and checkpoints
-    eval_every: int = option(50, "steps between held-out evaluations")
-    early_stop_patience: int = option(0, "evaluations without a better held-out score before stopping (0 = off)")
-    save_every: int = option(200, "steps between checkpoints (one is always written at the end)")
-    keep_checkpoints: bool = option(False, "also keep the weights of every checkpoint as step_NNNNNN.pt (to "
-                                    "evaluate a run along the way)")
-    resume: bool = option(False, "continue from OUT_DIR/ckpt.pt, exactly where it stopped")
+    eval_every: int = option("--eval-every", 50, "steps between held-out evaluations")
+    early_stop_patience: int = option("--early-stop-patience", 0, "evaluations without a better held-out score "
+                                      "before stopping (0 = off)")
+    save_every: int = option("--save-every", 200, "steps between checkpoints (one is always written at the end)")
+    keep_checkpoints: bool = option("--keep-checkpoints", False, "also keep the weights of every checkpoint as "
+                                    "step_NNNNNN.pt (to evaluate a run along the way)")
+    resume: bool = option("--resume", False, "continue from OUT_DIR/ckpt.pt, exactly where it stopped")
     # hardware
-    device: str = option("auto", "auto (cuda when available, else cpu), cpu, cuda or cuda:N", STAGES)
-    dtype: str = option("auto", "autocast dtype: auto (bfloat16 on CUDA, float32 on CPU), float32, bfloat16, "
-                        "float16 (with a gradient scaler)", choices=("auto", "float32", "bfloat16", "float16"))
-    impl: str = option("auto", "log-prob kernel: auto (Triton on CUDA, torch on CPU), triton, torch",
-                       TRAINING_STAGES + ("eval",), choices=("auto", "triton", "torch"))
-    fused_linear: bool = option(False, "log-probs from the last hidden states and the LM-head weight without the "
-                                "(B, T, V) logits (logprob_kernels.linear_sequence_logprobs), for the policy and the "
-                                "DPO reference", ("pretrain", "sft", "dpo"))
-    compile: bool = option(False, "torch.compile the model for training")
-    world_size: int = option(1, "processes training data-parallel (torchrun --nproc_per_node N): not a flag, set "
-                             "from the process group when training starts and recorded in config.json", ())
-    seed: int = option(1337, "seed of the data order, initialisation, dropout and sampling", STAGES)
+    device: str = option("--device", "auto", "auto (cuda when available, else cpu), cpu, cuda or cuda:N", STAGES)
+    dtype: str = option("--dtype", "auto", "autocast dtype: auto (bfloat16 on CUDA, float32 on CPU), float32, "
+                        "bfloat16, float16 (with a gradient scaler)", choices=DTYPES)
+    impl: str = option("--impl", "auto", "log-prob kernel: auto (Triton on CUDA, torch on CPU), triton, torch",
+                       TRAINING_STAGES + ("eval",), choices=IMPLS)
+    fused_linear: bool = option("--fused-linear", False, "log-probs from the last hidden states and the LM-head "
+                                "weight without the (B, T, V) logits (logprob_kernels.linear_sequence_logprobs), "
+                                "for the policy and the DPO reference", ("pretrain", "sft", "dpo"))
+    compile: bool = option("--compile", False, "torch.compile the model for training")
+    world_size: int = option(None, 1, "processes training data-parallel (torchrun --nproc_per_node N): not a flag, "
+                             "set from the process group when training starts and recorded in config.json", ())
+    seed: int = option("--seed", 1337, "seed of the data order, initialisation, dropout and sampling", STAGES)
 
 
-def flag(name):
-    """The command-line flag of a TrainConfig field: `max_length` -> `--max-length`."""
-    return "--" + name.replace("_", "-")
+# Each command's defaults where they differ from the fields' (what `train.py COMMAND --help` shows).
+STAGE_DEFAULTS = {
+    "pretrain": dict(out_dir="out/pretrain", lr=1e-3, steps=2000, batch_size=32, warmup_steps=50),
+    "sft": dict(out_dir="out/sft", lr=1e-4, steps=500, batch_size=16),
+    "dpo": dict(out_dir="out/dpo", lr=1e-5, steps=500, batch_size=16, schedule="constant"),
+    "unlikelihood": dict(out_dir="out/unlikelihood", lr=1e-5, steps=500, batch_size=16, schedule="constant"),
+    "pairs": dict(out_dir="out/pairs"),
+    "eval": dict(out_dir="out/eval"),
+}
+FLAGS = {field.name: field.metadata["flag"] for field in dataclasses.fields(TrainConfig)}  # field name -> "--flag"
+
+
+def stage_config(stage, **changes):
+    """The TrainConfig of command `stage`: the fields' defaults, then the command's (STAGE_DEFAULTS), then
+    `changes` (field names and values). Raises TypeError for a name that is not a field."""
+    return TrainConfig(**{**STAGE_DEFAULTS.get(stage, {}), **changes})
 
 
 def _need(cfg, ok, name, requirement):
     if not ok:
-        raise ConfigError(f"{flag(name)} {getattr(cfg, name)!r}: {requirement}")
+        raise ConfigError(f"{FLAGS[name]} {getattr(cfg, name)!r}: {requirement}")
 
 
 def check_values(cfg):
@@ -161,10 +191,10 @@ def check_values(cfg):
     need(0 < cfg.lora_alpha < math.inf, "lora_alpha", "must be > 0")
     need(0 <= cfg.lora_dropout < 1, "lora_dropout", "must be in [0, 1)")
     need(all(lora_targets(cfg)), "lora_targets", "must be comma-separated layer names, e.g. c_attn,c_proj,c_fc")
-    need(cfg.tokenizer in ("bytes", "gpt2") or cfg.tokenizer.endswith(".tiktoken"), "tokenizer",
-         "must be bytes, gpt2 or a path to a .tiktoken file")
-    need(cfg.label_smoothing == 0 or cfg.loss in ("sigmoid", "robust"), "label_smoothing",
-         f"models label noise for --loss sigmoid (cDPO) or robust only, not {cfg.loss}")
+    need(cfg.tokenizer in data.TOKENIZER_NAMES or cfg.tokenizer.endswith(".tiktoken"), "tokenizer",
+         f"must be {', '.join(data.TOKENIZER_NAMES)} or a path to a .tiktoken file")
+    need(cfg.label_smoothing == 0 or cfg.loss in SMOOTHED_LOSS_TYPES, "label_smoothing",
+         f"models label noise for --loss {' or '.join(SMOOTHED_LOSS_TYPES)} only, not {cfg.loss}")
     need(cfg.batch_size % cfg.grad_accum == 0, "grad_accum", f"must divide --batch-size {cfg.batch_size}")
     need(cfg.batch_size % (cfg.world_size * cfg.grad_accum) == 0, "batch_size",
          f"must be divisible by {cfg.world_size} processes x --grad-accum {cfg.grad_accum}: each process takes an "

@@ -1,5 +1,5 @@
-"""The DPO loss family (with RPO's NLL term), the paper's Unlikelihood baseline, the implicit rewards, and the
-concatenated forward pass.
+"""The DPO loss family (with RPO's NLL term), the implicit rewards, the concatenated forward, and DPO's loss on
+a batch.
 
 Paper: Rafailov et al. 2023, "Direct Preference Optimization: Your Language Model is Secretly a Reward
 Model" (arXiv 2305.18290). This module implements its Eq. 7:
@@ -48,16 +48,14 @@ Besides Eq. 7 ("sigmoid"), three well-known variants that only change the functi
   "robust": Chowdhury et al. 2024, an unbiased loss under label noise eps:
             (-(1-eps) log sigma(beta h) + eps log sigma(-beta h)) / (1 - 2 eps).
 RPO (Pang et al. 2024, "Iterative Reasoning Preference Optimization"; TRL's rpo_alpha) adds to any of them
-alpha * the per-token NLL of the chosen response: dpo_loss(..., rpo_alpha=alpha, chosen_lengths=...).
-Reference-free DPO is any loss above with zero reference log-probs: ref_logratios = 0, so h = pi_logratios
-(any reference that scores chosen and rejected alike gives the same loss; zeros are the simplest).
+alpha * the per-token NLL of the chosen response. DPO only raises the chosen-minus-rejected margin, and in
+practice both log-probs often fall, the chosen one too ("likelihood displacement", Razin et al. 2024); the NLL
+term holds the chosen likelihood up. TRL averages that NLL over all chosen tokens of the batch instead of per
+pair: the same when lengths are equal, else longer responses weigh more there.
+Reference-free DPO is any loss above with zero reference log-probs: ref_logratios = 0, so h = pi_logratios.
 
-Also here: unlikelihood_loss, the Unlikelihood baseline of the paper's section 6 (Welleck et al. 2019): NLL on
-y_w plus a per-token -log(1 - p) on y_l, no reference model; it degenerates (the paper's Appendix C.3).
-
-Left out: the reduction over the batch (dpo_loss returns per-pair losses; the trainer takes the mean),
-the reference-model forward (the trainer runs concatenated_logps under torch.no_grad() on the frozen
-reference), and other variants (KTO, ORPO, SimPO, ...).
+Left out: the reduction over the batch (dpo_loss returns per-pair losses; the training loop averages), and the
+later variants that change more than the function of h (SimPO, ORPO, KTO: files of their own).
 """
 
 import math
@@ -68,49 +66,10 @@ import torch
 import torch.nn.functional as F
 
 import logprob_kernels
+from tensor_checks import check_coefficient, check_lengths, check_logps
 
 LOSS_TYPES = ("sigmoid", "ipo", "hinge", "robust")
-_SMOOTHED_LOSS_TYPES = ("sigmoid", "robust")  # the variants that model label noise
-
-
-def _check_logps(named_logps: dict[str, torch.Tensor], *, same_dtype: bool = True) -> None:
-    """Raise a TypeError/ValueError naming the argument unless all are 1-D float tensors alike."""
-    first_name, first = next(iter(named_logps.items()))
-    for name, t in named_logps.items():
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor of shape (B,), got {type(t).__name__}")
-        if not t.is_floating_point():
-            raise TypeError(f"{name} must be a floating-point tensor, got dtype {t.dtype}")
-        if t.dim() != 1:
-            raise ValueError(f"{name} must have shape (B,), got {tuple(t.shape)}")
-        if t.shape != first.shape:
-            raise ValueError(f"{name} has shape {tuple(t.shape)} but {first_name} has {tuple(first.shape)}")
-        if same_dtype and t.dtype != first.dtype:
-            raise TypeError(f"{name} has dtype {t.dtype} but {first_name} has {first.dtype}")
-        if t.device != first.device:
-            raise ValueError(f"{name} is on {t.device} but {first_name} is on {first.device}")
-
-
-def _check_lengths(name: str, lengths, like: torch.Tensor) -> None:
-    """Raise a TypeError/ValueError unless lengths is a (B,) int or float tensor like `like`, all > 0."""
-    if not isinstance(lengths, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor of shape (B,), got {type(lengths).__name__}")
-    if lengths.dtype == torch.bool or lengths.is_complex():
-        raise TypeError(f"{name} must be an integer or floating-point tensor, got dtype {lengths.dtype}")
-    if lengths.shape != like.shape:
-        raise ValueError(f"{name} must have shape (B,) = {tuple(like.shape)}, got {tuple(lengths.shape)}")
-    if lengths.device != like.device:
-        raise ValueError(f"{name} is on {lengths.device} but the log-probs are on {like.device}")
-    if not bool((lengths > 0).all()):  # one host sync; NaN fails too
-        raise ValueError(f"{name} must be > 0 everywhere (token counts), got {lengths[~(lengths > 0)].tolist()}")
-
-
-def _check_coefficient(name: str, value, high: float = math.inf) -> None:
-    """Raise a TypeError unless value is a real number, a ValueError unless it is finite and in [0, high]."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
-    if not (math.isfinite(value) and 0 <= value <= high):
-        raise ValueError(f"{name} must be finite and in [0, {high}], got {value}")
+SMOOTHED_LOSS_TYPES = ("sigmoid", "robust")  # the variants that model label noise (label_smoothing)
 
 
 def _losses_from_logits(logits: torch.Tensor, beta: float, loss_type: str, eps: float) -> torch.Tensor:
@@ -141,59 +100,27 @@ def dpo_loss(
     """Per-pair DPO loss (Eq. 7) or one of its variants, optionally plus RPO's NLL term, and the implicit rewards.
 
     Args:
-        policy_chosen_logps:      (B,) float, log pi(y_w|x) summed over the response tokens.
-        policy_rejected_logps:    (B,) float, log pi(y_l|x).
-        reference_chosen_logps:   (B,) float, log pi_ref(y_w|x); zeros give reference-free DPO.
-        reference_rejected_logps: (B,) float, log pi_ref(y_l|x).
-            All four share one shape and dtype (fp32/bf16/fp16/fp64); the math runs in float32.
-            For loss_type="ipo" pass per-token MEAN log-probs (the IPO paper's length normalisation),
-            for the other losses per-sequence SUMS.
+        policy_chosen_logps, policy_rejected_logps: (B,) float, log pi(y_w|x) and log pi(y_l|x) summed over the
+            response tokens (for loss_type="ipo": per-token MEANS, the IPO paper's length normalisation).
+        reference_chosen_logps, reference_rejected_logps: (B,) float, the same under pi_ref; zeros give
+            reference-free DPO. All four share one shape and dtype (fp32/bf16/fp16/fp64); the math runs in fp32.
         beta: > 0, the KL strength of Eq. 3 (IPO's tau). Smaller beta lets the policy drift further.
         loss_type: "sigmoid" (DPO, cDPO), "ipo", "hinge" or "robust" (see the module docstring).
         label_smoothing: eps in [0, 0.5), the assumed label-flip rate; only for "sigmoid" and "robust".
-        rpo_alpha: finite, >= 0. RPO (Pang et al. 2024; TRL's rpo_alpha) for every loss_type: the per-pair loss
-            becomes  loss + rpo_alpha * (-policy_chosen_logps / chosen_lengths),  alpha times the NLL of the
-            chosen response as a per-token mean. DPO only raises the chosen-minus-rejected margin, and in
-            practice both log-probs often fall, the chosen one too ("likelihood displacement", Razin et al.
-            2024); the NLL term holds the chosen likelihood up. Its gradient adds -rpo_alpha / chosen_lengths
-            to d loss / d policy_chosen_logps; the rewards are unchanged. TRL averages the NLL over all chosen
-            tokens of the batch instead of per pair: the same when lengths are equal, else longer responses
-            weigh more there. 0 (the default) gives exactly the loss without it.
-        chosen_lengths: (B,) int or float, all > 0, the number of chosen response tokens, so that
-            policy_chosen_logps / chosen_lengths is the per-token MEAN log-likelihood of y_w: token counts
-            with summed log-probs; ones if policy_chosen_logps already is a per-token mean (as for IPO).
+        rpo_alpha: finite, >= 0: the loss becomes loss + rpo_alpha * (-policy_chosen_logps / chosen_lengths)
+            (RPO); its gradient adds -rpo_alpha / chosen_lengths to d loss / d policy_chosen_logps. 0: no term.
+        chosen_lengths: (B,) int or float, all > 0: the chosen responses' token counts, so that
+            policy_chosen_logps / chosen_lengths is a per-token mean (ones when it already is one, as for IPO).
             Required when rpo_alpha != 0; checked whenever given.
 
     Returns:
         losses (B,) float32, differentiable w.r.t. the policy log-probs (the caller takes the mean);
         chosen_rewards (B,) float32 = beta * (policy_chosen - reference_chosen), detached;
         rejected_rewards (B,) float32 = beta * (policy_rejected - reference_rejected), detached.
-
     Stable (finite loss and gradients) for |h| up to at least 1e6: logsigmoid never forms exp(+large).
     """
-    _check_logps({
-        "policy_chosen_logps": policy_chosen_logps,
-        "policy_rejected_logps": policy_rejected_logps,
-        "reference_chosen_logps": reference_chosen_logps,
-        "reference_rejected_logps": reference_rejected_logps,
-    })
-    if loss_type not in LOSS_TYPES:
-        raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got {loss_type!r}")
-    if isinstance(beta, bool) or not isinstance(beta, numbers.Real):
-        raise TypeError(f"beta must be a real number, got {type(beta).__name__}")
-    if not (math.isfinite(beta) and beta > 0):
-        raise ValueError(f"beta must be finite and > 0, got {beta}")
-    if not 0.0 <= label_smoothing < 0.5:
-        raise ValueError(f"label_smoothing must be in [0, 0.5), got {label_smoothing}")
-    if label_smoothing != 0.0 and loss_type not in _SMOOTHED_LOSS_TYPES:
-        raise ValueError(f"label_smoothing={label_smoothing} has no meaning for loss_type={loss_type!r}; "
-                         f"it applies to {_SMOOTHED_LOSS_TYPES}")
-    _check_coefficient("rpo_alpha", rpo_alpha)
-    if chosen_lengths is not None:
-        _check_lengths("chosen_lengths", chosen_lengths, policy_chosen_logps)
-    elif rpo_alpha != 0:
-        raise ValueError(f"rpo_alpha={rpo_alpha} needs chosen_lengths, the (B,) token counts of the chosen responses")
-
+    _check_dpo_arguments(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps,
+                         reference_rejected_logps, beta, loss_type, label_smoothing, rpo_alpha, chosen_lengths)
     pc, pr = policy_chosen_logps.float(), policy_rejected_logps.float()  # (B,) float32
     rc, rr = reference_chosen_logps.float(), reference_rejected_logps.float()  # (B,) float32
 
@@ -207,90 +134,6 @@ def dpo_loss(
     chosen_rewards = beta * (pc - rc).detach()  # (B,) r_hat(x, y_w), Eq. 5 without beta log Z(x)
     rejected_rewards = beta * (pr - rr).detach()  # (B,) r_hat(x, y_l)
     return losses, chosen_rewards, rejected_rewards
-
-
-UNLIKELIHOOD_CLAMP = -1e-6  # log p of a rejected token is clamped to <= this: -log(1 - p) <= 13.8155
-
-
-def unlikelihood_loss(
-    chosen_logps: torch.Tensor,
-    chosen_lengths: torch.Tensor,
-    rejected_token_logps: torch.Tensor,
-    rejected_mask: torch.Tensor,
-    *,
-    alpha: float = 1.0,
-) -> torch.Tensor:
-    """Per-pair loss of the Unlikelihood baseline of the DPO paper (section 6; Welleck et al. 2019).
-
-    "Unlikelihood simply optimizes the policy to maximize the probability assigned to y_w and minimize the
-    probability assigned to y_l; we use an optional coefficient alpha in [0, 1] on the unlikelihood term":
-
-        loss_i = -log pi(y_w,i) / |y_w,i|  -  alpha / |y_l,i| * sum_t mask_it * log(1 - pi(y_l,i,t))
-
-    the per-token NLL of the chosen response plus alpha times the per-token mean unlikelihood of the
-    rejected one, where pi(y_l,i,t) = p = exp(x_t) is the probability of its t-th token and |y_l,i| its length.
-
-    Each -log(1 - p) >= 0 is bounded below (unlike minimising log pi(y_l), which runs to -inf) and
-    self-limiting: d/dx_t = alpha / |y_l| * p / (1 - p) pushes p toward 0 and vanishes there. But it acts on
-    every token of y_l separately, with no reference model and no comparison with y_w: tokens y_l shares
-    with good text (grammar, common words) are pushed down as hard as the bad ones, and nothing anchors the
-    rest of the distribution. So it degenerates; the paper's Appendix C.3 (Table 3) finds it "fails to
-    generate meaningful responses" for summarization and dialogue, where DPO's per-pair weight
-    sigma(r_hat(y_l) - r_hat(y_w)) and its reference model avoid that.
-
-    log(1 - e^x) for x <= 0 is computed as log1mexp: log(-expm1(x)) for x > -log 2, else log1p(-exp(x)),
-    accurate at both ends. x is first clamped to <= UNLIKELIHOOD_CLAMP = -1e-6: a token with p = 1 exactly
-    (x = 0, which float32 log_softmax does return for a dominant logit) would give -log(0) = inf. Clamped,
-    it costs at most -log(1 - e^-1e-6) = 13.8155 and, as past any torch.clamp (and as in Welleck et al.'s
-    code, which clamps 1 - p at 1e-5), has zero gradient: the gradient just inside is already ~1e6 / |y_l|.
-    Values > 0 (not log-probs) are clamped alike.
-
-    Args:
-        chosen_logps: (B,) float, log pi(y_w|x) summed over the chosen response tokens.
-        chosen_lengths: (B,) int or float, all > 0, |y_w|, the number of chosen response tokens.
-        rejected_token_logps: (B, T) float, log pi of each rejected response token, as logprob_kernels.token_logprobs
-            returns them (fp32, 0 at masked positions); masked positions may hold anything, even NaN.
-        rejected_mask: (B, T) bool, True on the rejected response tokens; at least one per row.
-        alpha: in [0, 1], the weight of the unlikelihood term; 0 leaves the chosen NLL (SFT on y_w).
-
-    Returns: losses (B,) float32 (the math runs in float32), differentiable w.r.t. both log-prob inputs;
-    masked positions contribute exactly 0 and get exactly 0 gradient.
-
-    Worked example (alpha = 1): chosen log-prob -2 over 4 tokens; two rejected tokens with p = 0.5, 0.25:
-        NLL of y_w = 2 / 4 = 0.5;  unlikelihood = -(log 0.5 + log 0.75) / 2 = -log(0.375) / 2 = 0.4904146
-        loss = 0.9904146;  d loss / d x = (0.5 / 0.5, 0.25 / 0.75) / 2 = (0.5, 0.1666667);  d / d chosen = -0.25
-    (tests/test_dpo.py asserts these numbers.)
-    """
-    _check_logps({"chosen_logps": chosen_logps})
-    _check_lengths("chosen_lengths", chosen_lengths, chosen_logps)
-    _check_coefficient("alpha", alpha, high=1.0)
-    B = chosen_logps.shape[0]
-    for name, t in (("rejected_token_logps", rejected_token_logps), ("rejected_mask", rejected_mask)):
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor of shape (B, T), got {type(t).__name__}")
-        if t.dim() != 2 or t.shape[0] != B:
-            raise ValueError(f"{name} must have shape (B, T) with B = {B}, got {tuple(t.shape)}")
-        if t.device != chosen_logps.device:
-            raise ValueError(f"{name} is on {t.device} but chosen_logps is on {chosen_logps.device}")
-    if not rejected_token_logps.is_floating_point():
-        raise TypeError(f"rejected_token_logps must be a floating-point tensor, got dtype {rejected_token_logps.dtype}")
-    if rejected_mask.dtype != torch.bool:
-        raise TypeError(f"rejected_mask must be a bool tensor, got dtype {rejected_mask.dtype}")
-    if rejected_mask.shape != rejected_token_logps.shape:
-        raise ValueError(f"rejected_mask has shape {tuple(rejected_mask.shape)} "
-                         f"but rejected_token_logps has {tuple(rejected_token_logps.shape)}")
-    rejected_lengths = rejected_mask.sum(-1)  # (B,) int64, |y_l|
-    if not bool((rejected_lengths > 0).all()):
-        raise ValueError(f"every row of rejected_mask needs a True (a rejected token); rows "
-                         f"{(rejected_lengths == 0).nonzero().flatten().tolist()} have none")
-
-    nll = -chosen_logps.float() / chosen_lengths.float()  # (B,) per-token NLL of y_w
-    x = rejected_token_logps.float().masked_fill(~rejected_mask, -1.0)  # (B, T) masked: a harmless constant
-    x = x.clamp(max=UNLIKELIHOOD_CLAMP)  # p <= 1 - 1e-6: finite log(1 - p)
-    log1mp = torch.where(x > -math.log(2), torch.log(-torch.expm1(x)), torch.log1p(-torch.exp(x)))  # (B, T)
-    log1mp = torch.where(rejected_mask, log1mp, 0.0)  # (B, T) exactly 0, and 0 gradient, off the mask
-    unlikelihood = -log1mp.sum(-1) / rejected_lengths  # (B,) per-token mean of -log(1 - p) over y_l
-    return nll + alpha * unlikelihood  # (B,)
 
 
 def dpo_metrics(
@@ -309,13 +152,9 @@ def dpo_metrics(
     log-probs (what IPO is defined on), so its rewards/* and logps/* are per-token; TRL logs beta * summed
     log-ratios for the same loss.
     """
-    _check_logps({
-        "losses": losses,
-        "chosen_rewards": chosen_rewards,
-        "rejected_rewards": rejected_rewards,
-        "policy_chosen_logps": policy_chosen_logps,
-        "policy_rejected_logps": policy_rejected_logps,
-    }, same_dtype=False)
+    check_logps({"losses": losses, "chosen_rewards": chosen_rewards, "rejected_rewards": rejected_rewards,
+                 "policy_chosen_logps": policy_chosen_logps, "policy_rejected_logps": policy_rejected_logps},
+                same_dtype=False)
     if losses.numel() == 0:
         raise ValueError("dpo_metrics needs at least one pair, got an empty batch")
 
@@ -332,6 +171,9 @@ def dpo_metrics(
         "logps/rejected": mean(policy_rejected_logps),
     }
 
+
+# -----------------------------------------------------------------------------
+# log pi(y|x) of a batch of pairs, and DPO's loss on a batch
 
 class PairLogps(NamedTuple):
     """Per-sequence log-probs of a batch of preference pairs, as concatenated_logps returns them."""
@@ -356,8 +198,8 @@ def sequence_logps(model, input_ids: torch.Tensor, labels: torch.Tensor, mask: t
         input_ids, labels (N, T) int64 (labels pre-shifted), mask (N, T) bool: as in data.dpo_collate.
         impl: "auto", "torch" or "triton" (logprob_kernels).
         fused_linear: compute the log-probs from the last hidden states and the LM head's weight with
-            logprob_kernels.linear_sequence_logprobs, never materialising the (N, T, V) logits; under autocast both
-            are cast to the autocast dtype first, as the lm_head matmul would be.
+            logprob_kernels.linear_sequence_logprobs, never materialising the (N, T, V) logits; under autocast
+            both are cast to the autocast dtype first, as the lm_head matmul would be.
     Returns (N,) float32.
     """
     if not fused_linear:
@@ -365,7 +207,7 @@ def sequence_logps(model, input_ids: torch.Tensor, labels: torch.Tensor, mask: t
     hidden, weight = model.hidden_states(input_ids), model.lm_head.weight  # (N, T, d), (V, d)
     device_type = hidden.device.type
     dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else weight.dtype
-    return logprob_kernels.linear_sequence_logprobs(hidden.to(dtype), weight.to(dtype), labels, mask, impl=impl)  # (N,)
+    return logprob_kernels.linear_sequence_logprobs(hidden.to(dtype), weight.to(dtype), labels, mask, impl=impl)
 
 
 def concatenated_logps(model: torch.nn.Module, batch: dict, *, impl: str = "auto",
@@ -403,3 +245,55 @@ def concatenated_logps(model: torch.nn.Module, batch: dict, *, impl: str = "auto
     logps = sequence_logps(model, input_ids, labels, mask, impl=impl, fused_linear=fused_linear)  # (2B,) fp32
     tokens = mask.sum(-1, dtype=torch.int64)  # (2B,) response tokens per row
     return PairLogps(chosen=logps[:B], rejected=logps[B:], chosen_tokens=tokens[:B], rejected_tokens=tokens[B:])
+
+
+def batch_loss(model, batch: dict, reference, *, beta: float, loss_type: str = "sigmoid",
+               label_smoothing: float = 0.0, rpo_alpha: float = 0.0, impl: str = "auto",
+               fused_linear: bool = False) -> tuple[torch.Tensor, dict]:
+    """DPO on one batch of pairs: the loss summed over its B pairs, and each pair's values for dpo_metrics.
+
+    Args:
+        model: the policy pi_theta (see concatenated_logps). batch: data.dpo_collate's dict (2B rows), with
+            "ids" (B,) for a precomputed reference. reference: pi_ref, anything with
+            logps(batch) -> (chosen (B,), rejected (B,)) (reference.Reference).
+        beta, loss_type, label_smoothing, rpo_alpha: as in dpo_loss. impl, fused_linear: as in sequence_logps.
+    Returns: (scalar float32 tensor, {"losses", "chosen_rewards", "rejected_rewards", "policy_chosen_logps",
+        "policy_rejected_logps"}: (B,) detached tensors, dpo_metrics' arguments).
+    """
+    policy = concatenated_logps(model, batch, impl=impl, fused_linear=fused_linear)  # PairLogps, (B,) each
+    pi_chosen, pi_rejected, chosen_lengths = policy.chosen, policy.rejected, policy.chosen_tokens
+    ref_chosen, ref_rejected = reference.logps(batch)  # (B,) each, constants of the loss
+    if loss_type == "ipo":  # IPO is defined on length-normalised log-probs (per-token means); so are its
+        # rewards/* and logps/* metrics here, where TRL logs beta * summed log-ratios for the same loss
+        pi_chosen, ref_chosen = pi_chosen / policy.chosen_tokens, ref_chosen / policy.chosen_tokens
+        pi_rejected, ref_rejected = pi_rejected / policy.rejected_tokens, ref_rejected / policy.rejected_tokens
+        chosen_lengths = torch.ones_like(pi_chosen)  # RPO's NLL: pi_chosen already is a per-token mean
+    losses, chosen_rewards, rejected_rewards = dpo_loss(
+        pi_chosen, pi_rejected, ref_chosen, ref_rejected, beta=beta, loss_type=loss_type,
+        label_smoothing=label_smoothing, rpo_alpha=rpo_alpha, chosen_lengths=chosen_lengths)
+    values = dict(losses=losses.detach(), chosen_rewards=chosen_rewards, rejected_rewards=rejected_rewards,
+                  policy_chosen_logps=pi_chosen.detach(), policy_rejected_logps=pi_rejected.detach())  # (B,) each
+    return losses.sum(), values
+
+
+def _check_dpo_arguments(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps,
+                         reference_rejected_logps, beta, loss_type, label_smoothing, rpo_alpha, chosen_lengths):
+    """dpo_loss's checks: TypeError/ValueError naming the argument at fault (tensors, then hyper-parameters)."""
+    check_logps({"policy_chosen_logps": policy_chosen_logps, "policy_rejected_logps": policy_rejected_logps,
+                 "reference_chosen_logps": reference_chosen_logps, "reference_rejected_logps": reference_rejected_logps})
+    if loss_type not in LOSS_TYPES:
+        raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got {loss_type!r}")
+    if isinstance(beta, bool) or not isinstance(beta, numbers.Real):
+        raise TypeError(f"beta must be a real number, got {type(beta).__name__}")
+    if not (math.isfinite(beta) and beta > 0):
+        raise ValueError(f"beta must be finite and > 0, got {beta}")
+    if not 0.0 <= label_smoothing < 0.5:
+        raise ValueError(f"label_smoothing must be in [0, 0.5), got {label_smoothing}")
+    if label_smoothing != 0.0 and loss_type not in SMOOTHED_LOSS_TYPES:
+        raise ValueError(f"label_smoothing={label_smoothing} has no meaning for loss_type={loss_type!r}; "
+                         f"it applies to {SMOOTHED_LOSS_TYPES}")
+    check_coefficient("rpo_alpha", rpo_alpha)
+    if chosen_lengths is not None:
+        check_lengths("chosen_lengths", chosen_lengths, policy_chosen_logps)
+    elif rpo_alpha != 0:
+        raise ValueError(f"rpo_alpha={rpo_alpha} needs chosen_lengths, the (B,) token counts of the chosen responses")

@@ -1,17 +1,20 @@
-"""The commands' work: each stage builds the model and data it needs from a `TrainConfig`, then runs.
+"""The commands' work: each stage builds the model, the data and the objective it needs from a `TrainConfig`,
+then runs.
 
-    run_stage("pretrain" | "sft" | "dpo" | "unlikelihood", cfg)   model + data -> training.train -> OUT_DIR/hf/
+    run_stage("pretrain" | "sft" | "dpo" | "unlikelihood", cfg)   model + data + objective -> training.train
     pairs(cfg)    sample completions of --init on the sentiment task's prompts, write preference pairs
     evaluate(cfg) --init (policy) against --reference-init on held-out prompts: reward, win rate, KL
     sample(cfg, prompts)  one completion of --init per prompt
 
 Each validates its whole configuration first (`config.check_config`) and loads everything it needs before
-it writes anything, so a run that cannot start leaves no files behind. `train.py` is the command line.
-Under torchrun (data_parallel.py) every process runs run_stage alike; rank 0 alone writes and prints.
+it writes anything, so a run that cannot start leaves no files behind. This is the one module that knows every
+training method (`objective`): the loop (training.py) and each method's file know only their own. `train.py` is
+the command line. Under torchrun (data_parallel.py) every process runs run_stage alike; rank 0 alone writes.
 """
 
 import copy
 import dataclasses
+import functools
 import json
 import os
 
@@ -19,12 +22,16 @@ import torch
 
 import data
 import data_parallel
+import dpo
 import lora
+import next_token
 import sentiment
+import unlikelihood
 from checkpoint import load_model
 from config import LORA_STAGES, ConfigError, check_config, lora_targets, resolve_device, resolve_lengths
 from model import GPT, GPTConfig
-from training import train
+from reference import Reference
+from training import Objective, train
 
 
 def build_model(cfg, tokenizer):
@@ -98,20 +105,53 @@ def add_adapters(model, cfg, log=print):
     return model
 
 
-def dpo_reference(cfg, model, use_lora):
-    """pi_ref: the policy with its adapters off (LoRA), the --reference-init model, or a frozen copy of the model.
+def objective(stage, cfg, pad_id, reference=None):
+    """What training.train optimises for `stage`: the method's collate, its loss on a batch, what that loss sums
+    over (pairs, or target tokens) and its metrics. `reference`: DPO's pi_ref (reference.Reference)."""
+    kernel = dict(impl=cfg.impl, fused_linear=cfg.fused_linear)
+    if stage in ("pretrain", "sft"):  # next-token prediction: on windows of text, or on the chosen responses
+        collate = functools.partial(data.sft_collate, pad_id=pad_id) if stage == "sft" else None
+        return Objective(stage, functools.partial(next_token.batch_loss, **kernel), next_token.target_tokens,
+                         collate=collate)
+    collate = functools.partial(data.dpo_collate, pad_id=pad_id)
+    if stage == "dpo":
+        loss = functools.partial(dpo.batch_loss, reference=reference, beta=cfg.beta, loss_type=cfg.loss,
+                                 label_smoothing=cfg.label_smoothing, rpo_alpha=cfg.rpo_alpha, **kernel)
+        return Objective(stage, loss, pairs_in, lambda values: dpo.dpo_metrics(**values), collate)
+    loss = functools.partial(unlikelihood.batch_loss, alpha=cfg.unlikelihood_alpha, impl=cfg.impl)
+    return Objective(stage, loss, pairs_in, unlikelihood.metrics, collate)
 
-    Raises ConfigError for a --reference-init whose vocabulary or block size does not fit the policy's data."""
+
+def pairs_in(batch):
+    """How many pairs a data.dpo_collate batch holds (two rows each): what a pair method's loss sums over."""
+    return batch["input_ids"].shape[0] // 2
+
+
+def reference_model(cfg, policy, use_lora):
+    """pi_ref as a network run on every batch, on --device: the policy with its adapters off (LoRA), the
+    --reference-init model, or a frozen copy of the policy. Raises ConfigError for a --reference-init whose
+    vocabulary or block size does not fit the policy's data."""
+    device, kernel = resolve_device(cfg)[0], dict(impl=cfg.impl, fused_linear=cfg.fused_linear)
     if use_lora:
-        return lora.BaseModelView(model)
+        return Reference.adapters_off(policy.to(device), **kernel)
     if not cfg.reference_init:
-        return copy.deepcopy(model).requires_grad_(False)
-    reference = load_model(cfg.reference_init)
-    if reference.config.vocab_size != model.config.vocab_size or reference.config.block_size < cfg.max_length:
-        raise ConfigError(f"--reference-init {cfg.reference_init}: vocab_size {reference.config.vocab_size} and "
-                          f"block_size {reference.config.block_size} do not fit the policy's (vocab_size "
-                          f"{model.config.vocab_size}, rows of {cfg.max_length} tokens)")
-    return reference.requires_grad_(False)
+        return Reference.frozen(copy.deepcopy(policy).to(device), **kernel)
+    frozen = load_model(cfg.reference_init)
+    if frozen.config.vocab_size != policy.config.vocab_size or frozen.config.block_size < cfg.max_length:
+        raise ConfigError(f"--reference-init {cfg.reference_init}: vocab_size {frozen.config.vocab_size} and "
+                          f"block_size {frozen.config.block_size} do not fit the policy's (vocab_size "
+                          f"{policy.config.vocab_size}, rows of {cfg.max_length} tokens)")
+    return Reference.frozen(frozen.to(device), **kernel)
+
+
+def dpo_reference(cfg, live, pair_sets, pad_id):
+    """The Reference DPO trains with: `live` itself (--reference live), or its table over `pair_sets` (the
+    training pairs, then the held-out ones), computed under the policy's autocast (--reference precompute)."""
+    if cfg.reference == "live":
+        return live
+    device, autocast, _ = resolve_device(cfg)
+    return Reference.precomputed(live, pair_sets, batch_size=cfg.batch_size, device=device, autocast=autocast,
+                                 collate=functools.partial(data.dpo_collate, pad_id=pad_id))
 
 
 def run_stage(stage, cfg, log=print):
@@ -139,9 +179,10 @@ def run_stage(stage, cfg, log=print):
         log(f"{stage}: {len(train_set)} training pairs, {len(heldout_set)} held-out pairs")
     log(f"{stage}: model with {model.num_params() / 1e6:.2f}M parameters (non-embedding), "
         f"vocab {model.config.vocab_size}, block {model.config.block_size}, rows of {cfg.max_length} tokens")
-    # the DPO reference: passed without keeping a name for it here, so that train() can free a precomputed copy
-    metrics = train(stage, cfg, model, train_set, heldout_set, pad_id=tokenizer.eot_token, log=log,
-                    reference=dpo_reference(cfg, model, use_lora) if stage == "dpo" else None)
+    pad_id, reference = tokenizer.eot_token, None
+    if stage == "dpo":  # precomputed, a frozen copy lives only while its table is computed
+        reference = dpo_reference(cfg, reference_model(cfg, model, use_lora), (train_set, heldout_set), pad_id)
+    metrics = train(objective(stage, cfg, pad_id, reference), cfg, model, train_set, heldout_set, log=log)
     if data_parallel.is_main():
         exported = lora.merged_copy(model) if use_lora else model  # LoRA: W0 + (alpha/r) B A, plain GPT-2
         exported.save_pretrained(os.path.join(cfg.out_dir, "hf"))  # for transformers and other tools

@@ -13,8 +13,8 @@
     python train.py sample --help      print completions of a model
     torchrun --nproc_per_node N train.py dpo ...   pretrain, sft, dpo or unlikelihood, data-parallel on N GPUs/CPUs
 
-Every command's flags come from `config.TrainConfig` (`out_dir` -> `--out-dir`), with the help text kept
-there. A user error (a missing file, a bad value, a broken checkpoint) prints one line `error: ...` and exits
+Every command's flags, their help and each command's defaults come from `config.py` (`TrainConfig` and
+`STAGE_DEFAULTS`). A user error (a missing file, a bad value, a broken checkpoint) prints one line `error: ...` and exits
 with status 1, before anything is written; `--debug` (or DPO_DEBUG=1) shows the traceback instead.
 This file is the entry point only: nothing imports it.
 """
@@ -26,20 +26,11 @@ import sys
 
 import data_parallel
 import stages
-from config import STAGES, TRAINING_STAGES, TrainConfig, flag
+from config import STAGE_DEFAULTS, STAGES, TRAINING_STAGES, TrainConfig, stage_config
 from data import TokenizerUnavailableError
 from experiments import demo, frontier, study
 from training import NonFiniteLossError
 
-# Each command's defaults where they differ from TrainConfig's.
-STAGE_DEFAULTS = {
-    "pretrain": dict(out_dir="out/pretrain", lr=1e-3, steps=2000, batch_size=32, warmup_steps=50),
-    "sft": dict(out_dir="out/sft", lr=1e-4, steps=500, batch_size=16),
-    "dpo": dict(out_dir="out/dpo", lr=1e-5, steps=500, batch_size=16, schedule="constant"),
-    "unlikelihood": dict(out_dir="out/unlikelihood", lr=1e-5, steps=500, batch_size=16, schedule="constant"),
-    "pairs": dict(out_dir="out/pairs"),
-    "eval": dict(out_dir="out/eval"),
-}
 COMMAND_HELP = {  # command: (one line for the command list, the description of `train.py COMMAND --help`)
     "pretrain": ("next-token prediction on a text file or the embedded reviews",
                  "Next-token prediction on --data (a UTF-8 text file) or, by default, the embedded reviews."),
@@ -84,7 +75,7 @@ def add_config_flags(parser, stage):
             meta["group"], parser.add_argument_group(meta["group"]))
         default = defaults.get(f.name, f.default)
         shown = "none" if default == "" else default
-        name = flag(f.name)
+        name = meta["flag"]
         if isinstance(default, bool):
             group.add_argument(name, default=default, action=argparse.BooleanOptionalAction,
                                help=f"{meta['help']} (default: {'on' if default else 'off'})")
@@ -126,9 +117,8 @@ def run(args):
     if args.command in ("frontier", "study"):
         {"frontier": frontier, "study": study}[args.command].run(out_dir=args.out_dir, quick=args.quick)
         return
-    cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
-                         if hasattr(args, f.name)}, **{k: v for k, v in STAGE_DEFAULTS.get(args.command, {}).items()
-                                                         if not hasattr(args, k)})
+    cfg = stage_config(args.command, **{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
+                                        if hasattr(args, f.name)})
     if args.command in TRAINING_STAGES:
         with data_parallel.process_group(cfg.device):  # under torchrun: join the other processes (else nothing)
             stages.run_stage(args.command, cfg)

@@ -1,6 +1,6 @@
 """Benchmark: one DPO training step end to end, three ways of computing log pi(y|x), side by side in one run.
 
-The step is what training.train does with a precomputed reference: the policy's forward over chosen + rejected
+The step is what training.train does with a precomputed reference (reference.Reference.precomputed): the policy's forward over chosen + rejected
 rows, the sigmoid DPO loss (Eq. 7), backward, AdamW. Only the log-prob computation differs:
 
     naive         logits = lm_head(h) (B, T, V), then logprob_kernels.naive_sequence_logprobs (fp32 log_softmax, gather)

@@ -1,7 +1,7 @@
 """Benchmark: masked per-sequence log-prob sums, forward / backward / forward+backward, time and memory.
 
 Compares, on the same bf16 logits (N = B*T tokens, V vocabulary entries, every position unmasked):
-  naive eager        logprob_kernels.reference.naive_sequence_logprobs (log_softmax in fp32 + gather + mask + sum)
+  naive eager        logprob_kernels.naive.naive_sequence_logprobs (log_softmax in fp32 + gather + mask + sum)
   naive compiled     torch.compile of the same function
   liger CE (none)    Liger-Kernel's LigerCrossEntropyLoss(reduction="none") when liger_kernel is importable;
                      it computes the same logsumexp + gather (its forward also writes the gradient into the
@@ -73,7 +73,7 @@ def parse_args(argv=None):
 def methods(compile_naive: bool, cuda: bool):
     """name -> (fn(logits, labels, mask) -> (B,), supports a repeated backward, reason if unavailable)."""
     import logprob_kernels
-    from logprob_kernels.reference import naive_sequence_logprobs
+    from logprob_kernels.naive import naive_sequence_logprobs
     out = {"naive eager": (naive_sequence_logprobs, True, None)}
     out["naive compiled"] = ((torch.compile(naive_sequence_logprobs), True, None) if compile_naive
                              else (None, False, "skipped (--no-compile / --tiny)"))

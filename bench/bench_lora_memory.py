@@ -97,7 +97,7 @@ def run_variant(name, args):
         reference = lora.BaseModelView(model)
     else:
         reference = copy.deepcopy(model).requires_grad_(False).eval()
-    if "precomputed" in name:  # the reference's log-probs once, then the copy is gone (as training.train does)
+    if "precomputed" in name:  # the reference's log-probs once, then the copy is gone (as stages.dpo_reference does)
         with torch.no_grad(), autocast:
             ref_logps = dpo.concatenated_logps(reference, batch)
         reference = None

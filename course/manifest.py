@@ -24,6 +24,7 @@ ASSIGNMENTS = {
         1, "The DPO loss family", "3-4 hours",
         stubs=(("dpo.py", "_losses_from_logits", "the per-pair loss of h for sigmoid/cDPO, IPO, hinge and robust"),
                ("dpo.py", "dpo_loss", "dpo_loss: checks, pi/ref log-ratios, the loss, detached rewards, RPO"),
+               ("dpo.py", "_check_dpo_arguments", "the checks of dpo_loss's arguments, errors naming the argument"),
                ("dpo.py", "dpo_metrics", "dpo_metrics: the batch means every DPO run logs")),
         grader="course/graders/test_a1_dpo.py", handout="course/handouts/A1.md"),
     "A2": Assignment(

@@ -106,6 +106,9 @@ def _file_encoding(path: str) -> tiktoken.Encoding:
                              special_tokens={ENDOFTEXT: len(ranks)})
 
 
+TOKENIZER_NAMES = ("bytes", "gpt2")  # the named tokenizers; any other is the path of a .tiktoken ranks file
+
+
 def get_tokenizer(name: str) -> tiktoken.Encoding:
     """Return the tokenizer `name`: "gpt2" (tiktoken's GPT-2 BPE), "bytes" (offline byte-level), or the path
     of a BPE ranks file ending in ".tiktoken" (offline; GPT-2's split pattern; built once per absolute path).

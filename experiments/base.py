@@ -22,7 +22,7 @@ import data
 import sentiment
 import stages
 from checkpoint import load_model
-from config import TrainConfig, check_values
+from config import check_values, stage_config
 
 # The base of the demo and the frontier. Prompts are at most 64 bytes (16 tokens of the reviews BPE) and
 # completions at most max_new_tokens, so block_size covers every position sampled at; pre-training uses
@@ -57,12 +57,14 @@ def tokenizer_record(setting, tokenizer):
             "special_tokens": {"<|endoftext|>": tokenizer.eot_token}}
 
 
-def pretrain_config(out_dir, s):
-    """The TrainConfig of the base model's pre-training for settings `s`."""
-    return TrainConfig(out_dir=os.path.join(out_dir, "pretrain"), tokenizer=s["tokenizer"], n_layer=s["n_layer"],
-                       n_head=4, n_embd=s["n_embd"], block_size=s["block_size"], steps=s["pretrain_steps"],
-                       batch_size=s["pretrain_batch"], lr=s["pretrain_lr"], warmup_steps=30, seed=s["seed"],
-                       eval_every=max(10, s["pretrain_steps"] // 5), save_every=10**9)
+def pretrain_config(out_dir, settings):
+    """The TrainConfig of the base model's pre-training: the pretrain command's defaults, changed by `settings`
+    (FULL or QUICK)."""
+    return stage_config("pretrain", out_dir=os.path.join(out_dir, "pretrain"), tokenizer=settings["tokenizer"],
+                        n_layer=settings["n_layer"], n_embd=settings["n_embd"], block_size=settings["block_size"],
+                        steps=settings["pretrain_steps"], batch_size=settings["pretrain_batch"],
+                        lr=settings["pretrain_lr"], warmup_steps=30, seed=settings["seed"],
+                        eval_every=max(10, settings["pretrain_steps"] // 5), save_every=10**9)
 
 
 def prepare(out_dir, settings, log=print):

@@ -25,7 +25,7 @@ import time
 
 import sentiment
 import stages
-from config import TrainConfig, check_values
+from config import check_values, stage_config
 from experiments import base, plots
 
 # DPO's settings, on top of the base's (base.FULL / base.QUICK).
@@ -34,30 +34,34 @@ DPO_FULL = dict(beta=0.1, lr=2e-4, steps=16, batch_size=32, warmup_steps=5, samp
 DPO_QUICK = dict(DPO_FULL, steps=8)
 
 
-def dpo_config(out_dir, b, d):
-    """The TrainConfig of the demo's DPO stage, for the base `b` (experiments.base.Base) and DPO settings `d`."""
-    return TrainConfig(out_dir=os.path.join(out_dir, "dpo"), init=b.reference_path, data=b.pairs_train,
-                       heldout_data=b.pairs_heldout, tokenizer=b.settings["tokenizer"], steps=d["steps"],
-                       batch_size=d["batch_size"], lr=d["lr"], schedule="constant", warmup_steps=d["warmup_steps"],
-                       beta=d["beta"], eval_every=max(4, d["steps"] // 8), save_every=10**9, seed=b.settings["seed"])
+def dpo_config(out_dir, prepared, settings):
+    """The TrainConfig of the demo's DPO stage: the dpo command's defaults, changed by the DPO `settings` (DPO_FULL
+    or DPO_QUICK) on the base model and pairs that base.prepare returned (`prepared`)."""
+    return stage_config("dpo", out_dir=os.path.join(out_dir, "dpo"), init=prepared.reference_path,
+                        data=prepared.pairs_train, heldout_data=prepared.pairs_heldout,
+                        tokenizer=prepared.settings["tokenizer"], steps=settings["steps"],
+                        batch_size=settings["batch_size"], lr=settings["lr"], warmup_steps=settings["warmup_steps"],
+                        beta=settings["beta"], eval_every=max(4, settings["steps"] // 8), save_every=10**9,
+                        seed=prepared.settings["seed"])
 
 
 def run(out_dir="out/demo", quick=False, log=print):
     """Run the whole experiment; returns the summary dict (also written to OUT_DIR/summary.json)."""
     start = time.time()
     settings, dpo_settings = (base.QUICK, DPO_QUICK) if quick else (base.FULL, DPO_FULL)
-    check_values(TrainConfig(beta=dpo_settings["beta"], lr=dpo_settings["lr"], steps=dpo_settings["steps"]))
-    b = base.prepare(out_dir, settings, log=log)
+    check_values(stage_config("dpo", **{name: dpo_settings[name] for name in ("beta", "lr", "steps", "batch_size",
+                                                                            "warmup_steps")}))  # before any work
+    prepared = base.prepare(out_dir, settings, log=log)
 
     log("== DPO against the frozen reference ==")
-    policy, heldout_metrics = stages.run_stage("dpo", dpo_config(out_dir, b, dpo_settings), log=log)
+    policy, heldout_metrics = stages.run_stage("dpo", dpo_config(out_dir, prepared, dpo_settings), log=log)
 
     log("== held-out evaluation from samples ==")
     sampling = dict(max_new_tokens=settings["max_new_tokens"], temperature=1.0, top_k=None,
                     samples_per_prompt=dpo_settings["samples_per_prompt"], seed=3)  # what sample_report does
-    report = sentiment.sample_report(policy, b.reference, b.tokenizer, b.heldout_prompts, sentiment.sentiment_reward,
-                                     max_new_tokens=sampling["max_new_tokens"], seed=sampling["seed"],
-                                     samples_per_prompt=sampling["samples_per_prompt"])
+    report = sentiment.sample_report(policy, prepared.reference, prepared.tokenizer, prepared.heldout_prompts,
+                                     sentiment.sentiment_reward, max_new_tokens=sampling["max_new_tokens"],
+                                     seed=sampling["seed"], samples_per_prompt=sampling["samples_per_prompt"])
     numbers = {k: v for k, v in report.items() if isinstance(v, (int, float))}
     summary = {
         **numbers,
@@ -65,16 +69,16 @@ def run(out_dir="out/demo", quick=False, log=print):
         "heldout_reward_accuracy": heldout_metrics["rewards/accuracies"],
         "heldout_reward_margin": heldout_metrics["rewards/margins"],
         "heldout_dpo_loss": heldout_metrics["loss"],
-        "n_heldout_prompts": len(b.heldout_prompts),
+        "n_heldout_prompts": len(prepared.heldout_prompts),
         "sampling": sampling,
-        "tokenizer": base.tokenizer_record(settings["tokenizer"], b.tokenizer),
+        "tokenizer": base.tokenizer_record(settings["tokenizer"], prepared.tokenizer),
         "base": settings,
         "dpo": dpo_settings,
-        "pairs": b.pair_reports,
+        "pairs": prepared.pair_reports,
         "quick": quick,
         "wall_seconds": time.time() - start,
     }
-    write_outputs(out_dir, summary, report, b.heldout_prompts, dpo_settings["samples_per_prompt"])
+    write_outputs(out_dir, summary, report, prepared.heldout_prompts, dpo_settings["samples_per_prompt"])
     log(format_summary(summary))
     return summary
 
@@ -95,8 +99,9 @@ def write_outputs(out_dir, summary, report, prompts, samples_per_prompt):
                     f"policy    {report['rewards_policy'][j]:+.2f} {report['samples_policy'][j]!r}\n\n")
 
 
-def format_summary(s):
+def format_summary(summary):
     """The printed report: every number with its 95% confidence interval where it is sampled."""
+    s = summary
     return "\n".join([
         f"== report ({s['n_samples']} samples on {s['n_heldout_prompts']} held-out prompts; +- = 95% CI) ==",
         f"ground-truth reward   reference {s['reward_reference']:+.3f} +- {s['reward_reference_ci95']:.3f}   "

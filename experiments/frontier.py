@@ -40,7 +40,7 @@ import time
 import sentiment
 import stages
 from checkpoint import load_model
-from config import TrainConfig
+from config import stage_config
 from experiments import base, plots
 
 # Six epochs per run over the ~500 pairs, evaluated every half epoch: long enough for beta to act (with Adam,
@@ -53,17 +53,20 @@ QUICK = dict(FULL, betas=(0.03, 3.0), dpo=dict(FULL["dpo"], steps=24), preferred
              unlikelihood=dict(FULL["unlikelihood"], steps=8), checkpoints=2, best_of=(1, 4, 16))
 
 
-def training_config(stage, out_dir, b, run_settings, checkpoints, **extra):
-    """The TrainConfig of one frontier run on the base `b`, keeping `checkpoints` evenly spaced checkpoints;
-    `extra` sets or overrides TrainConfig fields (e.g. beta, or init and data for a run from another model)."""
+def training_config(stage, out_dir, prepared, run_settings, checkpoints, **changes):
+    """The TrainConfig of one frontier run of command `stage` on the base model and pairs that base.prepare
+    returned (`prepared`): the command's defaults, changed by `run_settings` (lr, steps, batch_size), a constant
+    learning rate, `checkpoints` evenly spaced checkpoints kept, then `changes` (TrainConfig fields by name, e.g.
+    beta, or init and data for a run from another model)."""
     steps = run_settings["steps"]
-    block = b.settings["block_size"]  # lengths given, not left to default, so the saved config is this one
-    fields = dict(out_dir=out_dir, init=b.reference_path, data=b.pairs_train, heldout_data=b.pairs_heldout,
-                  tokenizer=b.settings["tokenizer"], max_length=block, max_prompt_length=block // 2, steps=steps,
-                  batch_size=run_settings["batch_size"], lr=run_settings["lr"], schedule="constant",
-                  warmup_steps=min(5, steps), eval_every=max(1, steps // checkpoints),
-                  save_every=max(1, steps // checkpoints), keep_checkpoints=True, seed=b.settings["seed"])
-    return TrainConfig(**{**fields, **extra})
+    block = prepared.settings["block_size"]  # lengths given, not left to default, so the saved config is this one
+    return stage_config(stage, **{
+        "out_dir": out_dir, "init": prepared.reference_path, "data": prepared.pairs_train,
+        "heldout_data": prepared.pairs_heldout, "tokenizer": prepared.settings["tokenizer"], "max_length": block,
+        "max_prompt_length": block // 2, "steps": steps, "batch_size": run_settings["batch_size"],
+        "lr": run_settings["lr"], "schedule": "constant", "warmup_steps": min(5, steps),
+        "eval_every": max(1, steps // checkpoints), "save_every": max(1, steps // checkpoints),
+        "keep_checkpoints": True, "seed": prepared.settings["seed"], **changes})
 
 
 def train_cached(stage, cfg, log):
@@ -93,23 +96,25 @@ def write_samples(path, prompts, scored):
                                 "logratio": logratio}) + "\n")
 
 
-def evaluate_point(name, method, setting, policy_path, b, fs, out_dir, log, step=None):
-    """Score one policy (a checkpoint path, or None for the reference) on the held-out prompts; cached."""
+def evaluate_point(name, method, setting, policy_path, prepared, frontier_settings, out_dir, log, step=None):
+    """Score one policy (a checkpoint path, or None for the reference) on the held-out prompts of `prepared`
+    (what base.prepare returned) with the sampling of `frontier_settings`; cached."""
     cache = os.path.join(out_dir, "points", f"{name}.json")
-    key = {"policy": policy_path, "samples_per_prompt": fs["samples_per_prompt"], "seed": fs["seed"],
-           "max_new_tokens": b.settings["max_new_tokens"], "n_prompts": len(b.heldout_prompts)}
+    key = {"policy": policy_path, "samples_per_prompt": frontier_settings["samples_per_prompt"], "seed": frontier_settings["seed"],
+           "max_new_tokens": prepared.settings["max_new_tokens"], "n_prompts": len(prepared.heldout_prompts)}
     if os.path.isfile(cache):
         with open(cache) as f:
             point = json.load(f)
         if point.pop("key") == key and (policy_path is None or os.path.getmtime(policy_path) <= point["time"]):
             return point
-    policy = b.reference if policy_path is None else load_model(policy_path).eval()
-    scored = sentiment.score_policy(policy, b.reference, b.tokenizer, b.heldout_prompts, sentiment.sentiment_reward,
-                                    max_new_tokens=b.settings["max_new_tokens"],
-                                    samples_per_prompt=fs["samples_per_prompt"], seed=fs["seed"])
+    policy = prepared.reference if policy_path is None else load_model(policy_path).eval()
+    scored = sentiment.score_policy(policy, prepared.reference, prepared.tokenizer, prepared.heldout_prompts,
+                                    sentiment.sentiment_reward, max_new_tokens=prepared.settings["max_new_tokens"],
+                                    samples_per_prompt=frontier_settings["samples_per_prompt"],
+                                    seed=frontier_settings["seed"])
     point = {"name": name, "method": method, "setting": setting, "step": step,
              **{k: v for k, v in scored.items() if isinstance(v, (int, float))}, "time": time.time()}
-    write_samples(os.path.join(out_dir, "samples", f"{name}.jsonl"), b.heldout_prompts, scored)
+    write_samples(os.path.join(out_dir, "samples", f"{name}.jsonl"), prepared.heldout_prompts, scored)
     with open(cache, "w") as f:
         json.dump({**point, "key": key}, f)
     log(f"{name:>24}: reward {point['reward']:+.3f} +- {point['reward_ci95']:.3f}   KL {point['kl']:6.2f} +- "
@@ -117,13 +122,13 @@ def evaluate_point(name, method, setting, policy_path, b, fs, out_dir, log, step
     return point
 
 
-def run_points(method, setting, run_dir, b, fs, out_dir, log):
+def run_points(method, setting, run_dir, prepared, frontier_settings, out_dir, log):
     """Evaluate every kept checkpoint (step_NNNNNN.pt) of a run, in step order."""
     points = []
     for path in sorted(glob.glob(os.path.join(run_dir, "step_*.pt"))):
         step = int(os.path.basename(path)[5:11])
-        points.append(evaluate_point(f"{os.path.basename(run_dir)}-step{step}", method, setting, path, b, fs,
-                                     out_dir, log, step=step))
+        points.append(evaluate_point(f"{os.path.basename(run_dir)}-step{step}", method, setting, path, prepared,
+                                     frontier_settings, out_dir, log, step=step))
     return points
 
 
@@ -151,17 +156,18 @@ def best_of_n_choices(rewards, n, n_max):
     return [max(range(d * n_max, d * n_max + n), key=lambda j: rewards[j]) for d in range(len(rewards) // n_max)]
 
 
-def best_of_n_points(b, fs, out_dir, log):
+def best_of_n_points(prepared, frontier_settings, out_dir, log):
     """Best-of-N from the reference for each N in fs["best_of"]: one pool of samples serves every N."""
-    n_max, draws = max(fs["best_of"]), fs["samples_per_prompt"]
-    pool = sentiment.sample_completions(b.reference, b.tokenizer, b.heldout_prompts, k=n_max * draws,
-                                        max_new_tokens=b.settings["max_new_tokens"], seed=fs["seed"] + 1)
+    n_max, draws = max(frontier_settings["best_of"]), frontier_settings["samples_per_prompt"]
+    pool = sentiment.sample_completions(prepared.reference, prepared.tokenizer, prepared.heldout_prompts,
+                                        k=n_max * draws, max_new_tokens=prepared.settings["max_new_tokens"],
+                                        seed=frontier_settings["seed"] + 1)
     pool_rewards = sentiment.sentiment_reward([t for group in pool.texts for t in group])
     k = n_max * draws
     points = []
-    for n in fs["best_of"]:
+    for n in frontier_settings["best_of"]:
         rewards, texts, kls = [], [], []
-        for i in range(len(b.heldout_prompts)):
+        for i in range(len(prepared.heldout_prompts)):
             prompt_rewards = pool_rewards[i * k:(i + 1) * k]
             kls.append(best_of_n_kl(prompt_rewards, n))
             for best in best_of_n_choices(prompt_rewards, n, n_max):
@@ -181,27 +187,26 @@ def best_of_n_points(b, fs, out_dir, log):
 def run(out_dir="out/frontier", quick=False, log=print):
     """Train and evaluate every point of the frontier; returns the frontier dict (also OUT_DIR/frontier.json)."""
     start = time.time()
-    settings, fs = (base.QUICK, QUICK) if quick else (base.FULL, FULL)
+    settings, frontier_settings = (base.QUICK, QUICK) if quick else (base.FULL, FULL)
     for sub in ("points", "samples", "runs"):
         os.makedirs(os.path.join(out_dir, sub), exist_ok=True)
-    b = base.prepare(os.path.join(out_dir, "base"), settings, log=log)
-    runs = os.path.join(out_dir, "runs")
-    points = [evaluate_point("reference", "reference", {}, None, b, fs, out_dir, log)]
-    for beta in fs["betas"]:
-        cfg = training_config("dpo", os.path.join(runs, f"dpo-beta{beta}"), b, fs["dpo"], fs["checkpoints"],
-                              beta=beta)
-        train_cached("dpo", cfg, log)
-        points += run_points("DPO", {"beta": beta}, cfg.out_dir, b, fs, out_dir, log)
-    cfg = training_config("sft", os.path.join(runs, "preferred-ft"), b, fs["preferred_ft"], fs["checkpoints"])
-    train_cached("sft", cfg, log)
-    points += run_points("Preferred-FT", {}, cfg.out_dir, b, fs, out_dir, log)
-    ul = fs["unlikelihood"]
-    cfg = training_config("unlikelihood", os.path.join(runs, "unlikelihood"), b, ul, fs["checkpoints"],
-                          unlikelihood_alpha=ul["alpha"])
-    train_cached("unlikelihood", cfg, log)
-    points += run_points("Unlikelihood", {"alpha": ul["alpha"]}, cfg.out_dir, b, fs, out_dir, log)
-    points += best_of_n_points(b, fs, out_dir, log)
-    result = {"settings": {"base": settings, "frontier": fs}, "points": points, "quick": quick,
+    prepared = base.prepare(os.path.join(out_dir, "base"), settings, log=log)
+    runs, checkpoints = os.path.join(out_dir, "runs"), frontier_settings["checkpoints"]
+
+    def trained_points(stage, method, name, setting, run_settings, **changes):
+        cfg = training_config(stage, os.path.join(runs, name), prepared, run_settings, checkpoints, **changes)
+        train_cached(stage, cfg, log)
+        return run_points(method, setting, cfg.out_dir, prepared, frontier_settings, out_dir, log)
+
+    points = [evaluate_point("reference", "reference", {}, None, prepared, frontier_settings, out_dir, log)]
+    for beta in frontier_settings["betas"]:
+        points += trained_points("dpo", "DPO", f"dpo-beta{beta}", {"beta": beta}, frontier_settings["dpo"], beta=beta)
+    points += trained_points("sft", "Preferred-FT", "preferred-ft", {}, frontier_settings["preferred_ft"])
+    unlikelihood = frontier_settings["unlikelihood"]
+    points += trained_points("unlikelihood", "Unlikelihood", "unlikelihood", {"alpha": unlikelihood["alpha"]},
+                             unlikelihood, unlikelihood_alpha=unlikelihood["alpha"])
+    points += best_of_n_points(prepared, frontier_settings, out_dir, log)
+    result = {"settings": {"base": settings, "frontier": frontier_settings}, "points": points, "quick": quick,
               "wall_seconds": time.time() - start}
     with open(os.path.join(out_dir, "frontier.json"), "w") as f:
         json.dump(result, f, indent=2)

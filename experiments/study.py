@@ -65,13 +65,15 @@ QUICK = dict(FULL, dpo=dict(FULL["dpo"], steps=8), lora=dict(FULL["lora"], lrs=(
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def dpo_run(name, b, ss, out_dir, log, run=None, checkpoints=1, **extra):
-    """Train (or reuse) one DPO run of the study; returns (cfg, wall seconds of its training)."""
-    run = dict(ss["dpo"], **(run or {}))
-    beta = extra.pop("beta", run.pop("beta"))
-    cfg = frontier.training_config("dpo", os.path.join(out_dir, "runs", name), b, run, checkpoints, beta=beta,
-                                   **extra)
-    return cfg, timed(lambda c: frontier.train_cached("dpo", c, log), cfg)
+def dpo_run(name, prepared, study_settings, out_dir, log, run=None, checkpoints=1, **changes):
+    """Train (or reuse) one DPO run of the study on `prepared` (what base.prepare returned): the study's DPO
+    settings, updated by `run` (lr, steps, batch_size, beta), then `changes` (TrainConfig fields by name).
+    Returns (cfg, wall seconds of its training)."""
+    run = dict(study_settings["dpo"], **(run or {}))
+    changes = {"beta": run.pop("beta"), **changes}
+    cfg = frontier.training_config("dpo", os.path.join(out_dir, "runs", name), prepared, run, checkpoints,
+                                   **changes)
+    return cfg, timed(lambda config: frontier.train_cached("dpo", config, log), cfg)
 
 
 def timed(train_fn, cfg):
@@ -102,11 +104,12 @@ def row_path(cfg, step=None):
     return os.path.join(cfg.out_dir, f"step_{step or cfg.steps:06d}.pt")
 
 
-def point(name, method, setting, cfg, b, ss, out_dir, log, reference_name="reference", step=None):
+def point(name, method, setting, cfg, prepared, study_settings, out_dir, log, reference_name="reference", step=None):
     """Evaluate a run's checkpoint (the last unless `step`): frontier.evaluate_point, plus the win rate against the
     reference point's samples and the run's held-out implicit-reward metrics at that step."""
     step = step or cfg.steps
-    p = frontier.evaluate_point(name, method, setting, row_path(cfg, step), b, ss, out_dir, log, step=step)
+    p = frontier.evaluate_point(name, method, setting, row_path(cfg, step), prepared, study_settings, out_dir, log,
+                                step=step)
     win, tie = sentiment.win_and_tie_rates(rewards_of(out_dir, name), rewards_of(out_dir, reference_name))
     heldout = eval_rows(cfg.out_dir)[step]
     return {**p, "win_rate": win, "tie_rate": tie, "win_rate_ci95": 1.96 * math.sqrt(win * (1 - win) / p["n_samples"]),
@@ -117,10 +120,10 @@ def point(name, method, setting, cfg, b, ss, out_dir, log, reference_name="refer
 # -----------------------------------------------------------------------------
 # (a) LoRA against full fine-tuning, (b) fp32 against bf16
 
-def state_bytes(cfg, b):
+def state_bytes(cfg, prepared):
     """Bytes of the training state a DPO run keeps (fp32): weights, a reference copy (full fine-tuning with a
     live reference), gradients and AdamW's two moments of the trainable parameters. Counted, not measured."""
-    model = copy.deepcopy(b.reference)
+    model = copy.deepcopy(prepared.reference)
     if cfg.lora_rank:
         lora.apply_lora(model, cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout, lora_targets(cfg))
     weights, trainable = sum(p.numel() for p in model.parameters()), lora.count_trainable(model)
@@ -139,19 +142,19 @@ def memory_bench(out_dir, log):
         return json.load(f)
 
 
-def lora_and_precision(b, ss, out_dir, log):
+def lora_and_precision(prepared, study_settings, out_dir, log):
     """(a) and (b): rows for full DPO, LoRA at each learning rate, and full DPO under bf16 autocast."""
     rows = []
-    lo = ss["lora"]
+    lo = study_settings["lora"]
     variants = [("full", "full fine-tuning, fp32", {}, {})]
     variants += [(f"lora-r{lo['rank']}-lr{lr:g}", f"LoRA r={lo['rank']} alpha={lo['alpha']:g}, lr {lr:g}",
                   {"lr": lr}, {"lora_rank": lo["rank"], "lora_alpha": lo["alpha"]}) for lr in lo["lrs"]]
     variants += [("full-bf16", "full fine-tuning, bf16 autocast", {}, {"dtype": "bfloat16"})]
-    for name, label, run, extra in variants:
-        cfg, seconds = dpo_run(name, b, ss, out_dir, log, run=run, **extra)
-        row = point(name, label, {"lr": cfg.lr, "lora_rank": cfg.lora_rank, "dtype": cfg.dtype}, cfg, b, ss,
-                    out_dir, log)
-        rows.append({**row, **state_bytes(cfg, b), "train_seconds": seconds,
+    for name, label, run, changes in variants:
+        cfg, seconds = dpo_run(name, prepared, study_settings, out_dir, log, run=run, **changes)
+        row = point(name, label, {"lr": cfg.lr, "lora_rank": cfg.lora_rank, "dtype": cfg.dtype}, cfg, prepared,
+                    study_settings, out_dir, log)
+        rows.append({**row, **state_bytes(cfg, prepared), "train_seconds": seconds,
                      "ckpt_bytes": os.path.getsize(os.path.join(cfg.out_dir, "ckpt.pt"))})
     return rows
 
@@ -162,17 +165,17 @@ def precision_gap(out_dir):
     for name in ("full", "full-bf16"):
         with open(os.path.join(out_dir, "runs", name, "metrics.jsonl")) as f:
             losses.append([r["loss"] for r in map(json.loads, f) if r["split"] == "train"])
-    gaps = [abs(a - b) for a, b in zip(*losses)]
+    gaps = [abs(fp32 - bf16) for fp32, bf16 in zip(*losses)]
     return {"max_train_loss_gap": max(gaps), "final_train_loss_gap": gaps[-1], "train_losses": losses}
 
 
 # -----------------------------------------------------------------------------
 # (c) beta against forgetting
 
-def heldout_windows(b, n_windows):
+def heldout_windows(prepared, n_windows):
     """n_windows fixed windows (x, y), each (32, T), of the corpus part that pre-training held out."""
-    cfg = resolve_lengths(base.pretrain_config("", b.settings), b.settings["block_size"])
-    _, heldout = stages.text_splits(cfg, b.tokenizer)  # the very split pre-training evaluated on, never trained on
+    cfg = resolve_lengths(base.pretrain_config("", prepared.settings), prepared.settings["block_size"])
+    _, heldout = stages.text_splits(cfg, prepared.tokenizer)  # the very split pre-training evaluated on, never trained on
     return list(data.lm_batches(heldout, 32, cfg.max_length, num_batches=max(1, n_windows // 32),
                                 generator=torch.Generator().manual_seed(0)))
 
@@ -188,14 +191,15 @@ def window_nlls(model, windows):
     return out
 
 
-def forgetting(b, ss, out_dir, log):
+def forgetting(prepared, study_settings, out_dir, log):
     """(c): per beta, reward/KL/fluency and the paired rise of the held-out pre-training loss over the base."""
-    windows = heldout_windows(b, ss["lm_windows"])
-    base_nll = window_nlls(b.reference, windows)
+    windows = heldout_windows(prepared, study_settings["lm_windows"])
+    base_nll = window_nlls(prepared.reference, windows)
     rows = []
-    for beta in ss["betas"]:
-        cfg, _ = dpo_run(f"forget-beta{beta}", b, ss, out_dir, log, run=ss["forgetting"], beta=beta)
-        row = point(f"forget-beta{beta}", "DPO 3 epochs", {"beta": beta}, cfg, b, ss, out_dir, log)
+    for beta in study_settings["betas"]:
+        cfg, _ = dpo_run(f"forget-beta{beta}", prepared, study_settings, out_dir, log,
+                         run=dict(study_settings["forgetting"], beta=beta))
+        row = point(f"forget-beta{beta}", "DPO 3 epochs", {"beta": beta}, cfg, prepared, study_settings, out_dir, log)
         nll = window_nlls(load_model(row_path(cfg)), windows)
         os.makedirs(os.path.join(out_dir, "lm_nll"), exist_ok=True)
         with open(os.path.join(out_dir, "lm_nll", f"forget-beta{beta}.json"), "w") as f:
@@ -211,82 +215,88 @@ def forgetting(b, ss, out_dir, log):
 # -----------------------------------------------------------------------------
 # (d) early stopping, (e) a weaker base, (f) self-labelling
 
-def early_stopping(b, ss, out_dir, log):
+def early_stopping(prepared, study_settings, out_dir, log):
     """(d): every checkpoint of one long run, with its held-out accuracy/loss and sampled win rate."""
-    e = ss["early"]
-    cfg, _ = dpo_run("early", b, ss, out_dir, log, run={k: e[k] for k in ("lr", "steps", "batch_size", "beta")},
-                     checkpoints=e["checkpoints"])
-    rows = [point(f"early-step{step}", "DPO along training", {"beta": e["beta"]}, cfg, b, ss, out_dir, log,
-                  step=step) for step in sorted(eval_rows(cfg.out_dir))]
+    early = study_settings["early"]
+    cfg, _ = dpo_run("early", prepared, study_settings, out_dir, log, checkpoints=early["checkpoints"],
+                     run={key: early[key] for key in ("lr", "steps", "batch_size", "beta")})
+    rows = [point(f"early-step{step}", "DPO along training", {"beta": early["beta"]}, cfg, prepared, study_settings,
+                  out_dir, log, step=step) for step in sorted(eval_rows(cfg.out_dir))]
     best = {key: max(rows, key=lambda r: sign * r[key])["step"]
             for key, sign in (("heldout_accuracy", 1), ("heldout_margin", 1), ("heldout_loss", -1), ("win_rate", 1),
                               ("reward", 1))}
-    first_top_accuracy = next(r["step"] for r in rows if r["heldout_accuracy"] == max(x["heldout_accuracy"] for x in rows))
+    top_accuracy = max(row["heldout_accuracy"] for row in rows)
+    first_top_accuracy = next(row["step"] for row in rows if row["heldout_accuracy"] == top_accuracy)
     return {"rows": rows, "best_step": best, "first_step_at_top_accuracy": first_top_accuracy}
 
 
-def weaker_base(b, ss, out_dir, log, default_row):
+def weaker_base(prepared, study_settings, out_dir, log, default_row):
     """(e): the same DPO as (a)'s full run (`default_row`), from a base pre-trained on fewer steps, with pairs
     sampled from that base."""
-    weak = base.prepare(os.path.join(out_dir, "base-weak"), dict(b.settings, pretrain_steps=ss["weak_pretrain_steps"]),
-                        log=log)
-    frontier.evaluate_point("weak-reference", "reference", {}, None, weak, ss, out_dir, log)
-    cfg, _ = dpo_run("weak-dpo", weak, ss, out_dir, log)
-    weak_row = point("weak-dpo", f"base of {ss['weak_pretrain_steps']} steps", {}, cfg, weak, ss, out_dir, log,
+    weak_steps = study_settings["weak_pretrain_steps"]
+    weak = base.prepare(os.path.join(out_dir, "base-weak"), dict(prepared.settings, pretrain_steps=weak_steps), log=log)
+    frontier.evaluate_point("weak-reference", "reference", {}, None, weak, study_settings, out_dir, log)
+    cfg, _ = dpo_run("weak-dpo", weak, study_settings, out_dir, log)
+    weak_row = point("weak-dpo", f"base of {weak_steps} steps", {}, cfg, weak, study_settings, out_dir, log,
                      reference_name="weak-reference")
     rows = []
-    for row, bb, reference_name in ((default_row, b, "reference"), (weak_row, weak, "weak-reference")):
+    for row, base_run, reference_name in ((default_row, prepared, "reference"), (weak_row, weak, "weak-reference")):
         with open(os.path.join(out_dir, "points", f"{reference_name}.json")) as f:
             ref_point = json.load(f)
-        pretrain_loss = [r["loss"] for r in eval_rows(os.path.dirname(bb.reference_path)).values()][-1]
-        rows.append({**row, "method": row["method"] if bb is weak else f"base of {bb.settings['pretrain_steps']} steps",
-                     "pretrain_steps": bb.settings["pretrain_steps"], "base_heldout_lm_loss": pretrain_loss,
+        pretrain_loss = [r["loss"] for r in eval_rows(os.path.dirname(base_run.reference_path)).values()][-1]
+        method = row["method"] if base_run is weak else f"base of {base_run.settings['pretrain_steps']} steps"
+        rows.append({**row, "method": method,
+                     "pretrain_steps": base_run.settings["pretrain_steps"], "base_heldout_lm_loss": pretrain_loss,
                      "reference_reward": ref_point["reward"], "reference_reward_ci95": ref_point["reward_ci95"],
                      "reference_bigram_fluency": ref_point["bigram_fluency"],
-                     "train_pairs": bb.pair_reports["train"]["n_pairs"]})
+                     "train_pairs": base_run.pair_reports["train"]["n_pairs"]})
     return rows
 
 
-def round2_pairs(policy_path, b, ss, out_dir, log):
+def round2_pairs(policy_path, prepared, study_settings, out_dir, log):
     """Pairs sampled from the round-1 policy on the train and held-out prompts, labelled by the reward; cached."""
     paths = {}
     policy = None
-    for split, prompts, seed in (("train", b.train_prompts, ss["self_label"]["seed"]),
-                                 ("heldout", b.heldout_prompts, ss["self_label"]["seed"] + 1)):
+    for split, prompts, seed in (("train", prepared.train_prompts, study_settings["self_label"]["seed"]),
+                                 ("heldout", prepared.heldout_prompts, study_settings["self_label"]["seed"] + 1)):
         paths[split] = os.path.join(out_dir, f"pairs_round2_{split}.jsonl")
         key_path = paths[split] + ".source.json"
-        key = {"policy": policy_path, "mtime": os.path.getmtime(policy_path), "k": ss["self_label"]["k"], "seed": seed}
+        key = {"policy": policy_path, "mtime": os.path.getmtime(policy_path), "k": study_settings["self_label"]["k"],
+               "seed": seed}
         if os.path.isfile(key_path) and json.load(open(key_path)) == key:
             continue
         policy = policy or load_model(policy_path).eval()
         _, report = sentiment.build_preference_pairs(
-            policy, b.tokenizer, prompts, k=ss["self_label"]["k"], min_reward_gap=b.settings["min_reward_gap"],
-            max_new_tokens=b.settings["max_new_tokens"], seed=seed, path=paths[split], return_report=True)
+            policy, prepared.tokenizer, prompts, k=study_settings["self_label"]["k"],
+            min_reward_gap=prepared.settings["min_reward_gap"], max_new_tokens=prepared.settings["max_new_tokens"],
+            seed=seed, path=paths[split], return_report=True)
         log(f"round-2 pairs ({split}): {report.summary()}")
         with open(key_path, "w") as f:
             json.dump(key, f)
     return paths
 
 
-def self_labelling(b, ss, out_dir, log, round1, early):
+def self_labelling(prepared, study_settings, out_dir, log, round1, early):
     """(f): a second DPO round on the round-1 policy's own labelled samples, against two references.
 
     round1: (a)'s full DPO row (its run is round 1); early: (d)'s result, whose checkpoint at twice round 1's
     steps is the control (the same number of DPO steps, all on the original pairs)."""
-    round1_path = os.path.join(out_dir, "runs", "full", f"step_{ss['dpo']['steps']:06d}.pt")
-    paths = round2_pairs(round1_path, b, ss, out_dir, log)
+    round1_path = os.path.join(out_dir, "runs", "full", f"step_{study_settings['dpo']['steps']:06d}.pt")
+    paths = round2_pairs(round1_path, prepared, study_settings, out_dir, log)
     rows = [{**round1, "method": "round 1 (the run of (a))"}]
     for name, label, reference_init in (("round2-ref-round1", "round 2, reference = round-1 policy", ""),
-                                        ("round2-ref-base", "round 2, reference = base", b.reference_path)):
-        cfg, _ = dpo_run(name, b, ss, out_dir, log, init=round1_path, reference_init=reference_init,
+                                        ("round2-ref-base", "round 2, reference = base", prepared.reference_path)):
+        cfg, _ = dpo_run(name, prepared, study_settings, out_dir, log, init=round1_path, reference_init=reference_init,
                          data=paths["train"], heldout_data=paths["heldout"])
-        row = point(name, label, {"reference": "base" if reference_init else "round 1"}, cfg, b, ss, out_dir, log)
+        row = point(name, label, {"reference": "base" if reference_init else "round 1"}, cfg, prepared,
+                    study_settings, out_dir, log)
         round1_model = load_model(round1_path).eval()  # the same samples, log-ratios against round 1 instead
         to_round1 = frontier.evaluate_point(f"{name}-vs-round1", label, row["setting"], row_path(cfg),
-                                            dataclasses.replace(b, reference=round1_model), ss, out_dir, log)
+                                            dataclasses.replace(prepared, reference=round1_model), study_settings,
+                                            out_dir, log)
         rows.append({**row, "kl_to_round1": to_round1["kl"], "kl_to_round1_ci95": to_round1["kl_ci95"]})
     rows += [{**r, "method": "control: DPO on the original pairs, same steps as rounds 1 + 2"}
-             for r in early["rows"] if r["step"] == 2 * ss["dpo"]["steps"]]
+             for r in early["rows"] if r["step"] == 2 * study_settings["dpo"]["steps"]]
     return rows
 
 
@@ -295,26 +305,27 @@ def self_labelling(b, ss, out_dir, log, round1, early):
 def run(out_dir="out/study", quick=False, log=print):
     """Run every question of the study; returns the result dict (also OUT_DIR/study.json) and writes study.png."""
     start = time.time()
-    settings, ss = (base.QUICK, QUICK) if quick else (base.FULL, FULL)
+    settings, study_settings = (base.QUICK, QUICK) if quick else (base.FULL, FULL)
     for sub in ("points", "samples", "runs"):
         os.makedirs(os.path.join(out_dir, sub), exist_ok=True)
-    b = base.prepare(os.path.join(out_dir, "base"), settings, log=log)
-    frontier.evaluate_point("reference", "reference", {}, None, b, ss, out_dir, log)
+    prepared = base.prepare(os.path.join(out_dir, "base"), settings, log=log)
+    frontier.evaluate_point("reference", "reference", {}, None, prepared, study_settings, out_dir, log)
     log("== (a) LoRA against full fine-tuning, (b) fp32 against bf16 autocast ==")
-    runs_ab = lora_and_precision(b, ss, out_dir, log)
-    result = {"settings": {"base": settings, "study": ss}, "quick": quick,
+    runs_ab = lora_and_precision(prepared, study_settings, out_dir, log)
+    result = {"settings": {"base": settings, "study": study_settings}, "quick": quick,
               "a_lora": [r for r in runs_ab if r["name"] != "full-bf16"],
-              "a_memory_gpt2": memory_bench(out_dir, log) if ss["memory_bench"] else None,
+              "a_memory_gpt2": memory_bench(out_dir, log) if study_settings["memory_bench"] else None,
               "b_precision": {"rows": [r for r in runs_ab if r["name"] in ("full", "full-bf16")],
                               **precision_gap(out_dir)}}
     log("== (c) beta against forgetting ==")
-    result["c_forgetting"] = forgetting(b, ss, out_dir, log)
+    result["c_forgetting"] = forgetting(prepared, study_settings, out_dir, log)
     log("== (d) early stopping: held-out accuracy against the sampled win rate ==")
-    result["d_early_stopping"] = early_stopping(b, ss, out_dir, log)
+    result["d_early_stopping"] = early_stopping(prepared, study_settings, out_dir, log)
     log("== (e) a weaker base ==")
-    result["e_base_quality"] = weaker_base(b, ss, out_dir, log, runs_ab[0])
+    result["e_base_quality"] = weaker_base(prepared, study_settings, out_dir, log, runs_ab[0])
     log("== (f) self-labelling: a second round on the round-1 policy's own samples ==")
-    result["f_self_labelling"] = self_labelling(b, ss, out_dir, log, runs_ab[0], result["d_early_stopping"])
+    result["f_self_labelling"] = self_labelling(prepared, study_settings, out_dir, log, runs_ab[0],
+                                                result["d_early_stopping"])
     result["wall_seconds"] = time.time() - start
     with open(os.path.join(out_dir, "study.json"), "w") as f:
         json.dump(result, f, indent=2)
@@ -327,29 +338,29 @@ def _pm(row, key, digits=3, sign=""):
     return f"{row[key]:{sign}.{digits}f} +- {row[key + '_ci95']:.{digits}f}"
 
 
-def format_study(r):
+def format_study(result):
     """The study's tables as text: one per question, every sampled number with its 95% interval."""
     lines = ["(a) LoRA against full DPO (demo settings: beta 0.1, 16 steps of 32 pairs)",
              f"{'run':<36} {'trainable':>9} {'state MiB':>9} {'ckpt MiB':>8} {'train s':>7} {'reward':>15} "
              f"{'KL':>14} {'bigram fl.':>14} {'win rate':>14} {'acc':>5}"]
-    for x in r["a_lora"] + [r["b_precision"]["rows"][-1]]:
+    for x in result["a_lora"] + [result["b_precision"]["rows"][-1]]:
         lines.append(f"{x['method']:<36} {x['trainable']:>9,} {x['state_bytes'] / 2**20:>9.2f} "
                      f"{x['ckpt_bytes'] / 2**20:>8.2f} {x['train_seconds']:>7.1f} {_pm(x, 'reward', sign='+')} "
                      f"{_pm(x, 'kl', 2):>14} {_pm(x, 'bigram_fluency')} {_pm(x, 'win_rate')} "
                      f"{x['heldout_accuracy']:>5.3f}")
-    if r["a_memory_gpt2"]:
+    if result["a_memory_gpt2"]:
         lines.append("peak memory of one DPO step at GPT-2 124M shapes (bench/bench_lora_memory.py): " + ", ".join(
             f"{m['variant']} {m['peak_bytes'] / 2**20:.0f} MiB ({m['peak_vs_full_copy']:.2f}x)"
-            for m in r["a_memory_gpt2"]["rows"]))
-    p = r["b_precision"]
+            for m in result["a_memory_gpt2"]["rows"]))
+    p = result["b_precision"]
     lines += ["", f"(b) bf16 autocast against fp32: largest train-loss gap over the steps {p['max_train_loss_gap']:.2e}"
                   f", at the end {p['final_train_loss_gap']:.2e} (rows: the last line of (a) and its first)", "",
               "(c) beta against forgetting (DPO 3 epochs; held-out pre-training loss, paired over windows)",
               f"{'beta':>6} {'reward':>15} {'KL':>14} {'bigram fl.':>14} {'LM loss rise (nats/token)':>26}"]
-    for x in r["c_forgetting"]:
+    for x in result["c_forgetting"]:
         lines.append(f"{x['beta']:>6g} {_pm(x, 'reward', sign='+')} {_pm(x, 'kl', 2):>14} {_pm(x, 'bigram_fluency')} "
                      f"{_pm(x, 'nll_rise', 4, '+'):>26}")
-    d = r["d_early_stopping"]
+    d = result["d_early_stopping"]
     lines += ["", "(d) early stopping: along one run (beta 0.1, 6 epochs)",
               f"{'step':>5} {'acc':>6} {'held-out loss':>13} {'margin':>7} {'win rate':>14} {'reward':>15} {'KL':>14}"]
     for x in d["rows"]:
@@ -359,13 +370,13 @@ def format_study(r):
     lines += ["", "(e) the base's quality (same DPO; pairs sampled from each base)",
               f"{'base':<24} {'base LM loss':>12} {'ref reward':>15} {'DPO reward':>15} {'KL':>14} {'bigram fl.':>14} "
               f"{'win rate':>14}"]
-    for x in r["e_base_quality"]:
+    for x in result["e_base_quality"]:
         lines.append(f"{x['method']:<24} {x['base_heldout_lm_loss']:>12.4f} {x['reference_reward']:+.3f} +- "
                      f"{x['reference_reward_ci95']:.3f} {_pm(x, 'reward', sign='+')} {_pm(x, 'kl', 2):>14} "
                      f"{_pm(x, 'bigram_fluency')} {_pm(x, 'win_rate')}")
     lines += ["", "(f) self-labelling (KL against the base; 'KL to round 1' for round 2)",
               f"{'run':<62} {'reward':>15} {'KL':>14} {'KL to round 1':>14} {'bigram fl.':>14} {'win rate':>14}"]
-    for x in r["f_self_labelling"]:
+    for x in result["f_self_labelling"]:
         to_round1 = _pm(x, "kl_to_round1", 2) if "kl_to_round1" in x else ""
         lines.append(f"{x['method']:<62} {_pm(x, 'reward', sign='+')} {_pm(x, 'kl', 2):>14} {to_round1:>14} "
                      f"{_pm(x, 'bigram_fluency')} {_pm(x, 'win_rate')}")

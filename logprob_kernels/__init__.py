@@ -3,23 +3,23 @@
     token_logprobs(logits, labels, mask)[b, t] = mask[b, t] * log_softmax(logits[b, t])[labels[b, t]]
     sequence_logprobs(logits, labels, mask)[b] = sum_t token_logprobs(...)[b, t]
 
-Three implementations compute the same numbers:
-* logprob_kernels/reference.py      naive log_softmax + gather + mask + sum; the yardstick in tests (fp64-capable).
-* logprob_kernels/logprobs_torch.py chunked PyTorch, no (B, T, V) fp32 temporary; the CPU path.
-* logprob_kernels/logprobs_triton.py the fused Triton kernel (streaming logsumexp forward, one-pass backward); the
-  CUDA path, also runnable on CPU tensors under TRITON_INTERPRET=1.
-impl="auto" picks Triton for CUDA tensors and the torch path otherwise. Both are deterministic: per-position
-results, then a fixed-order torch sum over T. Left out: label smoothing, ignore_index conventions (use the mask).
+What it computes is naive.py (log_softmax, gather, mask, sum: the yardstick of the tests). What runs computes
+the same numbers without an fp32 (B, T, V) temporary: logprobs_torch.py (chunked PyTorch; the CPU path) and
+logprobs_triton.py (the fused kernel; the CUDA path, also runnable on CPU tensors under TRITON_INTERPRET=1).
+impl="auto" picks Triton for CUDA tensors and the torch path otherwise; both are deterministic (per-position
+results, then a fixed-order sum over T). linear_logprobs.py computes sequence_logprobs(hidden @ weight.T, ...)
+without the logits at all (linear_sequence_logprobs). Left out: label smoothing, ignore_index conventions (use
+the mask).
 """
 
 import torch
 
-from .checks import check_inputs, resolve_impl
+from .checks import IMPLS, check_inputs, resolve_impl
 from .linear_logprobs import linear_sequence_logprobs, naive_linear_sequence_logprobs
 from .logprobs_torch import torch_token_logprobs
-from .reference import naive_sequence_logprobs, naive_token_logprobs
+from .naive import naive_sequence_logprobs, naive_token_logprobs
 
-__all__ = ["sequence_logprobs", "token_logprobs", "naive_sequence_logprobs", "naive_token_logprobs",
+__all__ = ["IMPLS", "sequence_logprobs", "token_logprobs", "naive_sequence_logprobs", "naive_token_logprobs",
            "linear_sequence_logprobs", "naive_linear_sequence_logprobs"]
 
 

@@ -9,7 +9,7 @@ With i running over the positions (b, t), hidden[i] (d,) the final hidden state 
     result[b] = sum_t mask[b, t] * logp[b, t]
 
 Three implementations compute the same numbers:
-* naive_linear_sequence_logprobs: logits = hidden @ weight.T, then logprob_kernels.reference's naive log-softmax; the
+* naive_linear_sequence_logprobs: logits = hidden @ weight.T, then logprob_kernels.naive's naive log-softmax; the
   yardstick in tests (fp64-capable).
 * LinearTokenLogprobs below: chunked PyTorch; the CPU path and the readable statement of the algorithm.
 * logprob_kernels/linear_logprobs_triton.py: Triton kernels that keep the logits in registers; the CUDA path.
@@ -61,7 +61,7 @@ soft-capping, label smoothing, double backward, autocast (hidden and weight must
 import torch
 
 from .checks import FLOAT_DTYPES, check_inputs, resolve_impl
-from .reference import naive_sequence_logprobs
+from .naive import naive_sequence_logprobs
 
 CHUNK_ELEMENTS = 1 << 23  # elements of one chunk's (rows, V) fp32 logits: 32 MiB; 166 rows for V = 50257
 
@@ -183,7 +183,7 @@ def linear_sequence_logprobs(hidden: torch.Tensor, weight: torch.Tensor, labels:
     impl: "auto" (Triton for CUDA tensors, torch otherwise), "torch" or "triton".
 
     Worked example: d = V = 2, weight = identity, so the logits are the hidden states: hidden [[0, 0],
-    [ln 3, 0]] with labels [1, 0] give log(1/2) + log(3/4) = -0.9808..., as in logprob_kernels.reference.
+    [ln 3, 0]] with labels [1, 0] give log(1/2) + log(3/4) = -0.9808..., as in logprob_kernels.naive.
     """
     keep = check_linear_inputs(hidden, weight, labels, mask)  # (B, T) bool
     if resolve_impl(impl, hidden, "hidden and weight") == "triton":

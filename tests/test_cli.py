@@ -12,11 +12,13 @@ import pytest
 import torch
 
 import data
+import stages
 import train
 import training
 from checkpoint import CheckpointError, load_checkpoint, load_model, save_checkpoint
 from config import STAGES, ConfigError, TrainConfig
 from model import GPT, GPTConfig
+from reference import Reference
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -83,7 +85,8 @@ def test_user_errors_are_one_line_and_write_nothing(files, tmp_path, capsys, mon
     names = dict(files, tmp=str(tmp_path))
     argv = command.format(**names).split()
     argv += [] if argv[0] == "sample" else ["--out-dir", files["out"]]  # sample writes nothing
-    monkeypatch.setattr(training, "reference_logps", lambda *a, **k: pytest.fail("work started"))
+    monkeypatch.setattr(Reference, "precomputed", lambda *a, **k: pytest.fail("work started"))
+    monkeypatch.setattr(training, "step_batches", lambda *a, **k: pytest.fail("work started"))
     monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path / "no-tiktoken-cache"))  # gpt2 BPE: never downloaded
     assert train.main(argv) == 1
     err = capsys.readouterr().err
@@ -193,8 +196,8 @@ def test_missing_local_path_tells_paths_from_hub_names(tmp_path, monkeypatch):
 
 def test_config_errors_for_programmatic_use(tmp_path):
     with pytest.raises(ConfigError, match="--grad-accum 4: must divide --batch-size 6"):
-        training.train("sft", TrainConfig(out_dir=str(tmp_path / "z"), batch_size=6, grad_accum=4, max_length=8),
-                       None, [], [], log=lambda *_: None)
+        training.train(stages.objective("sft", TrainConfig(), 0), TrainConfig(out_dir=str(tmp_path / "z"),
+                       batch_size=6, grad_accum=4, max_length=8), None, [], [], log=lambda *_: None)
     assert not os.path.exists(tmp_path / "z")
 
 

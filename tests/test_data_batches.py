@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 import data
 from data.batches import IGNORE_INDEX
-from logprob_kernels.reference import naive_sequence_logprobs
+from logprob_kernels.naive import naive_sequence_logprobs
 
 ENC = data.get_tokenizer("bytes")
 EOS = ENC.eot_token

@@ -12,7 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import dpo
-from logprob_kernels.reference import naive_sequence_logprobs
+import unlikelihood
+from logprob_kernels.naive import naive_sequence_logprobs
 from model import GPT, GPTConfig
 from naive_dpo import (naive_dpo_loss, naive_pair_dloss_dh, naive_pair_loss, naive_unlikelihood_dloss_dx,
                        naive_unlikelihood_loss, sigmoid)
@@ -287,7 +288,7 @@ def test_rpo_only_adds_minus_alpha_over_length_to_the_chosen_gradient(loss_type,
 # ----------------------------------------------------------------------------------------------------------------
 # The Unlikelihood baseline: NLL of y_w + alpha * per-token mean of -log(1 - p) over y_l.
 
-CLAMP32 = float(torch.tensor(dpo.UNLIKELIHOOD_CLAMP))  # the clamp bound as float32 log-probs meet it
+CLAMP32 = float(torch.tensor(unlikelihood.UNLIKELIHOOD_CLAMP))  # the clamp bound as float32 log-probs meet it
 NEAR_ZERO = [0.0, -1e-9, -1e-7, -5e-7, -2e-6, -1e-4, -math.log(2), -0.5]  # the clamp, p ~ 1, the log1mexp switch
 
 
@@ -314,7 +315,7 @@ def unlikelihood_tensors(chosen, lengths, x, mask):
 @given(inputs=unlikelihood_inputs(), alpha=st.floats(0.0, 1.0))
 def test_unlikelihood_matches_naive_reference(inputs, alpha):
     c, n, x, mask = unlikelihood_tensors(*inputs)
-    losses = dpo.unlikelihood_loss(c, n, x, mask, alpha=alpha)
+    losses = unlikelihood.unlikelihood_loss(c, n, x, mask, alpha=alpha)
     assert losses.dtype == torch.float32 and losses.shape == c.shape
     naive = naive_unlikelihood_loss(inputs[0], inputs[1], x.tolist(), inputs[3], alpha, clamp=CLAMP32)
     torch.testing.assert_close(losses.double(), as_f64(naive), rtol=1e-5, atol=1e-5)
@@ -333,10 +334,10 @@ def test_unlikelihood_matches_naive_reference(inputs, alpha):
 @given(inputs=unlikelihood_inputs(), fill=st.sampled_from([3.0, -math.inf, math.inf, math.nan]))
 def test_unlikelihood_ignores_whatever_masked_positions_hold(inputs, fill):
     c, n, x, mask = unlikelihood_tensors(*inputs)
-    clean = dpo.unlikelihood_loss(c, n, x, mask)
+    clean = unlikelihood.unlikelihood_loss(c, n, x, mask)
     clean.sum().backward()
     dirty_x = x.detach().masked_fill(~mask, fill).requires_grad_(True)
-    dirty = dpo.unlikelihood_loss(c, n, dirty_x, mask)
+    dirty = unlikelihood.unlikelihood_loss(c, n, dirty_x, mask)
     dirty.sum().backward()
     assert torch.equal(dirty, clean)
     assert torch.equal(dirty_x.grad, x.grad)
@@ -345,7 +346,7 @@ def test_unlikelihood_ignores_whatever_masked_positions_hold(inputs, fill):
 @given(inputs=unlikelihood_inputs())
 def test_unlikelihood_with_alpha_zero_is_the_chosen_per_token_nll(inputs):
     c, n, x, mask = unlikelihood_tensors(*inputs)
-    losses = dpo.unlikelihood_loss(c, n, x, mask, alpha=0.0)
+    losses = unlikelihood.unlikelihood_loss(c, n, x, mask, alpha=0.0)
     assert torch.equal(losses, -c.detach() / n)
     losses.sum().backward()
     assert torch.equal(x.grad, torch.zeros_like(x))
@@ -366,7 +367,7 @@ def test_unlikelihood_hand_gradient_is_the_derivative_of_the_naive_loss():
 def test_unlikelihood_is_finite_at_p_equal_one():
     """x = 0 (p = 1) is clamped to -1e-6: penalty -log(1 - e^-1e-6) = 13.8155, finite, with zero gradient."""
     x = torch.tensor([[0.0, 0.0]], requires_grad=True)
-    loss = dpo.unlikelihood_loss(torch.tensor([0.0]), torch.tensor([1]), x, torch.tensor([[True, True]]))
+    loss = unlikelihood.unlikelihood_loss(torch.tensor([0.0]), torch.tensor([1]), x, torch.tensor([[True, True]]))
     loss.backward()
     torch.testing.assert_close(loss, torch.tensor([-math.log(-math.expm1(-1e-6))]))
     assert torch.equal(x.grad, torch.zeros_like(x))
@@ -375,9 +376,9 @@ def test_unlikelihood_is_finite_at_p_equal_one():
 def test_unlikelihood_computes_in_float32():
     c, n, x = torch.tensor([-3.0, -5.5]), torch.tensor([3, 4]), torch.tensor([[-0.5, -2.0], [-1e-3, -0.25]])
     mask = torch.tensor([[True, False], [True, True]])
-    expected = dpo.unlikelihood_loss(c, n, x, mask, alpha=0.5)
+    expected = unlikelihood.unlikelihood_loss(c, n, x, mask, alpha=0.5)
     for dtype in (torch.float64, torch.bfloat16):
-        out = dpo.unlikelihood_loss(c.to(dtype), n, x.to(dtype), mask, alpha=0.5)
+        out = unlikelihood.unlikelihood_loss(c.to(dtype), n, x.to(dtype), mask, alpha=0.5)
         assert out.dtype == torch.float32
         torch.testing.assert_close(out, expected, rtol=1e-2 if dtype == torch.bfloat16 else 1e-6, atol=1e-6)
 
@@ -421,7 +422,7 @@ def test_worked_example_rpo():
 def test_worked_example_unlikelihood():
     chosen = torch.tensor([-2.0], requires_grad=True)
     x = torch.tensor([[math.log(0.5), 0.0, math.log(0.25)]], requires_grad=True)  # middle position masked
-    losses = dpo.unlikelihood_loss(chosen, torch.tensor([4]), x, torch.tensor([[True, False, True]]), alpha=1.0)
+    losses = unlikelihood.unlikelihood_loss(chosen, torch.tensor([4]), x, torch.tensor([[True, False, True]]), alpha=1.0)
     torch.testing.assert_close(losses, torch.tensor([0.9904146]))
     torch.testing.assert_close(losses - 0.5, torch.tensor([-math.log(0.375) / 2]))  # the unlikelihood term
     losses.backward()
@@ -622,24 +623,24 @@ def test_unlikelihood_bad_inputs_raise_naming_the_argument():
     for alpha, error in ((-0.1, ValueError), (1.5, ValueError), (math.nan, ValueError), (math.inf, ValueError),
                          ("1", TypeError), (True, TypeError)):
         with pytest.raises(error, match="alpha"):
-            dpo.unlikelihood_loss(c, n, x, mask, alpha=alpha)
+            unlikelihood.unlikelihood_loss(c, n, x, mask, alpha=alpha)
     with pytest.raises(ValueError, match=r"rows \[1\] have none"):
-        dpo.unlikelihood_loss(c, n, x, torch.tensor([[True, False, False], [False, False, False]]))
+        unlikelihood.unlikelihood_loss(c, n, x, torch.tensor([[True, False, False], [False, False, False]]))
     with pytest.raises(ValueError, match="rows"):
-        dpo.unlikelihood_loss(c, n, x[:, :0], mask[:, :0])
+        unlikelihood.unlikelihood_loss(c, n, x[:, :0], mask[:, :0])
     with pytest.raises(ValueError, match=r"rejected_mask has shape \(2, 4\)"):
-        dpo.unlikelihood_loss(c, n, x, torch.ones(2, 4, dtype=torch.bool))
+        unlikelihood.unlikelihood_loss(c, n, x, torch.ones(2, 4, dtype=torch.bool))
     with pytest.raises(ValueError, match=r"rejected_token_logps must have shape \(B, T\) with B = 2"):
-        dpo.unlikelihood_loss(c, n, -torch.ones(3, 3), mask)
+        unlikelihood.unlikelihood_loss(c, n, -torch.ones(3, 3), mask)
     with pytest.raises(ValueError, match=r"rejected_token_logps must have shape \(B, T\)"):
-        dpo.unlikelihood_loss(c, n, -torch.ones(2), mask)
+        unlikelihood.unlikelihood_loss(c, n, -torch.ones(2), mask)
     with pytest.raises(ValueError, match=r"chosen_lengths must have shape \(B,\) = \(2,\)"):
-        dpo.unlikelihood_loss(c, torch.ones(3), x, mask)
+        unlikelihood.unlikelihood_loss(c, torch.ones(3), x, mask)
     with pytest.raises(ValueError, match="chosen_lengths must be > 0"):
-        dpo.unlikelihood_loss(c, torch.tensor([3, 0]), x, mask)
+        unlikelihood.unlikelihood_loss(c, torch.tensor([3, 0]), x, mask)
     with pytest.raises(TypeError, match="rejected_mask must be a bool tensor"):
-        dpo.unlikelihood_loss(c, n, x, mask.float())
+        unlikelihood.unlikelihood_loss(c, n, x, mask.float())
     with pytest.raises(TypeError, match="rejected_token_logps must be a floating-point tensor"):
-        dpo.unlikelihood_loss(c, n, x.long(), mask)
+        unlikelihood.unlikelihood_loss(c, n, x.long(), mask)
     with pytest.raises(TypeError, match="chosen_logps must be a floating-point tensor"):
-        dpo.unlikelihood_loss(c.long(), n, x, mask)
+        unlikelihood.unlikelihood_loss(c.long(), n, x, mask)

@@ -17,7 +17,7 @@ import logprob_kernels
 from logprob_kernels import logprobs_torch
 from logprob_kernels.checks import check_inputs
 from logprob_kernels.logprobs_triton import launch_config, triton_token_logprobs
-from logprob_kernels.reference import naive_sequence_logprobs, naive_token_logprobs
+from logprob_kernels.naive import naive_sequence_logprobs, naive_token_logprobs
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 IMPLS = ["triton", "torch"]

@@ -17,6 +17,7 @@ import train
 import training
 from checkpoint import CheckpointError, load_checkpoint, load_model, save_checkpoint
 from config import TrainConfig
+from reference import Reference
 from test_train import TINY, interrupted_at_step, no_logits, read_metrics, tiny_model, write_preferences
 
 QUIET = dict(log=lambda *_: None)
@@ -149,8 +150,9 @@ def test_resume_and_loading_refuse_a_different_base(tmp_path, base_ckpt):
         load_model(cfg.out_dir)
     # a full fine-tuning run cannot resume from adapters, nor a LoRA run from full weights
     with pytest.raises(CheckpointError, match="written by a LoRA run"):
-        training.train("dpo", dataclasses.replace(cfg, resume=True, lora_rank=0, max_length=48), tiny_model(),
-                       [], [], reference=tiny_model(), **QUIET)
+        full = dataclasses.replace(cfg, resume=True, lora_rank=0, max_length=48)
+        training.train(stages.objective("dpo", full, 256, Reference.frozen(tiny_model())), full, tiny_model(), [], [],
+                       **QUIET)
 
 
 def test_lora_sft_then_lora_dpo_on_its_output(tmp_path, base_ckpt):

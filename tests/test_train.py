@@ -15,9 +15,10 @@ import sentiment
 import stages
 import train
 import training
-from config import ConfigError, TrainConfig, check_config
 from checkpoint import load_checkpoint, load_model, save_checkpoint
+from config import ConfigError, TrainConfig, check_config
 from model import GPT, GPTConfig
+from reference import Reference
 
 TINY = dict(tokenizer="bytes", n_layer=1, n_head=2, n_embd=16, block_size=64, max_length=48,
             max_prompt_length=24, batch_size=4, eval_every=2, save_every=1000, warmup_steps=2, seed=0)
@@ -40,6 +41,16 @@ def encoded_pairs(path, cfg):
     tokenizer = data.get_tokenizer("bytes")
     return data.encode_preferences(data.load_preferences(path), tokenizer, max_length=cfg.max_length,
                                    max_prompt_length=cfg.max_prompt_length)
+
+
+def train_stage(stage, cfg, model, train_set, heldout_set, reference_model=None, log=lambda *_: None):
+    """training.train as stages.run_stage drives it: the stage's objective (pad id 256, the byte tokenizer's EOS),
+    and for dpo the reference built from `reference_model` (a table with --reference precompute)."""
+    reference = None
+    if stage == "dpo":
+        live = Reference.frozen(reference_model, impl=cfg.impl, fused_linear=cfg.fused_linear)
+        reference = stages.dpo_reference(cfg, live, (train_set, heldout_set), pad_id=256)
+    return training.train(stages.objective(stage, cfg, 256, reference), cfg, model, train_set, heldout_set, log=log)
 
 
 def read_metrics(out_dir):
@@ -135,7 +146,7 @@ def run_dpo(tmp_path, name, prefs, **overrides):
     cfg = TrainConfig(out_dir=str(tmp_path / name), lr=3e-3, **{**TINY, **overrides})
     pairs = encoded_pairs(prefs, cfg)
     model, reference = tiny_model(dropout=cfg.dropout), tiny_model()
-    training.train("dpo", cfg, model, pairs[:32], pairs[32:], pad_id=256, reference=reference, log=lambda *_: None)
+    train_stage("dpo", cfg, model, pairs[:32], pairs[32:], reference)
     return cfg, model
 
 
@@ -143,10 +154,10 @@ def run_dpo(tmp_path, name, prefs, **overrides):
 def interrupted_at_step(monkeypatch, crash_step):
     """Run the `with` block's training with a KeyboardInterrupt at the start of step `crash_step` (expected)."""
     real_step_batches = training.step_batches
-    def crash(stage, cfg, train_set, step, pad_id):
+    def crash(objective, cfg, train_set, step):
         if step == crash_step:
             raise KeyboardInterrupt
-        return real_step_batches(stage, cfg, train_set, step, pad_id)
+        return real_step_batches(objective, cfg, train_set, step)
     with monkeypatch.context() as patch, pytest.raises(KeyboardInterrupt):
         patch.setattr(training, "step_batches", crash)
         yield
@@ -182,8 +193,7 @@ def test_gradient_accumulation_equals_large_batch(tmp_path, stage):
         else:
             pairs = encoded_pairs(prefs, cfg)
             train_set, heldout = pairs[:32], pairs[32:]
-        training.train(stage, cfg, tiny_model(), train_set, heldout, pad_id=256,
-                    reference=tiny_model(seed=1) if stage == "dpo" else None, log=lambda *_: None)
+        train_stage(stage, cfg, tiny_model(), train_set, heldout, tiny_model(seed=1) if stage == "dpo" else None)
         optimizer_state = load_checkpoint(cfg.out_dir)["optimizer"]["state"]
         moments.append([optimizer_state[i]["exp_avg"] for i in sorted(optimizer_state)])
     for big, accumulated in zip(*moments):
@@ -205,15 +215,16 @@ def test_precomputed_and_live_reference_agree(tmp_path):
 def test_non_finite_loss_stops_and_keeps_last_checkpoint(tmp_path, monkeypatch):
     stream = torch.randint(0, 257, (2000,))
     cfg = TrainConfig(out_dir=str(tmp_path / "run"), steps=10, **{**TINY, "save_every": 2})
-    real_lm_loss, calls = training.lm_loss, []
-    def loss_becomes_nan(model, batch, tokens_in_step, cfg):
+    objective, calls = stages.objective("pretrain", cfg, 256), []
+    real_loss = objective.loss
+    def loss_becomes_nan(model, batch):
         calls.append(1)
-        loss = real_lm_loss(model, batch, tokens_in_step, cfg)
-        return loss * float("nan") if len(calls) == 5 else loss  # the 5th training step (evals use no_grad)
-    monkeypatch.setattr(training, "lm_loss", loss_becomes_nan)
+        loss, values = real_loss(model, batch)
+        return (loss * float("nan") if len(calls) == 5 else loss), values  # the 5th training step (no evals)
+    objective = dataclasses.replace(objective, loss=loss_becomes_nan)
     cfg = dataclasses.replace(cfg, eval_every=1000)
     with pytest.raises(training.NonFiniteLossError, match="step 5.*Last good checkpoint"):
-        training.train("pretrain", cfg, tiny_model(), stream[:1500], stream[1500:], log=lambda *_: None)
+        training.train(objective, cfg, tiny_model(), stream[:1500], stream[1500:], log=lambda *_: None)
     state = load_checkpoint(cfg.out_dir)
     assert state["step"] == 4
     assert all(torch.isfinite(p).all() for p in state["model"].values())
@@ -308,7 +319,7 @@ def test_early_stopping_keeps_the_best_checkpoint(tmp_path, monkeypatch):
     """Held-out accuracies 0.6, 0.7, 0.5, 0.4 with patience 2: stop at the 4th evaluation, best.pt from the 2nd."""
     prefs = write_preferences(tmp_path / "prefs.jsonl")
     scripted = iter([0.6, 0.7, 0.5, 0.4, 0.9])
-    monkeypatch.setattr(training, "evaluate_heldout", lambda *args, **kwargs: {
+    monkeypatch.setattr(training, "evaluate", lambda *args, **kwargs: {
         "loss": 0.5, "rewards/accuracies": next(scripted)})
     cfg, model = run_dpo(tmp_path, "run", prefs, steps=20, eval_every=2, early_stop_patience=2)
     assert load_checkpoint(str(tmp_path / "run" / "best.pt"))["step"] == 4
@@ -353,25 +364,30 @@ def test_precomputed_reference_sees_what_the_policy_sees_under_bf16(tmp_path):
             assert a[key] == (pytest.approx(b[key], rel=1e-5, abs=1e-6) if key != "split" else b[key]), key
 
 
-def test_precomputed_reference_is_freed(tmp_path, monkeypatch):
-    """After precomputation nothing holds the reference model (it left the accelerator with it)."""
+@pytest.mark.parametrize("mode, freed", [("precompute", True), ("live", False)])
+def test_precomputed_reference_is_freed(tmp_path, monkeypatch, mode, freed):
+    """With --reference precompute nothing holds the frozen copy of the policy once its table is computed (it
+    would hold a second copy of the weights for the whole run); with --reference live the copy runs every step."""
     import gc
     import weakref
     prefs = write_preferences(tmp_path / "prefs.jsonl")
-    cfg = TrainConfig(out_dir=str(tmp_path / "run"), steps=2, lr=3e-3, **TINY)
-    pairs = encoded_pairs(prefs, cfg)
-    holder = [tiny_model()]
-    alive = weakref.ref(holder[0])
-    seen = []
-    real_step_batches = training.step_batches
+    init = str(tmp_path / "init.pt")
+    save_checkpoint(init, tiny_model(), None, 0, None)
+    copies, seen = [], []
+    real_reference_model, real_step_batches = stages.reference_model, training.step_batches
+    def tracked_reference_model(*args):
+        live = real_reference_model(*args)
+        copies.append(weakref.ref(live.model))
+        return live
     def check_reference_freed(*args):
         gc.collect()
-        seen.append(alive() is None)
+        seen.append(copies[0]() is None)
         return real_step_batches(*args)
+    monkeypatch.setattr(stages, "reference_model", tracked_reference_model)
     monkeypatch.setattr(training, "step_batches", check_reference_freed)
-    training.train("dpo", cfg, tiny_model(), pairs[:32], pairs[32:], pad_id=256, reference=holder.pop(),
-                   log=lambda *_: None)
-    assert seen == [True, True]
+    stages.run_stage("dpo", TrainConfig(out_dir=str(tmp_path / "run"), init=init, data=prefs, heldout_fraction=0.2,
+                                        steps=2, lr=3e-3, reference=mode, **TINY), log=lambda *_: None)
+    assert seen == [freed, freed]
 
 
 def test_sampling_commands_move_models_to_the_device(tmp_path, monkeypatch):
@@ -470,8 +486,7 @@ def test_fused_linear_trains_as_the_logits_path(tmp_path, monkeypatch, stage, re
         with monkeypatch.context() as patch:
             if fused:
                 no_logits(patch)
-            training.train(stage, cfg, model, train_set, heldout, pad_id=256, log=lambda *_: None,
-                           reference=tiny_model(seed=1) if stage == "dpo" else None)
+            train_stage(stage, cfg, model, train_set, heldout, tiny_model(seed=1) if stage == "dpo" else None)
         runs[fused] = (read_metrics(cfg.out_dir), model.state_dict())
     (rows, weights), (rows_fused, weights_fused) = runs[False], runs[True]
     assert [(r["split"], r["step"], sorted(r)) for r in rows] == [(r["split"], r["step"], sorted(r)) for r in rows_fused]

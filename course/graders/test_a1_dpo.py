@@ -1,4 +1,5 @@
-"""Graded tests of Assignment 1: the DPO loss family (dpo._losses_from_logits, dpo.dpo_loss, dpo.dpo_metrics).
+"""Graded tests of Assignment 1: the DPO loss family (dpo._losses_from_logits, dpo.dpo_loss, dpo._check_dpo_arguments,
+dpo.dpo_metrics).
 
 Three kinds of evidence, none of which contains a solution: literal expected values from the instructor's
 naive float64 reference (course/fixtures/a1_dpo_loss.json), properties that follow from the math (checked on

@@ -6,7 +6,7 @@ What is graded (logprob_kernels/, the three functions of course/manifest.py):
   _logprobs_bwd_kernel             the Triton backward kernel                                       5 points
   both paths on a DPO-like concatenated batch, forward + backward                                 2 points
 
-The yardstick is logprob_kernels/reference.py (naive log_softmax + gather + mask + sum, which the student copy keeps)
+The yardstick is logprob_kernels/naive.py (naive log_softmax + gather + mask + sum, which the student copy keeps)
 evaluated in float64 on the very same (possibly bf16-quantised) logits, and torch autograd through it; plus
 properties of the math (gradient rows sum to 0, exact zeros where the mask is 0, gradcheck). Nothing here
 re-implements the functions being graded.
@@ -36,7 +36,7 @@ if not torch.cuda.is_available():  # Triton's CPU interpreter: must be decided b
 import logprob_kernels  # noqa: E402  (logprob_kernels.logprobs_triton imports triton)
 from logprob_kernels import logprobs_torch  # noqa: E402
 from logprob_kernels.logprobs_triton import TritonTokenLogprobs, launch_config, triton_token_logprobs  # noqa: E402
-from logprob_kernels.reference import naive_sequence_logprobs, naive_token_logprobs  # noqa: E402
+from logprob_kernels.naive import naive_sequence_logprobs, naive_token_logprobs  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 LAYOUTS = ("contiguous", "shifted", "vocab_strided")

@@ -3,7 +3,7 @@ dpo.concatenated_logps).
 
 Literal worked examples (from the modules' docstrings, derived by hand), properties of the truncation policy
 and of the collate layout (hypothesis), and the concatenated forward against two separate forwards scored by
-logprob_kernels.reference (the naive log-prob reference, which is not part of the assignment). 23 points.
+logprob_kernels.naive (the naive log-prob reference, which is not part of the assignment). 23 points.
 """
 
 import pytest
@@ -15,7 +15,7 @@ import data
 import dpo
 import logprob_kernels
 from data.encoding import truncate_pair
-from logprob_kernels.reference import naive_sequence_logprobs
+from logprob_kernels.naive import naive_sequence_logprobs
 from model import GPT, GPTConfig
 
 SETTINGS = settings(derandomize=True, deadline=None, max_examples=60)
@@ -141,7 +141,7 @@ def test_concatenated_forward_equals_two_separate_forwards(pairs):
 
 @pytest.fixture
 def log_probs_by_the_specification(monkeypatch):
-    """Log-probs through logprob_kernels/reference.py instead of the kernels: A3's grader must not need A2's
+    """Log-probs through logprob_kernels/naive.py instead of the kernels: A3's grader must not need A2's
     backward (a student who has done only A3 gets full marks)."""
     monkeypatch.setattr(logprob_kernels, "sequence_logprobs",
                         lambda logits, labels, mask, **_: naive_sequence_logprobs(logits, labels, mask))
