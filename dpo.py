@@ -280,7 +280,8 @@ def _check_dpo_arguments(policy_chosen_logps, policy_rejected_logps, reference_c
                          reference_rejected_logps, beta, loss_type, label_smoothing, rpo_alpha, chosen_lengths):
     """dpo_loss's checks: TypeError/ValueError naming the argument at fault (tensors, then hyper-parameters)."""
     check_logps({"policy_chosen_logps": policy_chosen_logps, "policy_rejected_logps": policy_rejected_logps,
-                 "reference_chosen_logps": reference_chosen_logps, "reference_rejected_logps": reference_rejected_logps})
+                 "reference_chosen_logps": reference_chosen_logps,
+                 "reference_rejected_logps": reference_rejected_logps})
     if loss_type not in LOSS_TYPES:
         raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got {loss_type!r}")
     if isinstance(beta, bool) or not isinstance(beta, numbers.Real):

@@ -2,8 +2,9 @@
 
 GPT-2 (Radford et al., 2019) as in nanoGPT: learned positions, pre-LayerNorm blocks, tanh-GELU MLP, tied input and
 output embeddings, causal attention via F.scaled_dot_product_attention, GPT-2 initialisation. DPO (Rafailov et al.,
-2023) uses one as the policy pi_theta and a frozen copy as pi_ref; no DPO equation lives here. Also: batched
-sampling with a key/value cache for left-padded prompts, and checkpoints in the Hugging Face GPT-2 layout.
+2023) uses one as the policy pi_theta and a frozen copy as pi_ref; no DPO equation lives here. The file reads top
+to bottom as the forward pass (GPTConfig to GPT.forward); after it come batched sampling with a key/value cache
+for left-padded prompts, and checkpoints in the Hugging Face GPT-2 layout.
 
 Left out: a sliding context window (generating past block_size raises), untied or sharded checkpoints, GPT-2
 variants with other activations, layer-norm eps or attention scaling (rejected on load), beam search.
@@ -108,61 +109,6 @@ def _left_padding(mask):
     eye = torch.eye(T, dtype=torch.bool, device=mask.device)  # (T, T)
     return (mask.long().cumsum(dim=1) - 1).clamp(min=0), causal & (mask[:, None, None, :] | eye)
 
-
-def _sample(logits, temperature, top_k):
-    """logits (B, V) -> next tokens (B,) int64. temperature 0 is greedy (argmax)."""
-    if temperature == 0:
-        return logits.argmax(dim=-1)
-    logits = logits.float() / temperature
-    if top_k is not None and top_k < logits.size(-1):
-        kth_largest = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # (B, 1)
-        logits = logits.masked_fill(logits < kth_largest, float("-inf"))
-    return torch.multinomial(F.softmax(logits, dim=-1), num_samples=1).squeeze(1)  # (B,)
-
-
-# Hugging Face GPT-2 stores these four weights as Conv1D, shaped (in, out): the transpose of nn.Linear's (out, in).
-_CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
-_HF_MASK_BUFFERS = (".attn.bias", ".attn.masked_bias")  # constant causal-mask buffers in old checkpoints
-_HF_REQUIRED = ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head")
-# config.json keys that change the function computed, at the only values this model has (checked on load, written
-# on save); n_inner, n_ctx and architectures are checked in from_pretrained.
-_HF_FIXED = {"model_type": "gpt2", "activation_function": "gelu_new", "layer_norm_epsilon": 1e-5,
-             "scale_attn_weights": True, "scale_attn_by_inverse_layer_idx": False, "add_cross_attention": False,
-             "tie_word_embeddings": True}
-# config.json keys that do not change the logits of a model in eval mode (dropout is set by from_pretrained).
-_HF_IGNORED = {"attn_pdrop", "embd_pdrop", "resid_pdrop", "initializer_range", "bos_token_id", "eos_token_id",
-               "pad_token_id", "summary_type", "summary_use_proj", "summary_activation", "summary_proj_to_labels",
-               "summary_first_dropout", "task_specific_params", "use_cache", "reorder_and_upcast_attn",
-               "transformers_version", "torch_dtype", "dtype", "_name_or_path", "output_hidden_states",
-               "output_attentions", "return_dict", "chunk_size_feed_forward", "is_encoder_decoder", "id2label",
-               "label2id", "problem_type", "tokenizer_class", "gradient_checkpointing"}
-
-
-def _resolve_checkpoint_dir(path_or_name):
-    """A local directory as given, or a Hugging Face Hub name downloaded by huggingface_hub (when installed and
-    the network answers). Raises FileNotFoundError saying what to download and where to put it."""
-    if Path(path_or_name).is_dir():
-        return Path(path_or_name)
-    name, error = str(path_or_name), None
-    try:
-        from huggingface_hub import snapshot_download
-    except ImportError as e:
-        reason, error = "huggingface_hub is not installed", e
-    else:
-        try:
-            local = Path(snapshot_download(name, allow_patterns=["config.json", "model.safetensors"]))
-            if not (local / "model.safetensors").exists():
-                local = Path(snapshot_download(name, allow_patterns=["config.json", "pytorch_model.bin"]))
-            return local
-        except Exception as e:  # offline, unknown repository, invalid name: all end in the same advice
-            reason, error = f"{type(e).__name__}: {e}", e
-    raise FileNotFoundError(
-        f"'{name}' is not a local directory and could not be fetched from the Hugging Face Hub ({reason}). "
-        f"Download config.json and model.safetensors from https://huggingface.co/{name}/tree/main into one "
-        f"directory, e.g. checkpoints/{name}/, and pass that directory: GPT.from_pretrained('checkpoints/{name}')"
-    ) from error
-
-
 class GPT(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
@@ -189,14 +135,6 @@ class GPT(nn.Module):
         embeddings (as nanoGPT does; the token embedding stays in, since it doubles as the output layer)."""
         n = sum(p.numel() for p in self.parameters())
         return n - self.transformer.wpe.weight.numel() if non_embedding else n
-
-    def crop_block_size(self, block_size):
-        """Keep only the first block_size position embeddings (e.g. to fine-tune a 1024-position GPT-2 on short
-        sequences). Replaces a parameter: call it before building the optimizer."""
-        _check_int("block_size", block_size, 1, self.config.block_size)
-        self.config = dataclasses.replace(self.config, block_size=block_size)
-        wpe = self.transformer.wpe
-        wpe.weight, wpe.num_embeddings = nn.Parameter(wpe.weight.detach()[:block_size].clone()), block_size
 
     def _check_inputs(self, idx, attention_mask):
         """Validate idx (B, T) int64 and attention_mask (B, T) bool or 0/1; return the mask as bool (or None)."""
@@ -239,6 +177,16 @@ class GPT(nn.Module):
     def forward(self, idx, attention_mask=None):
         """Next-token logits. Shape: idx (B, T) int64, attention_mask as in hidden_states -> (B, T, V)."""
         return self.lm_head(self.hidden_states(idx, attention_mask))  # (B, T, V)
+
+    # ---- the forward pass ends here; below: cropping, sampling, and Hugging Face GPT-2 checkpoints
+
+    def crop_block_size(self, block_size):
+        """Keep only the first block_size position embeddings (e.g. to fine-tune a 1024-position GPT-2 on short
+        sequences). Replaces a parameter: call it before building the optimizer."""
+        _check_int("block_size", block_size, 1, self.config.block_size)
+        self.config = dataclasses.replace(self.config, block_size=block_size)
+        wpe = self.transformer.wpe
+        wpe.weight, wpe.num_embeddings = nn.Parameter(wpe.weight.detach()[:block_size].clone()), block_size
 
     @torch.no_grad()
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, eos_token=None, attention_mask=None):
@@ -379,6 +327,64 @@ class GPT(nn.Module):
                      "n_head": c.n_head, "n_inner": None, "resid_pdrop": c.dropout, "embd_pdrop": c.dropout,
                      "attn_pdrop": c.dropout, "bos_token_id": eos_token_id, "eos_token_id": eos_token_id}
         (path / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n")
+
+
+# -----------------------------------------------------------------------------
+# Sampling and Hugging Face checkpoints: helpers of the methods above
+
+def _sample(logits, temperature, top_k):
+    """logits (B, V) -> next tokens (B,) int64. temperature 0 is greedy (argmax)."""
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    logits = logits.float() / temperature
+    if top_k is not None and top_k < logits.size(-1):
+        kth_largest = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # (B, 1)
+        logits = logits.masked_fill(logits < kth_largest, float("-inf"))
+    return torch.multinomial(F.softmax(logits, dim=-1), num_samples=1).squeeze(1)  # (B,)
+
+
+
+# Hugging Face GPT-2 stores these four weights as Conv1D, shaped (in, out): the transpose of nn.Linear's (out, in).
+_CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+_HF_MASK_BUFFERS = (".attn.bias", ".attn.masked_bias")  # constant causal-mask buffers in old checkpoints
+_HF_REQUIRED = ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head")
+# config.json keys that change the function computed, at the only values this model has (checked on load, written
+# on save); n_inner, n_ctx and architectures are checked in from_pretrained.
+_HF_FIXED = {"model_type": "gpt2", "activation_function": "gelu_new", "layer_norm_epsilon": 1e-5,
+             "scale_attn_weights": True, "scale_attn_by_inverse_layer_idx": False, "add_cross_attention": False,
+             "tie_word_embeddings": True}
+# config.json keys that do not change the logits of a model in eval mode (dropout is set by from_pretrained).
+_HF_IGNORED = {"attn_pdrop", "embd_pdrop", "resid_pdrop", "initializer_range", "bos_token_id", "eos_token_id",
+               "pad_token_id", "summary_type", "summary_use_proj", "summary_activation", "summary_proj_to_labels",
+               "summary_first_dropout", "task_specific_params", "use_cache", "reorder_and_upcast_attn",
+               "transformers_version", "torch_dtype", "dtype", "_name_or_path", "output_hidden_states",
+               "output_attentions", "return_dict", "chunk_size_feed_forward", "is_encoder_decoder", "id2label",
+               "label2id", "problem_type", "tokenizer_class", "gradient_checkpointing"}
+
+
+def _resolve_checkpoint_dir(path_or_name):
+    """A local directory as given, or a Hugging Face Hub name downloaded by huggingface_hub (when installed and
+    the network answers). Raises FileNotFoundError saying what to download and where to put it."""
+    if Path(path_or_name).is_dir():
+        return Path(path_or_name)
+    name, error = str(path_or_name), None
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError as e:
+        reason, error = "huggingface_hub is not installed", e
+    else:
+        try:
+            local = Path(snapshot_download(name, allow_patterns=["config.json", "model.safetensors"]))
+            if not (local / "model.safetensors").exists():
+                local = Path(snapshot_download(name, allow_patterns=["config.json", "pytorch_model.bin"]))
+            return local
+        except Exception as e:  # offline, unknown repository, invalid name: all end in the same advice
+            reason, error = f"{type(e).__name__}: {e}", e
+    raise FileNotFoundError(
+        f"'{name}' is not a local directory and could not be fetched from the Hugging Face Hub ({reason}). "
+        f"Download config.json and model.safetensors from https://huggingface.co/{name}/tree/main into one "
+        f"directory, e.g. checkpoints/{name}/, and pass that directory: GPT.from_pretrained('checkpoints/{name}')"
+    ) from error
 
 
 if __name__ == "__main__":

@@ -13,9 +13,9 @@
     python train.py sample --help      print completions of a model
     torchrun --nproc_per_node N train.py dpo ...   pretrain, sft, dpo or unlikelihood, data-parallel on N GPUs/CPUs
 
-Every command's flags, their help and each command's defaults come from `config.py` (`TrainConfig` and
-`STAGE_DEFAULTS`). A user error (a missing file, a bad value, a broken checkpoint) prints one line `error: ...` and exits
-with status 1, before anything is written; `--debug` (or DPO_DEBUG=1) shows the traceback instead.
+Every command's flags, their help and each command's defaults come from `config.py` (`TrainConfig`,
+`STAGE_DEFAULTS`). A user error (a missing file, a bad value, a broken checkpoint) prints one line `error: ...`
+and exits with status 1, before anything is written; `--debug` (or DPO_DEBUG=1) shows the traceback instead.
 This file is the entry point only: nothing imports it.
 """
 

@@ -1,8 +1,8 @@
-"""The training loop: one loop for every method (pre-training, SFT, DPO, ...), with held-out evaluation, early
-stopping and exact resume.
+"""The training loop: one loop for every method (pre-training, SFT, DPO, ...), with held-out evaluation.
 
-A method reaches the loop as an `Objective`: how to batch its examples, its loss on a batch, its metrics
-(`stages.objective` builds them; DPO's loss is `dpo.batch_loss`, the paper's Eq. 7). The loop is the same for all:
+A method reaches the loop as an `Objective`: its loss on a batch, what that loss sums over, its metrics, and
+how to batch its examples (`stages.objective` builds them; DPO's loss is `dpo.batch_loss`, the paper's Eq. 7).
+The loop is the same for all:
 
     for step in range(steps):
         batches = step_batches(...)       the step's examples: a pure function of (seed, step)
@@ -12,21 +12,15 @@ A method reaches the loop as an `Objective`: how to batch its examples, its loss
 
 Gradient accumulation divides each micro-batch's summed loss by the size of the whole step, so the accumulated
 gradient equals the large-batch gradient. The data order, the learning rate and the pre-training windows are
-pure functions of (seed, step), and the checkpoint holds the model, AdamW's state and the generators' states,
-so `--resume` continues bit for bit.
+pure functions of (seed, step), and the checkpoint holds everything else, so `--resume` continues bit for bit.
+The run's bookkeeping (setting up, --resume, metrics.jsonl, early stopping, checkpoints) is training_run.py.
 
-Data-parallel (`torchrun --nproc_per_node N train.py ...`, see data_parallel.py): --batch-size stays the whole
-step; each process takes a contiguous 1/N of the step's examples, divides its loss by the whole step's size,
-and the gradients are summed over the processes before clipping, so the update is the single-process one (up
-to float rounding). Metrics and the held-out evaluation are shared out and gathered, so every process holds
-the global numbers; rank 0 alone writes files and prints. --resume: every rank restores its own generator
-states (the checkpoint holds every rank's); a rank the checkpoint has none for keeps its fresh seed,
-seed + rank, which only changes dropout masks. Left out: packing; overlapping the gradient all-reduce with
-the backward pass (as DistributedDataParallel does).
+Data-parallel (`torchrun`, data_parallel.py): --batch-size stays the whole step; each process takes a
+contiguous 1/N of the step's examples and divides its loss by the whole step's size, and the gradients are
+summed over the processes before clipping: the single-process update, up to float rounding.
 """
 
 import dataclasses
-import json
 import math
 import os
 from collections.abc import Callable
@@ -36,9 +30,7 @@ from tqdm.auto import tqdm
 
 import data
 import data_parallel
-import lora
-from checkpoint import CheckpointError, describe_lora_base, load_checkpoint, restore_rng, rng_state, save_checkpoint
-from config import ConfigError, check_values, resolve_device
+from training_run import early_stop, record, save, start_run
 
 
 class NonFiniteLossError(RuntimeError):
@@ -56,36 +48,6 @@ class Objective:
     collate: Callable | None = None  # a list of examples -> batch; None: windows of a token stream (pre-training)
 
 
-@dataclasses.dataclass
-class EarlyStopping:
-    """The best held-out score so far (the implicit reward's accuracy, or minus the loss) and how long ago it was."""
-
-    best_score: float = -math.inf
-    best_step: int = 0
-    evals_since_best: int = 0
-
-
-@dataclasses.dataclass
-class Run:
-    """What the loop carries from step to step."""
-
-    cfg: object  # config.TrainConfig, with world_size set
-    model: torch.nn.Module
-    optimizer: torch.optim.Optimizer
-    device: torch.device
-    autocast: Callable  # () -> a context manager: torch.autocast, or nothing for float32
-    scaler: object  # torch.amp.GradScaler for float16, else None
-    lora_base: dict | None  # LoRA: where the frozen base comes from (checkpoint.describe_lora_base)
-    forward_model: torch.nn.Module = None  # what the training forward runs: the model, or torch.compile of it
-    step: int = 0
-    saved_step: int = 0  # the step of the last checkpoint written
-    early_stopping: EarlyStopping = dataclasses.field(default_factory=EarlyStopping)
-    writer: object = None  # a TensorBoard SummaryWriter, when tensorboard is installed
-
-    def path(self, name):
-        return os.path.join(self.cfg.out_dir, name)
-
-
 def train(objective, cfg, model, train_set, heldout_set, *, log=print):
     """Train `model` in place for `cfg.steps` optimizer steps of `objective`; return the last held-out metrics.
 
@@ -94,7 +56,7 @@ def train(objective, cfg, model, train_set, heldout_set, *, log=print):
     step_NNNNNN.pt (with --keep-checkpoints)}. A model with LoRA adapters trains only them, and its checkpoints
     hold only them (with the sha256 of the base from cfg.init). Under torchrun every process calls it alike.
     """
-    run = start_run(objective, cfg, model, log)
+    run = start_run(objective.name, cfg, model, log)
     progress = tqdm(total=run.cfg.steps, initial=run.step, desc=objective.name, dynamic_ncols=True,
                     disable=not data_parallel.is_main())
     eval_row, stop = {}, False
@@ -121,88 +83,6 @@ def train(objective, cfg, model, train_set, heldout_set, *, log=print):
         run.writer.close()
     data_parallel.barrier()  # every process returns once rank 0's files are written
     return eval_row
-
-
-# -----------------------------------------------------------------------------
-# Setting up: checks, the device, the optimizer, and --resume
-
-def start_run(objective, cfg, model, log):
-    """Check the configuration, put the model on its device, build AdamW, and resume or start the run's files."""
-    cfg = dataclasses.replace(cfg, world_size=data_parallel.world_size())
-    check_values(cfg)
-    if not cfg.max_length:
-        raise ConfigError("--max-length: resolve it first (config.resolve_lengths), train() needs a number")
-    saved = load_checkpoint(os.path.join(cfg.out_dir, "ckpt.pt")) if cfg.resume else None  # fails before a write
-    lora_base = describe_lora_base(cfg.init, model) if lora.lora_layers(model) else None
-    check_same_base(saved, lora_base, cfg)
-    device, autocast, scaler = resolve_device(cfg)
-    if data_parallel.is_main():
-        os.makedirs(cfg.out_dir, exist_ok=True)
-        with open(os.path.join(cfg.out_dir, "config.json"), "w") as f:
-            json.dump({"stage": objective.name, **dataclasses.asdict(cfg)}, f, indent=2)
-    model.to(device)
-    torch.manual_seed(cfg.seed + data_parallel.rank())  # dropout: a stream of its own on each process
-    run = Run(cfg, model, make_optimizer(model, cfg), device, autocast, scaler, lora_base,
-              forward_model=torch.compile(model) if cfg.compile else model)
-    if saved is not None:
-        resume(run, saved, log)
-    start_metrics_file(run)
-    return run
-
-
-def check_same_base(saved, lora_base, cfg):
-    """--resume: adapters continue only on their own base weights, full weights only without LoRA."""
-    if saved is None:
-        return
-    saved_base = saved.get("lora", {}).get("base", {}).get("sha256")  # None: a full fine-tuning checkpoint
-    if saved_base != (lora_base["sha256"] if lora_base else None):
-        written_by = ("LoRA on other base weights" if lora_base else "LoRA") if saved_base else "full fine-tuning"
-        raise CheckpointError(f"--resume {os.path.join(cfg.out_dir, 'ckpt.pt')}: written by a {written_by} run; "
-                              f"this one is {'LoRA on ' + repr(cfg.init) if lora_base else 'full fine-tuning'}")
-
-
-def make_optimizer(model, cfg):
-    """AdamW; weight decay on weight matrices and embeddings (dim >= 2), none on biases and LayerNorm gains."""
-    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95))
-
-
-def resume(run, saved, log):
-    """Put back the weights (or adapters), AdamW's state, the step, early stopping and this rank's generators."""
-    if run.lora_base:
-        lora.load_lora_state_dict(run.model, saved["model"])
-    else:
-        run.model.load_state_dict(saved["model"])
-    run.optimizer.load_state_dict(saved["optimizer"])
-    if "early_stopping" not in saved:
-        raise CheckpointError(f"--resume {run.path('ckpt.pt')}: written by an older version of this code (no "
-                              f"early-stopping state); start the run again")
-    run.step = run.saved_step = saved["step"]
-    run.early_stopping = EarlyStopping(**saved["early_stopping"])
-    saved_rngs = saved.get("rng_by_rank", [saved["rng"]])  # one per rank of the run that saved it
-    if data_parallel.rank() < len(saved_rngs):  # else this process keeps its fresh seed
-        restore_rng(saved_rngs[data_parallel.rank()])
-    log(f"resumed from {run.path('ckpt.pt')} at step {run.step}")
-
-
-def start_metrics_file(run):
-    """metrics.jsonl: on --resume keep the rows up to the resumed step (later ones are recomputed), else start
-    it anew; and a TensorBoard writer beside it when tensorboard is installed. Rank 0 only."""
-    if not data_parallel.is_main():
-        return
-    rows = []
-    if run.cfg.resume and os.path.exists(run.path("metrics.jsonl")):
-        with open(run.path("metrics.jsonl")) as f:
-            rows = [row for row in map(json.loads, f) if row["step"] <= run.step]
-    with open(run.path("metrics.jsonl"), "w") as f:
-        f.writelines(json.dumps(row) + "\n" for row in rows)
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        return
-    run.writer = SummaryWriter(run.path("tb"))
 
 
 # -----------------------------------------------------------------------------
@@ -240,7 +120,7 @@ def example_batch(objective, examples, indices, first_id=0):
     """Collate examples[indices], with their ids (first_id + index) as "ids" (b,): the precomputed reference reads
     its rows by them (training examples have ids 0..N-1, held-out ones N, N+1, ...)."""
     batch = objective.collate([examples[i] for i in indices])
-    batch["ids"] = torch.tensor(indices) + first_id  # (b,) int64
+    batch["ids"] = torch.tensor(list(indices)) + first_id  # (b,) int64
     return batch
 
 
@@ -264,6 +144,7 @@ def step_batches(objective, cfg, train_set, step):
 
 
 def to_device(batch, device):
+    """The batch's tensors on `device`."""
     return {key: value.to(device) for key, value in batch.items()}
 
 
@@ -310,25 +191,13 @@ def clip_and_update(run, step_loss):
 
 
 # -----------------------------------------------------------------------------
-# Logging, evaluation, early stopping, checkpoints
-
-def record(run, row):
-    """Append a metrics row to metrics.jsonl (and TensorBoard). Rank 0 only."""
-    if not data_parallel.is_main():
-        return
-    with open(run.path("metrics.jsonl"), "a") as f:
-        f.write(json.dumps(row) + "\n")
-    if run.writer is not None:
-        for key, value in row.items():
-            if isinstance(value, (int, float)) and key != "step":
-                run.writer.add_scalar(f"{row['split']}/{key}", value, row["step"])
-
+# Held-out evaluation
 
 @torch.no_grad()
 def evaluate(run, objective, heldout_set, first_id):
-    """Held-out metrics: the loss averaged over every held-out unit (pairs or tokens), and the objective's
-    metrics (held-out pairs have the ids first_id, first_id + 1, ...). Pre-training: 4 fixed windows of the held-out stream. The processes take the batches in turn and
-    gather the results in order, so every process gets the single-process numbers."""
+    """Held-out metrics: the loss averaged over every held-out unit (pairs or tokens), and the objective's metrics.
+    Held-out pairs have the ids first_id, first_id + 1, ...; pre-training reads 4 fixed windows of the held-out
+    stream. The processes take the batches in turn and gather the results in order: single-process numbers."""
     run.model.eval()
     cfg = run.cfg
     if objective.collate is None:
@@ -336,9 +205,9 @@ def evaluate(run, objective, heldout_set, first_id):
                                   generator=torch.Generator().manual_seed(cfg.seed))
         batches = [window_batch(x, y) for x, y in windows]
     else:
-        batches = [example_batch(objective, heldout_set, list(range(start, min(start + cfg.batch_size,
-                                                                                len(heldout_set)))), first_id)
-                   for start in range(0, len(heldout_set), cfg.batch_size)]
+        starts = range(0, len(heldout_set), cfg.batch_size)  # in order, --batch-size examples at a time
+        batches = [example_batch(objective, heldout_set, range(start, min(start + cfg.batch_size, len(heldout_set))),
+                                 first_id) for start in starts]
     size = sum(objective.size(batch) for batch in batches)
     losses, values = [], []
     for batch in data_parallel.in_turn(batches):
@@ -348,35 +217,3 @@ def evaluate(run, objective, heldout_set, first_id):
         values.append(batch_values)
     metrics = objective.metrics(concatenate(data_parallel.gather_in_turn(values)))
     return {"loss": sum(data_parallel.gather_in_turn(losses)), **metrics}
-
-
-def early_stop(run, eval_row, log):
-    """Keep best.pt at a better held-out score (--early-stop-patience > 0); True when it is time to stop."""
-    best, patience = run.early_stopping, run.cfg.early_stop_patience
-    score = eval_row.get("rewards/accuracies", -eval_row["loss"])  # next-token stages: lower loss is better
-    if score > best.best_score:
-        best.best_score, best.best_step, best.evals_since_best = score, run.step, 0
-        if patience and data_parallel.is_main():
-            save_checkpoint(run.path("best.pt"), run.model, None, run.step, dataclasses.asdict(run.cfg),
-                            dataclasses.asdict(best), run.lora_base)
-        return False
-    best.evals_since_best += 1
-    if 0 < patience <= best.evals_since_best:
-        log(f"early stop at step {run.step}: no better held-out score for {patience} evaluations; the best "
-            f"(step {best.best_step}) is in {run.path('best.pt')}")
-        return True
-    return False
-
-
-def save(run):
-    """ckpt.pt (to resume; every rank's generator states), and step_NNNNNN.pt with --keep-checkpoints."""
-    run.saved_step = run.step
-    rng_by_rank = data_parallel.gather_objects(rng_state())  # --resume gives each process its own back
-    if not data_parallel.is_main():
-        return
-    config, early_stopping = dataclasses.asdict(run.cfg), dataclasses.asdict(run.early_stopping)
-    save_checkpoint(run.path("ckpt.pt"), run.model, run.optimizer, run.step, config, early_stopping, run.lora_base,
-                    rng_by_rank)
-    if run.cfg.keep_checkpoints:
-        save_checkpoint(run.path(f"step_{run.step:06d}.pt"), run.model, None, run.step, config, early_stopping,
-                        run.lora_base)

@@ -1,7 +1,8 @@
 """Benchmark: one DPO training step end to end, three ways of computing log pi(y|x), side by side in one run.
 
-The step is what training.train does with a precomputed reference (reference.Reference.precomputed): the policy's forward over chosen + rejected
-rows, the sigmoid DPO loss (Eq. 7), backward, AdamW. Only the log-prob computation differs:
+The step is what training.train does with a precomputed reference (reference.Reference.precomputed): the
+policy's forward over chosen + rejected rows, the sigmoid DPO loss (Eq. 7), backward, AdamW. Only the log-prob
+computation differs:
 
     naive         logits = lm_head(h) (B, T, V), then logprob_kernels.naive_sequence_logprobs (fp32 log_softmax, gather)
     logits kernel logits = lm_head(h), then logprob_kernels.sequence_logprobs (Triton on CUDA, chunked torch on a CPU)

@@ -142,8 +142,9 @@ def measure(name, fn, repeat_bwd, logits, labels, mask):
 
 
 def run_benchmark(args, cuda: bool):
-    import logprob_kernels
     import triton
+
+    import logprob_kernels
     dtype = DTYPES[args.dtype]
     device = "cuda" if cuda else "cpu"
     vocabs = args.vocab or ([32000, 50257, 128256] if cuda else [300])
@@ -251,7 +252,7 @@ def aot_report(arch: str, vocabs):
     rows = []
     for dtype in ("bf16", "fp32"):
         for V in vocabs:
-            B, T = 8, 1024
+            T = 1024  # positions per row of (8, T, V) logits
             block_v, num_warps = logprobs_triton.launch_config(V, 2 if dtype == "bf16" else 4)
             strides = dict(stride_lb=T * V, stride_lt=V, stride_lv=1, stride_yb=T, stride_yt=1)
             fwd = compile_kernel(logprobs_triton._logprobs_fwd_kernel, dict(
@@ -303,8 +304,9 @@ def environment(cuda: bool):
            "triton_interpret": os.environ.get("TRITON_INTERPRET", "0"),
            "date": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
     try:
-        import liger_kernel  # noqa: F401
         from importlib.metadata import version
+
+        import liger_kernel  # noqa: F401
         env["liger_kernel"] = version("liger-kernel")
     except ImportError:
         env["liger_kernel"] = None

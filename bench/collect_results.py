@@ -81,8 +81,9 @@ def main(argv=None):
     lines += [f"| {s['step']} | {s['exit_status']} | {s['seconds']} |" for s in result["steps"]]
     tests = result["tests"]
     if tests:
+        failed = "; failed: " + ", ".join(tests["failed"]) if tests["failed"] else ""
         lines += ["", f"Tests: {tests['tests']} run, {tests['failures']} failures, {tests['errors']} errors, "
-                      f"{tests['skipped']} skipped" + ("; failed: " + ", ".join(tests["failed"]) if tests["failed"] else "")]
+                      f"{tests['skipped']} skipped{failed}"]
     for name, title in BENCHMARKS:
         if name not in result["benchmarks"]:
             lines += ["", f"## {title}", "", "no result (see the step's log)"]

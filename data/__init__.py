@@ -11,12 +11,22 @@ The embedded sentiment task, which makes its own preference pairs, lives in `sen
 
 from data.batches import IGNORE_INDEX, collate_responses, dpo_collate, lm_batches, sft_collate
 from data.encoding import EncodedPair, EncodeReport, encode_preferences, truncate_pair
-from data.records import (LoadReport, PreferenceFormatError, PreferenceRecord, dataset_name_and_split,
-                          dataset_splits, load_preferences, missing_local_path, render_messages, save_preferences)
+from data.records import (
+    LoadReport,
+    PreferenceFormatError,
+    PreferenceRecord,
+    dataset_name_and_split,
+    dataset_splits,
+    load_preferences,
+    missing_local_path,
+    render_messages,
+    save_preferences,
+)
 from data.tokenizer import TOKENIZER_NAMES, TokenizerUnavailableError, get_tokenizer, tokenizer_description
 
 __all__ = [
-    "IGNORE_INDEX", "TOKENIZER_NAMES", "EncodeReport", "EncodedPair", "LoadReport", "PreferenceFormatError", "PreferenceRecord",
+    "IGNORE_INDEX", "TOKENIZER_NAMES", "EncodeReport", "EncodedPair", "LoadReport", "PreferenceFormatError",
+    "PreferenceRecord",
     "TokenizerUnavailableError", "collate_responses", "dataset_name_and_split", "dataset_splits", "dpo_collate",
     "encode_preferences", "get_tokenizer", "lm_batches", "load_preferences", "missing_local_path", "render_messages",
     "save_preferences", "sft_collate", "tokenizer_description", "truncate_pair",

@@ -100,7 +100,8 @@ def evaluate_point(name, method, setting, policy_path, prepared, frontier_settin
     """Score one policy (a checkpoint path, or None for the reference) on the held-out prompts of `prepared`
     (what base.prepare returned) with the sampling of `frontier_settings`; cached."""
     cache = os.path.join(out_dir, "points", f"{name}.json")
-    key = {"policy": policy_path, "samples_per_prompt": frontier_settings["samples_per_prompt"], "seed": frontier_settings["seed"],
+    key = {"policy": policy_path, "samples_per_prompt": frontier_settings["samples_per_prompt"],
+           "seed": frontier_settings["seed"],
            "max_new_tokens": prepared.settings["max_new_tokens"], "n_prompts": len(prepared.heldout_prompts)}
     if os.path.isfile(cache):
         with open(cache) as f:

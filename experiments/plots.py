@@ -40,8 +40,8 @@ def plot_rewards(rewards_reference, rewards_policy, path):
 
     fig, ax = plt.subplots(figsize=(5, 3.2))
     bins = [i / 10 for i in range(-10, 11)]
-    ax.hist(rewards_reference, bins=bins, alpha=0.6, label=f"reference (mean {sum(rewards_reference) / len(rewards_reference):+.2f})")
-    ax.hist(rewards_policy, bins=bins, alpha=0.6, label=f"DPO policy (mean {sum(rewards_policy) / len(rewards_policy):+.2f})")
+    for rewards, name in ((rewards_reference, "reference"), (rewards_policy, "DPO policy")):
+        ax.hist(rewards, bins=bins, alpha=0.6, label=f"{name} (mean {sum(rewards) / len(rewards):+.2f})")
     ax.set_xlabel("ground-truth reward (VADER compound)")
     ax.set_ylabel("held-out prompts")
     ax.legend(fontsize=8)

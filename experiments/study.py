@@ -175,7 +175,7 @@ def precision_gap(out_dir):
 def heldout_windows(prepared, n_windows):
     """n_windows fixed windows (x, y), each (32, T), of the corpus part that pre-training held out."""
     cfg = resolve_lengths(base.pretrain_config("", prepared.settings), prepared.settings["block_size"])
-    _, heldout = stages.text_splits(cfg, prepared.tokenizer)  # the very split pre-training evaluated on, never trained on
+    _, heldout = stages.text_splits(cfg, prepared.tokenizer)  # the split pre-training evaluated on, never trained on
     return list(data.lm_batches(heldout, 32, cfg.max_length, num_batches=max(1, n_windows // 32),
                                 generator=torch.Generator().manual_seed(0)))
 
@@ -365,7 +365,8 @@ def format_study(result):
               f"{'step':>5} {'acc':>6} {'held-out loss':>13} {'margin':>7} {'win rate':>14} {'reward':>15} {'KL':>14}"]
     for x in d["rows"]:
         lines.append(f"{x['step']:>5} {x['heldout_accuracy']:>6.3f} {x['heldout_loss']:>13.4f} "
-                     f"{x['heldout_margin']:>7.3f} {_pm(x, 'win_rate')} {_pm(x, 'reward', sign='+')} {_pm(x, 'kl', 2):>14}")
+                     f"{x['heldout_margin']:>7.3f} {_pm(x, 'win_rate')} {_pm(x, 'reward', sign='+')} "
+                     f"{_pm(x, 'kl', 2):>14}")
     lines.append(f"best step by: {d['best_step']}; first step at the top accuracy: {d['first_step_at_top_accuracy']}")
     lines += ["", "(e) the base's quality (same DPO; pairs sampled from each base)",
               f"{'base':<24} {'base LM loss':>12} {'ref reward':>15} {'DPO reward':>15} {'KL':>14} {'bigram fl.':>14} "

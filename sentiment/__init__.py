@@ -28,13 +28,27 @@ lexicon scorer, which a policy can exploit by piling up positive words - the KL 
 the completions reading like reviews.
 """
 
-from sentiment.evaluate import (completion_logps, fluency_numbers, mean_ci95, ratio_ci95, sample_report,
-                                score_policy, win_and_tie_rates)
+from sentiment.evaluate import (
+    completion_logps,
+    fluency_numbers,
+    mean_ci95,
+    ratio_ci95,
+    sample_report,
+    score_policy,
+    win_and_tie_rates,
+)
 from sentiment.fluency import bigram_fluency, corpus_vocabulary, fluency, word_counts
 from sentiment.reviews import MAX_OPENING_BYTES, Review, make_corpus, make_prompts, make_reviews
+from sentiment.task import (
+    PairReport,
+    Samples,
+    build_preference_pairs,
+    corpus_statistics,
+    corpus_tokens,
+    sample_completions,
+    sentiment_reward,
+)
 from sentiment.tokenizer import TOKENIZER_FILE
-from sentiment.task import (PairReport, Samples, build_preference_pairs, corpus_statistics, corpus_tokens,
-                            sample_completions, sentiment_reward)
 
 __all__ = [
     "MAX_OPENING_BYTES", "PairReport", "Review", "Samples", "bigram_fluency", "build_preference_pairs",

@@ -118,7 +118,8 @@ def sample_report(policy, reference, tokenizer, prompts, reward_fn, *, max_new_t
     Both sample through `sample_completions`, which leaves the caller's RNG and the models' train/eval modes
     as they were, on the device their parameters are on.
     Returns a dict: reward_policy, reward_reference, kl_policy_reference, fluency_policy, fluency_reference,
-    bigram_fluency_policy, bigram_fluency_reference (each with a `_ci95` half-width), win_rate, tie_rate, n_samples, and per sample rewards_policy,
+    bigram_fluency_policy, bigram_fluency_reference (each with a `_ci95` half-width), win_rate, tie_rate, n_samples,
+    and per sample rewards_policy,
     rewards_reference, samples_policy, samples_reference.
     """
     settings = dict(max_new_tokens=max_new_tokens, samples_per_prompt=samples_per_prompt, seed=seed,

@@ -137,7 +137,8 @@ def test_each_command_lists_its_flags_with_help_and_default():
         for action in actions:
             if action.dest != "prompt":
                 assert "(default: " in action.help, (stage, action.option_strings)
-    assert not {"--samples-per-prompt", "--num-prompts", "--min-reward-gap", "--n-layer", "--block-size"} & listed["dpo"]
+    assert not {"--samples-per-prompt", "--num-prompts", "--min-reward-gap", "--n-layer", "--block-size"} & \
+        listed["dpo"]
     assert not {"--beta", "--steps", "--lr"} & listed["sample"]
     kept = ("--init --data --heldout-data --steps --batch-size --out-dir --beta --loss --label-smoothing --reference "
             "--dtype --device --impl --resume --max-length --max-prompt-length --seed").split()

@@ -109,7 +109,8 @@ def test_anthropic_hh_transcripts(tmp_path):
     write_lines(path, [json.dumps(rows[0]), json.dumps({"chosen": "\n\nHuman: Hi", "rejected": "\n\nHuman: Yo"})])
     with pytest.raises(PreferenceFormatError, match=r"hh\.jsonl, line 2, field 'chosen': HH transcript has no"):
         data.load_preferences(path)
-    write_lines(path, [json.dumps({"chosen": "\n\nHuman: A\n\nAssistant: B", "rejected": "\n\nHuman: Z\n\nAssistant: B"})])
+    write_lines(path, [json.dumps({"chosen": "\n\nHuman: A\n\nAssistant: B",
+                                   "rejected": "\n\nHuman: Z\n\nAssistant: B"})])
     with pytest.raises(PreferenceFormatError, match="share no"):
         data.load_preferences(path)
 

@@ -15,8 +15,14 @@ import dpo
 import unlikelihood
 from logprob_kernels.naive import naive_sequence_logprobs
 from model import GPT, GPTConfig
-from naive_dpo import (naive_dpo_loss, naive_pair_dloss_dh, naive_pair_loss, naive_unlikelihood_dloss_dx,
-                       naive_unlikelihood_loss, sigmoid)
+from naive_dpo import (
+    naive_dpo_loss,
+    naive_pair_dloss_dh,
+    naive_pair_loss,
+    naive_unlikelihood_dloss_dx,
+    naive_unlikelihood_loss,
+    sigmoid,
+)
 
 LOSS_TYPES = ["sigmoid", "ipo", "hinge", "robust"]
 betas = st.floats(0.01, 10.0)
@@ -422,7 +428,8 @@ def test_worked_example_rpo():
 def test_worked_example_unlikelihood():
     chosen = torch.tensor([-2.0], requires_grad=True)
     x = torch.tensor([[math.log(0.5), 0.0, math.log(0.25)]], requires_grad=True)  # middle position masked
-    losses = unlikelihood.unlikelihood_loss(chosen, torch.tensor([4]), x, torch.tensor([[True, False, True]]), alpha=1.0)
+    losses = unlikelihood.unlikelihood_loss(chosen, torch.tensor([4]), x, torch.tensor([[True, False, True]]),
+                                            alpha=1.0)
     torch.testing.assert_close(losses, torch.tensor([0.9904146]))
     torch.testing.assert_close(losses - 0.5, torch.tensor([-math.log(0.375) / 2]))  # the unlikelihood term
     losses.backward()

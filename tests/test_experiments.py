@@ -132,7 +132,8 @@ def test_study_quick(tmp_path):
     d = result["d_early_stopping"]
     assert [r["step"] for r in d["rows"]] == sorted(r["step"] for r in d["rows"]) and len(d["rows"]) >= 2
     e = result["e_base_quality"]
-    assert e[1]["pretrain_steps"] < e[0]["pretrain_steps"] and e[1]["base_heldout_lm_loss"] > e[0]["base_heldout_lm_loss"]
+    assert e[1]["pretrain_steps"] < e[0]["pretrain_steps"]
+    assert e[1]["base_heldout_lm_loss"] > e[0]["base_heldout_lm_loss"]
     f = result["f_self_labelling"]
     assert [r["method"] for r in f][:3] == ["round 1 (the run of (a))", "round 2, reference = round-1 policy",
                                             "round 2, reference = base"]

@@ -13,8 +13,18 @@ from hypothesis import strategies as st
 from torch.nn import functional as F
 from torch.testing import assert_close
 
-from lora import (LoRALinear, adapters_disabled, apply_lora, count_trainable, load_lora_state_dict, lora_layers,
-                  lora_state_dict, merge_lora, merged_copy, unmerge_lora)
+from lora import (
+    LoRALinear,
+    adapters_disabled,
+    apply_lora,
+    count_trainable,
+    load_lora_state_dict,
+    lora_layers,
+    lora_state_dict,
+    merge_lora,
+    merged_copy,
+    unmerge_lora,
+)
 from model import GPT, GPTConfig
 from test_model import perturbed  # noise on every parameter
 

@@ -125,7 +125,8 @@ def test_pairs_from_a_tiny_random_gpt(tmp_path):
     model = GPT(GPTConfig(block_size=96, vocab_size=ENC.n_vocab, n_layer=1, n_head=2, n_embd=16))
     prompts = reviews.make_prompts(n_train=6, n_heldout=2, seed=0)[0]
     path = tmp_path / "pairs.jsonl.gz"
-    n_bytes = lambda texts: [float(len(t.encode())) for t in texts]  # random bytes rarely hit VADER's lexicon
+    def n_bytes(texts):  # random bytes rarely hit VADER's lexicon
+        return [float(len(t.encode())) for t in texts]
     records, report = sentiment.build_preference_pairs(model, ENC, prompts, k=4, max_new_tokens=24, seed=1,
                                                        reward_fn=n_bytes, path=path, return_report=True)
     assert report.n_completions == 24 and report.n_pairs + report.n_dropped_small_gap == 6

@@ -88,7 +88,8 @@ def test_stages_end_to_end(tmp_path):
                        "--lr", "3e-3", "--batch-size", "8", "--seed", "0", *shape]) == 0
     pre_eval = [r["loss"] for r in read_metrics(pre) if r["split"] == "eval"]
     assert pre_eval[-1] < pre_eval[0]
-    assert os.path.isfile(os.path.join(pre, "hf", "model.safetensors")) and os.path.isfile(os.path.join(pre, "config.json"))
+    assert os.path.isfile(os.path.join(pre, "hf", "model.safetensors"))
+    assert os.path.isfile(os.path.join(pre, "config.json"))
 
     assert train.main(["sft", "--init", pre, "--data", prefs, "--out-dir", sft, "--steps", "6", "--lr", "1e-3",
                         "--heldout-fraction", "0.2", *lengths]) == 0
@@ -273,6 +274,7 @@ def test_demo_quick(tmp_path):
     # Someone else's code: tiktoken from the recorded description, transformers from the hf/ directories.
     import tiktoken
     import transformers
+
     from data.tokenizer import load_ranks
     description = summary["tokenizer"]
     ranks = load_ranks(os.path.join(os.path.dirname(os.path.dirname(__file__)), description["ranks_file"]))
@@ -489,7 +491,8 @@ def test_fused_linear_trains_as_the_logits_path(tmp_path, monkeypatch, stage, re
             train_stage(stage, cfg, model, train_set, heldout, tiny_model(seed=1) if stage == "dpo" else None)
         runs[fused] = (read_metrics(cfg.out_dir), model.state_dict())
     (rows, weights), (rows_fused, weights_fused) = runs[False], runs[True]
-    assert [(r["split"], r["step"], sorted(r)) for r in rows] == [(r["split"], r["step"], sorted(r)) for r in rows_fused]
+    layout = [(r["split"], r["step"], sorted(r)) for r in rows]
+    assert layout == [(r["split"], r["step"], sorted(r)) for r in rows_fused]
     for a, b in zip(rows, rows_fused):
         for key in a:
             if key != "split":
