@@ -53,8 +53,9 @@ def unlikelihood_loss(
     Args:
         chosen_logps: (B,) float, log pi(y_w|x) summed over the chosen response tokens.
         chosen_lengths: (B,) int or float, all > 0, |y_w|, the number of chosen response tokens.
-        rejected_token_logps: (B, T) float, log pi of each rejected response token, as logprob_kernels.token_logprobs
-            returns them (fp32, 0 at masked positions); masked positions may hold anything, even NaN.
+        rejected_token_logps: (B, T) float, log pi of each rejected response token, as
+            logprob_kernels.token_logprobs returns them (fp32, 0 at masked positions); masked positions may hold
+            anything, even NaN.
         rejected_mask: (B, T) bool, True on the rejected response tokens; at least one per row.
         alpha: in [0, 1], the weight of the unlikelihood term; 0 leaves the chosen NLL (SFT on y_w).
 
@@ -66,29 +67,8 @@ def unlikelihood_loss(
         loss = 0.9904146;  d loss / d x = (0.5 / 0.5, 0.25 / 0.75) / 2 = (0.5, 0.1666667);  d / d chosen = -0.25
     (tests/test_dpo.py asserts these numbers.)
     """
-    check_logps({"chosen_logps": chosen_logps})
-    check_lengths("chosen_lengths", chosen_lengths, chosen_logps)
-    check_coefficient("alpha", alpha, high=1.0)
-    B = chosen_logps.shape[0]
-    for name, t in (("rejected_token_logps", rejected_token_logps), ("rejected_mask", rejected_mask)):
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor of shape (B, T), got {type(t).__name__}")
-        if t.dim() != 2 or t.shape[0] != B:
-            raise ValueError(f"{name} must have shape (B, T) with B = {B}, got {tuple(t.shape)}")
-        if t.device != chosen_logps.device:
-            raise ValueError(f"{name} is on {t.device} but chosen_logps is on {chosen_logps.device}")
-    if not rejected_token_logps.is_floating_point():
-        raise TypeError(f"rejected_token_logps must be a floating-point tensor, got dtype {rejected_token_logps.dtype}")
-    if rejected_mask.dtype != torch.bool:
-        raise TypeError(f"rejected_mask must be a bool tensor, got dtype {rejected_mask.dtype}")
-    if rejected_mask.shape != rejected_token_logps.shape:
-        raise ValueError(f"rejected_mask has shape {tuple(rejected_mask.shape)} "
-                         f"but rejected_token_logps has {tuple(rejected_token_logps.shape)}")
+    _check_unlikelihood_arguments(chosen_logps, chosen_lengths, rejected_token_logps, rejected_mask, alpha)
     rejected_lengths = rejected_mask.sum(-1)  # (B,) int64, |y_l|
-    if not bool((rejected_lengths > 0).all()):
-        raise ValueError(f"every row of rejected_mask needs a True (a rejected token); rows "
-                         f"{(rejected_lengths == 0).nonzero().flatten().tolist()} have none")
-
     nll = -chosen_logps.float() / chosen_lengths.float()  # (B,) per-token NLL of y_w
     x = rejected_token_logps.float().masked_fill(~rejected_mask, -1.0)  # (B, T) masked: a harmless constant
     x = x.clamp(max=UNLIKELIHOOD_CLAMP)  # p <= 1 - 1e-6: finite log(1 - p)
@@ -114,3 +94,29 @@ def batch_loss(model, batch: dict, *, alpha: float = 1.0, impl: str = "auto") ->
 def metrics(values: dict) -> dict[str, float]:
     """The means of batch_loss's per-pair values ({name: (n,) tensor})."""
     return {name: value.float().mean().item() for name, value in values.items()}
+
+
+def _check_unlikelihood_arguments(chosen_logps, chosen_lengths, rejected_token_logps, rejected_mask, alpha):
+    """unlikelihood_loss's checks: a TypeError/ValueError naming the argument at fault."""
+    check_logps({"chosen_logps": chosen_logps})
+    check_lengths("chosen_lengths", chosen_lengths, chosen_logps)
+    check_coefficient("alpha", alpha, high=1.0)
+    B = chosen_logps.shape[0]
+    for name, t in (("rejected_token_logps", rejected_token_logps), ("rejected_mask", rejected_mask)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor of shape (B, T), got {type(t).__name__}")
+        if t.dim() != 2 or t.shape[0] != B:
+            raise ValueError(f"{name} must have shape (B, T) with B = {B}, got {tuple(t.shape)}")
+        if t.device != chosen_logps.device:
+            raise ValueError(f"{name} is on {t.device} but chosen_logps is on {chosen_logps.device}")
+    if not rejected_token_logps.is_floating_point():
+        raise TypeError(f"rejected_token_logps must be a floating-point tensor, got dtype {rejected_token_logps.dtype}")
+    if rejected_mask.dtype != torch.bool:
+        raise TypeError(f"rejected_mask must be a bool tensor, got dtype {rejected_mask.dtype}")
+    if rejected_mask.shape != rejected_token_logps.shape:
+        raise ValueError(f"rejected_mask has shape {tuple(rejected_mask.shape)} "
+                         f"but rejected_token_logps has {tuple(rejected_token_logps.shape)}")
+    rejected_lengths = rejected_mask.sum(-1)  # (B,) int64, |y_l|
+    if not bool((rejected_lengths > 0).all()):
+        raise ValueError(f"every row of rejected_mask needs a True (a rejected token); rows "
+                         f"{(rejected_lengths == 0).nonzero().flatten().tolist()} have none")

@@ -94,49 +94,49 @@ def _aspect(rng, exclude=()):
             return name, ("were" if plural else "was")
 
 
-def _adjective(rng, s: int) -> str:
-    words = POSITIVE if s > 0 else NEGATIVE
+def _adjective(rng, sentiment: int) -> str:
+    words = POSITIVE if sentiment > 0 else NEGATIVE
     return rng.choice(INTENSIFIERS) + rng.choice(words)
 
 
-def _first_clause(rng, s: int, used: list) -> str:
-    """The clause right after the opening's "and" (lower case, ends with a period)."""
+def _first_clause(rng, sentiment: int, used: list) -> str:
+    """The clause right after the opening'sentiment "and" (lower case, ends with a period)."""
     a, was = _aspect(rng, used)
     used.append(a)
     kind = rng.randrange(6)
     if kind == 0:
-        return f"the {a} {was} {_adjective(rng, s)}."
+        return f"the {a} {was} {_adjective(rng, sentiment)}."
     if kind == 1:
-        return f"I thought the {a} {was} {_adjective(rng, s)}."
+        return f"I thought the {a} {was} {_adjective(rng, sentiment)}."
     if kind == 2:
-        return f"I found the {a} {_adjective(rng, s)}."
+        return f"I found the {a} {_adjective(rng, sentiment)}."
     if kind == 3:
-        adj = _adjective(rng, s)
+        adj = _adjective(rng, sentiment)
         article = "an" if adj[0] in "aeiou" else "a"
         return f"it was {article} {adj} {rng.choice(FILM)}."
     if kind == 4:
-        return f"I {rng.choice(VERBS[s])} it. The {a} {was} {_adjective(rng, s)}."
+        return f"I {rng.choice(VERBS[sentiment])} it. The {a} {was} {_adjective(rng, sentiment)}."
     b, were = _aspect(rng, used)
     used.append(b)
-    return f"the {a} and the {b} were {_adjective(rng, s)}."
+    return f"the {a} and the {b} were {_adjective(rng, sentiment)}."
 
 
-def _second_sentence(rng, s: int, used: list) -> str:
+def _second_sentence(rng, sentiment: int, used: list) -> str:
     a, was = _aspect(rng, used)
     b, were = _aspect(rng, used + [a])
     used += [a, b]
     kind = rng.randrange(6)
     if kind == 0:
-        return f"The {a} {was} {_adjective(rng, s)}."
+        return f"The {a} {was} {_adjective(rng, sentiment)}."
     if kind == 1:  # the strong side after "but" (VADER weighs the clause after "but" more)
-        return f"The {a} {was} {rng.choice(MILD[s])}, but the {b} {were} {_adjective(rng, s)}."
+        return f"The {a} {was} {rng.choice(MILD[sentiment])}, but the {b} {were} {_adjective(rng, sentiment)}."
     if kind == 2:
-        return f"Although the {a} {was} {rng.choice(MILD[s])}, the {b} {were} {_adjective(rng, s)}."
+        return f"Although the {a} {was} {rng.choice(MILD[sentiment])}, the {b} {were} {_adjective(rng, sentiment)}."
     if kind == 3:
-        return f"The {a} {was} {rng.choice(NEGATED[s])}."
+        return f"The {a} {was} {rng.choice(NEGATED[sentiment])}."
     if kind == 4:
-        return f"Even the {a} {was} {_adjective(rng, s)}."
-    return f"The {a} {was} {rng.choice(NEUTRAL)}, and the {b} {were} {_adjective(rng, s)}."
+        return f"Even the {a} {was} {_adjective(rng, sentiment)}."
+    return f"The {a} {was} {rng.choice(NEUTRAL)}, and the {b} {were} {_adjective(rng, sentiment)}."
 
 
 def _neutral_body(rng) -> str:

@@ -16,7 +16,7 @@ import stages
 import train
 import training
 from checkpoint import CheckpointError, load_checkpoint, load_model, save_checkpoint
-from config import STAGES, ConfigError, TrainConfig
+from config import STAGE_DEFAULTS, STAGES, ConfigError, TrainConfig, stage_config
 from model import GPT, GPTConfig
 from reference import Reference
 
@@ -147,8 +147,13 @@ def test_each_command_lists_its_flags_with_help_and_default():
     shape_group = [g for g in commands["pretrain"]._action_groups if "--n-layer" in
                    {a.option_strings[0] for a in g._group_actions}][0]
     assert "ignored with --init" in shape_group.title
-    for f in dataclasses.fields(TrainConfig):  # one source: each field's help lives in its metadata
+    for f in dataclasses.fields(TrainConfig):  # one source: each field's help and flag live in its metadata
         assert f.metadata["help"] and set(f.metadata["stages"]) <= set(STAGES), f.name
+        assert f.metadata["flag"] == ("--" + f.name.replace("_", "-") if f.metadata["stages"] else None), f.name
+    for stage, defaults in STAGE_DEFAULTS.items():  # each command's defaults, from the one table, in its --help
+        shown = {a.dest: a.default for a in commands[stage]._actions}
+        assert all(shown[name] == value for name, value in defaults.items()), stage
+        assert stage_config(stage) == TrainConfig(**{f: shown[f] for f in shown if f not in ("help", "debug")})
 
 
 def test_lengths_default_to_the_model(tmp_path):

@@ -1,0 +1,73 @@
+"""The reader's path stays short and stays DPO's: the README's "Read the code in this order" table states each
+file's measured length and the total of the DPO path, which must stay within 1,200 lines, and no file on that
+path imports another training method."""
+
+import ast
+import re
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+README = (REPO / "README.md").read_text()
+FORWARD_ENDS = "    # ---- the forward pass ends here"  # model.py: what follows is sampling and checkpoints
+ROW = re.compile(r"^\| (\d+) \| `([^`]+)`[^|]* \| ([\d,]+) \| .+ \|$")
+TOTAL = re.compile(r"^\| \| \*\*the DPO path\*\* \| \*\*([\d,]+)\*\* \|")
+DPO_PATH = {"data/batches.py", "model.py", "logprob_kernels/__init__.py", "logprob_kernels/checks.py",
+            "logprob_kernels/logprobs_torch.py", "dpo.py", "tensor_checks.py", "reference.py", "training.py"}
+
+
+def measured_lines(path):
+    """Lines of a file of the table; of model.py, those of the forward pass (up to the marker comment)."""
+    text = (REPO / path).read_text()
+    if path == "model.py":
+        text = text[:text.index(FORWARD_ENDS)].rstrip("\n") + "\n"
+    return text.count("\n")
+
+
+def table():
+    """The rows of the README's table before its total: [(order, path, stated lines)], and the stated total."""
+    section = README[README.index("## Read the code in this order"):]
+    rows, total = [], None
+    for line in section.splitlines():
+        if match := TOTAL.match(line):
+            total = int(match.group(1).replace(",", ""))
+            break
+        if match := ROW.match(line):
+            rows.append((int(match.group(1)), match.group(2), int(match.group(3).replace(",", ""))))
+    return rows, total
+
+
+def test_the_table_states_the_measured_lines_and_the_path_fits_in_1200():
+    rows, total = table()
+    assert {path for _, path, _ in rows} == DPO_PATH, "the table's rows above the total are the DPO path"
+    assert [order for order, _, _ in rows] == list(range(1, len(rows) + 1))
+    for _, path, stated in rows:
+        assert stated == measured_lines(path), f"README says {stated} lines for {path}, it has {measured_lines(path)}"
+    assert total == sum(stated for _, _, stated in rows) <= 1200
+
+
+def imports_of(path):
+    """The project's top-level modules that a file imports (every import statement, at any depth)."""
+    names = set()
+    for node in ast.walk(ast.parse((REPO / path).read_text())):
+        if isinstance(node, ast.Import):
+            names |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def test_the_dpo_path_imports_no_other_method():
+    """One method per file: a module that defines a `batch_loss` of its own is a training method; DPO's path
+    reaches none of them but dpo.py, directly or through another module of ours."""
+    ours = {path.stem for path in REPO.glob("*.py")} | {path.parent.name for path in REPO.glob("*/__init__.py")}
+    methods = {path.stem for path in REPO.glob("*.py") if "def batch_loss(" in path.read_text()} - {"dpo"}
+    assert {"next_token", "unlikelihood"} <= methods
+    files = {name: f"{name}.py" if (REPO / f"{name}.py").exists() else f"{name}/__init__.py" for name in ours}
+    reached, todo = set(), [path.split("/")[0].removesuffix(".py") for path in DPO_PATH]
+    while todo:
+        name = todo.pop()
+        if name not in reached:
+            reached.add(name)
+            todo += sorted(imports_of(files[name]) & ours)
+    assert not reached & methods, f"the DPO path reaches {reached & methods}"
+    assert not reached & {"stages", "experiments", "train", "sentiment"}, reached
