@@ -6,6 +6,8 @@ import ast
 import re
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 README = (REPO / "README.md").read_text()
 FORWARD_ENDS = "    # ---- the forward pass ends here"  # model.py: what follows is sampling and checkpoints
@@ -37,6 +39,8 @@ def table():
 
 
 def test_the_table_states_the_measured_lines_and_the_path_fits_in_1200():
+    if any(re.search(r"NotImplementedError\(['\"]Assignment", (REPO / path).read_text()) for path in DPO_PATH):
+        pytest.skip("the course's student copy: its stubbed files have other lengths than the README's")
     rows, total = table()
     assert {path for _, path, _ in rows} == DPO_PATH, "the table's rows above the total are the DPO path"
     assert [order for order, _, _ in rows] == list(range(1, len(rows) + 1))
