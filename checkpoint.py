@@ -11,6 +11,7 @@ A checkpoint is one file, `ckpt.pt`, holding everything a run needs to continue 
     config     the resolved training config, for reference
     early_stopping  the best held-out score so far, its step, and the evaluations since it
                     (training.EarlyStopping as a dict)
+    kind       what the weights are: "language model" (a GPT), or "reward model" (reward_model.RewardModel)
     lora       LoRA runs only: then "model" holds the adapters alone (lora.lora_state_dict, a few MB), and
                this entry holds their settings (rank, alpha, dropout, targets) and the frozen base they belong
                to: its --init path (as given and absolute) and the sha256 of its weights. Loading rebuilds the
@@ -29,8 +30,11 @@ import numpy as np
 import torch
 
 import lora
+import reward_model
 from data import missing_local_path
 from model import GPT, GPTConfig
+
+LANGUAGE_MODEL = "language model"  # the kind of a GPT's checkpoint (reward models say reward_model.KIND)
 
 
 class CheckpointError(ValueError):
@@ -66,6 +70,7 @@ def save_checkpoint(path, model, optimizer, step, config, early_stopping=None, l
     state = {
         "model": lora.lora_state_dict(model) if has_adapters else model.state_dict(),
         "model_config": vars(model.config).copy(),
+        "kind": getattr(model, "KIND", LANGUAGE_MODEL),
         "optimizer": optimizer.state_dict() if optimizer is not None else None,
         "step": int(step),
         "rng": rng_state(),
@@ -125,6 +130,8 @@ def load_model(path, map_location="cpu"):
     is_ours = path.endswith(".pt") or os.path.isfile(os.path.join(path, "ckpt.pt"))
     if is_ours:
         state = load_checkpoint(path, map_location)
+        if state.get("kind", LANGUAGE_MODEL) != LANGUAGE_MODEL:
+            raise CheckpointError(f"{path}: holds a {state['kind']}, not a language model")
         if "lora" in state:  # adapters: rebuild the base, check it is theirs, return the merged model
             model = load_lora_base(state, path, map_location)
             lora.apply_lora(model, state["lora"]["rank"], state["lora"]["alpha"], state["lora"]["dropout"],
@@ -156,4 +163,19 @@ def load_lora_base(state, path, map_location="cpu"):
     if lora.base_fingerprint(model) != base["sha256"]:
         raise CheckpointError(f"{path}: its adapters were trained on other base weights than those now at "
                               f"{where!r} (sha256 differs): the base changed since the run")
+    return model
+
+
+def load_reward_model(path, map_location="cpu"):
+    """The reward_model.RewardModel saved at `path` (a ckpt.pt, a best.pt, or a directory holding a ckpt.pt).
+    Raises CheckpointError when the file is not one (a language model's checkpoint, say)."""
+    state = load_checkpoint(path, map_location)
+    if state.get("kind", LANGUAGE_MODEL) != reward_model.KIND:
+        raise CheckpointError(f"{path}: not a reward model (it holds a {state.get('kind', LANGUAGE_MODEL)}); "
+                              f"train one with `python train.py reward-model`")
+    model = reward_model.RewardModel(GPT(GPTConfig(**state["model_config"])))
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as e:
+        raise CheckpointError(f"{path}: weights do not match the stored model config: {e}") from e
     return model

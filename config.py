@@ -30,8 +30,9 @@ class ConfigError(ValueError):
 # -----------------------------------------------------------------------------
 # The settings: one dataclass field each, with its flag, help line, commands and allowed values
 
-TRAINING_STAGES = ("pretrain", "sft", "dpo", "unlikelihood")
-PAIR_STAGES = ("sft", "dpo", "unlikelihood")  # the stages that train on preference pairs
+TRAINING_STAGES = ("pretrain", "sft", "dpo", "unlikelihood", "reward-model")
+PAIR_STAGES = ("sft", "dpo", "unlikelihood", "reward-model")  # the stages that train on preference pairs
+POLICY_STAGES = ("pretrain", "sft", "dpo", "unlikelihood")  # the stages that train a language model
 LORA_STAGES = ("sft", "dpo")  # the stages that can train LoRA adapters instead of all weights
 STAGES = TRAINING_STAGES + ("pairs", "eval", "sample")
 SCHEDULES = ("cosine", "constant")  # the learning rate after warm-up (training.learning_rate)
@@ -113,7 +114,7 @@ class TrainConfig:
     samples_per_prompt: int = option("--samples-per-prompt", 4, "completions sampled per prompt; the best and "
                                      "worst make a pair", ("pairs",))
     max_new_tokens: int = option("--max-new-tokens", 64, "most tokens sampled per completion",
-                                 ("pairs", "eval", "sample"))
+                                 ("pairs", "eval", "sample", "reward-model"))
     min_reward_gap: float = option("--min-reward-gap", 0.2, "drop a prompt whose best - worst reward is below this",
                                    ("pairs",))
     reference_init: str = option("--reference-init", "", "eval: the reference model to compare --init with; dpo: "
@@ -125,6 +126,11 @@ class TrainConfig:
     eval_every: int = option("--eval-every", 50, "steps between held-out evaluations")
     early_stop_patience: int = option("--early-stop-patience", 0, "evaluations without a better held-out score "
                                       "before stopping (0 = off)")
+    keep_best: bool = option("--keep-best", False, "keep best.pt, the weights at the best held-out score (also with "
+                             "--early-stop-patience)")
+    eval_samples: int = option("--eval-samples", 0, "after training, score this many fresh samples of --init per "
+                               "held-out prompt of the sentiment task with the reward model and the ground truth "
+                               "(Pearson and Spearman correlation, reward_eval.json); 0 = off", ("reward-model",))
     save_every: int = option("--save-every", 200, "steps between checkpoints (one is always written at the end)")
     keep_checkpoints: bool = option("--keep-checkpoints", False, "also keep the weights of every checkpoint as "
                                     "step_NNNNNN.pt (to evaluate a run along the way)")
@@ -134,11 +140,11 @@ class TrainConfig:
     dtype: str = option("--dtype", "auto", "autocast dtype: auto (bfloat16 on CUDA, float32 on CPU), float32, "
                         "bfloat16, float16 (with a gradient scaler)", choices=DTYPES)
     impl: str = option("--impl", "auto", "log-prob kernel: auto (Triton on CUDA, torch on CPU), triton, torch",
-                       TRAINING_STAGES + ("eval",), choices=IMPLS)
+                       POLICY_STAGES + ("eval",), choices=IMPLS)
     fused_linear: bool = option("--fused-linear", False, "log-probs from the last hidden states and the LM-head "
                                 "weight without the (B, T, V) logits (logprob_kernels.linear_sequence_logprobs), "
                                 "for the policy and the DPO reference", ("pretrain", "sft", "dpo"))
-    compile: bool = option("--compile", False, "torch.compile the model for training")
+    compile: bool = option("--compile", False, "torch.compile the model for training", POLICY_STAGES)
     world_size: int = option(None, 1, "processes training data-parallel (torchrun --nproc_per_node N): not a flag, "
                              "set from the process group when training starts and recorded in config.json", ())
     seed: int = option("--seed", 1337, "seed of the data order, initialisation, dropout and sampling", STAGES)
@@ -150,6 +156,8 @@ STAGE_DEFAULTS = {
     "sft": dict(out_dir="out/sft", lr=1e-4, steps=500, batch_size=16),
     "dpo": dict(out_dir="out/dpo", lr=1e-5, steps=500, batch_size=16, schedule="constant"),
     "unlikelihood": dict(out_dir="out/unlikelihood", lr=1e-5, steps=500, batch_size=16, schedule="constant"),
+    "reward-model": dict(out_dir="out/reward-model", lr=1e-4, steps=500, batch_size=16, keep_best=True,
+                         eval_samples=2),
     "pairs": dict(out_dir="out/pairs"),
     "eval": dict(out_dir="out/eval"),
 }
@@ -203,6 +211,7 @@ def check_values(cfg):
          "compiles the model's forward (the logits), which --fused-linear never calls; drop one of the two")
     need(cfg.n_embd % cfg.n_head == 0, "n_head", f"must divide --n-embd {cfg.n_embd}")
     need(cfg.samples_per_prompt >= 2, "samples_per_prompt", "must be >= 2 to form a pair")
+    need(cfg.eval_samples >= 0, "eval_samples", "must be >= 0 (0 = off)")
     need(cfg.max_length == 0 or cfg.max_length >= 2, "max_length", "must be >= 2 (or 0: the model's block size)")
     need(cfg.max_length == 0 or cfg.max_prompt_length < cfg.max_length, "max_prompt_length",
          f"must be below --max-length {cfg.max_length}")
@@ -229,10 +238,11 @@ def check_config(stage, cfg):
     def need(ok, name, requirement):
         _need(cfg, ok, name, requirement)
 
-    if stage in ("dpo", "unlikelihood", "pairs", "eval", "sample"):
-        need(cfg.init, "init", f"{stage} needs --init: " + {"dpo": "the SFT model, which is also the frozen "
-                                                                   "reference", "unlikelihood": "the SFT model"}
-             .get(stage, "the model to sample from"))
+    if stage in ("dpo", "unlikelihood", "reward-model", "pairs", "eval", "sample"):
+        need(cfg.init, "init", f"{stage} needs --init: " + {
+            "dpo": "the SFT model, which is also the frozen reference", "unlikelihood": "the SFT model",
+            "reward-model": "the SFT model, whose trunk the reward model starts from"}.get(
+                stage, "the model to sample from"))
     if cfg.lora_rank and stage in LORA_STAGES:
         need(cfg.init, "lora_rank", "LoRA needs --init: the model whose weights stay frozen under the adapters")
     if cfg.lora_rank and stage == "dpo":

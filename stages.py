@@ -16,6 +16,7 @@ import copy
 import dataclasses
 import functools
 import json
+import math
 import os
 
 import torch
@@ -25,9 +26,10 @@ import data_parallel
 import dpo
 import lora
 import next_token
+import reward_model
 import sentiment
 import unlikelihood
-from checkpoint import load_model
+from checkpoint import load_model, load_reward_model
 from config import LORA_STAGES, ConfigError, check_config, lora_targets, resolve_device, resolve_lengths
 from model import GPT, GPTConfig
 from reference import Reference
@@ -118,6 +120,8 @@ def objective(stage, cfg, pad_id, reference=None):
         loss = functools.partial(dpo.batch_loss, reference=reference, beta=cfg.beta, loss_type=cfg.loss,
                                  label_smoothing=cfg.label_smoothing, rpo_alpha=cfg.rpo_alpha, **kernel)
         return Objective(stage, loss, pairs_in, lambda values: dpo.dpo_metrics(**values), collate)
+    if stage == "reward-model":
+        return Objective(stage, reward_model.batch_loss, pairs_in, reward_model.metrics, collate)
     loss = functools.partial(unlikelihood.batch_loss, alpha=cfg.unlikelihood_alpha, impl=cfg.impl)
     return Objective(stage, loss, pairs_in, unlikelihood.metrics, collate)
 
@@ -168,6 +172,8 @@ def run_stage(stage, cfg, log=print):
     torch.manual_seed(cfg.seed)  # a fresh model's initial weights come from the seed too
     model = build_model(cfg, tokenizer)
     cfg = resolve_lengths(cfg, model.config.block_size)
+    eval_prompts = sentiment.make_prompts(seed=0)[1] if stage == "reward-model" and cfg.eval_samples else []
+    check_sampling_fits(eval_prompts, cfg, tokenizer, model.config.block_size, cfg.init)
     use_lora = bool(cfg.lora_rank) and stage in LORA_STAGES
     if use_lora:
         add_adapters(model, cfg, log)
@@ -179,10 +185,17 @@ def run_stage(stage, cfg, log=print):
         log(f"{stage}: {len(train_set)} training pairs, {len(heldout_set)} held-out pairs")
     log(f"{stage}: model with {model.num_params() / 1e6:.2f}M parameters (non-embedding), "
         f"vocab {model.config.vocab_size}, block {model.config.block_size}, rows of {cfg.max_length} tokens")
+    if stage == "reward-model":
+        model = reward_model.RewardModel(model)
     pad_id, reference = tokenizer.eot_token, None
     if stage == "dpo":  # precomputed, a frozen copy lives only while its table is computed
         reference = dpo_reference(cfg, reference_model(cfg, model, use_lora), (train_set, heldout_set), pad_id)
     metrics = train(objective(stage, cfg, pad_id, reference), cfg, model, train_set, heldout_set, log=log)
+    if stage == "reward-model":
+        if cfg.eval_samples and data_parallel.is_main():
+            reward_model_against_ground_truth(cfg, tokenizer, eval_prompts, log)
+        data_parallel.barrier()
+        return model, metrics
     if data_parallel.is_main():
         exported = lora.merged_copy(model) if use_lora else model  # LoRA: W0 + (alpha/r) B A, plain GPT-2
         exported.save_pretrained(os.path.join(cfg.out_dir, "hf"))  # for transformers and other tools
@@ -193,14 +206,47 @@ def run_stage(stage, cfg, log=print):
     return model, metrics
 
 
+def check_sampling_fits(prompts, cfg, tokenizer, block_size, path):
+    """ConfigError if the longest of `prompts` plus --max-new-tokens would not fit the model's block size."""
+    longest = max((len(tokenizer.encode_ordinary(p)) for p in prompts), default=0)
+    if prompts and longest + cfg.max_new_tokens > block_size:
+        raise ConfigError(f"--max-new-tokens {cfg.max_new_tokens}: the longest prompt ({longest} tokens) plus "
+                          f"{cfg.max_new_tokens} exceeds the block size {block_size} of {path}")
+
+
 def load_for_sampling(path, cfg, tokenizer, prompts):
     """load_model(path) in eval mode on --device; ConfigError if a prompt + --max-new-tokens would not fit."""
     model = load_model(path)
-    longest = max(len(tokenizer.encode_ordinary(p)) for p in prompts)
-    if longest + cfg.max_new_tokens > model.config.block_size:
-        raise ConfigError(f"--max-new-tokens {cfg.max_new_tokens}: the longest prompt ({longest} tokens) plus "
-                          f"{cfg.max_new_tokens} exceeds the block size {model.config.block_size} of {path}")
+    check_sampling_fits(prompts, cfg, tokenizer, model.config.block_size, path)
     return model.to(resolve_device(cfg)[0]).eval()
+
+
+def reward_model_against_ground_truth(cfg, tokenizer, prompts, log=print):
+    """Fresh samples of --init on the sentiment task's held-out `prompts` (--eval-samples each), scored by the
+    kept reward model (best.pt, else ckpt.pt) and by the ground truth: their Pearson and Spearman correlation.
+    Writes OUT_DIR/reward_eval.json (with every sample's two scores) and returns its dict."""
+    kept = os.path.join(cfg.out_dir, "best.pt" if os.path.isfile(os.path.join(cfg.out_dir, "best.pt")) else "ckpt.pt")
+    device = resolve_device(cfg)[0]
+    scorer = load_reward_model(kept).to(device)
+    policy = load_model(cfg.init).to(device)
+    samples = sentiment.sample_completions(policy, tokenizer, prompts, k=cfg.eval_samples,
+                                           max_new_tokens=cfg.max_new_tokens, seed=cfg.seed)
+    texts = [text for group in samples.texts for text in group]
+    prompt_ids = [ids for ids in samples.prompt_ids for _ in range(cfg.eval_samples)]
+    completion_ids = [ids for group in samples.token_ids for ids in group]
+    scores = reward_model.score_texts(scorer, prompt_ids, completion_ids, tokenizer.eot_token)
+    truth = sentiment.sentiment_reward(texts)
+    correlations = {"pearson": sentiment.pearson(scores, truth), "spearman": sentiment.spearman(scores, truth)}
+    correlations = {name: None if math.isnan(value) else value for name, value in correlations.items()}  # constant
+    result = {"reward_model": kept, "n_samples": len(texts), **correlations, "samples": [
+                  {"completion": text, "score": score, "ground_truth": reward}
+                  for text, score, reward in zip(texts, scores, truth)]}
+    with open(os.path.join(cfg.out_dir, "reward_eval.json"), "w") as f:
+        json.dump(result, f, indent=2)
+    log(f"reward model {kept} on {len(texts)} fresh samples of --init, correlation with the ground-truth reward: "
+        + ", ".join(f"{name} {value:.3f}" if value is not None else f"{name} undefined (a constant score)"
+                    for name, value in correlations.items()))
+    return result
 
 
 def pairs(cfg, log=print):

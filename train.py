@@ -43,6 +43,9 @@ COMMAND_HELP = {  # command: (one line for the command list, the description of 
     "unlikelihood": ("the paper's Unlikelihood baseline: raise log p(chosen), push down p(rejected) per token",
                      "Unlikelihood (Welleck et al. 2019; a baseline of the DPO paper, section 6) of --init on "
                      "--data: maximise log p(chosen) and log(1 - p) of each rejected token; no reference."),
+    "reward-model": ("the reward model of RLHF: Bradley-Terry on the same pairs",
+                     "Train a reward model (reward_model.py: the --init trunk and a scalar head; Eq. 2 of the DPO "
+                     "paper) on the preference pairs of --data; keeps best.pt, the best held-out accuracy."),
     "pairs": ("sample completions and write preference pairs labelled by the ground-truth reward",
               "Sample --samples-per-prompt completions from --init for the sentiment task's training prompts and "
               "write best-vs-worst preference pairs (ground-truth reward: VADER) to OUT_DIR/pairs.jsonl."),

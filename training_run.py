@@ -146,12 +146,13 @@ def record(run, row):
 
 
 def early_stop(run, eval_row, log):
-    """Keep best.pt at a better held-out score (--early-stop-patience > 0); True when it is time to stop."""
+    """Keep best.pt at a better held-out score (--early-stop-patience > 0 or --keep-best); True when it is time to
+    stop."""
     best, patience = run.early_stopping, run.cfg.early_stop_patience
     score = eval_row.get("rewards/accuracies", -eval_row["loss"])  # next-token stages: lower loss is better
     if score > best.best_score:
         best.best_score, best.best_step, best.evals_since_best = score, run.step, 0
-        if patience and data_parallel.is_main():
+        if (patience or run.cfg.keep_best) and data_parallel.is_main():
             save_checkpoint(run.path("best.pt"), run.model, None, run.step, dataclasses.asdict(run.cfg),
                             dataclasses.asdict(best), run.lora_base)
         return False

@@ -32,9 +32,12 @@ from sentiment.evaluate import (
     completion_logps,
     fluency_numbers,
     mean_ci95,
+    pearson,
+    ranks,
     ratio_ci95,
     sample_report,
     score_policy,
+    spearman,
     win_and_tie_rates,
 )
 from sentiment.fluency import bigram_fluency, corpus_vocabulary, fluency, word_counts
@@ -51,9 +54,9 @@ from sentiment.task import (
 from sentiment.tokenizer import TOKENIZER_FILE
 
 __all__ = [
-    "MAX_OPENING_BYTES", "PairReport", "Review", "Samples", "bigram_fluency", "build_preference_pairs",
-    "completion_logps", "fluency_numbers",
-    "corpus_statistics", "corpus_tokens", "corpus_vocabulary", "fluency", "make_corpus", "make_prompts",
-    "make_reviews", "mean_ci95", "ratio_ci95", "sample_completions", "sample_report", "score_policy",
-    "sentiment_reward", "win_and_tie_rates", "word_counts", "TOKENIZER_FILE",
+    "MAX_OPENING_BYTES", "PairReport", "Review", "Samples", "TOKENIZER_FILE", "bigram_fluency",
+    "build_preference_pairs", "completion_logps", "corpus_statistics", "corpus_tokens", "corpus_vocabulary",
+    "fluency", "fluency_numbers", "make_corpus", "make_prompts", "make_reviews", "mean_ci95", "pearson", "ranks",
+    "ratio_ci95", "sample_completions", "sample_report", "score_policy", "sentiment_reward", "spearman",
+    "win_and_tie_rates", "word_counts",
 ]

@@ -55,6 +55,34 @@ def mean_ci95(values):
     return mean, 1.96 * math.sqrt(var / n)
 
 
+def pearson(xs, ys):
+    """Pearson's correlation of two equally long lists of floats (nan when either is constant)."""
+    n = len(xs)
+    mean_x, mean_y = sum(xs) / n, sum(ys) / n
+    cov = sum((x - mean_x) * (y - mean_y) for x, y in zip(xs, ys))
+    var_x, var_y = sum((x - mean_x) ** 2 for x in xs), sum((y - mean_y) ** 2 for y in ys)
+    return cov / math.sqrt(var_x * var_y) if var_x > 0 and var_y > 0 else float("nan")
+
+
+def ranks(values):
+    """The rank of each value (1 = the smallest), ties sharing the mean of their ranks."""
+    order = sorted(range(len(values)), key=lambda i: values[i])
+    result, start = [0.0] * len(values), 0
+    while start < len(order):
+        end = start
+        while end + 1 < len(order) and values[order[end + 1]] == values[order[start]]:
+            end += 1
+        for position in range(start, end + 1):
+            result[order[position]] = (start + end) / 2 + 1
+        start = end + 1
+    return result
+
+
+def spearman(xs, ys):
+    """Spearman's rank correlation: Pearson's on the ranks (ties at their mean rank)."""
+    return pearson(ranks(xs), ranks(ys))
+
+
 def ratio_ci95(numerators, denominators):
     """(sum(num) / sum(den), 95% half-width by the delta method), for a pooled share such as fluency."""
     n, total = len(numerators), sum(denominators)
