@@ -30,7 +30,6 @@ import numpy as np
 import torch
 
 import lora
-import reward_model
 from data import missing_local_path
 from model import GPT, GPTConfig
 
@@ -165,17 +164,3 @@ def load_lora_base(state, path, map_location="cpu"):
                               f"{where!r} (sha256 differs): the base changed since the run")
     return model
 
-
-def load_reward_model(path, map_location="cpu"):
-    """The reward_model.RewardModel saved at `path` (a ckpt.pt, a best.pt, or a directory holding a ckpt.pt).
-    Raises CheckpointError when the file is not one (a language model's checkpoint, say)."""
-    state = load_checkpoint(path, map_location)
-    if state.get("kind", LANGUAGE_MODEL) != reward_model.KIND:
-        raise CheckpointError(f"{path}: not a reward model (it holds a {state.get('kind', LANGUAGE_MODEL)}); "
-                              f"train one with `python train.py reward-model`")
-    model = reward_model.RewardModel(GPT(GPTConfig(**state["model_config"])))
-    try:
-        model.load_state_dict(state["model"])
-    except RuntimeError as e:
-        raise CheckpointError(f"{path}: weights do not match the stored model config: {e}") from e
-    return model

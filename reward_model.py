@@ -25,6 +25,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import data
+from checkpoint import LANGUAGE_MODEL, CheckpointError, load_checkpoint
 from model import GPT, GPTConfig
 from tensor_checks import check_logps
 
@@ -110,3 +111,18 @@ def score_texts(model: RewardModel, prompt_ids, completion_ids, pad_id: int, bat
         scores += batch_scores(model, batch).tolist()
     model.train(was_training)
     return scores
+
+
+def load_reward_model(path, map_location="cpu"):
+    """The reward_model.RewardModel saved at `path` (a ckpt.pt, a best.pt, or a directory holding a ckpt.pt).
+    Raises CheckpointError when the file is not one (a language model's checkpoint, say)."""
+    state = load_checkpoint(path, map_location)
+    if state.get("kind", LANGUAGE_MODEL) != KIND:
+        raise CheckpointError(f"{path}: not a reward model (it holds a {state.get('kind', LANGUAGE_MODEL)}); "
+                              f"train one with `python train.py reward-model`")
+    model = RewardModel(GPT(GPTConfig(**state["model_config"])))
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as e:
+        raise CheckpointError(f"{path}: weights do not match the stored model config: {e}") from e
+    return model

@@ -29,7 +29,7 @@ import next_token
 import reward_model
 import sentiment
 import unlikelihood
-from checkpoint import load_model, load_reward_model
+from checkpoint import load_model
 from config import LORA_STAGES, ConfigError, check_config, lora_targets, resolve_device, resolve_lengths
 from model import GPT, GPTConfig
 from reference import Reference
@@ -227,7 +227,7 @@ def reward_model_against_ground_truth(cfg, tokenizer, prompts, log=print):
     Writes OUT_DIR/reward_eval.json (with every sample's two scores) and returns its dict."""
     kept = os.path.join(cfg.out_dir, "best.pt" if os.path.isfile(os.path.join(cfg.out_dir, "best.pt")) else "ckpt.pt")
     device = resolve_device(cfg)[0]
-    scorer = load_reward_model(kept).to(device)
+    scorer = reward_model.load_reward_model(kept).to(device)
     policy = load_model(cfg.init).to(device)
     samples = sentiment.sample_completions(policy, tokenizer, prompts, k=cfg.eval_samples,
                                            max_new_tokens=cfg.max_new_tokens, seed=cfg.seed)

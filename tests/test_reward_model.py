@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 import data
 import reward_model
 import train
-from checkpoint import CheckpointError, load_model, load_reward_model, save_checkpoint
+from checkpoint import CheckpointError, load_model, save_checkpoint
 from model import GPT, GPTConfig
 from test_train import tiny_model, write_preferences
 
@@ -86,11 +86,11 @@ def test_checkpoints_say_what_they_hold(tmp_path):
     scorer = reward_model.RewardModel(tiny_model())
     torch.nn.init.normal_(scorer.head.weight)
     save_checkpoint(rm, scorer, None, 0, None)
-    loaded = load_reward_model(rm)
+    loaded = reward_model.load_reward_model(rm)
     idx = torch.randint(0, 257, (2, 9))
     torch.testing.assert_close(loaded(idx, torch.tensor([8, 3])), scorer(idx, torch.tensor([8, 3])))
     with pytest.raises(CheckpointError, match="not a reward model"):
-        load_reward_model(lm)
+        reward_model.load_reward_model(lm)
     with pytest.raises(CheckpointError, match="holds a reward model, not a language model"):
         load_model(rm)
 
