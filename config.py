@@ -32,13 +32,15 @@ class ConfigError(ValueError):
 
 TRAINING_STAGES = ("pretrain", "sft", "dpo", "unlikelihood", "reward-model")
 PAIR_STAGES = ("sft", "dpo", "unlikelihood", "reward-model")  # the stages that train on preference pairs
-POLICY_STAGES = ("pretrain", "sft", "dpo", "unlikelihood")  # the stages that train a language model
+POLICY_STAGES = ("pretrain", "sft", "dpo", "unlikelihood")  # the stages that train a language model on data
 LORA_STAGES = ("sft", "dpo")  # the stages that can train LoRA adapters instead of all weights
-STAGES = TRAINING_STAGES + ("pairs", "eval", "sample")
+RL_STAGES = ("ppo", "rloo")  # reinforcement learning on the sentiment task (rlhf.py)
+STAGES = TRAINING_STAGES + RL_STAGES + ("pairs", "eval", "sample")  # "sample", the one that writes nothing, last
 SCHEDULES = ("cosine", "constant")  # the learning rate after warm-up (training.learning_rate)
 DTYPES = ("auto", "float32", "bfloat16", "float16")  # the autocast dtype (resolve_device)
 FRESH_MODEL = "a fresh model (pretrain, sft without --init; ignored with --init)"
 LORA = "LoRA: low-rank adapters on a frozen --init model (used with --lora-rank > 0)"
+RL = "reinforcement learning"
 
 
 def option(flag, default, help, stages=TRAINING_STAGES, choices=None, group=None):
@@ -75,19 +77,23 @@ class TrainConfig:
                              group=FRESH_MODEL)
     dropout: float = option("--dropout", 0.0, "dropout probability", ("pretrain", "sft"), group=FRESH_MODEL)
     # optimisation
-    steps: int = option("--steps", 1000, "optimizer steps")
-    batch_size: int = option("--batch-size", 32, "examples (dpo: pairs) per optimizer step, over all processes "
-                             "(torchrun: each takes an equal share)")
+    steps: int = option("--steps", 1000, "optimizer steps (ppo, rloo: iterations of rollouts and updates)",
+                        TRAINING_STAGES + RL_STAGES)
+    batch_size: int = option("--batch-size", 32, "examples (dpo: pairs; ppo, rloo: prompts) per optimizer step (ppo, "
+                             "rloo: iteration), over all processes (torchrun: each takes an equal share)",
+                             TRAINING_STAGES + RL_STAGES)
     grad_accum: int = option("--grad-accum", 1, "micro-batches per step in each process (processes x this must "
                              "divide --batch-size)")
-    lr: float = option("--lr", 3e-4, "peak learning rate (AdamW)")
+    lr: float = option("--lr", 3e-4, "peak learning rate (AdamW; ppo, rloo: constant)", TRAINING_STAGES + RL_STAGES)
     schedule: str = option("--schedule", "cosine", "after linear warm-up: cosine decay to --min-lr-ratio * --lr, or "
                            "constant", choices=SCHEDULES)
     min_lr_ratio: float = option("--min-lr-ratio", 0.1, "the cosine schedule's final learning rate, as a fraction "
                                  "of --lr")
     warmup_steps: int = option("--warmup-steps", 20, "steps of linear learning-rate warm-up")
-    weight_decay: float = option("--weight-decay", 0.1, "AdamW weight decay on weight matrices and embeddings")
-    grad_clip: float = option("--grad-clip", 1.0, "clip the gradient's global norm to this")
+    weight_decay: float = option("--weight-decay", 0.1, "AdamW weight decay on weight matrices and embeddings",
+                                 TRAINING_STAGES + RL_STAGES)
+    grad_clip: float = option("--grad-clip", 1.0, "clip the gradient's global norm to this",
+                              TRAINING_STAGES + RL_STAGES)
     # DPO
     loss: str = option("--loss", "sigmoid", "the DPO loss (dpo.py): sigmoid (Eq. 7; cDPO with --label-smoothing), "
                        "ipo, hinge, robust", ("dpo",), choices=LOSS_TYPES)
@@ -111,10 +117,10 @@ class TrainConfig:
                                "layers that get adapters (c_proj matches attention's and the MLP's; attn.c_proj "
                                "one of them)", LORA_STAGES, group=LORA)
     # sampling (pairs, eval, sample)
-    samples_per_prompt: int = option("--samples-per-prompt", 4, "completions sampled per prompt; the best and "
-                                     "worst make a pair", ("pairs",))
+    samples_per_prompt: int = option("--samples-per-prompt", 4, "completions sampled per prompt (pairs: the best and "
+                                     "worst make a pair; rloo: k, the leave-one-out group)", ("pairs",) + RL_STAGES)
     max_new_tokens: int = option("--max-new-tokens", 64, "most tokens sampled per completion",
-                                 ("pairs", "eval", "sample", "reward-model"))
+                                 ("pairs", "eval", "sample", "reward-model") + RL_STAGES)
     min_reward_gap: float = option("--min-reward-gap", 0.2, "drop a prompt whose best - worst reward is below this",
                                    ("pairs",))
     reference_init: str = option("--reference-init", "", "eval: the reference model to compare --init with; dpo: "
@@ -122,8 +128,27 @@ class TrainConfig:
                                  ("eval", "dpo"))
     num_prompts: int = option("--num-prompts", 0, "use the first N of the task's prompts (0 = all)",
                               ("pairs", "eval"))
+    # reinforcement learning (ppo, rloo; rlhf.py, ppo.py)
+    reward_model: str = option("--reward-model", "", "the reward model the policy is trained on: a checkpoint of "
+                               "`train.py reward-model` (its best.pt)", RL_STAGES, group=RL)
+    ground_truth_reward: bool = option("--ground-truth-reward", False, "train on the task's ground-truth reward "
+                                       "instead of a reward model (the paper's PPO-GT oracle)", RL_STAGES, group=RL)
+    kl_coef: float = option("--kl-coef", 0.05, "the KL penalty's coefficient (Eq. 3's beta), per token", RL_STAGES,
+                            group=RL)
+    target_kl: float = option("--target-kl", 0.0, "steer --kl-coef toward this KL per rollout (nats; Ziegler et al. "
+                              "2019); 0 = a fixed coefficient", RL_STAGES, group=RL)
+    kl_horizon: float = option("--kl-horizon", 10000.0, "the adaptive KL controller's horizon, in rollouts",
+                               RL_STAGES, group=RL)
+    clip: float = option("--clip", 0.2, "PPO's clip range of the probability ratio", ("ppo",), group=RL)
+    value_clip: float = option("--value-clip", 0.2, "PPO's clip range of the value update", ("ppo",), group=RL)
+    value_lr: float = option("--value-lr", 1e-4, "the value model's learning rate (AdamW)", ("ppo",), group=RL)
+    gamma: float = option("--gamma", 1.0, "the discount of GAE", ("ppo",), group=RL)
+    lam: float = option("--lam", 0.95, "GAE's lambda", ("ppo",), group=RL)
+    ppo_epochs: int = option("--ppo-epochs", 4, "passes over each batch of rollouts", ("ppo",), group=RL)
+    minibatches: int = option("--minibatches", 4, "minibatches per pass (must divide --batch-size x "
+                              "--samples-per-prompt)", ("ppo",), group=RL)
     # evaluation and checkpoints
-    eval_every: int = option("--eval-every", 50, "steps between held-out evaluations")
+    eval_every: int = option("--eval-every", 50, "steps between held-out evaluations", TRAINING_STAGES + RL_STAGES)
     early_stop_patience: int = option("--early-stop-patience", 0, "evaluations without a better held-out score "
                                       "before stopping (0 = off)")
     keep_best: bool = option("--keep-best", False, "keep best.pt, the weights at the best held-out score (also with "
@@ -131,16 +156,18 @@ class TrainConfig:
     eval_samples: int = option("--eval-samples", 0, "after training, score this many fresh samples of --init per "
                                "held-out prompt of the sentiment task with the reward model and the ground truth "
                                "(Pearson and Spearman correlation, reward_eval.json); 0 = off", ("reward-model",))
-    save_every: int = option("--save-every", 200, "steps between checkpoints (one is always written at the end)")
+    save_every: int = option("--save-every", 200, "steps between checkpoints (one is always written at the end)",
+                             TRAINING_STAGES + RL_STAGES)
     keep_checkpoints: bool = option("--keep-checkpoints", False, "also keep the weights of every checkpoint as "
-                                    "step_NNNNNN.pt (to evaluate a run along the way)")
+                                    "step_NNNNNN.pt (to evaluate a run along the way)", TRAINING_STAGES + RL_STAGES)
     resume: bool = option("--resume", False, "continue from OUT_DIR/ckpt.pt, exactly where it stopped")
     # hardware
     device: str = option("--device", "auto", "auto (cuda when available, else cpu), cpu, cuda or cuda:N", STAGES)
     dtype: str = option("--dtype", "auto", "autocast dtype: auto (bfloat16 on CUDA, float32 on CPU), float32, "
-                        "bfloat16, float16 (with a gradient scaler)", choices=DTYPES)
+                        "bfloat16, float16 (with a gradient scaler; not for ppo, rloo)", TRAINING_STAGES + RL_STAGES,
+                        choices=DTYPES)
     impl: str = option("--impl", "auto", "log-prob kernel: auto (Triton on CUDA, torch on CPU), triton, torch",
-                       POLICY_STAGES + ("eval",), choices=IMPLS)
+                       POLICY_STAGES + RL_STAGES + ("eval",), choices=IMPLS)
     fused_linear: bool = option("--fused-linear", False, "log-probs from the last hidden states and the LM-head "
                                 "weight without the (B, T, V) logits (logprob_kernels.linear_sequence_logprobs), "
                                 "for the policy and the DPO reference", ("pretrain", "sft", "dpo"))
@@ -158,6 +185,10 @@ STAGE_DEFAULTS = {
     "unlikelihood": dict(out_dir="out/unlikelihood", lr=1e-5, steps=500, batch_size=16, schedule="constant"),
     "reward-model": dict(out_dir="out/reward-model", lr=1e-4, steps=500, batch_size=16, keep_best=True,
                          eval_samples=2),
+    "ppo": dict(out_dir="out/ppo", lr=1e-4, steps=100, batch_size=64, samples_per_prompt=1, max_new_tokens=32,
+                eval_every=20, save_every=20),
+    "rloo": dict(out_dir="out/rloo", lr=1e-4, steps=100, batch_size=16, samples_per_prompt=4, max_new_tokens=32,
+                 eval_every=20, save_every=20),
     "pairs": dict(out_dir="out/pairs"),
     "eval": dict(out_dir="out/eval"),
 }
@@ -210,8 +241,14 @@ def check_values(cfg):
     need(not (cfg.compile and cfg.fused_linear), "compile",
          "compiles the model's forward (the logits), which --fused-linear never calls; drop one of the two")
     need(cfg.n_embd % cfg.n_head == 0, "n_head", f"must divide --n-embd {cfg.n_embd}")
-    need(cfg.samples_per_prompt >= 2, "samples_per_prompt", "must be >= 2 to form a pair")
+    need(cfg.samples_per_prompt >= 1, "samples_per_prompt", "must be >= 1")
     need(cfg.eval_samples >= 0, "eval_samples", "must be >= 0 (0 = off)")
+    need(cfg.kl_coef >= 0 and math.isfinite(cfg.kl_coef), "kl_coef", "must be >= 0")
+    need(cfg.target_kl >= 0 and math.isfinite(cfg.target_kl), "target_kl", "must be >= 0 (0 = a fixed --kl-coef)")
+    for name in ("clip", "value_clip", "value_lr", "kl_horizon", "ppo_epochs", "minibatches"):
+        need(getattr(cfg, name) > 0 and math.isfinite(getattr(cfg, name)), name, "must be > 0")
+    need(0 <= cfg.gamma <= 1, "gamma", "must be in [0, 1]")
+    need(0 <= cfg.lam <= 1, "lam", "must be in [0, 1]")
     need(cfg.max_length == 0 or cfg.max_length >= 2, "max_length", "must be >= 2 (or 0: the model's block size)")
     need(cfg.max_length == 0 or cfg.max_prompt_length < cfg.max_length, "max_prompt_length",
          f"must be below --max-length {cfg.max_length}")
@@ -238,11 +275,17 @@ def check_config(stage, cfg):
     def need(ok, name, requirement):
         _need(cfg, ok, name, requirement)
 
-    if stage in ("dpo", "unlikelihood", "reward-model", "pairs", "eval", "sample"):
+    if stage in ("dpo", "unlikelihood", "reward-model", "ppo", "rloo", "pairs", "eval", "sample"):
         need(cfg.init, "init", f"{stage} needs --init: " + {
             "dpo": "the SFT model, which is also the frozen reference", "unlikelihood": "the SFT model",
-            "reward-model": "the SFT model, whose trunk the reward model starts from"}.get(
-                stage, "the model to sample from"))
+            "reward-model": "the SFT model, whose trunk the reward model starts from",
+            "ppo": "the SFT model, which is also the frozen reference",
+            "rloo": "the SFT model, which is also the frozen reference"}.get(stage, "the model to sample from"))
+    if stage in ("pairs", "rloo"):
+        need(cfg.samples_per_prompt >= 2, "samples_per_prompt", "must be >= 2 " + (
+            "to form a pair" if stage == "pairs" else "(the others' mean is each sample's baseline)"))
+    if stage in RL_STAGES:
+        check_reinforcement_learning(cfg)
     if cfg.lora_rank and stage in LORA_STAGES:
         need(cfg.init, "lora_rank", "LoRA needs --init: the model whose weights stay frozen under the adapters")
     if cfg.lora_rank and stage == "dpo":
@@ -255,7 +298,7 @@ def check_config(stage, cfg):
     if stage == "eval":
         need(cfg.reference_init, "reference_init", "eval needs --reference-init: the reference model")
     fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
-    for name in ("init", "reference_init", "data", "heldout_data"):
+    for name in ("init", "reference_init", "data", "heldout_data", "reward_model"):
         value = getattr(cfg, name)
         if value and stage in fields[name].metadata["stages"]:
             text_file = name == "data" and stage == "pretrain"  # a local text file, never a hub name
@@ -269,6 +312,22 @@ def check_config(stage, cfg):
     if cfg.resume and stage in TRAINING_STAGES:
         ckpt = os.path.join(cfg.out_dir, "ckpt.pt")
         need(os.path.isfile(ckpt), "resume", f"no checkpoint to resume from: {ckpt} does not exist")
+
+
+def check_reinforcement_learning(cfg):
+    """What ppo and rloo need beyond check_values: one reward, and settings the loop supports."""
+    def need(ok, name, requirement):
+        _need(cfg, ok, name, requirement)
+
+    need(bool(cfg.reward_model) != cfg.ground_truth_reward, "reward_model", "give --reward-model (a reward model's "
+         "checkpoint) or --ground-truth-reward (the oracle), exactly one of the two")
+    need(cfg.batch_size * cfg.samples_per_prompt % cfg.minibatches == 0, "minibatches",
+         f"must divide --batch-size x --samples-per-prompt = {cfg.batch_size * cfg.samples_per_prompt}")
+    need(cfg.dtype != "float16", "dtype", "float16 needs a gradient scaler, which ppo and rloo do not use: use "
+         "bfloat16 or float32")
+    need(not cfg.resume, "resume", "ppo and rloo do not resume (the value model is not checkpointed): start again")
+    need(int(os.environ.get("WORLD_SIZE", "1")) == 1, "device", "ppo and rloo run in one process, not under "
+         "torchrun")
 
 
 def lora_targets(cfg):

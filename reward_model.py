@@ -62,6 +62,12 @@ class RewardModel(nn.Module):
         return self.head(last).squeeze(-1).float()  # (N,)
 
 
+def token_values(model: "RewardModel", input_ids: torch.Tensor) -> torch.Tensor:
+    """The head read at every position: (N, T) float32 for input_ids (N, T) int64. PPO's value model is a
+    RewardModel used this way (ppo.py): V(s_t) estimates the return from position t on."""
+    return model.head(model.trunk.hidden_states(input_ids)).squeeze(-1).float()  # (N, T)
+
+
 def last_token_index(mask: torch.Tensor) -> torch.Tensor:
     """Where each row's last token stands: one past the last True of a collate mask, which marks the positions
     whose label is a response token (the last response token is the label of the last masked position).

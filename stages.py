@@ -27,6 +27,7 @@ import dpo
 import lora
 import next_token
 import reward_model
+import rlhf
 import sentiment
 import unlikelihood
 from checkpoint import load_model
@@ -204,6 +205,31 @@ def run_stage(stage, cfg, log=print):
                 f"and their optimizer state); hf/ holds the merged model")
     data_parallel.barrier()  # hf/ is written before any process returns
     return model, metrics
+
+
+def run_rl(stage, cfg, log=print):
+    """PPO or RLOO of --init on the sentiment task's training prompts (rlhf.py); returns (policy, the last
+    held-out metrics). The reward is --reward-model's score, or the ground truth with --ground-truth-reward.
+    Everything is checked and loaded before any sampling. Writes what run_stage writes, hf/ included."""
+    check_config(stage, cfg)
+    tokenizer = data.get_tokenizer(cfg.tokenizer)
+    policy = load_model(cfg.init)
+    cfg = resolve_lengths(cfg, policy.config.block_size)
+    scorer = None
+    if cfg.reward_model:
+        scorer = reward_model.load_reward_model(cfg.reward_model)
+        if scorer.config.vocab_size != policy.config.vocab_size:
+            raise ConfigError(f"--reward-model {cfg.reward_model}: vocab_size {scorer.config.vocab_size} differs from "
+                              f"the policy's {policy.config.vocab_size}: train it on the same tokenizer")
+    train_prompts, heldout_prompts = sentiment.make_prompts(seed=0)
+    for model, path in ((policy, cfg.init), (scorer, cfg.reward_model)):
+        if model is not None:
+            check_sampling_fits(train_prompts + heldout_prompts, cfg, tokenizer, model.config.block_size, path)
+    log(f"{stage}: {len(train_prompts)} training prompts, {cfg.batch_size} x {cfg.samples_per_prompt} rollouts an "
+        f"iteration, reward: {cfg.reward_model or 'the ground truth (oracle)'}")
+    metrics = rlhf.train(stage, cfg, policy, scorer, tokenizer, train_prompts, heldout_prompts, log=log)
+    policy.save_pretrained(os.path.join(cfg.out_dir, "hf"))
+    return policy, metrics
 
 
 def check_sampling_fits(prompts, cfg, tokenizer, block_size, path):

@@ -26,7 +26,7 @@ import sys
 
 import data_parallel
 import stages
-from config import STAGE_DEFAULTS, STAGES, TRAINING_STAGES, TrainConfig, stage_config
+from config import RL_STAGES, STAGE_DEFAULTS, STAGES, TRAINING_STAGES, TrainConfig, stage_config
 from data import TokenizerUnavailableError
 from experiments import demo, frontier, study
 from training import NonFiniteLossError
@@ -46,6 +46,14 @@ COMMAND_HELP = {  # command: (one line for the command list, the description of 
     "reward-model": ("the reward model of RLHF: Bradley-Terry on the same pairs",
                      "Train a reward model (reward_model.py: the --init trunk and a scalar head; Eq. 2 of the DPO "
                      "paper) on the preference pairs of --data; keeps best.pt, the best held-out accuracy."),
+    "ppo": ("RLHF's PPO on the sentiment task, with a reward model or the ground truth (PPO-GT)",
+            "PPO (ppo.py, rlhf.py) of --init on the sentiment task's training prompts: rollouts scored by "
+            "--reward-model (or --ground-truth-reward, the paper's oracle), a KL penalty toward --init, GAE, "
+            "a value model started from the reward model, clipped updates."),
+    "rloo": ("REINFORCE leave-one-out on the sentiment task: k samples a prompt, no value model",
+             "RLOO (Ahmadian et al. 2024; ppo.py, rlhf.py) of --init on the sentiment task's training prompts: "
+             "--samples-per-prompt rollouts each, scored by --reward-model (or the ground truth), each one's "
+             "baseline the mean of the others."),
     "pairs": ("sample completions and write preference pairs labelled by the ground-truth reward",
               "Sample --samples-per-prompt completions from --init for the sentiment task's training prompts and "
               "write best-vs-worst preference pairs (ground-truth reward: VADER) to OUT_DIR/pairs.jsonl."),
@@ -125,6 +133,8 @@ def run(args):
     if args.command in TRAINING_STAGES:
         with data_parallel.process_group(cfg.device):  # under torchrun: join the other processes (else nothing)
             stages.run_stage(args.command, cfg)
+    elif args.command in RL_STAGES:
+        stages.run_rl(args.command, cfg)
     elif args.command == "pairs":
         stages.pairs(cfg)
     elif args.command == "eval":

@@ -104,24 +104,25 @@ def score_policy(policy, reference, tokenizer, prompts, reward_fn, *, max_new_to
         tokenizer: their tiktoken.Encoding. prompts: list of N str. reward_fn: list[str] -> list[float].
     Returns a dict: reward, kl, fluency, bigram_fluency (floats) with their `_ci95` 95% half-widths,
     n_samples, and per sample (prompt-major, N * samples_per_prompt): rewards, logratios (log pi - log pi_ref),
-    texts, prompt_index.
+    texts, prompt_index, prompt_ids and completion_ids (token-id lists, EOS included where one was sampled).
     """
     samples = sample_completions(policy, tokenizer, prompts, k=samples_per_prompt, max_new_tokens=max_new_tokens,
                                  temperature=1.0, seed=seed, batch_size=batch_size)
     texts = [t for group in samples.texts for t in group]
     rewards = [float(r) for r in reward_fn(texts)]
+    prompt_ids = [ids for ids in samples.prompt_ids for _ in range(samples_per_prompt)]
+    completion_ids = [ids for group in samples.token_ids for ids in group]
     if policy is reference:
         logratios = [0.0] * len(texts)
     else:
-        prompt_ids = [ids for ids in samples.prompt_ids for _ in range(samples_per_prompt)]
-        completion_ids = [ids for group in samples.token_ids for ids in group]
         eos = tokenizer.eot_token
         logratios = (completion_logps(policy, prompt_ids, completion_ids, eos, batch_size, impl) -
                      completion_logps(reference, prompt_ids, completion_ids, eos, batch_size, impl)).tolist()
     (reward, reward_ci), (kl, kl_ci) = mean_ci95(rewards), mean_ci95(logratios)
     return {"reward": reward, "reward_ci95": reward_ci, "kl": kl, "kl_ci95": kl_ci, **fluency_numbers(texts),
             "n_samples": len(texts), "rewards": rewards, "logratios": logratios, "texts": texts,
-            "prompt_index": [i for i in range(len(prompts)) for _ in range(samples_per_prompt)]}
+            "prompt_index": [i for i in range(len(prompts)) for _ in range(samples_per_prompt)],
+            "prompt_ids": prompt_ids, "completion_ids": completion_ids}
 
 
 def fluency_numbers(texts):

@@ -1,0 +1,130 @@
+"""Tests of the RL stage (rlhf.py): one-line errors before any sampling, the files a run writes, PPO and RLOO
+updates that follow the reward, and (slow) PPO-GT on the quick base raising the ground-truth reward."""
+
+import json
+import math
+import os
+
+import pytest
+import torch
+
+import reward_model
+import rlhf
+import sentiment
+import train
+from checkpoint import load_model, save_checkpoint
+from model import GPT, GPTConfig
+from test_train import tiny_model
+
+
+def tiny_checkpoints(tmp_path):
+    """A byte-level GPT that fits the task's prompts plus 8 tokens, and a reward model on its trunk."""
+    torch.manual_seed(0)
+    init = str(tmp_path / "init.pt")
+    save_checkpoint(init, GPT(GPTConfig(block_size=96, vocab_size=257, n_layer=1, n_head=2, n_embd=16)), None, 0,
+                    None)
+    scorer = reward_model.RewardModel(load_model(init))
+    torch.nn.init.normal_(scorer.head.weight)
+    rm = str(tmp_path / "rm.pt")
+    save_checkpoint(rm, scorer, None, 0, None)
+    return init, rm
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--ground-truth-reward", "--kl-coef", "-0.1"], "--kl-coef -0.1: must be >= 0"),
+    (["--ground-truth-reward", "--clip", "0"], "--clip 0.0: must be > 0"),
+    (["--ground-truth-reward", "--gamma", "1.5"], "--gamma 1.5: must be in [0, 1]"),
+    (["--ground-truth-reward", "--minibatches", "3"], "--minibatches 3: must divide --batch-size x "
+                                                       "--samples-per-prompt = 4"),
+    (["--reward-model", "{init}"], "not a reward model (it holds a language model)"),
+    (["--reward-model", "{tmp}/missing.pt"], "--reward-model '{tmp}/missing.pt': no such file or directory"),
+    (["--reward-model", "{rm}", "--ground-truth-reward"], "exactly one of the two"),
+    ([], "give --reward-model"),
+    (["--ground-truth-reward", "--dtype", "float16"], "--dtype 'float16': float16 needs a gradient scaler"),
+    (["--ground-truth-reward", "--max-new-tokens", "60"], "--max-new-tokens 60: the longest prompt"),
+])
+def test_errors_are_one_line_before_any_sampling(tmp_path, capsys, monkeypatch, flags, message):
+    init, rm = tiny_checkpoints(tmp_path)
+    names = dict(init=init, rm=rm, tmp=str(tmp_path))
+    monkeypatch.setattr(sentiment, "sample_completions", lambda *a, **k: pytest.fail("sampling started"))
+    argv = ["ppo", "--init", init, "--batch-size", "4", "--max-new-tokens", "8", "--out-dir", str(tmp_path / "run"),
+            *[flag.format(**names) for flag in flags]]
+    assert train.main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: "), err
+    assert message.format(**names) in err, err
+    assert not os.path.exists(tmp_path / "run")
+    assert train.main(["rloo", "--init", init, "--ground-truth-reward", "--samples-per-prompt", "1",
+                       "--out-dir", str(tmp_path / "run")]) == 1
+    assert "--samples-per-prompt 1: must be >= 2" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("stage", ["ppo", "rloo"])
+def test_a_run_writes_its_files(tmp_path, stage):
+    init, rm = tiny_checkpoints(tmp_path)
+    out = tmp_path / stage
+    ppo_only = ["--minibatches", "2"] if stage == "ppo" else []
+    assert train.main([stage, "--init", init, "--reward-model", rm, "--steps", "2", "--batch-size", "4",
+                       "--samples-per-prompt", "2", *ppo_only, "--max-new-tokens", "8", "--eval-every", "2",
+                       "--save-every", "1", "--keep-checkpoints", "--out-dir", str(out)]) == 0
+    with open(out / "metrics.jsonl") as f:
+        rows = [json.loads(line) for line in f]
+    assert [row["split"] for row in rows] == ["train", "train", "eval"]
+    assert rows[0]["kl"] == pytest.approx(0.0, abs=1e-5)  # the first rollouts come from pi_ref itself
+    for key in ("score", "ground_truth", "kl", "objective", "policy_loss", "grad_norm"):
+        assert math.isfinite(rows[1][key]), key
+    assert {"reward", "kl", "score"} <= rows[-1].keys()
+    for name in ("config.json", "ckpt.pt", "step_000001.pt", "step_000002.pt", "hf/model.safetensors"):
+        assert os.path.isfile(out / name), name
+    assert load_model(str(out / "step_000002.pt")).config.vocab_size == 257
+
+
+def test_ppo_and_rloo_updates_raise_the_log_prob_of_well_scored_rollouts(tmp_path):
+    """One update on hand-made rollouts: the rollout scored 1 gains probability, the one scored -1 loses it."""
+    import dataclasses
+
+    import config
+    from training_run import start_run
+
+    policy = tiny_model()
+    batch = {"input_ids": torch.tensor([[5, 6, 7, 8], [5, 6, 9, 10]]),
+             "labels": torch.tensor([[6, 7, 8, -100], [6, 9, 10, -100]]),
+             "mask": torch.tensor([[False, True, True, False], [False, True, True, False]])}
+    for stage in ("ppo", "rloo"):
+        cfg = dataclasses.replace(config.stage_config(stage), out_dir=str(tmp_path / stage), max_length=4,
+                                  samples_per_prompt=2, batch_size=1, minibatches=1, ppo_epochs=1, lr=1e-2,
+                                  device="cpu")
+        model = tiny_model()
+        run = start_run(stage, cfg, model, log=lambda *_: None)
+        with torch.no_grad():
+            old = rlhf.token_logprobs(model, batch)
+        rollouts = rlhf.Rollouts(batch, torch.tensor([1.0, -1.0]), torch.tensor([1.0, -1.0]), old, old.clone())
+        if stage == "ppo":
+            value_model = reward_model.RewardModel(tiny_model())
+            rlhf.ppo_update(run, value_model, torch.optim.AdamW(value_model.parameters()), rollouts, kl_coef=0.0)
+        else:
+            rlhf.rloo_update(run, rollouts, kl_coef=0.0)
+        with torch.no_grad():
+            new = rlhf.token_logprobs(model, batch).sum(dim=1)
+        change = new - old.sum(dim=1)
+        assert change[0] > 0 > change[1], (stage, change)
+    del policy
+
+
+@pytest.mark.slow
+def test_ppo_on_the_ground_truth_raises_the_reward(tmp_path):
+    """The quick base, 12 iterations of PPO-GT: the held-out ground-truth reward rises well above the base's,
+    at a finite KL."""
+    from experiments import base
+
+    prepared = base.prepare(str(tmp_path / "base"), base.QUICK, log=lambda *_: None)
+    assert train.main(["ppo", "--init", prepared.reference_path, "--tokenizer", prepared.settings["tokenizer"],
+                       "--ground-truth-reward", "--steps", "12", "--eval-every", "12",
+                       "--out-dir", str(tmp_path / "ppo")]) == 0
+    with open(tmp_path / "ppo" / "metrics.jsonl") as f:
+        final = [json.loads(line) for line in f][-1]
+    reference = sentiment.score_policy(prepared.reference, prepared.reference, prepared.tokenizer,
+                                       prepared.heldout_prompts, sentiment.sentiment_reward, max_new_tokens=32,
+                                       seed=1338)
+    assert final["split"] == "eval" and math.isfinite(final["kl"]) and 0 < final["kl"] < 20
+    assert final["reward"] > reference["reward"] + 0.3, (final["reward"], reference["reward"])
