@@ -171,6 +171,7 @@ def train(stage, cfg, policy, scorer, tokenizer, train_prompts, heldout_prompts,
         kl = rollouts.sequence_logratios().mean().item()
         record(run, {"split": "train", "step": run.step, "kl_coef": kl_coef, "score": rollouts.scores.mean().item(),
                      "ground_truth": rollouts.ground_truth.mean().item(), "kl": kl,
+                     "tokens": int(rollouts.batch["mask"].sum()),
                      "objective": rollouts.scores.mean().item() - kl_coef * kl, **losses})
         if controller is not None:
             kl_coef = controller.update(kl, len(rollouts.scores))

@@ -1,136 +1,67 @@
-"""The reward-KL frontier (the paper's Figure 2, left) on the embedded sentiment task.
+"""The reward-KL frontier (the paper's Figure 2) on the embedded sentiment task: DPO beside the baselines, beside
+RLHF (what DPO replaces) and beside the oracles, with the paper's three claims measured.
 
     python train.py frontier [--quick] [--out-dir out/frontier]
 
 Every policy is judged by the expected ground-truth reward of its samples against KL(pi || pi_ref), both
-measured on the same held-out prompts (`sentiment.score_policy`: 256 samples, a 95% confidence interval on
+measured on the same held-out prompts (`experiments/points.py`: 256 samples, a 95% confidence interval on
 each number), as in the paper. The points:
 
 * DPO (Eq. 7) at several beta, each evaluated at intermediate checkpoints: the paper traces its curve that
   way, one run per beta, several points per run.
 * Preferred-FT: SFT on the chosen responses of the same pairs (the paper's baseline).
 * Unlikelihood: maximise log p of the chosen response and log(1 - p) of each rejected token (the paper's
-  baseline; `dpo.unlikelihood_loss`), on the same pairs.
-* Best-of-N from the reference, N = 1 ... 32: sample N completions, keep the one with the highest reward.
-  Its KL is exactly sum_l q_l log(q_l / p_l) over the reward levels l of the reference's completions
-  (p_l their probability, q_l = F(l)^N - F(l-)^N with F the reward's CDF), estimated here per prompt from
-  the empirical distribution of the reference's samples. With no ties this is the analytic value
-  log N - (N - 1) / N, which is also an upper bound; the plot shows both.
+  baseline; `unlikelihood.py`), on the same pairs.
+* RLHF (`experiments/rl_runs.py`): a reward model fitted to the same pairs (Eq. 2), then PPO on its scores at
+  several KL coefficients, and RLOO (no value model); PPO-GT, PPO on the ground-truth reward itself: the
+  paper's oracle, which no method trained on the pairs can see.
+* Best-of-N from the reference, N = 1 ... 32, kept by the reward model (BoN-RM) or by the ground truth
+  (Best-of-N (oracle)). Its KL is exactly sum_l q_l log(q_l / p_l) over the selector's levels l among the
+  reference's completions (p_l their probability, q_l = F(l)^N - F(l-)^N with F the CDF), estimated per prompt
+  from the reference's samples; with no ties it is log N - (N - 1) / N, which the plot shows too.
 * The reference itself (KL 0).
 
-A second panel plots fluency (the share of generated words that are words of the corpus) against KL: where
-it falls, the reward is being hacked. PPO, the paper's other baseline, is left out: it needs a learned
-reward model, a value head, rollouts and its own hyper-parameter search, which would more than double the
-code of this project for one curve; Best-of-N is the usual stand-in for what a reward-maximising sampler
-reaches at a given KL.
+Training seeds: the sampling interval of a point says nothing about another training run. Each method's best
+setting (by reward on the training prompts) and every DPO beta are trained again with more seeds
+(`train_seeds`), so that a conclusion can be checked against every seed. The claims (experiments/
+paper_claims.py): the implicit reward as a reward model, robustness to temperature, and what RLHF costs.
 
 The base model and the pairs come from `experiments/base.py` (cached under OUT_DIR/base/); every training
 run keeps its checkpoints and every point its samples (OUT_DIR/samples/NAME.jsonl: prompt, completion,
 reward, log-ratio), and a point already evaluated with the same settings is not evaluated again, so a rerun
-is cheap. Outputs: frontier.json (settings and points) and frontier.png.
+is cheap. Outputs: frontier.json (settings, points, claims), frontier.png and temperature.png.
 """
 
-import dataclasses
-import glob
 import json
 import math
 import os
 import time
 
+import reward_model
 import sentiment
-import stages
-from checkpoint import load_model
-from config import stage_config
-from experiments import base, plots
+from experiments import base, paper_claims, plots, rl_runs
+from experiments.points import evaluate_point, run_points, train_cached, training_config
 
 # Six epochs per run over the ~500 pairs, evaluated every half epoch: long enough for beta to act (with Adam,
-# whose steps do not scale with the gradient, beta matters only once beta * h saturates the sigmoid).
+# whose steps do not scale with the gradient, beta matters only once beta * h saturates the sigmoid). The RL
+# runs: 40 iterations of 64 rollouts (RLOO: 16 prompts x 4), 4 checkpoints each.
 FULL = dict(betas=(0.03, 0.1, 0.3, 1.0, 3.0), dpo=dict(lr=2e-4, steps=96, batch_size=32),
             preferred_ft=dict(lr=2e-4, steps=96, batch_size=32),
             unlikelihood=dict(lr=2e-4, steps=96, batch_size=32, alpha=1.0),
-            checkpoints=12, best_of=(1, 2, 4, 8, 16, 32), samples_per_prompt=2, seed=11)
+            checkpoints=12, best_of=(1, 2, 4, 8, 16, 32), samples_per_prompt=2, seed=11,
+            reward_model=dict(lr=1e-4, steps=64, batch_size=32),
+            ppo=dict(kl_coefs=(0.01, 0.03, 0.1, 0.3), lr=1e-4, steps=40, batch_size=64),
+            ppo_gt=dict(kl_coefs=(0.03, 0.1, 0.3), lr=1e-4, steps=40, batch_size=64),
+            rloo=dict(kl_coefs=(0.03, 0.1, 0.3), lr=1e-4, steps=40, batch_size=16, k=4),
+            rl_checkpoints=4, train_seeds=(1338, 1339), seed_steps=(8, 48, 96), fresh_samples=4,
+            temperatures=(0.25, 0.5, 0.75, 1.0))
 QUICK = dict(FULL, betas=(0.03, 3.0), dpo=dict(FULL["dpo"], steps=24), preferred_ft=dict(FULL["preferred_ft"], steps=8),
-             unlikelihood=dict(FULL["unlikelihood"], steps=8), checkpoints=2, best_of=(1, 4, 16))
-
-
-def training_config(stage, out_dir, prepared, run_settings, checkpoints, **changes):
-    """The TrainConfig of one frontier run of command `stage` on the base model and pairs that base.prepare
-    returned (`prepared`): the command's defaults, changed by `run_settings` (lr, steps, batch_size), a constant
-    learning rate, `checkpoints` evenly spaced checkpoints kept, then `changes` (TrainConfig fields by name, e.g.
-    beta, or init and data for a run from another model)."""
-    steps = run_settings["steps"]
-    block = prepared.settings["block_size"]  # lengths given, not left to default, so the saved config is this one
-    return stage_config(stage, **{
-        "out_dir": out_dir, "init": prepared.reference_path, "data": prepared.pairs_train,
-        "heldout_data": prepared.pairs_heldout, "tokenizer": prepared.settings["tokenizer"], "max_length": block,
-        "max_prompt_length": block // 2, "steps": steps, "batch_size": run_settings["batch_size"],
-        "lr": run_settings["lr"], "schedule": "constant", "warmup_steps": min(5, steps),
-        "eval_every": max(1, steps // checkpoints), "save_every": max(1, steps // checkpoints),
-        "keep_checkpoints": True, "seed": prepared.settings["seed"], **changes})
-
-
-def train_cached(stage, cfg, log):
-    """stages.run_stage, unless OUT_DIR already holds a finished run with exactly this configuration.
-
-    Returns True when it trained, False when it reused a finished run."""
-    try:
-        with open(os.path.join(cfg.out_dir, "config.json")) as f:
-            saved = json.load(f)
-        done = saved == {"stage": stage, **json.loads(json.dumps(dataclasses.asdict(cfg)))} and \
-            os.path.isfile(os.path.join(cfg.out_dir, f"step_{cfg.steps:06d}.pt"))
-    except (OSError, ValueError):
-        done = False
-    if done:
-        log(f"{stage}: reusing the finished run in {cfg.out_dir}")
-    else:
-        stages.run_stage(stage, cfg, log=log)
-    return not done
-
-
-def write_samples(path, prompts, scored):
-    """One JSON line per sample: prompt, completion, reward and log pi/pi_ref (enough to re-measure a point)."""
-    with open(path, "w") as f:
-        for i, text, reward, logratio in zip(scored["prompt_index"], scored["texts"], scored["rewards"],
-                                             scored["logratios"]):
-            f.write(json.dumps({"prompt": prompts[i], "completion": text, "reward": reward,
-                                "logratio": logratio}) + "\n")
-
-
-def evaluate_point(name, method, setting, policy_path, prepared, frontier_settings, out_dir, log, step=None):
-    """Score one policy (a checkpoint path, or None for the reference) on the held-out prompts of `prepared`
-    (what base.prepare returned) with the sampling of `frontier_settings`; cached."""
-    cache = os.path.join(out_dir, "points", f"{name}.json")
-    key = {"policy": policy_path, "samples_per_prompt": frontier_settings["samples_per_prompt"],
-           "seed": frontier_settings["seed"],
-           "max_new_tokens": prepared.settings["max_new_tokens"], "n_prompts": len(prepared.heldout_prompts)}
-    if os.path.isfile(cache):
-        with open(cache) as f:
-            point = json.load(f)
-        if point.pop("key") == key and (policy_path is None or os.path.getmtime(policy_path) <= point["time"]):
-            return point
-    policy = prepared.reference if policy_path is None else load_model(policy_path).eval()
-    scored = sentiment.score_policy(policy, prepared.reference, prepared.tokenizer, prepared.heldout_prompts,
-                                    sentiment.sentiment_reward, max_new_tokens=prepared.settings["max_new_tokens"],
-                                    samples_per_prompt=frontier_settings["samples_per_prompt"],
-                                    seed=frontier_settings["seed"])
-    point = {"name": name, "method": method, "setting": setting, "step": step,
-             **{k: v for k, v in scored.items() if isinstance(v, (int, float))}, "time": time.time()}
-    write_samples(os.path.join(out_dir, "samples", f"{name}.jsonl"), prepared.heldout_prompts, scored)
-    with open(cache, "w") as f:
-        json.dump({**point, "key": key}, f)
-    log(f"{name:>24}: reward {point['reward']:+.3f} +- {point['reward_ci95']:.3f}   KL {point['kl']:6.2f} +- "
-        f"{point['kl_ci95']:.2f}   fluency {point['fluency']:.3f} / {point['bigram_fluency']:.3f}")
-    return point
-
-
-def run_points(method, setting, run_dir, prepared, frontier_settings, out_dir, log):
-    """Evaluate every kept checkpoint (step_NNNNNN.pt) of a run, in step order."""
-    points = []
-    for path in sorted(glob.glob(os.path.join(run_dir, "step_*.pt"))):
-        step = int(os.path.basename(path)[5:11])
-        points.append(evaluate_point(f"{os.path.basename(run_dir)}-step{step}", method, setting, path, prepared,
-                                     frontier_settings, out_dir, log, step=step))
-    return points
+             unlikelihood=dict(FULL["unlikelihood"], steps=8), checkpoints=2, best_of=(1, 4, 16),
+             reward_model=dict(lr=1e-3, steps=16, batch_size=32),
+             ppo=dict(FULL["ppo"], kl_coefs=(0.03, 0.3), steps=4),
+             ppo_gt=dict(FULL["ppo_gt"], kl_coefs=(0.1,), steps=4), rloo=dict(FULL["rloo"], kl_coefs=(0.1,), steps=4),
+             rl_checkpoints=2, train_seeds=(1338,),
+             seed_steps=(24,), fresh_samples=2, temperatures=(0.5, 1.0))
 
 
 def best_of_n_kl(rewards, n):
@@ -157,64 +88,166 @@ def best_of_n_choices(rewards, n, n_max):
     return [max(range(d * n_max, d * n_max + n), key=lambda j: rewards[j]) for d in range(len(rewards) // n_max)]
 
 
-def best_of_n_points(prepared, frontier_settings, out_dir, log):
-    """Best-of-N from the reference for each N in fs["best_of"]: one pool of samples serves every N."""
+def best_of_n_pool(prepared, frontier_settings):
+    """One pool of reference samples serves every N: n_max x samples_per_prompt completions per held-out prompt
+    (prompt-major), and their ground-truth rewards."""
     n_max, draws = max(frontier_settings["best_of"]), frontier_settings["samples_per_prompt"]
     pool = sentiment.sample_completions(prepared.reference, prepared.tokenizer, prepared.heldout_prompts,
                                         k=n_max * draws, max_new_tokens=prepared.settings["max_new_tokens"],
                                         seed=frontier_settings["seed"] + 1)
-    pool_rewards = sentiment.sentiment_reward([t for group in pool.texts for t in group])
-    k = n_max * draws
+    return pool, sentiment.sentiment_reward([t for group in pool.texts for t in group])
+
+
+def best_of_n_points(prepared, frontier_settings, out_dir, log, pool, pool_rewards, selector=None,
+                     method="Best-of-N", prefix="best-of"):
+    """Best-of-N from the reference's `pool` for each N in frontier_settings["best_of"]: each draw of N samples
+    keeps the one `selector` scores highest (default: the ground-truth reward itself, the oracle; or a reward
+    model's scores of the pool). Reports the ground-truth reward of the kept samples, and the exact KL of the
+    selection from the selector's levels. Writes samples/PREFIX-N.jsonl (prompt, completion, reward, selector)."""
+    n_max = max(frontier_settings["best_of"])
+    k = n_max * frontier_settings["samples_per_prompt"]
+    selector = pool_rewards if selector is None else selector
     points = []
     for n in frontier_settings["best_of"]:
-        rewards, texts, kls = [], [], []
-        for i in range(len(prepared.heldout_prompts)):
-            prompt_rewards = pool_rewards[i * k:(i + 1) * k]
-            kls.append(best_of_n_kl(prompt_rewards, n))
-            for best in best_of_n_choices(prompt_rewards, n, n_max):
-                rewards.append(prompt_rewards[best])
+        rewards, texts, kls, rows = [], [], [], []
+        for i, prompt in enumerate(prepared.heldout_prompts):
+            prompt_scores = selector[i * k:(i + 1) * k]
+            kls.append(best_of_n_kl(prompt_scores, n))
+            for best in best_of_n_choices(prompt_scores, n, n_max):
+                rewards.append(pool_rewards[i * k + best])
                 texts.append(pool.texts[i][best])
+                rows.append({"prompt": prompt, "completion": texts[-1], "reward": rewards[-1],
+                             "selector": prompt_scores[best]})
         (reward, reward_ci), (kl, kl_ci) = sentiment.mean_ci95(rewards), sentiment.mean_ci95(kls)
-        points.append({"name": f"best-of-{n}", "method": "Best-of-N", "setting": {"N": n}, "step": None,
+        name = f"{prefix}-{n}"
+        points.append({"name": name, "method": method, "setting": {"N": n}, "step": None,
                        "reward": reward, "reward_ci95": reward_ci, "kl": kl, "kl_ci95": kl_ci,
                        "kl_analytic": math.log(n) - (n - 1) / n, **sentiment.fluency_numbers(texts),
                        "n_samples": len(rewards)})
-        log(f"{'best-of-' + str(n):>24}: reward {reward:+.3f} +- {reward_ci:.3f}   KL {kl:6.2f} (analytic "
+        with open(os.path.join(out_dir, "samples", f"{name}.jsonl"), "w") as f:
+            f.writelines(json.dumps(row) + "\n" for row in rows)
+        log(f"{name:>24}: reward {reward:+.3f} +- {reward_ci:.3f}   KL {kl:6.2f} (analytic "
             f"{points[-1]['kl_analytic']:.2f})   fluency {points[-1]['fluency']:.3f} / "
             f"{points[-1]['bigram_fluency']:.3f}")
     return points
 
 
 def run(out_dir="out/frontier", quick=False, log=print):
-    """Train and evaluate every point of the frontier; returns the frontier dict (also OUT_DIR/frontier.json)."""
+    """Train and evaluate every point of the frontier and the claims; returns the frontier dict (also
+    OUT_DIR/frontier.json), and writes frontier.png and temperature.png."""
     start = time.time()
     settings, frontier_settings = (base.QUICK, QUICK) if quick else (base.FULL, FULL)
     for sub in ("points", "samples", "runs"):
         os.makedirs(os.path.join(out_dir, sub), exist_ok=True)
     prepared = base.prepare(os.path.join(out_dir, "base"), settings, log=log)
     runs, checkpoints = os.path.join(out_dir, "runs"), frontier_settings["checkpoints"]
+    base_seed, seed_steps = prepared.settings["seed"], frontier_settings["seed_steps"]
 
-    def trained_points(stage, method, name, setting, run_settings, **changes):
-        cfg = training_config(stage, os.path.join(runs, name), prepared, run_settings, checkpoints, **changes)
+    def trained_points(stage, method, name, setting, run_settings, seed=base_seed, steps=None, **changes):
+        name += "" if seed == base_seed else f"-seed{seed}"
+        cfg = training_config(stage, os.path.join(runs, name), prepared, run_settings, checkpoints, seed=seed,
+                              **changes)
         train_cached(stage, cfg, log)
-        return run_points(method, setting, cfg.out_dir, prepared, frontier_settings, out_dir, log)
+        return cfg, run_points(method, setting, cfg.out_dir, prepared, frontier_settings, out_dir, log,
+                               train_seed=seed, steps=steps)
 
     points = [evaluate_point("reference", "reference", {}, None, prepared, frontier_settings, out_dir, log)]
+    dpo_runs = []
     for beta in frontier_settings["betas"]:
-        points += trained_points("dpo", "DPO", f"dpo-beta{beta}", {"beta": beta}, frontier_settings["dpo"], beta=beta)
-    points += trained_points("sft", "Preferred-FT", "preferred-ft", {}, frontier_settings["preferred_ft"])
+        cfg, run = trained_points("dpo", "DPO", f"dpo-beta{beta}", {"beta": beta}, frontier_settings["dpo"],
+                                  beta=beta)
+        dpo_runs.append((beta, cfg))
+        points += run
+    points += trained_points("sft", "Preferred-FT", "preferred-ft", {}, frontier_settings["preferred_ft"])[1]
     unlikelihood = frontier_settings["unlikelihood"]
     points += trained_points("unlikelihood", "Unlikelihood", "unlikelihood", {"alpha": unlikelihood["alpha"]},
-                             unlikelihood, unlikelihood_alpha=unlikelihood["alpha"])
-    points += best_of_n_points(prepared, frontier_settings, out_dir, log)
-    result = {"settings": {"base": settings, "frontier": frontier_settings}, "points": points, "quick": quick,
-              "wall_seconds": time.time() - start}
+                             unlikelihood, unlikelihood_alpha=unlikelihood["alpha"])[1]
+    pool, pool_rewards = best_of_n_pool(prepared, frontier_settings)
+    points += best_of_n_points(prepared, frontier_settings, out_dir, log, pool, pool_rewards,
+                               method="Best-of-N (oracle)")
+
+    log("== RLHF on the same pairs: a reward model, then PPO, PPO-GT (the oracle) and RLOO ==")
+    rm_path, rm_rows = rl_runs.train_reward_model(prepared, frontier_settings["reward_model"], runs, log)
+    points += best_of_n_points(prepared, frontier_settings, out_dir, log, pool, pool_rewards,
+                               selector=pool_scores(rm_path, pool, prepared, out_dir), method="BoN-RM",
+                               prefix="bon-rm")
+    sweeps = rl_runs.rl_sweeps(prepared, frontier_settings, rm_path, runs, out_dir, log)
+    points += [point for runs_of_method in sweeps.values() for _, run in runs_of_method for point in run]
+
+    log("== each method's best setting, chosen on the training prompts, and more training seeds ==")
+    candidates = {"DPO": [({"beta": beta}, cfg) for beta, cfg in dpo_runs],
+                  **{method: [({"kl_coef": cfg.kl_coef}, cfg) for cfg, _ in runs_of_method]
+                     for method, runs_of_method in sweeps.items()}}
+    best = paper_claims.best_settings(candidates, prepared, frontier_settings, out_dir, log)
+    for seed in frontier_settings["train_seeds"]:
+        for beta in frontier_settings["betas"]:
+            points += trained_points("dpo", "DPO", f"dpo-beta{beta}", {"beta": beta}, frontier_settings["dpo"],
+                                     seed=seed, steps=seed_steps, beta=beta)[1]
+        for method in rl_runs.RL_METHODS:
+            points += rl_runs.train_rl(method, best[method]["setting"]["kl_coef"], seed, prepared, frontier_settings,
+                                       rm_path, runs, out_dir, log)[1]
+
+    log("== the paper's claims: the implicit reward as a reward model, temperature, cost ==")
+    claims = {"best_settings": {method: {"setting": chosen["setting"], "train_rows": chosen["train_rows"]}
+                                for method, chosen in best.items()},
+              "secretly_a_reward_model": paper_claims.secretly_a_reward_model(
+                  prepared, frontier_settings, pool, pool_rewards, rm_path, rm_rows, dpo_runs, log),
+              "temperature": paper_claims.temperature_panel(best, prepared, frontier_settings, out_dir, log),
+              "cost": paper_claims.cost_table(best, rl_runs.reward_model_config(
+                  prepared, frontier_settings["reward_model"], os.path.join(runs, "reward-model")), out_dir, log)}
+    claims["seeds"] = seed_spread(points, best, frontier_settings, base_seed)
+    result = {"settings": {"base": settings, "frontier": frontier_settings}, "points": points, "claims": claims,
+              "quick": quick, "wall_seconds": time.time() - start}
     with open(os.path.join(out_dir, "frontier.json"), "w") as f:
         json.dump(result, f, indent=2)
     plots.plot_frontier(points, os.path.join(out_dir, "frontier.png"))
-    log(format_table(points) + f"\nwall time {result['wall_seconds']:.0f} s; wrote {out_dir}/frontier.json, "
-        f"frontier.png")
+    plots.plot_temperature(claims["temperature"], os.path.join(out_dir, "temperature.png"))
+    log(format_table(points) + "\n" + format_claims(claims) +
+        f"\nwall time {result['wall_seconds']:.0f} s; wrote {out_dir}/frontier.json, frontier.png, temperature.png")
     return result
+
+
+def pool_scores(rm_path, pool, prepared, out_dir):
+    """The reward model's scores of the Best-of-N pool, prompt-major (cached with the checkpoint's time)."""
+    cache = os.path.join(out_dir, "points", "pool-reward-model-scores.json")
+    key = {"reward_model": rm_path, "time": os.path.getmtime(rm_path), "n": sum(map(len, pool.token_ids))}
+    if os.path.isfile(cache):
+        with open(cache) as f:
+            saved = json.load(f)
+        if saved["key"] == key:
+            return saved["scores"]
+    scorer = reward_model.load_reward_model(rm_path)
+    k = len(pool.token_ids[0])
+    scores = reward_model.score_texts(scorer, [ids for ids in pool.prompt_ids for _ in range(k)],
+                                      [ids for group in pool.token_ids for ids in group],
+                                      prepared.tokenizer.eot_token)
+    with open(cache, "w") as f:
+        json.dump({"key": key, "scores": scores}, f)
+    return scores
+
+
+def seed_spread(points, best, frontier_settings, base_seed):
+    """Per headline setting (each method's best, and every DPO beta at the seed steps): the final point of every
+    training seed, and the spread of reward and KL across seeds beside the sampling intervals."""
+    seeds = (base_seed, *frontier_settings["train_seeds"])
+    headlines = [("DPO", {"beta": beta}) for beta in frontier_settings["betas"]]
+    headlines += [(method, best[method]["setting"]) for method in rl_runs.RL_METHODS]
+    rows = []
+    for method, setting in headlines:
+        runs = [p for p in points if p["method"] == method and p["setting"] == setting and p.get("prompts") is None
+                and p.get("temperature") is None]
+        for step in sorted({p["step"] for p in runs if p.get("train_seed") != base_seed} or
+                           {max(p["step"] for p in runs)}):
+            at_step = {p.get("train_seed"): p for p in runs if p["step"] == step}
+            if set(at_step) != set(seeds):
+                continue
+            per_seed = [at_step[seed] for seed in seeds]
+            rows.append({"method": method, "setting": setting, "step": step, "seeds": list(seeds),
+                         **{f"{key}_per_seed": [p[key] for p in per_seed] for key in ("reward", "kl")},
+                         **{f"{key}_ci95_per_seed": [p[key + "_ci95"] for p in per_seed] for key in ("reward", "kl")},
+                         **{f"{key}_range": [min(p[key] for p in per_seed), max(p[key] for p in per_seed)]
+                            for key in ("reward", "kl")}})
+    return rows
 
 
 def format_table(points):
@@ -226,4 +259,24 @@ def format_table(points):
         lines.append(f"{p['method']:<13} {setting:<12} {p['step'] or '':>4}  {p['reward']:+.3f} +- "
                      f"{p['reward_ci95']:.3f}  {p['kl']:6.2f} +- {p['kl_ci95']:5.2f}  {p['fluency']:.3f} +- "
                      f"{p['fluency_ci95']:.3f}  {p['bigram_fluency']:.3f} +- {p['bigram_fluency_ci95']:.3f}")
+    return "\n".join(lines)
+
+
+def format_claims(claims):
+    """The claims as text: the implicit reward as a reward model, temperature, cost, and the spread over seeds."""
+    lines = ["== secretly a reward model: held-out pairwise accuracy, correlation with the ground truth =="]
+    lines += [f"{row['model']:<34} accuracy {row['heldout_accuracy']:.3f}   Pearson {row['pearson']:.3f}   "
+              f"Spearman {row['spearman']:.3f}" for row in claims["secretly_a_reward_model"]]
+    lines.append("== temperature: each method's best setting ==")
+    lines += [f"{row['method']:<8} T={row['temperature']:<5} reward {row['reward']:+.3f} +- {row['reward_ci95']:.3f}"
+              f"   KL {row['kl']:6.2f} +- {row['kl_ci95']:.2f}" for row in claims["temperature"]]
+    lines.append("== cost ==")
+    lines += [f"{row['method']:<4} {row['wall_seconds']:6.0f} s   peak {row['peak_rss_mib']:5.0f} MiB   "
+              f"{len(row['models_held'])} models   {row['tokens_sampled']:>9,} tokens sampled   "
+              f"{len(row['hyper_parameters'])} hyper-parameters   {row['lines_of_code']} lines"
+              for row in claims["cost"]]
+    lines.append("== training seeds: reward and KL of each seed ==")
+    lines += [f"{row['method']:<6} {json.dumps(row['setting']):<18} step {row['step']:>3}   reward "
+              + " ".join(f"{value:+.3f}" for value in row["reward_per_seed"]) + "   KL "
+              + " ".join(f"{value:.2f}" for value in row["kl_per_seed"]) for row in claims["seeds"]]
     return "\n".join(lines)

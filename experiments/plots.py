@@ -50,31 +50,44 @@ def plot_rewards(rewards_reference, rewards_policy, path):
     plt.close(fig)
 
 
-METHOD_STYLES = {"DPO": "o-", "Preferred-FT": "s--", "Unlikelihood": "^--", "Best-of-N": "D-", "reference": "k*"}
+METHOD_STYLES = {"DPO": "o-", "Preferred-FT": "s--", "Unlikelihood": "^--", "Best-of-N (oracle)": "D-",
+                 "BoN-RM": "d-", "PPO": "P-", "PPO-GT": "X-", "RLOO": "v-", "reference": "k*"}
 
 
 def plot_frontier(points, path):
     """The reward-KL frontier (paper Figure 2, left), and word and bigram fluency against KL, with 95% CIs.
 
     points: frontier.json's points (method, setting, reward, reward_ci95, kl, kl_ci95, fluency, fluency_ci95;
-    Best-of-N points also kl_analytic). One line per DPO beta through its checkpoints; KL on a symlog axis."""
+    Best-of-N points also kl_analytic; runs with another training seed, train_seed). One line per run through
+    its checkpoints (runs of other seeds hollow, without error bars); KL on a symlog axis."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     keys = ("reward", "fluency", "bigram_fluency")
-    fig, axes = plt.subplots(1, len(keys), figsize=(15, 5.2))
+    fig, axes = plt.subplots(1, len(keys), figsize=(16, 5.8))
+    base_seed = next((p["train_seed"] for p in points if p["method"] == "DPO" and "train_seed" in p), None)
     curves = {}
     for p in points:
-        label = p["method"] + ("".join(f" {k}={v}" for k, v in p["setting"].items()) if p["method"] == "DPO" else "")
-        curves.setdefault(label, []).append(p)
-    for label, curve in curves.items():
+        label = p["method"] + ("".join(f" {k}={v}" for k, v in p["setting"].items())
+                               if p["method"] in ("DPO", "PPO", "PPO-GT", "RLOO") else "")
+        seed = p.get("train_seed", base_seed)
+        curves.setdefault((label, seed != base_seed), []).append(p)
+    colors = {}
+    for (label, other_seed), curve in curves.items():
         style = METHOD_STYLES[curve[0]["method"]]
+        color = colors.get(label)
         for ax, key in zip(axes, keys):
-            ax.errorbar([p["kl"] for p in curve], [p[key] for p in curve], xerr=[p["kl_ci95"] for p in curve],
-                        yerr=[p[key + "_ci95"] for p in curve], fmt=style, markersize=4, capsize=2, label=label)
-        if curve[0]["method"] == "Best-of-N":
+            if other_seed:  # another training seed of a headline setting: hollow, same colour
+                ax.plot([p["kl"] for p in curve], [p[key] for p in curve], style[0], color=color, alpha=0.6,
+                        markerfacecolor="none", markersize=5)
+                continue
+            line = ax.errorbar([p["kl"] for p in curve], [p[key] for p in curve], xerr=[p["kl_ci95"] for p in curve],
+                               yerr=[p[key + "_ci95"] for p in curve], fmt=style, markersize=4, capsize=2,
+                               label=label, **({"color": color} if color else {}))
+            colors[label] = color = line[0].get_color()
+        if curve[0]["method"] == "Best-of-N (oracle)":
             axes[0].plot([p["kl_analytic"] for p in curve], [p["reward"] for p in curve], "D:", color="gray",
                          markerfacecolor="none", markersize=4, label="Best-of-N at log N - (N-1)/N")
     for ax, ylabel in zip(axes, ("expected ground-truth reward", "fluency (share of words of the corpus)",
@@ -84,9 +97,36 @@ def plot_frontier(points, path):
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
     handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=5, fontsize=8, frameon=False)
-    fig.suptitle("Reward-KL frontier on the embedded sentiment task (95% CIs over held-out samples)")
-    fig.tight_layout(rect=(0, 0.12, 1, 1))
+    fig.legend(handles, labels, loc="lower center", ncol=6, fontsize=7, frameon=False)
+    fig.suptitle("Reward-KL frontier on the embedded sentiment task (95% CIs over held-out samples; hollow: "
+                 "other training seeds)")
+    fig.tight_layout(rect=(0, 0.16, 1, 1))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_temperature(rows, path):
+    """Reward and KL of each method's best policy against the sampling temperature (paper Figure 2, right)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for method in dict.fromkeys(row["method"] for row in rows):
+        curve = sorted((row for row in rows if row["method"] == method), key=lambda row: row["temperature"])
+        setting = "".join(f" {k}={v}" for k, v in curve[0]["setting"].items())
+        for ax, key in zip(axes, ("reward", "kl")):
+            ax.errorbar([row["temperature"] for row in curve], [row[key] for row in curve],
+                        yerr=[row[key + "_ci95"] for row in curve], fmt=METHOD_STYLES.get(method, "o-"),
+                        markersize=4, capsize=2, label=method + setting)
+    for ax, ylabel in zip(axes, ("expected ground-truth reward", "KL(policy at T || reference), nats")):
+        ax.set_xlabel("sampling temperature")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle("Each method's best setting sampled at several temperatures (95% CIs over held-out samples)")
+    fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
 

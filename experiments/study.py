@@ -4,7 +4,7 @@ Cerebras' BTLM-DPO study).
     python train.py study [--quick] [--out-dir out/study]
 
 Every DPO run starts from the base model and pairs of `experiments/base.py` (the demo's), and every policy is
-judged on the same held-out prompts as the frontier (`frontier.evaluate_point`: 256 samples, ground-truth
+judged on the same held-out prompts as the frontier (`points.evaluate_point`: 256 samples, ground-truth
 reward, KL(pi || pi_ref) in nats, word and bigram fluency, each with a 95% confidence interval) plus its win
 rate against the reference's samples of the same prompt and index (a binomial 95% interval).
 
@@ -51,7 +51,7 @@ import sentiment
 import stages
 from checkpoint import load_model
 from config import lora_targets, resolve_lengths
-from experiments import base, frontier, plots
+from experiments import base, plots, points
 
 FULL = dict(dpo=dict(lr=2e-4, steps=16, batch_size=32, beta=0.1),  # the demo's DPO: one epoch
             lora=dict(rank=8, alpha=16.0, lrs=(2e-4, 1e-3, 3e-3)),
@@ -71,20 +71,10 @@ def dpo_run(name, prepared, study_settings, out_dir, log, run=None, checkpoints=
     Returns (cfg, wall seconds of its training)."""
     run = dict(study_settings["dpo"], **(run or {}))
     changes = {"beta": run.pop("beta"), **changes}
-    cfg = frontier.training_config("dpo", os.path.join(out_dir, "runs", name), prepared, run, checkpoints,
+    cfg = points.training_config("dpo", os.path.join(out_dir, "runs", name), prepared, run, checkpoints,
                                    **changes)
-    return cfg, timed(lambda config: frontier.train_cached("dpo", config, log), cfg)
-
-
-def timed(train_fn, cfg):
-    """Run train_fn(cfg); its wall time is kept in OUT_DIR/wall_seconds.json for when the run is reused."""
-    path = os.path.join(cfg.out_dir, "wall_seconds.json")
-    start = time.time()
-    if train_fn(cfg) or not os.path.isfile(path):
-        with open(path, "w") as f:
-            json.dump(time.time() - start, f)
-    with open(path) as f:
-        return json.load(f)
+    points.train_cached("dpo", cfg, log)
+    return cfg, points.wall_seconds(cfg)
 
 
 def eval_rows(run_dir):
@@ -105,10 +95,10 @@ def row_path(cfg, step=None):
 
 
 def point(name, method, setting, cfg, prepared, study_settings, out_dir, log, reference_name="reference", step=None):
-    """Evaluate a run's checkpoint (the last unless `step`): frontier.evaluate_point, plus the win rate against the
+    """Evaluate a run's checkpoint (the last unless `step`): points.evaluate_point, plus the win rate against the
     reference point's samples and the run's held-out implicit-reward metrics at that step."""
     step = step or cfg.steps
-    p = frontier.evaluate_point(name, method, setting, row_path(cfg, step), prepared, study_settings, out_dir, log,
+    p = points.evaluate_point(name, method, setting, row_path(cfg, step), prepared, study_settings, out_dir, log,
                                 step=step)
     win, tie = sentiment.win_and_tie_rates(rewards_of(out_dir, name), rewards_of(out_dir, reference_name))
     heldout = eval_rows(cfg.out_dir)[step]
@@ -235,7 +225,7 @@ def weaker_base(prepared, study_settings, out_dir, log, default_row):
     sampled from that base."""
     weak_steps = study_settings["weak_pretrain_steps"]
     weak = base.prepare(os.path.join(out_dir, "base-weak"), dict(prepared.settings, pretrain_steps=weak_steps), log=log)
-    frontier.evaluate_point("weak-reference", "reference", {}, None, weak, study_settings, out_dir, log)
+    points.evaluate_point("weak-reference", "reference", {}, None, weak, study_settings, out_dir, log)
     cfg, _ = dpo_run("weak-dpo", weak, study_settings, out_dir, log)
     weak_row = point("weak-dpo", f"base of {weak_steps} steps", {}, cfg, weak, study_settings, out_dir, log,
                      reference_name="weak-reference")
@@ -291,7 +281,7 @@ def self_labelling(prepared, study_settings, out_dir, log, round1, early):
         row = point(name, label, {"reference": "base" if reference_init else "round 1"}, cfg, prepared,
                     study_settings, out_dir, log)
         round1_model = load_model(round1_path).eval()  # the same samples, log-ratios against round 1 instead
-        to_round1 = frontier.evaluate_point(f"{name}-vs-round1", label, row["setting"], row_path(cfg),
+        to_round1 = points.evaluate_point(f"{name}-vs-round1", label, row["setting"], row_path(cfg),
                                             dataclasses.replace(prepared, reference=round1_model), study_settings,
                                             out_dir, log)
         rows.append({**row, "kl_to_round1": to_round1["kl"], "kl_to_round1_ci95": to_round1["kl_ci95"]})
@@ -309,7 +299,7 @@ def run(out_dir="out/study", quick=False, log=print):
     for sub in ("points", "samples", "runs"):
         os.makedirs(os.path.join(out_dir, sub), exist_ok=True)
     prepared = base.prepare(os.path.join(out_dir, "base"), settings, log=log)
-    frontier.evaluate_point("reference", "reference", {}, None, prepared, study_settings, out_dir, log)
+    points.evaluate_point("reference", "reference", {}, None, prepared, study_settings, out_dir, log)
     log("== (a) LoRA against full fine-tuning, (b) fp32 against bf16 autocast ==")
     runs_ab = lora_and_precision(prepared, study_settings, out_dir, log)
     result = {"settings": {"base": settings, "study": study_settings}, "quick": quick,

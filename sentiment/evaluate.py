@@ -28,8 +28,9 @@ from sentiment.task import sample_completions
 
 
 @torch.no_grad()
-def completion_logps(model, prompt_ids, completions, pad_id, batch_size=64, impl="auto"):
-    """Sum of log p(completion | prompt) under `model` for each row, on the model's device.
+def completion_logps(model, prompt_ids, completions, pad_id, batch_size=64, impl="auto", temperature=1.0):
+    """Sum of log p(completion | prompt) under `model` for each row, on the model's device; with a temperature,
+    under the tempered model (softmax of logits / temperature), the distribution sampling at it draws from.
 
     prompt_ids, completions: lists of token-id lists (same length N, each non-empty). Returns (N,) float32
     on the CPU.
@@ -41,7 +42,7 @@ def completion_logps(model, prompt_ids, completions, pad_id, batch_size=64, impl
     for start in range(0, len(prompt_ids), batch_size):
         rows = list(zip(prompt_ids[start:start + batch_size], completions[start:start + batch_size]))
         batch = {k: v.to(device) for k, v in data.collate_responses(rows, pad_id).items()}
-        logits = model(batch["input_ids"])  # (b, T, V)
+        logits = model(batch["input_ids"]) / temperature  # (b, T, V)
         out.append(logprob_kernels.sequence_logprobs(logits, batch["labels"], batch["mask"], impl=impl).cpu())  # (b,)
     model.train(was_training)
     return torch.cat(out)  # (N,)
@@ -96,8 +97,11 @@ def ratio_ci95(numerators, denominators):
 
 @torch.no_grad()
 def score_policy(policy, reference, tokenizer, prompts, reward_fn, *, max_new_tokens, samples_per_prompt=1,
-                 seed=0, batch_size=64, impl="auto"):
+                 seed=0, batch_size=64, impl="auto", temperature=1.0):
     """Sample `samples_per_prompt` completions per prompt from `policy`; score reward, KL and fluency.
+
+    With a temperature the samples come from the tempered policy pi_T (softmax of logits / T), and the KL is
+    KL(pi_T || reference), with log pi_T of each sample: what the policy sampled at T costs in KL.
 
     Args:
         policy, reference: GPT models (pass the same object twice to score the reference: KL is then 0).
@@ -107,16 +111,16 @@ def score_policy(policy, reference, tokenizer, prompts, reward_fn, *, max_new_to
     texts, prompt_index, prompt_ids and completion_ids (token-id lists, EOS included where one was sampled).
     """
     samples = sample_completions(policy, tokenizer, prompts, k=samples_per_prompt, max_new_tokens=max_new_tokens,
-                                 temperature=1.0, seed=seed, batch_size=batch_size)
+                                 temperature=temperature, seed=seed, batch_size=batch_size)
     texts = [t for group in samples.texts for t in group]
     rewards = [float(r) for r in reward_fn(texts)]
     prompt_ids = [ids for ids in samples.prompt_ids for _ in range(samples_per_prompt)]
     completion_ids = [ids for group in samples.token_ids for ids in group]
-    if policy is reference:
+    if policy is reference and temperature == 1.0:
         logratios = [0.0] * len(texts)
     else:
         eos = tokenizer.eot_token
-        logratios = (completion_logps(policy, prompt_ids, completion_ids, eos, batch_size, impl) -
+        logratios = (completion_logps(policy, prompt_ids, completion_ids, eos, batch_size, impl, temperature) -
                      completion_logps(reference, prompt_ids, completion_ids, eos, batch_size, impl)).tolist()
     (reward, reward_ci), (kl, kl_ci) = mean_ci95(rewards), mean_ci95(logratios)
     return {"reward": reward, "reward_ci95": reward_ci, "kl": kl, "kl_ci95": kl_ci, **fluency_numbers(texts),

@@ -80,14 +80,15 @@ def test_frontier_quick(tmp_path):
     result = frontier.run(out_dir=str(tmp_path), quick=True, log=log.append)
     points = result["points"]
     methods = {p["method"] for p in points}
-    assert methods == {"reference", "DPO", "Preferred-FT", "Unlikelihood", "Best-of-N"}
+    assert methods == {"reference", "DPO", "Preferred-FT", "Unlikelihood", "Best-of-N (oracle)", "BoN-RM", "PPO",
+                       "PPO-GT", "RLOO"}
     for p in points:
         for key in ("reward", "reward_ci95", "kl", "kl_ci95", "fluency", "fluency_ci95", "bigram_fluency"):
             assert math.isfinite(p[key]), (p["name"], key)
         assert p["n_samples"] >= 128 and -1 <= p["reward"] <= 1
     reference = [p for p in points if p["method"] == "reference"][0]
     assert reference["kl"] == 0.0
-    bon = {p["setting"]["N"]: p for p in points if p["method"] == "Best-of-N"}
+    bon = {p["setting"]["N"]: p for p in points if p["method"] == "Best-of-N (oracle)"}
     assert bon[1]["kl"] == pytest.approx(0.0) and bon[1]["kl_analytic"] == 0.0
     assert bon[16]["reward"] > bon[4]["reward"] > bon[1]["reward"]  # more samples, a better best
     for n, p in bon.items():
@@ -96,10 +97,24 @@ def test_frontier_quick(tmp_path):
         q["step"] for q in points if q["method"] == "DPO")}
     betas = sorted(final)
     assert final[betas[-1]]["kl"] < final[betas[0]]["kl"] + final[betas[0]]["kl_ci95"]  # larger beta, smaller KL
-    assert os.path.isfile(tmp_path / "frontier.png") and os.path.isfile(tmp_path / "frontier.json")
+    for name in ("frontier.png", "frontier.json", "temperature.png"):
+        assert os.path.isfile(tmp_path / name), name
+    for p in points:  # every point's samples are on disk
+        with open(tmp_path / "samples" / f"{p['name']}.jsonl") as f:
+            rows = [json.loads(line) for line in f]
+        assert len(rows) == p["n_samples"], p["name"]
+        assert {"prompt", "completion", "reward"} <= set(rows[0]), p["name"]
     with open(tmp_path / "samples" / f"{points[1]['name']}.jsonl") as f:
-        first = json.loads(f.readline())
-    assert set(first) == {"prompt", "completion", "reward", "logratio"}
+        assert set(json.loads(f.readline())) == {"prompt", "completion", "reward", "logratio"}
+    ppo_runs = {p["setting"]["kl_coef"] for p in points if p["method"] == "PPO"}
+    assert len(ppo_runs) == 2 and all(p["step"] for p in points if p["method"] in ("PPO", "PPO-GT", "RLOO"))
+    claims = result["claims"]
+    assert {row["method"] for row in claims["temperature"]} == {"DPO", "PPO", "PPO-GT", "RLOO"}
+    assert [row["method"] for row in claims["cost"]] == ["DPO", "PPO"]
+    assert claims["cost"][1]["tokens_sampled"] > 0 == claims["cost"][0]["tokens_sampled"]
+    assert len(claims["secretly_a_reward_model"]) == 1 + len(frontier.QUICK["betas"])
+    for row in claims["seeds"]:  # every headline setting with every training seed
+        assert len(row["reward_per_seed"]) == 1 + len(frontier.QUICK["train_seeds"]), row
     log.clear()
     again = frontier.run(out_dir=str(tmp_path), quick=True, log=log.append)  # everything cached
     assert [p["reward"] for p in again["points"]] == [p["reward"] for p in points]

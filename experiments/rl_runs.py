@@ -1,0 +1,86 @@
+"""The frontier's RLHF rows: what DPO replaces, trained on the same base, pairs and prompts (experiments/base.py).
+
+    reward model   Bradley-Terry on the DPO train pairs (reward_model.py), best.pt by held-out accuracy
+    PPO            on the reward model's scores, at several KL coefficients (ppo.py, rlhf.py)
+    PPO-GT         on the ground-truth reward itself: the paper's oracle, which no method trained on pairs sees
+    RLOO           REINFORCE leave-one-out on the reward model, k samples a prompt, no value model
+
+Every run keeps its checkpoints and every checkpoint becomes a frontier point with its samples on disk
+(experiments/points.py). Runs and points are cached like the DPO rows.
+"""
+
+import json
+import os
+
+from config import stage_config
+from experiments import points
+
+RL_METHODS = {"PPO": "ppo", "PPO-GT": "ppo", "RLOO": "rloo"}  # frontier method -> command
+
+
+def reward_model_config(prepared, run_settings, out_dir):
+    """The reward model's TrainConfig on the DPO train and held-out pairs of `prepared` (base.prepare)."""
+    block = prepared.settings["block_size"]
+    return stage_config("reward-model", out_dir=out_dir, init=prepared.reference_path, data=prepared.pairs_train,
+                        heldout_data=prepared.pairs_heldout, tokenizer=prepared.settings["tokenizer"],
+                        max_length=block, max_prompt_length=block // 2, steps=run_settings["steps"],
+                        batch_size=run_settings["batch_size"], lr=run_settings["lr"], warmup_steps=5,
+                        eval_every=max(1, run_settings["steps"] // 8), save_every=run_settings["steps"],
+                        keep_checkpoints=True, eval_samples=0, max_new_tokens=prepared.settings["max_new_tokens"],
+                        seed=prepared.settings["seed"])
+
+
+def train_reward_model(prepared, run_settings, runs_dir, log):
+    """Train (or reuse) the reward model; returns (its best.pt, its held-out metrics rows)."""
+    cfg = reward_model_config(prepared, run_settings, os.path.join(runs_dir, "reward-model"))
+    points.train_cached("reward-model", cfg, log)
+    with open(os.path.join(cfg.out_dir, "metrics.jsonl")) as f:
+        rows = [row for row in map(json.loads, f) if row["split"] == "eval"]
+    return os.path.join(cfg.out_dir, "best.pt"), rows
+
+
+def rl_config(method, prepared, run_settings, checkpoints, out_dir, reward_model_path, kl_coef, seed):
+    """The TrainConfig of one RL run: the command's defaults, changed by `run_settings` (lr, steps, batch_size,
+    and k for RLOO), its reward (the reward model, or the ground truth for PPO-GT) and `checkpoints` kept."""
+    steps = run_settings["steps"]
+    changes = dict(out_dir=out_dir, init=prepared.reference_path, tokenizer=prepared.settings["tokenizer"],
+                   steps=steps, batch_size=run_settings["batch_size"], lr=run_settings["lr"], kl_coef=kl_coef,
+                   max_new_tokens=prepared.settings["max_new_tokens"], eval_every=steps,
+                   save_every=max(1, steps // checkpoints), keep_checkpoints=True, seed=seed)
+    if method == "PPO-GT":
+        changes["ground_truth_reward"] = True
+    else:
+        changes["reward_model"] = reward_model_path
+    if method == "RLOO":
+        changes["samples_per_prompt"] = run_settings["k"]
+    return stage_config(RL_METHODS[method], **changes)
+
+
+def rl_run_name(method, kl_coef, seed, base_seed):
+    """A run's directory name: method and KL coefficient, and the seed when it is not the base's."""
+    return f"{method.lower()}-kl{kl_coef}" + ("" if seed == base_seed else f"-seed{seed}")
+
+
+def train_rl(method, kl_coef, seed, prepared, frontier_settings, reward_model_path, runs_dir, out_dir, log,
+             steps=None):
+    """Train (or reuse) one RL run and evaluate its kept checkpoints (all, or those at `steps`).
+
+    Returns (its TrainConfig, its points)."""
+    run_settings = frontier_settings[method.lower().replace("-", "_")]
+    name = rl_run_name(method, kl_coef, seed, prepared.settings["seed"])
+    cfg = rl_config(method, prepared, run_settings, frontier_settings["rl_checkpoints"],
+                    os.path.join(runs_dir, name), reward_model_path, kl_coef, seed)
+    points.train_cached(RL_METHODS[method], cfg, log)
+    return cfg, points.run_points(method, {"kl_coef": kl_coef}, cfg.out_dir, prepared, frontier_settings, out_dir,
+                                  log, train_seed=seed, steps=steps)
+
+
+def rl_sweeps(prepared, frontier_settings, reward_model_path, runs_dir, out_dir, log):
+    """Every RL method at each of its KL coefficients, seed = the base's: {method: [(cfg, points)]}."""
+    sweeps = {}
+    for method in RL_METHODS:
+        run_settings = frontier_settings[method.lower().replace("-", "_")]
+        sweeps[method] = [train_rl(method, kl_coef, prepared.settings["seed"], prepared, frontier_settings,
+                                   reward_model_path, runs_dir, out_dir, log)
+                          for kl_coef in run_settings["kl_coefs"]]
+    return sweeps
