@@ -194,7 +194,8 @@ def run(out_dir="out/frontier", quick=False, log=print):
                   prepared, frontier_settings, pool, pool_rewards, rm_path, rm_rows, dpo_runs, log),
               "temperature": paper_claims.temperature_panel(best, prepared, frontier_settings, out_dir, log),
               "cost": paper_claims.cost_table(best, rl_runs.reward_model_config(
-                  prepared, frontier_settings["reward_model"], os.path.join(runs, "reward-model")), out_dir, log)}
+                  prepared, frontier_settings["reward_model"], os.path.join(runs, "reward-model")),
+                  (base_seed, *frontier_settings["train_seeds"]), out_dir, log)}
     claims["seeds"] = seed_spread(points, best, frontier_settings, base_seed)
     result = {"settings": {"base": settings, "frontier": frontier_settings}, "points": points, "claims": claims,
               "quick": quick, "wall_seconds": time.time() - start}
@@ -268,12 +269,14 @@ def format_claims(claims):
     lines += [f"{row['model']:<34} accuracy {row['heldout_accuracy']:.3f}   Pearson {row['pearson']:.3f}   "
               f"Spearman {row['spearman']:.3f}" for row in claims["secretly_a_reward_model"]]
     lines.append("== temperature: each method's best setting ==")
-    lines += [f"{row['method']:<8} T={row['temperature']:<5} reward {row['reward']:+.3f} +- {row['reward_ci95']:.3f}"
-              f"   KL {row['kl']:6.2f} +- {row['kl_ci95']:.2f}" for row in claims["temperature"]]
+    lines += [f"{row['method']:<8} seed {row['train_seed']} T={row['temperature']:<5} reward {row['reward']:+.3f} +- "
+              f"{row['reward_ci95']:.3f}   KL {row['kl']:6.2f} +- {row['kl_ci95']:.2f}"
+              for row in claims["temperature"]]
     lines.append("== cost ==")
     lines += [f"{row['method']:<4} {row['wall_seconds']:6.0f} s   peak {row['peak_rss_mib']:5.0f} MiB   "
               f"{len(row['models_held'])} models   {row['tokens_sampled']:>9,} tokens sampled   "
-              f"{len(row['hyper_parameters'])} hyper-parameters   {row['lines_of_code']} lines"
+              f"{len(row['hyper_parameters'])} hyper-parameters   {row['lines_of_code']} lines   training seconds "
+              f"of each seed's run " + " ".join(f"{seconds:.0f}" for seconds in row["wall_seconds_per_seed"])
               for row in claims["cost"]]
     lines.append("== training seeds: reward and KL of each seed ==")
     lines += [f"{row['method']:<6} {json.dumps(row['setting']):<18} step {row['step']:>3}   reward "

@@ -112,18 +112,25 @@ def correlations(scores, truth):
 # -----------------------------------------------------------------------------
 # 2. Temperature
 
+def seed_run_dirs(cfg, seeds, base_seed):
+    """The directories of a run and of its reruns with other training seeds (named DIR-seedN)."""
+    return {seed: cfg.out_dir if seed == base_seed else f"{cfg.out_dir}-seed{seed}" for seed in seeds}
+
+
 def temperature_panel(best, prepared, frontier_settings, out_dir, log):
-    """Each method's best run's final policy sampled at each temperature of frontier_settings: reward and KL of
-    the tempered policy (95% CIs), as frontier points (samples on disk)."""
+    """The final policy of each method's best setting, of every training seed, sampled at each temperature of
+    frontier_settings: reward and KL of the tempered policy (95% CIs), as points with their samples on disk."""
+    base_seed = prepared.settings["seed"]
     rows = []
     for method, chosen in best.items():
         cfg = chosen["cfg"]
-        final = os.path.join(cfg.out_dir, f"step_{cfg.steps:06d}.pt")
-        for temperature in frontier_settings["temperatures"]:
-            point = points.evaluate_point(f"temperature-{os.path.basename(cfg.out_dir)}-T{temperature}", method,
-                                          chosen["setting"], final, prepared, frontier_settings, out_dir, log,
-                                          step=cfg.steps, temperature=temperature)
-            rows.append({**point, "temperature": temperature})
+        for seed, run_dir in seed_run_dirs(cfg, (base_seed, *frontier_settings["train_seeds"]), base_seed).items():
+            final = os.path.join(run_dir, f"step_{cfg.steps:06d}.pt")
+            for temperature in frontier_settings["temperatures"]:
+                point = points.evaluate_point(f"temperature-{os.path.basename(run_dir)}-T{temperature}", method,
+                                              chosen["setting"], final, prepared, frontier_settings, out_dir, log,
+                                              step=cfg.steps, train_seed=seed, temperature=temperature)
+                rows.append({**point, "temperature": temperature, "train_seed": seed})
     return rows
 
 
@@ -156,16 +163,17 @@ def measured_run(stage, cfg, out_dir):
     return {"wall_seconds": seconds, "peak_rss_mib": usage.ru_maxrss / 1024}  # ru_maxrss is in KiB on Linux
 
 
-def cost_table(best, rm_cfg, out_dir, log):
+def cost_table(best, rm_cfg, seeds, out_dir, log):
     """DPO's and PPO's best runs trained again side by side: wall time and peak memory (fresh processes; PPO's
-    includes training the reward model), models held, tokens sampled in training, hyper-parameters, code."""
+    includes training the reward model), models held, tokens sampled in training, hyper-parameters, code; and
+    the wall time of the frontier's own runs of each training seed (wall_seconds.json)."""
     cache = os.path.join(out_dir, "cost.json")
     key = {method: dataclasses.asdict(best[method]["cfg"]) for method in ("DPO", "PPO")}
     if os.path.isfile(cache):
         with open(cache) as f:
             saved = json.load(f)
         if saved.pop("key") == json.loads(json.dumps(key)):
-            return saved["rows"]
+            return with_seed_times(saved["rows"], best, rm_cfg, seeds)
     rows = []
     for method, stage in (("DPO", "dpo"), ("PPO", "ppo")):
         cfg = best[method]["cfg"]
@@ -190,4 +198,17 @@ def cost_table(best, rm_cfg, out_dir, log):
             f"{len(names)} hyper-parameters, {rows[-1]['lines_of_code']} lines")
     with open(cache, "w") as f:
         json.dump({"rows": rows, "key": key}, f, indent=2)
+    return with_seed_times(rows, best, rm_cfg, seeds)
+
+
+def with_seed_times(rows, best, rm_cfg, seeds):
+    """The cost rows with the training time of each seed's run in the frontier (PPO's with the reward model's)."""
+    rm_seconds = points.wall_seconds(rm_cfg)
+    for row in rows:
+        cfg = best[row["method"]]["cfg"]
+        times = []
+        for run_dir in seed_run_dirs(cfg, seeds, seeds[0]).values():
+            seconds = points.wall_seconds(dataclasses.replace(cfg, out_dir=run_dir))
+            times.append(seconds + (rm_seconds if row["method"] == "PPO" else 0.0))
+        row["wall_seconds_per_seed"] = times
     return rows

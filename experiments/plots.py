@@ -51,7 +51,24 @@ def plot_rewards(rewards_reference, rewards_policy, path):
 
 
 METHOD_STYLES = {"DPO": "o-", "Preferred-FT": "s--", "Unlikelihood": "^--", "Best-of-N (oracle)": "D-",
-                 "BoN-RM": "d-", "PPO": "P-", "PPO-GT": "X-", "RLOO": "v-", "reference": "k*"}
+                 "BoN-RM": "d-", "PPO": "P-", "PPO-GT": "X-", "RLOO": "v-", "reference": "*"}
+# One colour family per method, a shade per setting (the darkest the first), so that a curve's method shows.
+METHOD_COLOURS = {"DPO": "Blues", "PPO": "Oranges", "PPO-GT": "Reds", "RLOO": "Greens", "Preferred-FT": "Purples",
+                  "Unlikelihood": "RdPu", "Best-of-N (oracle)": "Greys", "BoN-RM": "copper"}
+
+
+def method_colours(labels_by_method):
+    """{label: colour}: the settings of one method in shades of its colour family (METHOD_COLOURS)."""
+    import matplotlib
+
+    colours = {"reference": "black"}
+    for method, labels in labels_by_method.items():
+        if method not in METHOD_COLOURS:
+            continue
+        cmap = matplotlib.colormaps[METHOD_COLOURS[method]]
+        for i, label in enumerate(labels):
+            colours[label] = cmap(0.9 - 0.5 * i / max(1, len(labels) - 1) if len(labels) > 1 else 0.75)
+    return colours
 
 
 def plot_frontier(points, path):
@@ -74,7 +91,12 @@ def plot_frontier(points, path):
                                if p["method"] in ("DPO", "PPO", "PPO-GT", "RLOO") else "")
         seed = p.get("train_seed", base_seed)
         curves.setdefault((label, seed != base_seed), []).append(p)
-    colors = {}
+    labels_by_method = {}
+    for (label, _), curve in curves.items():
+        labels = labels_by_method.setdefault(curve[0]["method"], [])
+        if label not in labels:
+            labels.append(label)
+    colors = method_colours(labels_by_method)
     for (label, other_seed), curve in curves.items():
         style = METHOD_STYLES[curve[0]["method"]]
         color = colors.get(label)
@@ -86,7 +108,7 @@ def plot_frontier(points, path):
             line = ax.errorbar([p["kl"] for p in curve], [p[key] for p in curve], xerr=[p["kl_ci95"] for p in curve],
                                yerr=[p[key + "_ci95"] for p in curve], fmt=style, markersize=4, capsize=2,
                                label=label, **({"color": color} if color else {}))
-            colors[label] = color = line[0].get_color()
+            colors[label] = color = line[0].get_color()  # the same colour for the hollow markers of its seeds
         if curve[0]["method"] == "Best-of-N (oracle)":
             axes[0].plot([p["kl_analytic"] for p in curve], [p["reward"] for p in curve], "D:", color="gray",
                          markerfacecolor="none", markersize=4, label="Best-of-N at log N - (N-1)/N")
@@ -113,19 +135,30 @@ def plot_temperature(rows, path):
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    for method in dict.fromkeys(row["method"] for row in rows):
-        curve = sorted((row for row in rows if row["method"] == method), key=lambda row: row["temperature"])
-        setting = "".join(f" {k}={v}" for k, v in curve[0]["setting"].items())
-        for ax, key in zip(axes, ("reward", "kl")):
-            ax.errorbar([row["temperature"] for row in curve], [row[key] for row in curve],
-                        yerr=[row[key + "_ci95"] for row in curve], fmt=METHOD_STYLES.get(method, "o-"),
-                        markersize=4, capsize=2, label=method + setting)
+    methods = list(dict.fromkeys(row["method"] for row in rows))
+    colours = method_colours({method: [method] for method in methods})
+    base_seed = min(row["train_seed"] for row in rows)
+    for method in methods:
+        for seed in sorted({row["train_seed"] for row in rows if row["method"] == method}):
+            curve = sorted((row for row in rows if row["method"] == method and row["train_seed"] == seed),
+                           key=lambda row: row["temperature"])
+            setting = "".join(f" {k}={v}" for k, v in curve[0]["setting"].items())
+            for ax, key in zip(axes, ("reward", "kl")):
+                temperatures, values = [row["temperature"] for row in curve], [row[key] for row in curve]
+                if seed != base_seed:  # other training seeds: hollow markers, no interval
+                    ax.plot(temperatures, values, METHOD_STYLES[method][0] + ":", color=colours[method], alpha=0.6,
+                            markerfacecolor="none", markersize=5)
+                    continue
+                ax.errorbar(temperatures, values, yerr=[row[key + "_ci95"] for row in curve],
+                            fmt=METHOD_STYLES[method], markersize=4, capsize=2, label=method + setting,
+                            color=colours[method])
     for ax, ylabel in zip(axes, ("expected ground-truth reward", "KL(policy at T || reference), nats")):
         ax.set_xlabel("sampling temperature")
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
-    fig.suptitle("Each method's best setting sampled at several temperatures (95% CIs over held-out samples)")
+    fig.suptitle("Each method's best setting sampled at several temperatures (95% CIs over held-out samples; "
+                 "dotted: other training seeds)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -110,6 +110,7 @@ def test_frontier_quick(tmp_path):
     assert len(ppo_runs) == 2 and all(p["step"] for p in points if p["method"] in ("PPO", "PPO-GT", "RLOO"))
     claims = result["claims"]
     assert {row["method"] for row in claims["temperature"]} == {"DPO", "PPO", "PPO-GT", "RLOO"}
+    assert len(claims["temperature"]) == 4 * 2 * len(frontier.QUICK["temperatures"])  # methods x seeds x T
     assert [row["method"] for row in claims["cost"]] == ["DPO", "PPO"]
     assert claims["cost"][1]["tokens_sampled"] > 0 == claims["cost"][0]["tokens_sampled"]
     assert len(claims["secretly_a_reward_model"]) == 1 + len(frontier.QUICK["betas"])
