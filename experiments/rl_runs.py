@@ -41,10 +41,11 @@ def train_reward_model(prepared, run_settings, runs_dir, log):
 
 def rl_config(method, prepared, run_settings, checkpoints, out_dir, reward_model_path, kl_coef, seed):
     """The TrainConfig of one RL run: the command's defaults, changed by `run_settings` (lr, steps, batch_size,
-    and k for RLOO), its reward (the reward model, or the ground truth for PPO-GT) and `checkpoints` kept."""
-    steps = run_settings["steps"]
+    and k for RLOO), its reward (the reward model, or the ground truth for PPO-GT) and `checkpoints` kept. The
+    lengths are given (the run would resolve them to the block size) so that config.json is this config."""
+    steps, block = run_settings["steps"], prepared.settings["block_size"]
     changes = dict(out_dir=out_dir, init=prepared.reference_path, tokenizer=prepared.settings["tokenizer"],
-                   steps=steps, batch_size=run_settings["batch_size"], lr=run_settings["lr"], kl_coef=kl_coef,
+                   max_length=block, max_prompt_length=block // 2, steps=steps, batch_size=run_settings["batch_size"], lr=run_settings["lr"], kl_coef=kl_coef,
                    max_new_tokens=prepared.settings["max_new_tokens"], eval_every=steps,
                    save_every=max(1, steps // checkpoints), keep_checkpoints=True, seed=seed)
     if method == "PPO-GT":
