@@ -45,7 +45,8 @@ def rl_config(method, prepared, run_settings, checkpoints, out_dir, reward_model
     lengths are given (the run would resolve them to the block size) so that config.json is this config."""
     steps, block = run_settings["steps"], prepared.settings["block_size"]
     changes = dict(out_dir=out_dir, init=prepared.reference_path, tokenizer=prepared.settings["tokenizer"],
-                   max_length=block, max_prompt_length=block // 2, steps=steps, batch_size=run_settings["batch_size"], lr=run_settings["lr"], kl_coef=kl_coef,
+                   max_length=block, max_prompt_length=block // 2, steps=steps,
+                   batch_size=run_settings["batch_size"], lr=run_settings["lr"], kl_coef=kl_coef,
                    max_new_tokens=prepared.settings["max_new_tokens"], eval_every=steps,
                    save_every=max(1, steps // checkpoints), keep_checkpoints=True, seed=seed)
     if method == "PPO-GT":
