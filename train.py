@@ -115,6 +115,10 @@ def build_parser():
         sub = commands.add_parser(name, help=summary, description=module.__doc__.split("\n\n")[0])
         sub.add_argument("--quick", action="store_true", help="a tiny configuration that runs in about a minute")
         sub.add_argument("--out-dir", default=f"out/{name}", help=f"where it writes (default: out/{name})")
+        if name == "study":
+            sub.add_argument("--train-seeds", default="", metavar="N,N", help="then the study again with these "
+                             "training seeds (OUT_DIR/seedN) and each claim's numbers on every seed (seeds.json; "
+                             "default: none)")
         sub.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                          help="show the traceback of an error")
     return parser
@@ -125,8 +129,14 @@ def run(args):
     if args.command in (None, "demo"):
         demo.run(out_dir=getattr(args, "out_dir", "out/demo"), quick=getattr(args, "quick", False))
         return
-    if args.command in ("frontier", "study"):
-        {"frontier": frontier, "study": study}[args.command].run(out_dir=args.out_dir, quick=args.quick)
+    if args.command == "frontier":
+        frontier.run(out_dir=args.out_dir, quick=args.quick)
+        return
+    if args.command == "study":
+        seeds = parse_seeds(args.train_seeds)
+        study.run(out_dir=args.out_dir, quick=args.quick)
+        if seeds:
+            study.run_seeds(out_dir=args.out_dir, quick=args.quick, seeds=seeds)
         return
     cfg = stage_config(args.command, **{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
                                         if hasattr(args, f.name)})
@@ -141,6 +151,14 @@ def run(args):
         stages.evaluate(cfg)
     else:
         stages.sample(cfg, args.prompt)
+
+
+def parse_seeds(text):
+    """--train-seeds "1338,1339" -> [1338, 1339]; ValueError naming the flag for anything else."""
+    try:
+        return [int(seed) for seed in text.split(",") if seed.strip()]
+    except ValueError:
+        raise ValueError(f"--train-seeds {text!r}: expected comma-separated integers, e.g. 1338,1339") from None
 
 
 def main(argv=None):

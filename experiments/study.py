@@ -70,7 +70,8 @@ def dpo_run(name, prepared, study_settings, out_dir, log, run=None, checkpoints=
     settings, updated by `run` (lr, steps, batch_size, beta), then `changes` (TrainConfig fields by name).
     Returns (cfg, wall seconds of its training)."""
     run = dict(study_settings["dpo"], **(run or {}))
-    changes = {"beta": run.pop("beta"), **changes}
+    changes = {"beta": run.pop("beta"), "seed": study_settings.get("train_seed", prepared.settings["seed"]),
+               **changes}
     cfg = points.training_config("dpo", os.path.join(out_dir, "runs", name), prepared, run, checkpoints,
                                    **changes)
     points.train_cached("dpo", cfg, log)
@@ -220,11 +221,12 @@ def early_stopping(prepared, study_settings, out_dir, log):
     return {"rows": rows, "best_step": best, "first_step_at_top_accuracy": first_top_accuracy}
 
 
-def weaker_base(prepared, study_settings, out_dir, log, default_row):
+def weaker_base(prepared, study_settings, out_dir, base_dir, log, default_row):
     """(e): the same DPO as (a)'s full run (`default_row`), from a base pre-trained on fewer steps, with pairs
-    sampled from that base."""
+    sampled from that base (cached in BASE_DIR/base-weak)."""
     weak_steps = study_settings["weak_pretrain_steps"]
-    weak = base.prepare(os.path.join(out_dir, "base-weak"), dict(prepared.settings, pretrain_steps=weak_steps), log=log)
+    weak = base.prepare(os.path.join(base_dir, "base-weak"), dict(prepared.settings, pretrain_steps=weak_steps),
+                        log=log)
     points.evaluate_point("weak-reference", "reference", {}, None, weak, study_settings, out_dir, log)
     cfg, _ = dpo_run("weak-dpo", weak, study_settings, out_dir, log)
     weak_row = point("weak-dpo", f"base of {weak_steps} steps", {}, cfg, weak, study_settings, out_dir, log,
@@ -292,13 +294,19 @@ def self_labelling(prepared, study_settings, out_dir, log, round1, early):
 
 # -----------------------------------------------------------------------------
 
-def run(out_dir="out/study", quick=False, log=print):
-    """Run every question of the study; returns the result dict (also OUT_DIR/study.json) and writes study.png."""
+def run(out_dir="out/study", quick=False, log=print, train_seed=None, base_dir=None):
+    """Run every question of the study; returns the result dict (also OUT_DIR/study.json) and writes study.png.
+
+    train_seed: the seed of every training run (default: the base's); base_dir: where the base models and their
+    pairs are cached (default: OUT_DIR), so that several training seeds share them."""
     start = time.time()
     settings, study_settings = (base.QUICK, QUICK) if quick else (base.FULL, FULL)
+    if train_seed is not None:
+        study_settings = dict(study_settings, train_seed=train_seed)
+    base_dir = base_dir or out_dir
     for sub in ("points", "samples", "runs"):
         os.makedirs(os.path.join(out_dir, sub), exist_ok=True)
-    prepared = base.prepare(os.path.join(out_dir, "base"), settings, log=log)
+    prepared = base.prepare(os.path.join(base_dir, "base"), settings, log=log)
     points.evaluate_point("reference", "reference", {}, None, prepared, study_settings, out_dir, log)
     log("== (a) LoRA against full fine-tuning, (b) fp32 against bf16 autocast ==")
     runs_ab = lora_and_precision(prepared, study_settings, out_dir, log)
@@ -312,7 +320,7 @@ def run(out_dir="out/study", quick=False, log=print):
     log("== (d) early stopping: held-out accuracy against the sampled win rate ==")
     result["d_early_stopping"] = early_stopping(prepared, study_settings, out_dir, log)
     log("== (e) a weaker base ==")
-    result["e_base_quality"] = weaker_base(prepared, study_settings, out_dir, log, runs_ab[0])
+    result["e_base_quality"] = weaker_base(prepared, study_settings, out_dir, base_dir, log, runs_ab[0])
     log("== (f) self-labelling: a second round on the round-1 policy's own samples ==")
     result["f_self_labelling"] = self_labelling(prepared, study_settings, out_dir, log, runs_ab[0],
                                                 result["d_early_stopping"])
@@ -322,6 +330,76 @@ def run(out_dir="out/study", quick=False, log=print):
     plots.plot_study(result, os.path.join(out_dir, "study.png"))
     log(format_study(result) + f"\nwall time {result['wall_seconds']:.0f} s; wrote {out_dir}/study.json, study.png")
     return result
+
+
+def run_seeds(out_dir="out/study", quick=False, seeds=(), log=print):
+    """The study again with other training seeds (OUT_DIR/seedN, sharing OUT_DIR's base models), and what each
+    of its claims measures on every seed, beside the base seed's run in OUT_DIR (which must be there).
+    Returns and writes OUT_DIR/seeds.json: {"seeds": [...], "claims": [one dict per seed]}."""
+    with open(os.path.join(out_dir, "study.json")) as f:
+        results = [json.load(f)]
+    for seed in seeds:
+        log(f"== the study with training seed {seed} ==")
+        results.append(run(os.path.join(out_dir, f"seed{seed}"), quick, log, train_seed=seed, base_dir=out_dir))
+    base_seed = results[0]["settings"]["base"]["seed"]
+    summary = {"seeds": [base_seed, *seeds], "claims": [seed_claims(result) for result in results]}
+    with open(os.path.join(out_dir, "seeds.json"), "w") as f:
+        json.dump(summary, f, indent=2)
+    log(format_seed_claims(summary))
+    return summary
+
+
+def seed_claims(result):
+    """What the README's claims of a study result rest on, in numbers (one training seed)."""
+    lora = {row["name"]: row for row in result["a_lora"]}
+    along = result["d_early_stopping"]["rows"]  # the full run's checkpoints: its reward-KL curve
+    claims = {}
+    for name, row in lora.items():  # (a) LoRA on full fine-tuning's curve: the checkpoint nearest in KL
+        if name != "full":
+            nearest = min(along, key=lambda point: abs(point["kl"] - row["kl"]))
+            claims[f"a: {name}: its KL"] = row["kl"]
+            claims[f"a: {name}: its reward minus full's at the nearest KL"] = row["reward"] - nearest["reward"]
+            claims[f"a: {name}: within the intervals"] = abs(row["reward"] - nearest["reward"]) <= (
+                row["reward_ci95"] + nearest["reward_ci95"])
+    fp32, bf16 = result["b_precision"]["rows"]
+    claims["b: largest train-loss gap fp32 / bf16"] = result["b_precision"]["max_train_loss_gap"]
+    claims["b: rewards within the intervals"] = abs(fp32["reward"] - bf16["reward"]) <= (
+        fp32["reward_ci95"] + bf16["reward_ci95"])
+    forgetting = sorted(result["c_forgetting"], key=lambda row: row["beta"])
+    rises = [row["nll_rise"] for row in forgetting]
+    claims["c: forgetting falls with beta at every step"] = all(a > b for a, b in zip(rises, rises[1:]))
+    claims["c: loss rise per beta"] = rises
+    by_beta = {row["beta"]: row for row in forgetting}
+    if 0.3 in by_beta:
+        claims["c: smallest beta's reward below beta 0.3's"] = forgetting[0]["reward"] < by_beta[0.3]["reward"]
+    early = result["d_early_stopping"]
+    claims["d: first step at the top held-out accuracy"] = early["first_step_at_top_accuracy"]
+    claims["d: step of the best win rate"] = early["best_step"]["win_rate"]
+    claims["d: the peaks do not coincide"] = early["first_step_at_top_accuracy"] != early["best_step"]["win_rate"]
+    strong, weak = result["e_base_quality"]
+    claims["e: the weaker base's gain over the stronger's"] = (weak["reward"] - weak["reference_reward"]) / (
+        strong["reward"] - strong["reference_reward"])
+    rounds = {row["setting"].get("reference"): row for row in result["f_self_labelling"] if row.get("setting")}
+    if {"round 1", "base"} <= rounds.keys():
+        claims["f: KL from the base, reference = base over reference = round 1"] = \
+            rounds["base"]["kl"] / rounds["round 1"]["kl"]
+        claims["f: reward, reference = round 1 minus reference = base"] = \
+            rounds["round 1"]["reward"] - rounds["base"]["reward"]
+        claims["f: bigram fluency better with reference = base"] = \
+            rounds["base"]["bigram_fluency"] > rounds["round 1"]["bigram_fluency"]
+    return claims
+
+
+def format_seed_claims(summary):
+    """The claims' numbers side by side, one column per training seed."""
+    lines = [f"{'claim':<66}" + "".join(f"{seed:>12}" for seed in summary["seeds"])]
+    for claim in summary["claims"][0]:
+        values = [claims.get(claim) for claims in summary["claims"]]
+        shown = [("yes" if value else "no") if isinstance(value, bool) else
+                 (" ".join(f"{v:+.2f}" for v in value) if isinstance(value, list) else
+                  f"{value:.3g}" if isinstance(value, float) else str(value)) for value in values]
+        lines.append(f"{claim[:66]:<66}" + "".join(f"{value:>12}" for value in shown))
+    return "\n".join(lines)
 
 
 def _pm(row, key, digits=3, sign=""):
