@@ -159,3 +159,13 @@ def test_study_quick(tmp_path):
     again = study.run(out_dir=str(tmp_path), quick=True, log=log.append)
     assert [r["reward"] for r in again["c_forgetting"]] == [r["reward"] for r in c]
     assert not any("== pre-training" in line for line in log)  # both bases and every run reused
+    # another training seed: the same bases (not pre-trained again), other runs, each claim's numbers per seed
+    log.clear()
+    seeds = study.run_seeds(out_dir=str(tmp_path), quick=True, seeds=(1338,), log=log.append)
+    assert not any("== pre-training" in line for line in log)
+    assert seeds["seeds"] == [1337, 1338] and len(seeds["claims"]) == 2
+    assert seeds["claims"][0].keys() == seeds["claims"][1].keys()
+    with open(tmp_path / "seed1338" / "runs" / "full" / "config.json") as f:
+        assert json.load(f)["seed"] == 1338
+    assert seeds["claims"][1]["b: largest train-loss gap fp32 / bf16"] != gap["max_train_loss_gap"]  # another run
+    assert os.path.isfile(tmp_path / "seeds.json")
