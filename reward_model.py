@@ -111,10 +111,8 @@ def score_texts(model: RewardModel, prompt_ids, completion_ids, pad_id: int, bat
     was_training = model.training
     model.eval()
     scores = []
-    for start in range(0, len(prompt_ids), batch_size):
-        rows = list(zip(prompt_ids[start:start + batch_size], completion_ids[start:start + batch_size]))
-        batch = {key: value.to(device) for key, value in data.collate_responses(rows, pad_id).items()}
-        scores += batch_scores(model, batch).tolist()
+    for batch in data.response_batches(prompt_ids, completion_ids, pad_id, batch_size):
+        scores += batch_scores(model, {key: value.to(device) for key, value in batch.items()}).tolist()
     model.train(was_training)
     return scores
 

@@ -9,7 +9,7 @@
 The embedded sentiment task, which makes its own preference pairs, lives in `sentiment/`.
 """
 
-from data.batches import IGNORE_INDEX, collate_responses, dpo_collate, lm_batches, sft_collate
+from data.batches import IGNORE_INDEX, collate_responses, dpo_collate, lm_batches, response_batches, sft_collate
 from data.encoding import EncodedPair, EncodeReport, encode_preferences, truncate_pair
 from data.records import (
     LoadReport,
@@ -26,8 +26,7 @@ from data.tokenizer import TOKENIZER_NAMES, TokenizerUnavailableError, get_token
 
 __all__ = [
     "IGNORE_INDEX", "TOKENIZER_NAMES", "EncodeReport", "EncodedPair", "LoadReport", "PreferenceFormatError",
-    "PreferenceRecord",
-    "TokenizerUnavailableError", "collate_responses", "dataset_name_and_split", "dataset_splits", "dpo_collate",
-    "encode_preferences", "get_tokenizer", "lm_batches", "load_preferences", "missing_local_path", "render_messages",
-    "save_preferences", "sft_collate", "tokenizer_description", "truncate_pair",
+    "PreferenceRecord", "TokenizerUnavailableError", "collate_responses", "dataset_name_and_split", "dataset_splits",
+    "dpo_collate", "encode_preferences", "get_tokenizer", "lm_batches", "load_preferences", "missing_local_path",
+    "render_messages", "response_batches", "save_preferences", "sft_collate", "tokenizer_description", "truncate_pair",
 ]

@@ -55,6 +55,15 @@ def collate_responses(rows: Sequence[tuple[list[int], list[int]]], pad_id: int) 
     return {"input_ids": input_ids, "labels": labels, "mask": mask}
 
 
+def response_batches(prompt_ids: Sequence, response_ids: Sequence, pad_id: int,
+                     batch_size: int) -> Iterator[dict[str, torch.Tensor]]:
+    """collate_responses of rows (prompt_ids[i], response_ids[i]), batch_size rows at a time, in order: how a
+    list of sampled completions is scored (its log-probs, a reward model's scores)."""
+    for start in range(0, len(prompt_ids), batch_size):
+        yield collate_responses(list(zip(prompt_ids[start:start + batch_size],
+                                         response_ids[start:start + batch_size])), pad_id)
+
+
 def dpo_collate(pairs: Sequence, pad_id: int) -> dict[str, torch.Tensor]:
     """Collate B EncodedPairs into one batch of 2B rows: B prompt+chosen rows, then B prompt+rejected rows.
 

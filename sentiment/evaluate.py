@@ -39,9 +39,8 @@ def completion_logps(model, prompt_ids, completions, pad_id, batch_size=64, impl
     was_training = model.training
     model.eval()
     out = []
-    for start in range(0, len(prompt_ids), batch_size):
-        rows = list(zip(prompt_ids[start:start + batch_size], completions[start:start + batch_size]))
-        batch = {k: v.to(device) for k, v in data.collate_responses(rows, pad_id).items()}
+    for batch in data.response_batches(prompt_ids, completions, pad_id, batch_size):
+        batch = {k: v.to(device) for k, v in batch.items()}
         logits = model(batch["input_ids"]) / temperature  # (b, T, V)
         out.append(logprob_kernels.sequence_logprobs(logits, batch["labels"], batch["mask"], impl=impl).cpu())  # (b,)
     model.train(was_training)

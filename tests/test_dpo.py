@@ -144,12 +144,14 @@ def test_loss_depends_only_on_h(loss_type, cols, beta):
 def test_sigmoid_loss_is_binary_cross_entropy_on_beta_h(cols, beta, eps):
     """Eq. 7 is BCE with label 1 on the Bradley-Terry score beta * h; cDPO is BCE with the soft label 1 - eps."""
     pc, pr, rc, rr = tensors(cols)
-    score = beta * ((pc - pr) - (rc - rr))  # (B,)
+    # the reference in float64: in float32, BCE's max(s, 0) - s * (1 - eps) cancels catastrophically at large
+    # |s| (4.5e-5 off at s = 3445), while the loss, a weighted sum of log-sigmoids, does not
+    score = beta * ((pc.double() - pr.double()) - (rc.double() - rr.double()))  # (B,) float64
     losses, _, _ = dpo.dpo_loss(pc, pr, rc, rr, beta=beta)
-    torch.testing.assert_close(losses, F.binary_cross_entropy_with_logits(score, torch.ones_like(score),
-                                                                          reduction="none"))
+    torch.testing.assert_close(losses.double(), F.binary_cross_entropy_with_logits(
+        score, torch.ones_like(score), reduction="none"), rtol=1.3e-6, atol=1e-5)
     smoothed, _, _ = dpo.dpo_loss(pc, pr, rc, rr, beta=beta, label_smoothing=eps)
-    torch.testing.assert_close(smoothed, F.binary_cross_entropy_with_logits(
+    torch.testing.assert_close(smoothed.double(), F.binary_cross_entropy_with_logits(
         score, torch.full_like(score, 1 - eps), reduction="none"), rtol=1e-5, atol=1e-5)
 
 

@@ -217,22 +217,23 @@ def test_frontier_outputs(tmp_path):
     require_written_code()
     out, result = experiment_outputs("frontier", "frontier.json", tmp_path)
     points = result["points"]
-    assert {p["method"] for p in points} >= {"reference", "DPO", "Preferred-FT", "Best-of-N"}
+    assert {p["method"] for p in points} >= {"reference", "DPO", "Preferred-FT", "Best-of-N (oracle)"}
     for p in points:
         name = p["name"]
         for key in ("reward", "reward_ci95", "kl", "kl_ci95"):
             assert math.isfinite(p[key]), (name, key)
         if p["n_samples"] > 1:
             assert p["reward_ci95"] > 0 and p["kl_ci95"] >= 0, name
-        if p["method"] == "Best-of-N":  # no samples file: its KL is computed from the reward levels
-            assert -1e-12 <= p["kl"] <= p["kl_analytic"] + 1e-9, name
-            assert p["kl_analytic"] == pytest.approx(analytic(p["setting"]["N"]), abs=1e-9), name
-            continue
         path = os.path.join(out, "samples", f"{name}.jsonl")
         assert os.path.isfile(path), f"{path}: missing; run `python train.py frontier` again"
         with open(path) as f:
             rows = [json.loads(line) for line in f if line.strip()]
         assert len(rows) == p["n_samples"], name
+        if p["method"] in ("Best-of-N (oracle)", "BoN-RM"):  # the KL is computed from the selector's levels
+            assert -1e-12 <= p["kl"] <= p["kl_analytic"] + 1e-9, name
+            assert p["kl_analytic"] == pytest.approx(analytic(p["setting"]["N"]), abs=1e-9), name
+            assert mean_ci95([r["reward"] for r in rows])[0] == pytest.approx(p["reward"], abs=1e-6), name
+            continue
         assert all(set(r) >= {"prompt", "completion", "reward", "logratio"} for r in rows), name
         for key, column in (("reward", "reward"), ("kl", "logratio")):
             mean, ci = mean_ci95([r[column] for r in rows])
@@ -243,7 +244,7 @@ def test_frontier_outputs(tmp_path):
         else:
             assert p["kl_ci95"] > 0, (name, "a trained policy's log-ratios vary")
 
-    bon = sorted((p for p in points if p["method"] == "Best-of-N"), key=lambda p: p["setting"]["N"])
+    bon = sorted((p for p in points if p["method"] == "Best-of-N (oracle)"), key=lambda p: p["setting"]["N"])
     assert len(bon) >= 2 and bon[0]["setting"]["N"] == 1 and bon[0]["kl"] == pytest.approx(0.0, abs=1e-12)
     for a, b in zip(bon, bon[1:]):  # more samples, a better best (up to the CIs)
         assert b["reward"] >= a["reward"] - a["reward_ci95"] - b["reward_ci95"], (a["name"], b["name"])
