@@ -30,10 +30,12 @@ class ConfigError(ValueError):
 # -----------------------------------------------------------------------------
 # The settings: one dataclass field each, with its flag, help line, commands and allowed values
 
-TRAINING_STAGES = ("pretrain", "sft", "dpo", "unlikelihood", "reward-model")
-PAIR_STAGES = ("sft", "dpo", "unlikelihood", "reward-model")  # the stages that train on preference pairs
-POLICY_STAGES = ("pretrain", "sft", "dpo", "unlikelihood")  # the stages that train a language model on data
-LORA_STAGES = ("sft", "dpo")  # the stages that can train LoRA adapters instead of all weights
+FAMILY_STAGES = ("simpo", "orpo", "kto")  # DPO's family since the paper: simpo.py, orpo.py, kto.py
+TRAINING_STAGES = ("pretrain", "sft", "dpo", "unlikelihood", "reward-model") + FAMILY_STAGES
+PAIR_STAGES = ("sft", "dpo", "unlikelihood", "reward-model") + FAMILY_STAGES  # read preference data (--data)
+POLICY_STAGES = ("pretrain", "sft", "dpo", "unlikelihood") + FAMILY_STAGES  # train a language model on data
+LORA_STAGES = ("sft", "dpo") + FAMILY_STAGES  # the stages that can train LoRA adapters instead of all weights
+REFERENCE_STAGES = ("dpo", "kto")  # the stages with a reference model pi_ref
 RL_STAGES = ("ppo", "rloo")  # reinforcement learning on the sentiment task (rlhf.py)
 STAGES = TRAINING_STAGES + RL_STAGES + ("pairs", "eval", "sample")  # "sample", the one that writes nothing, last
 SCHEDULES = ("cosine", "constant")  # the learning rate after warm-up (training.learning_rate)
@@ -97,7 +99,16 @@ class TrainConfig:
     # DPO
     loss: str = option("--loss", "sigmoid", "the DPO loss (dpo.py): sigmoid (Eq. 7; cDPO with --label-smoothing), "
                        "ipo, hinge, robust", ("dpo",), choices=LOSS_TYPES)
-    beta: float = option("--beta", 0.1, "beta, the strength of the KL penalty (Eq. 3, 7)", ("dpo",))
+    beta: float = option("--beta", 0.1, "beta: dpo, kto: the strength of the KL penalty (Eq. 3, 7); simpo: the "
+                         "reward's scale; orpo: the odds-ratio term's weight (the paper's lambda)",
+                         ("dpo",) + FAMILY_STAGES)
+    simpo_gamma: float = option("--simpo-gamma", 1.0, "SimPO's target margin between the rewards", ("simpo",))
+    desirable_fraction: float = option("--desirable-fraction", 1.0, "keep this fraction of the desirable training "
+                                       "examples (KTO on imbalanced data)", ("kto",))
+    desirable_weight: float = option("--desirable-weight", 0.0, "KTO's weight of a desirable example; 0 = balance "
+                                     "the two kinds (weight x count equal, as the KTO paper recommends)", ("kto",))
+    undesirable_weight: float = option("--undesirable-weight", 1.0, "KTO's weight of an undesirable example",
+                                       ("kto",))
     label_smoothing: float = option("--label-smoothing", 0.0, "probability that a preference label is flipped "
                                     "(cDPO, robust)", ("dpo",))
     rpo_alpha: float = option("--rpo-alpha", 0.0, "weight of the chosen response's per-token NLL added to the DPO "
@@ -106,7 +117,7 @@ class TrainConfig:
                                        "the rejected response", ("unlikelihood",))
     reference: str = option("--reference", "precompute", "precompute: the reference's log-probs once, then the "
                             "reference is freed; live: every step (with LoRA the reference is the policy with its "
-                            "adapters off: no copy either way)", ("dpo",), choices=REFERENCE_MODES)
+                            "adapters off: no copy either way)", REFERENCE_STAGES, choices=REFERENCE_MODES)
     # LoRA (lora.py)
     lora_rank: int = option("--lora-rank", 0, "train low-rank adapters of this rank on a frozen --init model "
                             "instead of all weights (LoRA); 0 = full fine-tuning", LORA_STAGES, group=LORA)
@@ -125,7 +136,7 @@ class TrainConfig:
                                    ("pairs",))
     reference_init: str = option("--reference-init", "", "eval: the reference model to compare --init with; dpo: "
                                  "the frozen reference pi_ref ('' = the --init model); a path as --init",
-                                 ("eval", "dpo"))
+                                 ("eval",) + REFERENCE_STAGES)
     num_prompts: int = option("--num-prompts", 0, "use the first N of the task's prompts (0 = all)",
                               ("pairs", "eval"))
     # reinforcement learning (ppo, rloo; rlhf.py, ppo.py)
@@ -170,7 +181,7 @@ class TrainConfig:
                        POLICY_STAGES + RL_STAGES + ("eval",), choices=IMPLS)
     fused_linear: bool = option("--fused-linear", False, "log-probs from the last hidden states and the LM-head "
                                 "weight without the (B, T, V) logits (logprob_kernels.linear_sequence_logprobs), "
-                                "for the policy and the DPO reference", ("pretrain", "sft", "dpo"))
+                                "for the policy and the DPO reference", ("pretrain", "sft", "dpo") + FAMILY_STAGES)
     compile: bool = option("--compile", False, "torch.compile the model for training", POLICY_STAGES)
     world_size: int = option(None, 1, "processes training data-parallel (torchrun --nproc_per_node N): not a flag, "
                              "set from the process group when training starts and recorded in config.json", ())
@@ -183,6 +194,9 @@ STAGE_DEFAULTS = {
     "sft": dict(out_dir="out/sft", lr=1e-4, steps=500, batch_size=16),
     "dpo": dict(out_dir="out/dpo", lr=1e-5, steps=500, batch_size=16, schedule="constant"),
     "unlikelihood": dict(out_dir="out/unlikelihood", lr=1e-5, steps=500, batch_size=16, schedule="constant"),
+    "simpo": dict(out_dir="out/simpo", lr=1e-5, steps=500, batch_size=16, schedule="constant", beta=2.0),
+    "orpo": dict(out_dir="out/orpo", lr=1e-5, steps=500, batch_size=16, schedule="constant", beta=0.1),
+    "kto": dict(out_dir="out/kto", lr=1e-5, steps=500, batch_size=16, schedule="constant", beta=0.1),
     "reward-model": dict(out_dir="out/reward-model", lr=1e-4, steps=500, batch_size=16, keep_best=True,
                          eval_samples=2),
     "ppo": dict(out_dir="out/ppo", lr=1e-4, steps=100, batch_size=64, samples_per_prompt=1, max_new_tokens=32,
@@ -243,6 +257,10 @@ def check_values(cfg):
     need(cfg.n_embd % cfg.n_head == 0, "n_head", f"must divide --n-embd {cfg.n_embd}")
     need(cfg.samples_per_prompt >= 1, "samples_per_prompt", "must be >= 1")
     need(cfg.eval_samples >= 0, "eval_samples", "must be >= 0 (0 = off)")
+    need(cfg.simpo_gamma >= 0 and math.isfinite(cfg.simpo_gamma), "simpo_gamma", "must be >= 0")
+    need(0 < cfg.desirable_fraction <= 1, "desirable_fraction", "must be in (0, 1]")
+    for name in ("desirable_weight", "undesirable_weight"):
+        need(getattr(cfg, name) >= 0 and math.isfinite(getattr(cfg, name)), name, "must be >= 0")
     need(cfg.kl_coef >= 0 and math.isfinite(cfg.kl_coef), "kl_coef", "must be >= 0")
     need(cfg.target_kl >= 0 and math.isfinite(cfg.target_kl), "target_kl", "must be >= 0 (0 = a fixed --kl-coef)")
     for name in ("clip", "value_clip", "value_lr", "kl_horizon", "ppo_epochs", "minibatches"):
@@ -275,9 +293,11 @@ def check_config(stage, cfg):
     def need(ok, name, requirement):
         _need(cfg, ok, name, requirement)
 
-    if stage in ("dpo", "unlikelihood", "reward-model", "ppo", "rloo", "pairs", "eval", "sample"):
+    if stage in ("dpo", "unlikelihood", "reward-model", "ppo", "rloo", "pairs", "eval", "sample") + FAMILY_STAGES:
         need(cfg.init, "init", f"{stage} needs --init: " + {
             "dpo": "the SFT model, which is also the frozen reference", "unlikelihood": "the SFT model",
+            "kto": "the SFT model, which is also the frozen reference", "simpo": "the SFT model",
+            "orpo": "the base model (ORPO needs no SFT stage)",
             "reward-model": "the SFT model, whose trunk the reward model starts from",
             "ppo": "the SFT model, which is also the frozen reference",
             "rloo": "the SFT model, which is also the frozen reference"}.get(stage, "the model to sample from"))
@@ -288,7 +308,7 @@ def check_config(stage, cfg):
         check_reinforcement_learning(cfg)
     if cfg.lora_rank and stage in LORA_STAGES:
         need(cfg.init, "lora_rank", "LoRA needs --init: the model whose weights stay frozen under the adapters")
-    if cfg.lora_rank and stage == "dpo":
+    if cfg.lora_rank and stage in REFERENCE_STAGES:
         need(not cfg.reference_init, "reference_init", "with LoRA the reference is the --init model under the "
              "adapters (switched off); drop --reference-init or --lora-rank")
     need(not (cfg.fused_linear and stage == "unlikelihood"), "fused_linear",

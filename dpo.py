@@ -58,15 +58,13 @@ Left out: the reduction over the batch (dpo_loss returns per-pair losses; the tr
 later variants that change more than the function of h (SimPO, ORPO, KTO: files of their own).
 """
 
-import math
-import numbers
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 
 import logprob_kernels
-from tensor_checks import check_coefficient, check_lengths, check_logps
+from tensor_checks import check_coefficient, check_lengths, check_logps, check_positive
 
 LOSS_TYPES = ("sigmoid", "ipo", "hinge", "robust")
 SMOOTHED_LOSS_TYPES = ("sigmoid", "robust")  # the variants that model label noise (label_smoothing)
@@ -284,10 +282,7 @@ def _check_dpo_arguments(policy_chosen_logps, policy_rejected_logps, reference_c
                  "reference_rejected_logps": reference_rejected_logps})
     if loss_type not in LOSS_TYPES:
         raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got {loss_type!r}")
-    if isinstance(beta, bool) or not isinstance(beta, numbers.Real):
-        raise TypeError(f"beta must be a real number, got {type(beta).__name__}")
-    if not (math.isfinite(beta) and beta > 0):
-        raise ValueError(f"beta must be finite and > 0, got {beta}")
+    check_positive("beta", beta)
     if not 0.0 <= label_smoothing < 0.5:
         raise ValueError(f"label_smoothing must be in [0, 0.5), got {label_smoothing}")
     if label_smoothing != 0.0 and loss_type not in SMOOTHED_LOSS_TYPES:

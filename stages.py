@@ -24,14 +24,25 @@ import torch
 import data
 import data_parallel
 import dpo
+import kto
 import lora
 import next_token
+import orpo
 import reward_model
 import rlhf
 import sentiment
+import simpo
 import unlikelihood
 from checkpoint import load_model
-from config import LORA_STAGES, ConfigError, check_config, lora_targets, resolve_device, resolve_lengths
+from config import (
+    LORA_STAGES,
+    REFERENCE_STAGES,
+    ConfigError,
+    check_config,
+    lora_targets,
+    resolve_device,
+    resolve_lengths,
+)
 from model import GPT, GPTConfig
 from reference import Reference
 from training import Objective, train
@@ -52,16 +63,23 @@ def build_model(cfg, tokenizer):
     return model
 
 
-def preference_splits(cfg, tokenizer, log=print):
-    """Encoded (train, held-out) preference pairs from --data and --heldout-data.
+def preference_splits(cfg, tokenizer, log=print, unpaired=False):
+    """Encoded (train, held-out) preference pairs from --data and --heldout-data; with `unpaired`, KTO's unpaired
+    examples (data.unpaired: pairs are split in two; --desirable-fraction applies to the training examples).
 
     Without --heldout-data: the test split of a dataset that has one, else a seeded --heldout-fraction of
     --data. Raises ConfigError when a source yields no usable pair."""
     def encode(source, flag):
-        records, load_report = data.load_preferences(source, return_report=True)
-        pairs, encode_report = data.encode_preferences(records, tokenizer, max_length=cfg.max_length,
-                                                       max_prompt_length=cfg.max_prompt_length,
-                                                       return_report=True)
+        if unpaired:
+            fraction = cfg.desirable_fraction if flag == "--data" else 1.0
+            records, load_report = data.load_unpaired(source, desirable_fraction=fraction, seed=cfg.seed,
+                                                      return_report=True)
+            encoder = data.encode_unpaired
+        else:
+            records, load_report = data.load_preferences(source, return_report=True)
+            encoder = data.encode_preferences
+        pairs, encode_report = encoder(records, tokenizer, max_length=cfg.max_length,
+                                       max_prompt_length=cfg.max_prompt_length, return_report=True)
         log(f"{load_report.summary()}; {encode_report.summary()}")
         if not pairs:
             raise ConfigError(f"{flag} {source}: no usable preference pair ({load_report.summary()}; "
@@ -123,6 +141,18 @@ def objective(stage, cfg, pad_id, reference=None):
         return Objective(stage, loss, pairs_in, lambda values: dpo.dpo_metrics(**values), collate)
     if stage == "reward-model":
         return Objective(stage, reward_model.batch_loss, pairs_in, reward_model.metrics, collate)
+    if stage == "simpo":
+        loss = functools.partial(simpo.batch_loss, beta=cfg.beta, gamma=cfg.simpo_gamma, **kernel)
+        return Objective(stage, loss, pairs_in, lambda values: dpo.dpo_metrics(**values), collate)
+    if stage == "orpo":
+        loss = functools.partial(orpo.batch_loss, beta=cfg.beta, **kernel)
+        return Objective(stage, loss, pairs_in, lambda values: dpo.dpo_metrics(**values), collate)
+    if stage == "kto":
+        loss = functools.partial(kto.batch_loss, reference=reference, beta=cfg.beta,
+                                 desirable_weight=cfg.desirable_weight, undesirable_weight=cfg.undesirable_weight,
+                                 **kernel)
+        return Objective(stage, loss, lambda batch: batch["desirable"].shape[0], kto.metrics,
+                         functools.partial(data.kto_collate, pad_id=pad_id))
     loss = functools.partial(unlikelihood.batch_loss, alpha=cfg.unlikelihood_alpha, impl=cfg.impl)
     return Objective(stage, loss, pairs_in, unlikelihood.metrics, collate)
 
@@ -149,14 +179,30 @@ def reference_model(cfg, policy, use_lora):
     return Reference.frozen(frozen.to(device), **kernel)
 
 
-def dpo_reference(cfg, live, pair_sets, pad_id):
-    """The Reference DPO trains with: `live` itself (--reference live), or its table over `pair_sets` (the
-    training pairs, then the held-out ones), computed under the policy's autocast (--reference precompute)."""
+def dpo_reference(cfg, live, pair_sets, pad_id, collate=data.dpo_collate):
+    """The Reference DPO (or KTO) trains with: `live` itself (--reference live), or its table over `pair_sets`
+    (the training pairs, then the held-out ones), computed under the policy's autocast (--reference precompute).
+    collate: the stage's (data.dpo_collate, or data.kto_collate for KTO's examples and their mismatched rows)."""
     if cfg.reference == "live":
         return live
     device, autocast, _ = resolve_device(cfg)
     return Reference.precomputed(live, pair_sets, batch_size=cfg.batch_size, device=device, autocast=autocast,
-                                 collate=functools.partial(data.dpo_collate, pad_id=pad_id))
+                                 collate=functools.partial(collate, pad_id=pad_id))
+
+
+def kto_weights(cfg, examples, log=print):
+    """cfg with --desirable-weight 0 resolved: the weight that balances the desirable against the undesirable
+    training examples (kto.balanced_weights). Raises ConfigError when one kind is missing."""
+    n_desirable = sum(example.desirable for example in examples)
+    try:
+        weights = kto.balanced_weights(n_desirable, len(examples) - n_desirable)
+    except ValueError as e:
+        raise ConfigError(f"--data {cfg.data}: {e}") from None
+    if not cfg.desirable_weight:
+        cfg = dataclasses.replace(cfg, desirable_weight=weights[0])
+    log(f"kto: {n_desirable} desirable and {len(examples) - n_desirable} undesirable training examples; weights "
+        f"{cfg.desirable_weight:.3g} and {cfg.undesirable_weight:.3g}")
+    return cfg
 
 
 def run_stage(stage, cfg, log=print):
@@ -182,15 +228,19 @@ def run_stage(stage, cfg, log=print):
         train_set, heldout_set = text_splits(cfg, tokenizer)
         log(f"{stage}: {len(train_set):,} training tokens, {len(heldout_set):,} held-out tokens")
     else:
-        train_set, heldout_set = preference_splits(cfg, tokenizer, log)
-        log(f"{stage}: {len(train_set)} training pairs, {len(heldout_set)} held-out pairs")
+        train_set, heldout_set = preference_splits(cfg, tokenizer, log, unpaired=stage == "kto")
+        log(f"{stage}: {len(train_set)} training {'examples' if stage == 'kto' else 'pairs'}, {len(heldout_set)} "
+            f"held-out")
+    if stage == "kto":
+        cfg = kto_weights(cfg, train_set, log)
     log(f"{stage}: model with {model.num_params() / 1e6:.2f}M parameters (non-embedding), "
         f"vocab {model.config.vocab_size}, block {model.config.block_size}, rows of {cfg.max_length} tokens")
     if stage == "reward-model":
         model = reward_model.RewardModel(model)
     pad_id, reference = tokenizer.eot_token, None
-    if stage == "dpo":  # precomputed, a frozen copy lives only while its table is computed
-        reference = dpo_reference(cfg, reference_model(cfg, model, use_lora), (train_set, heldout_set), pad_id)
+    if stage in REFERENCE_STAGES:  # precomputed, a frozen copy lives only while its table is computed
+        reference = dpo_reference(cfg, reference_model(cfg, model, use_lora), (train_set, heldout_set), pad_id,
+                                  data.kto_collate if stage == "kto" else data.dpo_collate)
     metrics = train(objective(stage, cfg, pad_id, reference), cfg, model, train_set, heldout_set, log=log)
     if stage == "reward-model":
         if cfg.eval_samples and data_parallel.is_main():

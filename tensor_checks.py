@@ -1,5 +1,6 @@
-"""Argument checks shared by the loss functions (dpo.py, unlikelihood.py): a clear TypeError or ValueError that
-names the argument at fault and what it got, instead of a shape error deep inside the math (or none at all)."""
+"""Argument checks shared by the loss functions (dpo.py and the other methods' files): a clear TypeError or
+ValueError that names the argument at fault and what it got, instead of a shape error deep inside the math (or
+none at all); and the dtype a loss computes in."""
 
 import math
 import numbers
@@ -39,6 +40,19 @@ def check_lengths(name: str, lengths, like: torch.Tensor) -> None:
         raise ValueError(f"{name} is on {lengths.device} but the log-probs are on {like.device}")
     if not bool((lengths > 0).all()):  # one host sync; NaN fails too
         raise ValueError(f"{name} must be > 0 everywhere (token counts), got {lengths[~(lengths > 0)].tolist()}")
+
+
+def math_dtype(t: torch.Tensor) -> torch.dtype:
+    """The dtype a loss computes in: float64 for float64 inputs (so that gradcheck can test it), else float32."""
+    return torch.float64 if t.dtype == torch.float64 else torch.float32
+
+
+def check_positive(name: str, value) -> None:
+    """Raise a TypeError unless value is a real number, a ValueError unless it is finite and > 0 (a beta)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{name} must be finite and > 0, got {value}")
 
 
 def check_coefficient(name: str, value, high: float = math.inf) -> None:

@@ -43,6 +43,16 @@ COMMAND_HELP = {  # command: (one line for the command list, the description of 
     "unlikelihood": ("the paper's Unlikelihood baseline: raise log p(chosen), push down p(rejected) per token",
                      "Unlikelihood (Welleck et al. 2019; a baseline of the DPO paper, section 6) of --init on "
                      "--data: maximise log p(chosen) and log(1 - p) of each rejected token; no reference."),
+    "simpo": ("SimPO: DPO without a reference, on length-normalised log-probs, with a margin",
+              "SimPO (Meng et al. 2024; simpo.py) of --init on --data: -log sigma(beta * (mean log p(chosen) - mean "
+              "log p(rejected)) - gamma); no reference model."),
+    "orpo": ("ORPO: SFT and an odds-ratio preference term in one loss, no reference",
+             "ORPO (Hong et al. 2024; orpo.py) of --init (a base model: no SFT stage needed) on --data: the chosen "
+             "response's NLL minus beta * log sigma(log odds ratio); no reference model."),
+    "kto": ("KTO: single completions marked desirable or undesirable, against a reference",
+            "KTO (Ethayarajh et al. 2024; kto.py) of --init on --data: TRL's unpaired format (prompt, completion, "
+            "label) or pairs split in two; a frozen copy of --init is the reference, the KL estimate from "
+            "mismatched pairs the reference point."),
     "reward-model": ("the reward model of RLHF: Bradley-Terry on the same pairs",
                      "Train a reward model (reward_model.py: the --init trunk and a scalar head; Eq. 2 of the DPO "
                      "paper) on the preference pairs of --data; keeps best.pt, the best held-out accuracy."),

@@ -5,6 +5,8 @@
     encoding.py  encode_preferences: separate tokenization, EOS, the truncation policy -> EncodedPair
     batches.py   dpo_collate / sft_collate / collate_responses (input_ids, pre-shifted labels, response mask),
                  lm_batches (windows of a token stream)
+    unpaired.py  KTO's unpaired examples: load_unpaired (TRL's format, or pairs split), encode_unpaired,
+                 kto_collate
 
 The embedded sentiment task, which makes its own preference pairs, lives in `sentiment/`.
 """
@@ -23,10 +25,12 @@ from data.records import (
     save_preferences,
 )
 from data.tokenizer import TOKENIZER_NAMES, TokenizerUnavailableError, get_tokenizer, tokenizer_description
+from data.unpaired import EncodedExample, UnpairedRecord, encode_unpaired, kto_collate, load_unpaired
 
 __all__ = [
     "IGNORE_INDEX", "TOKENIZER_NAMES", "EncodeReport", "EncodedPair", "LoadReport", "PreferenceFormatError",
     "PreferenceRecord", "TokenizerUnavailableError", "collate_responses", "dataset_name_and_split", "dataset_splits",
     "dpo_collate", "encode_preferences", "get_tokenizer", "lm_batches", "load_preferences", "missing_local_path",
     "render_messages", "response_batches", "save_preferences", "sft_collate", "tokenizer_description", "truncate_pair",
+    "EncodedExample", "UnpairedRecord", "encode_unpaired", "kto_collate", "load_unpaired",
 ]

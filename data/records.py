@@ -294,7 +294,7 @@ def dataset_splits(source) -> list[str] | None:
     return list(datasets.get_dataset_split_names(dataset_name_and_split(os.fspath(source))[0]))
 
 
-def _rows(source, split: str, report: LoadReport) -> Iterator[tuple[str, object]]:
+def source_rows(source, split: str, report: LoadReport) -> Iterator[tuple[str, object]]:
     if isinstance(source, (str, os.PathLike)):
         path = os.fspath(source)
         if _is_file_source(path):
@@ -337,7 +337,7 @@ def load_preferences(source, *, split: str = "train", return_report: bool = Fals
     name = os.fspath(source) if isinstance(source, (str, os.PathLike)) else type(source).__name__
     report = LoadReport(source=name)
     records = []
-    for where, row in _rows(source, split, report):
+    for where, row in source_rows(source, split, report):
         report.n_read += 1
         record = record_from_row(row, where, report)
         if record.chosen == record.rejected:
