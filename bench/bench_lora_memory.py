@@ -1,10 +1,12 @@
-"""Benchmark: peak memory and time of one DPO training step, full fine-tuning against LoRA.
+"""Benchmark: peak memory and time of one DPO training step, full fine-tuning against LoRA, and against the
+reference-free losses of DPO's family (SimPO, ORPO).
 
 Where a DPO step's memory goes, for a model of P parameters in fp32 (4 bytes each) trained with AdamW:
 
     full fine-tuning, reference copy   policy 4P + reference 4P + gradients 4P + Adam moments 8P  = 20P + activations
     full, precomputed reference        the copy exists only before training (8P then)            = 16P + activations
     LoRA, reference = adapters off     base 4P + adapters, their gradients and moments (~16 p)    =  4P + activations
+    SimPO or ORPO, no reference        policy 4P + gradients 4P + Adam moments 8P                 = 16P + activations
 
 with p << P the adapter parameters. Activations are the same for all three (LoRA adds its small (tokens, r) ones).
 This script measures it: each variant runs in a fresh process (model built from the seed, a batch of random
@@ -37,9 +39,12 @@ sys.path.insert(0, str(REPO))  # run from a checkout without installing the proj
 
 import dpo  # noqa: E402
 import lora  # noqa: E402
+import orpo  # noqa: E402
+import simpo  # noqa: E402
 from model import GPT, GPTConfig  # noqa: E402
 
-VARIANTS = ("full, reference copy (live)", "full, precomputed reference", "LoRA, adapters-off reference (live)")
+VARIANTS = ("full, reference copy (live)", "full, precomputed reference", "LoRA, adapters-off reference (live)",
+            "SimPO, no reference", "ORPO, no reference")
 GPT2_SHAPE = dict(n_layer=12, n_head=12, n_embd=768, vocab_size=50257, block_size=1024)
 QUICK_SHAPE = dict(n_layer=2, n_head=2, n_embd=64, vocab_size=300, block_size=64)
 
@@ -92,10 +97,11 @@ def run_variant(name, args):
     model = GPT(GPTConfig(**shape)).to(device)
     batch = random_pairs(args.pairs, args.tokens, shape["vocab_size"], device)
     reference, ref_logps = None, None
+    reference_free = name.startswith(("SimPO", "ORPO"))
     if name.startswith("LoRA"):
         lora.apply_lora(model, args.lora_rank, alpha=2.0 * args.lora_rank)
         reference = lora.BaseModelView(model)
-    else:
+    elif not reference_free:
         reference = copy.deepcopy(model).requires_grad_(False).eval()
     if "precomputed" in name:  # the reference's log-probs once, then the copy is gone (as stages.dpo_reference does)
         with torch.no_grad(), autocast:
@@ -107,12 +113,18 @@ def run_variant(name, args):
         start = time.perf_counter()
         with autocast:
             policy = dpo.concatenated_logps(model, batch)
-            if ref_logps is None:
-                with torch.no_grad():
-                    ref = dpo.concatenated_logps(reference, batch)
+            lengths = (policy.chosen_tokens, policy.rejected_tokens)
+            if name.startswith("SimPO"):
+                losses, _, _ = simpo.simpo_loss(policy.chosen, policy.rejected, *lengths, beta=2.0, gamma=1.0)
+            elif name.startswith("ORPO"):
+                losses, _, _ = orpo.orpo_loss(policy.chosen, policy.rejected, *lengths, beta=0.1)
             else:
-                ref = ref_logps
-            losses, _, _ = dpo.dpo_loss(policy.chosen, policy.rejected, ref.chosen, ref.rejected, beta=0.1)
+                if ref_logps is None:
+                    with torch.no_grad():
+                        ref = dpo.concatenated_logps(reference, batch)
+                else:
+                    ref = ref_logps
+                losses, _, _ = dpo.dpo_loss(policy.chosen, policy.rejected, ref.chosen, ref.rejected, beta=0.1)
         losses.mean().backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
