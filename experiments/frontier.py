@@ -15,6 +15,8 @@ each number), as in the paper. The points:
 * RLHF (`experiments/rl_runs.py`): a reward model fitted to the same pairs (Eq. 2), then PPO on its scores at
   several KL coefficients, and RLOO (no value model); PPO-GT, PPO on the ground-truth reward itself: the
   paper's oracle, which no method trained on the pairs can see.
+* DPO's family since the paper (`experiments/family_runs.py`): SimPO, ORPO and KTO at several beta each, and
+  KTO with 10% of the desirable examples, with DPO's learning rate, steps and batch size.
 * Best-of-N from the reference, N = 1 ... 32, kept by the reward model (BoN-RM) or by the ground truth
   (Best-of-N (oracle)). Its KL is exactly sum_l q_l log(q_l / p_l) over the selector's levels l among the
   reference's completions (p_l their probability, q_l = F(l)^N - F(l-)^N with F the CDF), estimated per prompt
@@ -29,7 +31,8 @@ paper_claims.py): the implicit reward as a reward model, robustness to temperatu
 The base model and the pairs come from `experiments/base.py` (cached under OUT_DIR/base/); every training
 run keeps its checkpoints and every point its samples (OUT_DIR/samples/NAME.jsonl: prompt, completion,
 reward, log-ratio), and a point already evaluated with the same settings is not evaluated again, so a rerun
-is cheap. Outputs: frontier.json (settings, points, claims), frontier.png and temperature.png.
+is cheap. Outputs: frontier.json (settings, points, claims), frontier.png (DPO, its baselines, RLHF),
+family.png (DPO beside SimPO, ORPO and KTO) and temperature.png.
 """
 
 import json
@@ -39,12 +42,14 @@ import time
 
 import reward_model
 import sentiment
-from experiments import base, paper_claims, plots, rl_runs
+from experiments import base, family_runs, paper_claims, plots, rl_runs
 from experiments.points import evaluate_point, run_points, train_cached, training_config
 
 # Six epochs per run over the ~500 pairs, evaluated every half epoch: long enough for beta to act (with Adam,
 # whose steps do not scale with the gradient, beta matters only once beta * h saturates the sigmoid). The RL
-# runs: 40 iterations of 64 rollouts (RLOO: 16 prompts x 4), 4 checkpoints each.
+# runs: 40 iterations of 64 rollouts (RLOO: 16 prompts x 4), 4 checkpoints each. The family: DPO's run settings,
+# 4 checkpoints each, the beta of each chosen by a pilot run to span the KL that DPO's sweep spans (SimPO and
+# ORPO's beta are not DPO's: SimPO's scales a mean per token, ORPO's weighs a term beside the SFT loss).
 FULL = dict(betas=(0.03, 0.1, 0.3, 1.0, 3.0), dpo=dict(lr=2e-4, steps=96, batch_size=32),
             preferred_ft=dict(lr=2e-4, steps=96, batch_size=32),
             unlikelihood=dict(lr=2e-4, steps=96, batch_size=32, alpha=1.0),
@@ -53,14 +58,19 @@ FULL = dict(betas=(0.03, 0.1, 0.3, 1.0, 3.0), dpo=dict(lr=2e-4, steps=96, batch_
             ppo=dict(kl_coefs=(0.01, 0.03, 0.1, 0.3), lr=1e-4, steps=40, batch_size=64),
             ppo_gt=dict(kl_coefs=(0.03, 0.1, 0.3), lr=1e-4, steps=40, batch_size=64),
             rloo=dict(kl_coefs=(0.03, 0.1, 0.3), lr=1e-4, steps=40, batch_size=16, k=4),
-            rl_checkpoints=4, train_seeds=(1338, 1339), seed_steps=(8, 48, 96), fresh_samples=4,
+            rl_checkpoints=4, family={"SimPO": dict(betas=(2.0, 8.0, 32.0), gamma_over_beta=0.5),
+                                      "ORPO": dict(betas=(0.1, 1.0, 10.0)), "KTO": dict(betas=(0.03, 0.1, 0.3)),
+                                      "KTO 10%": dict(betas=(0.03, 0.1, 0.3), desirable_fraction=0.1)},
+            family_checkpoints=4, train_seeds=(1338, 1339), seed_steps=(8, 48, 96), fresh_samples=4,
             temperatures=(0.25, 0.5, 0.75, 1.0))
 QUICK = dict(FULL, betas=(0.03, 3.0), dpo=dict(FULL["dpo"], steps=24), preferred_ft=dict(FULL["preferred_ft"], steps=8),
              unlikelihood=dict(FULL["unlikelihood"], steps=8), checkpoints=2, best_of=(1, 4, 16),
              reward_model=dict(lr=1e-3, steps=16, batch_size=32),
              ppo=dict(FULL["ppo"], kl_coefs=(0.03, 0.3), steps=4),
              ppo_gt=dict(FULL["ppo_gt"], kl_coefs=(0.1,), steps=4), rloo=dict(FULL["rloo"], kl_coefs=(0.1,), steps=4),
-             rl_checkpoints=2, train_seeds=(1338,),
+             rl_checkpoints=2, family_checkpoints=2,
+             family={method: dict(own, betas=own["betas"][1:2]) for method, own in FULL["family"].items()},
+             train_seeds=(1338,),
              seed_steps=(24,), fresh_samples=2, temperatures=(0.5, 1.0))
 
 
@@ -134,7 +144,7 @@ def best_of_n_points(prepared, frontier_settings, out_dir, log, pool, pool_rewar
 
 def run(out_dir="out/frontier", quick=False, log=print):
     """Train and evaluate every point of the frontier and the claims; returns the frontier dict (also
-    OUT_DIR/frontier.json), and writes frontier.png and temperature.png."""
+    OUT_DIR/frontier.json), and writes frontier.png, family.png and temperature.png."""
     start = time.time()
     settings, frontier_settings = (base.QUICK, QUICK) if quick else (base.FULL, FULL)
     for sub in ("points", "samples", "runs"):
@@ -174,10 +184,16 @@ def run(out_dir="out/frontier", quick=False, log=print):
     sweeps = rl_runs.rl_sweeps(prepared, frontier_settings, rm_path, runs, out_dir, log)
     points += [point for runs_of_method in sweeps.values() for _, run in runs_of_method for point in run]
 
+    log("== DPO's family since the paper: SimPO, ORPO, KTO and KTO on 10% of the desirable examples ==")
+    family = family_runs.family_sweeps(prepared, frontier_settings, runs, out_dir, log)
+    points += [point for runs_of_method in family.values() for _, run in runs_of_method for point in run]
+
     log("== each method's best setting, chosen on the training prompts, and more training seeds ==")
     candidates = {"DPO": [({"beta": beta}, cfg) for beta, cfg in dpo_runs],
                   **{method: [({"kl_coef": cfg.kl_coef}, cfg) for cfg, _ in runs_of_method]
-                     for method, runs_of_method in sweeps.items()}}
+                     for method, runs_of_method in sweeps.items()},
+                  **{method: [({"beta": cfg.beta}, cfg) for cfg, _ in runs_of_method]
+                     for method, runs_of_method in family.items()}}
     best = paper_claims.best_settings(candidates, prepared, frontier_settings, out_dir, log)
     for seed in frontier_settings["train_seeds"]:
         for beta in frontier_settings["betas"]:
@@ -186,13 +202,18 @@ def run(out_dir="out/frontier", quick=False, log=print):
         for method in rl_runs.RL_METHODS:
             points += rl_runs.train_rl(method, best[method]["setting"]["kl_coef"], seed, prepared, frontier_settings,
                                        rm_path, runs, out_dir, log)[1]
+        for method in family_runs.FAMILY_METHODS:
+            points += family_runs.train_family(method, best[method]["setting"]["beta"], seed, prepared,
+                                               frontier_settings, runs, out_dir, log, steps=seed_steps)[1]
 
     log("== the paper's claims: the implicit reward as a reward model, temperature, cost ==")
     claims = {"best_settings": {method: {"setting": chosen["setting"], "train_rows": chosen["train_rows"]}
                                 for method, chosen in best.items()},
               "secretly_a_reward_model": paper_claims.secretly_a_reward_model(
                   prepared, frontier_settings, pool, pool_rewards, rm_path, rm_rows, dpo_runs, log),
-              "temperature": paper_claims.temperature_panel(best, prepared, frontier_settings, out_dir, log),
+              "temperature": paper_claims.temperature_panel(  # the paper's methods: DPO's and RLHF's
+                  {method: chosen for method, chosen in best.items() if method not in family_runs.FAMILY_METHODS},
+                  prepared, frontier_settings, out_dir, log),
               "cost": paper_claims.cost_table(best, rl_runs.reward_model_config(
                   prepared, frontier_settings["reward_model"], os.path.join(runs, "reward-model")),
                   (base_seed, *frontier_settings["train_seeds"]), out_dir, log)}
@@ -201,10 +222,15 @@ def run(out_dir="out/frontier", quick=False, log=print):
               "quick": quick, "wall_seconds": time.time() - start}
     with open(os.path.join(out_dir, "frontier.json"), "w") as f:
         json.dump(result, f, indent=2)
-    plots.plot_frontier(points, os.path.join(out_dir, "frontier.png"))
+    plots.plot_frontier(points, os.path.join(out_dir, "frontier.png"),
+                        methods=[method for method in plots.METHOD_STYLES if method not in family_runs.FAMILY_METHODS])
+    plots.plot_frontier(points, os.path.join(out_dir, "family.png"),
+                        methods=("reference", "DPO", "Preferred-FT", *family_runs.FAMILY_METHODS),
+                        title="DPO and its family since the paper on the embedded sentiment task")
     plots.plot_temperature(claims["temperature"], os.path.join(out_dir, "temperature.png"))
     log(format_table(points) + "\n" + format_claims(claims) +
-        f"\nwall time {result['wall_seconds']:.0f} s; wrote {out_dir}/frontier.json, frontier.png, temperature.png")
+        f"\nwall time {result['wall_seconds']:.0f} s; wrote {out_dir}/frontier.json, frontier.png, family.png, "
+        "temperature.png")
     return result
 
 
@@ -232,7 +258,7 @@ def seed_spread(points, best, frontier_settings, base_seed):
     training seed, and the spread of reward and KL across seeds beside the sampling intervals."""
     seeds = (base_seed, *frontier_settings["train_seeds"])
     headlines = [("DPO", {"beta": beta}) for beta in frontier_settings["betas"]]
-    headlines += [(method, best[method]["setting"]) for method in rl_runs.RL_METHODS]
+    headlines += [(method, best[method]["setting"]) for method in (*rl_runs.RL_METHODS, *family_runs.FAMILY_METHODS)]
     rows = []
     for method, setting in headlines:
         runs = [p for p in points if p["method"] == method and p["setting"] == setting and p.get("prompts") is None
@@ -279,7 +305,7 @@ def format_claims(claims):
               f"of each seed's run " + " ".join(f"{seconds:.0f}" for seconds in row["wall_seconds_per_seed"])
               for row in claims["cost"]]
     lines.append("== training seeds: reward and KL of each seed ==")
-    lines += [f"{row['method']:<6} {json.dumps(row['setting']):<18} step {row['step']:>3}   reward "
+    lines += [f"{row['method']:<7} {json.dumps(row['setting']):<18} step {row['step']:>3}   reward "
               + " ".join(f"{value:+.3f}" for value in row["reward_per_seed"]) + "   KL "
               + " ".join(f"{value:.2f}" for value in row["kl_per_seed"]) for row in claims["seeds"]]
     return "\n".join(lines)

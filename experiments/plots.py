@@ -51,10 +51,13 @@ def plot_rewards(rewards_reference, rewards_policy, path):
 
 
 METHOD_STYLES = {"DPO": "o-", "Preferred-FT": "s--", "Unlikelihood": "^--", "Best-of-N (oracle)": "D-",
-                 "BoN-RM": "d-", "PPO": "P-", "PPO-GT": "X-", "RLOO": "v-", "reference": "*"}
+                 "BoN-RM": "d-", "PPO": "P-", "PPO-GT": "X-", "RLOO": "v-", "reference": "*",
+                 "SimPO": "h-", "ORPO": "p-", "KTO": "<-", "KTO 10%": ">--"}
 # One colour family per method, a shade per setting (the darkest the first), so that a curve's method shows.
 METHOD_COLOURS = {"DPO": "Blues", "PPO": "Oranges", "PPO-GT": "Reds", "RLOO": "Greens", "Preferred-FT": "Purples",
-                  "Unlikelihood": "RdPu", "Best-of-N (oracle)": "Greys", "BoN-RM": "copper"}
+                  "Unlikelihood": "RdPu", "Best-of-N (oracle)": "Greys", "BoN-RM": "copper",
+                  "SimPO": "Greens", "ORPO": "Oranges", "KTO": "Reds", "KTO 10%": "RdPu"}
+SWEPT_METHODS = ("DPO", "PPO", "PPO-GT", "RLOO", "SimPO", "ORPO", "KTO", "KTO 10%")  # one curve per setting
 
 
 def method_colours(labels_by_method):
@@ -71,12 +74,13 @@ def method_colours(labels_by_method):
     return colours
 
 
-def plot_frontier(points, path):
+def plot_frontier(points, path, methods=None, title="Reward-KL frontier on the embedded sentiment task"):
     """The reward-KL frontier (paper Figure 2, left), and word and bigram fluency against KL, with 95% CIs.
 
     points: frontier.json's points (method, setting, reward, reward_ci95, kl, kl_ci95, fluency, fluency_ci95;
-    Best-of-N points also kl_analytic; runs with another training seed, train_seed). One line per run through
-    its checkpoints (runs of other seeds hollow, without error bars); KL on a symlog axis."""
+    Best-of-N points also kl_analytic; runs with another training seed, train_seed); methods: plot only these
+    (default all). One line per run through its checkpoints (runs of other seeds hollow, without error bars);
+    KL on a symlog axis."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -87,8 +91,10 @@ def plot_frontier(points, path):
     base_seed = next((p["train_seed"] for p in points if p["method"] == "DPO" and "train_seed" in p), None)
     curves = {}
     for p in points:
+        if methods is not None and p["method"] not in methods:
+            continue
         label = p["method"] + ("".join(f" {k}={v}" for k, v in p["setting"].items())
-                               if p["method"] in ("DPO", "PPO", "PPO-GT", "RLOO") else "")
+                               if p["method"] in SWEPT_METHODS else "")
         seed = p.get("train_seed", base_seed)
         curves.setdefault((label, seed != base_seed), []).append(p)
     labels_by_method = {}
@@ -120,8 +126,7 @@ def plot_frontier(points, path):
         ax.grid(alpha=0.3)
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=6, fontsize=7, frameon=False)
-    fig.suptitle("Reward-KL frontier on the embedded sentiment task (95% CIs over held-out samples; hollow: "
-                 "other training seeds)")
+    fig.suptitle(f"{title} (95% CIs over held-out samples; hollow: other training seeds)")
     fig.tight_layout(rect=(0, 0.16, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)

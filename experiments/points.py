@@ -37,13 +37,16 @@ def training_config(stage, out_dir, prepared, run_settings, checkpoints, **chang
 
 def train_cached(stage, cfg, log):
     """stages.run_stage (stages.run_rl for ppo, rloo), unless OUT_DIR already holds a finished run with exactly
-    this configuration. Returns True when it trained (and then writes its wall time to wall_seconds.json), False
-    when it reused a finished run."""
+    this configuration (KTO's automatic desirable weight, 0, matches the weight the run resolved it to).
+    Returns True when it trained (and then writes its wall time to wall_seconds.json), False when it reused a
+    finished run."""
     try:
         with open(os.path.join(cfg.out_dir, "config.json")) as f:
             saved = json.load(f)
-        done = saved == {"stage": stage, **json.loads(json.dumps(dataclasses.asdict(cfg)))} and \
-            os.path.isfile(os.path.join(cfg.out_dir, f"step_{cfg.steps:06d}.pt"))
+        wanted = {"stage": stage, **json.loads(json.dumps(dataclasses.asdict(cfg)))}
+        if stage == "kto" and not cfg.desirable_weight:  # 0 = balanced: the run saved the weight it resolved
+            wanted["desirable_weight"] = saved.get("desirable_weight")
+        done = saved == wanted and os.path.isfile(os.path.join(cfg.out_dir, f"step_{cfg.steps:06d}.pt"))
     except (OSError, ValueError):
         done = False
     if done:

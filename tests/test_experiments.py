@@ -11,7 +11,7 @@ import torch
 
 import data
 import train
-from experiments import frontier
+from experiments import family_runs, frontier
 
 
 def test_best_of_n_kl_hand_derived():
@@ -81,7 +81,7 @@ def test_frontier_quick(tmp_path):
     points = result["points"]
     methods = {p["method"] for p in points}
     assert methods == {"reference", "DPO", "Preferred-FT", "Unlikelihood", "Best-of-N (oracle)", "BoN-RM", "PPO",
-                       "PPO-GT", "RLOO"}
+                       "PPO-GT", "RLOO", "SimPO", "ORPO", "KTO", "KTO 10%"}
     for p in points:
         for key in ("reward", "reward_ci95", "kl", "kl_ci95", "fluency", "fluency_ci95", "bigram_fluency"):
             assert math.isfinite(p[key]), (p["name"], key)
@@ -97,7 +97,7 @@ def test_frontier_quick(tmp_path):
         q["step"] for q in points if q["method"] == "DPO")}
     betas = sorted(final)
     assert final[betas[-1]]["kl"] < final[betas[0]]["kl"] + final[betas[0]]["kl_ci95"]  # larger beta, smaller KL
-    for name in ("frontier.png", "frontier.json", "temperature.png"):
+    for name in ("frontier.png", "family.png", "frontier.json", "temperature.png"):
         assert os.path.isfile(tmp_path / name), name
     for p in points:  # every point's samples are on disk
         with open(tmp_path / "samples" / f"{p['name']}.jsonl") as f:
@@ -108,6 +108,15 @@ def test_frontier_quick(tmp_path):
         assert set(json.loads(f.readline())) == {"prompt", "completion", "reward", "logratio"}
     ppo_runs = {p["setting"]["kl_coef"] for p in points if p["method"] == "PPO"}
     assert len(ppo_runs) == 2 and all(p["step"] for p in points if p["method"] in ("PPO", "PPO-GT", "RLOO"))
+    runs = tmp_path / "runs"
+    for method, run_name in (("SimPO", "simpo-beta8.0"), ("ORPO", "orpo-beta1.0"), ("KTO", "kto-beta0.1"),
+                             ("KTO 10%", "kto-10pct-beta0.1")):  # one beta each, checkpoints on the frontier
+        assert {p["step"] for p in points if p["method"] == method and p["train_seed"] == 1337} == {12, 24}, method
+        saved = json.load(open(runs / run_name / "config.json"))
+        assert saved["stage"] == family_runs.FAMILY_METHODS[method]
+    assert json.load(open(runs / "simpo-beta8.0" / "config.json"))["simpo_gamma"] == 4.0  # gamma / beta = 0.5
+    unpaired = json.load(open(runs / "kto-10pct-beta0.1" / "config.json"))
+    assert unpaired["desirable_fraction"] == 0.1 and unpaired["desirable_weight"] > 1  # rebalanced, resolved
     claims = result["claims"]
     assert {row["method"] for row in claims["temperature"]} == {"DPO", "PPO", "PPO-GT", "RLOO"}
     assert len(claims["temperature"]) == 4 * 2 * len(frontier.QUICK["temperatures"])  # methods x seeds x T
@@ -116,6 +125,7 @@ def test_frontier_quick(tmp_path):
     assert len(claims["secretly_a_reward_model"]) == 1 + len(frontier.QUICK["betas"])
     for row in claims["seeds"]:  # every headline setting with every training seed
         assert len(row["reward_per_seed"]) == 1 + len(frontier.QUICK["train_seeds"]), row
+    assert {row["method"] for row in claims["seeds"]} >= {"SimPO", "ORPO", "KTO", "KTO 10%"}
     log.clear()
     again = frontier.run(out_dir=str(tmp_path), quick=True, log=log.append)  # everything cached
     assert [p["reward"] for p in again["points"]] == [p["reward"] for p in points]
