@@ -225,8 +225,8 @@ def run(out_dir="out/frontier", quick=False, log=print):
     plots.plot_frontier(points, os.path.join(out_dir, "frontier.png"),
                         methods=[method for method in plots.METHOD_STYLES if method not in family_runs.FAMILY_METHODS])
     plots.plot_frontier(points, os.path.join(out_dir, "family.png"),
-                        methods=("reference", "DPO", "Preferred-FT", *family_runs.FAMILY_METHODS),
-                        title="DPO and its family since the paper on the embedded sentiment task")
+                        methods=("DPO", "Preferred-FT", *family_runs.FAMILY_METHODS), reward_range=(0.55, 0.97),
+                        title="DPO and its family since the paper on the embedded sentiment task (reward from 0.55)")
     plots.plot_temperature(claims["temperature"], os.path.join(out_dir, "temperature.png"))
     log(format_table(points) + "\n" + format_claims(claims) +
         f"\nwall time {result['wall_seconds']:.0f} s; wrote {out_dir}/frontier.json, frontier.png, family.png, "

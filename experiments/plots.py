@@ -74,13 +74,14 @@ def method_colours(labels_by_method):
     return colours
 
 
-def plot_frontier(points, path, methods=None, title="Reward-KL frontier on the embedded sentiment task"):
+def plot_frontier(points, path, methods=None, title="Reward-KL frontier on the embedded sentiment task",
+                  reward_range=None):
     """The reward-KL frontier (paper Figure 2, left), and word and bigram fluency against KL, with 95% CIs.
 
     points: frontier.json's points (method, setting, reward, reward_ci95, kl, kl_ci95, fluency, fluency_ci95;
     Best-of-N points also kl_analytic; runs with another training seed, train_seed); methods: plot only these
-    (default all). One line per run through its checkpoints (runs of other seeds hollow, without error bars);
-    KL on a symlog axis."""
+    (default all); reward_range: (low, high) of the reward axis (default: all points). One line per run through
+    its checkpoints (runs of other seeds hollow, without error bars); KL on a symlog axis."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -124,6 +125,8 @@ def plot_frontier(points, path, methods=None, title="Reward-KL frontier on the e
         ax.set_xlabel("KL(policy || reference), nats per completion")
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
+    if reward_range is not None:
+        axes[0].set_ylim(*reward_range)
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=6, fontsize=7, frameon=False)
     fig.suptitle(f"{title} (95% CIs over held-out samples; hollow: other training seeds)")
