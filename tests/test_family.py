@@ -281,3 +281,20 @@ def test_family_errors_are_one_line(tmp_path, capsys):
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and message in err, err
     assert not os.path.exists(tmp_path / "run")
+
+
+@pytest.mark.parametrize("stage", ["simpo", "orpo"])
+def test_reference_free_commands_never_build_a_reference(tmp_path, monkeypatch, stage):
+    """SimPO and ORPO train without pi_ref: building one (a copy, or its log-probs) would fail this run."""
+    import stages
+
+    def no_reference(*args, **kwargs):
+        raise AssertionError(f"{stage} built a reference model")
+
+    monkeypatch.setattr(stages, "reference_model", no_reference)
+    monkeypatch.setattr(stages, "dpo_reference", no_reference)
+    prefs = write_preferences(tmp_path / "prefs.jsonl")
+    init = str(tmp_path / "init.pt")
+    save_checkpoint(init, tiny_model(), None, 0, None)
+    assert train.main([stage, "--init", init, "--data", prefs, "--steps", "2", "--batch-size", "4", "--eval-every",
+                       "2", "--max-length", "48", "--out-dir", str(tmp_path / stage)]) == 0
