@@ -2,8 +2,9 @@
 
     python -m course grade A1 [--repo DIR] [--json FILE]
 
-Each graded test is worth its `@pytest.mark.points(n)` (1 without the marker); the table lists every test
-with pass/fail, its points, and why it failed in one line (NotImplementedError for a stub not written yet).
+Each graded test is worth its `@pytest.mark.points(n)` (1 without the marker); an `extra_credit` test's points
+are counted apart, beyond the total. The table lists every test with pass/fail, its points, and why it failed
+in one line (NotImplementedError for a stub not written yet).
 Runs from the repository whose code is graded (the student copy, or the instructor's full repository).
 """
 
@@ -21,16 +22,18 @@ class Recorder:
     """A pytest plugin that keeps each test's outcome, points and first failure line."""
 
     def __init__(self):
-        self.results = {}  # nodeid -> dict(outcome, points, reason)
+        self.results = {}  # nodeid -> dict(outcome, points, extra_credit, reason)
 
     def pytest_collection_modifyitems(self, items):
         for item in items:
             marker = item.get_closest_marker("points")
             self.results[item.nodeid] = {"outcome": "not run", "points": marker.args[0] if marker else 1,
+                                         "extra_credit": item.get_closest_marker("extra_credit") is not None,
                                          "reason": ""}
 
     def pytest_runtest_logreport(self, report):
-        result = self.results.setdefault(report.nodeid, {"outcome": "not run", "points": 1, "reason": ""})
+        result = self.results.setdefault(report.nodeid, {"outcome": "not run", "points": 1, "extra_credit": False,
+                                                         "reason": ""})
         if report.when == "call" or report.outcome != "passed":
             result["outcome"] = report.outcome
             if report.failed:
@@ -46,7 +49,8 @@ def failure_line(report):
 
 
 def grade(assignment_id, repo=".", quiet=True):
-    """Run one assignment's graded tests in `repo`; returns (results {nodeid: ...}, points, total points)."""
+    """Run one assignment's graded tests in `repo`; returns (results {nodeid: ...}, points, total points,
+    seconds), the points and total without the extra-credit tests (extra_credit_points counts those)."""
     assignment = ASSIGNMENTS[assignment_id]
     recorder = Recorder()
     grader = os.path.join(repo, assignment.grader)
@@ -55,9 +59,16 @@ def grade(assignment_id, repo=".", quiet=True):
     start = time.time()
     pytest.main(args, plugins=[recorder])
     results = recorder.results
-    points = sum(r["points"] for r in results.values() if r["outcome"] == "passed")
-    total = sum(r["points"] for r in results.values())
+    required = [r for r in results.values() if not r["extra_credit"]]
+    points = sum(r["points"] for r in required if r["outcome"] == "passed")
+    total = sum(r["points"] for r in required)
     return results, points, total, time.time() - start
+
+
+def extra_credit_points(results):
+    """(points earned, points offered) by the extra-credit tests of a grade() result."""
+    extra = [r for r in results.values() if r["extra_credit"]]
+    return sum(r["points"] for r in extra if r["outcome"] == "passed"), sum(r["points"] for r in extra)
 
 
 def format_table(assignment_id, results, points, total, seconds):
@@ -66,11 +77,14 @@ def format_table(assignment_id, results, points, total, seconds):
     lines = [f"{assignment_id}: {a.title}", f"{'graded test':<64} {'result':<7} {'points':>6}"]
     for nodeid, r in results.items():
         earned = r["points"] if r["outcome"] == "passed" else 0
-        lines.append(f"{nodeid.split('::', 1)[-1][:64]:<64} {r['outcome']:<7} {earned:>3}/{r['points']:<2}")
+        lines.append(f"{nodeid.split('::', 1)[-1][:64]:<64} {r['outcome']:<7} {earned:>3}/{r['points']:<2}"
+                     + (" extra credit" if r["extra_credit"] else ""))
         if r["reason"]:
             lines.append(f"    {r['reason']}")
     passed = sum(r["outcome"] == "passed" for r in results.values())
-    lines.append(f"score {points}/{total} points; {passed} of {len(results)} tests passed; {seconds:.0f} s")
+    extra, offered = extra_credit_points(results)
+    lines.append(f"score {points}/{total} points" + (f" (+{extra}/{offered} extra credit)" if offered else "") +
+                 f"; {passed} of {len(results)} tests passed; {seconds:.0f} s")
     return "\n".join(lines)
 
 
@@ -84,6 +98,7 @@ def main(assignment_id, repo=".", json_path=None):
     print(format_table(assignment_id, results, points, total, seconds))
     if json_path:
         with open(json_path, "w") as f:
-            json.dump({"assignment": assignment_id, "points": points, "total": total, "seconds": seconds,
-                       "tests": results}, f, indent=2)
+            extra, offered = extra_credit_points(results)
+            json.dump({"assignment": assignment_id, "points": points, "total": total, "extra_credit_points": extra,
+                       "extra_credit_total": offered, "seconds": seconds, "tests": results}, f, indent=2)
     return 0 if points == total else 1

@@ -16,6 +16,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(HERE), "tests"))
 
 from naive_dpo import naive_dpo_loss, naive_pair_dloss_dh  # noqa: E402  (the instructor's reference)
+from naive_family import naive_kto, naive_orpo, naive_simpo  # noqa: E402
 
 
 def logp(rng):
@@ -51,13 +52,43 @@ def a1_cases(n_cases=96, seed=0):
     return cases
 
 
+def a1_family_cases(n_cases=24, seed=1):
+    """A1's extra credit: SimPO, ORPO and KTO losses on random log-probs, lengths and desirability."""
+    rng, cases = random.Random(seed), {"simpo": [], "orpo": [], "kto": []}
+    for _ in range(n_cases):
+        b = rng.randint(1, 5)
+        chosen, rejected = [logp(rng) for _ in range(b)], [logp(rng) for _ in range(b)]
+        chosen_lengths = [rng.randint(1, 40) for _ in range(b)]
+        rejected_lengths = [rng.randint(1, 40) for _ in range(b)]
+        pairs = {"policy_chosen_logps": chosen, "policy_rejected_logps": rejected, "chosen_lengths": chosen_lengths,
+                 "rejected_lengths": rejected_lengths}
+        beta, gamma = rng.choice([0.5, 2.0, 10.0]), rng.choice([0.0, 0.5, 1.0, 3.0])
+        cases["simpo"].append({**pairs, "beta": beta, "gamma": gamma,
+                               "losses": naive_simpo(chosen, rejected, chosen_lengths, rejected_lengths, beta, gamma)})
+        beta = rng.choice([0.1, 0.5, 2.0])
+        cases["orpo"].append({**pairs, "beta": beta,
+                              "losses": naive_orpo(chosen, rejected, chosen_lengths, rejected_lengths, beta)})
+        reference = [logp(rng) for _ in range(b)]
+        desirable = [rng.random() < 0.5 for _ in range(b)]
+        kl, beta = rng.choice([-1.0, 0.0, 0.5, 3.0]), rng.choice([0.05, 0.1, 0.5])
+        weights = rng.choice([(1.0, 1.0), (3.0, 1.0), (1.0, 0.5)])
+        cases["kto"].append({"policy_logps": chosen, "reference_logps": reference, "desirable": desirable, "kl": kl,
+                             "beta": beta, "desirable_weight": weights[0], "undesirable_weight": weights[1],
+                             "losses": naive_kto(chosen, reference, desirable, kl, beta, *weights)})
+    return cases
+
+
 def main():
-    path = os.path.join(HERE, "fixtures", "a1_dpo_loss.json")
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "w") as f:
-        json.dump({"about": "expected dpo_loss outputs and gradients (sum of losses) from the naive reference; "
-                            "written by course/make_fixtures.py", "cases": a1_cases()}, f, indent=1)
-    print(f"wrote {path}")
+    os.makedirs(os.path.join(HERE, "fixtures"), exist_ok=True)
+    for name, about, cases in (
+            ("a1_dpo_loss.json", "expected dpo_loss outputs and gradients (sum of losses) from the naive reference",
+             a1_cases()),
+            ("a1_family_losses.json", "A1 extra credit: expected simpo_loss, orpo_loss and kto_loss outputs from "
+             "the naive references (tests/naive_family.py)", a1_family_cases())):
+        path = os.path.join(HERE, "fixtures", name)
+        with open(path, "w") as f:
+            json.dump({"about": about + "; written by course/make_fixtures.py", "cases": cases}, f, indent=1)
+        print(f"wrote {path}")
 
 
 if __name__ == "__main__":

@@ -25,7 +25,12 @@ ASSIGNMENTS = {
         stubs=(("dpo.py", "_losses_from_logits", "the per-pair loss of h for sigmoid/cDPO, IPO, hinge and robust"),
                ("dpo.py", "dpo_loss", "dpo_loss: checks, pi/ref log-ratios, the loss, detached rewards, RPO"),
                ("dpo.py", "_check_dpo_arguments", "the checks of dpo_loss's arguments, errors naming the argument"),
-               ("dpo.py", "dpo_metrics", "dpo_metrics: the batch means every DPO run logs")),
+               ("dpo.py", "dpo_metrics", "dpo_metrics: the batch means every DPO run logs"),
+               # extra credit (optional; the frontier leaves out the rows of a loss not written yet)
+               ("simpo.py", "simpo_loss", "(extra credit) SimPO: length-normalised rewards, a target margin"),
+               ("orpo.py", "log1mexp", "(extra credit) log(1 - e^x), accurate near 0 and far below"),
+               ("orpo.py", "orpo_loss", "(extra credit) ORPO: the NLL of the chosen response plus the odds-ratio term"),
+               ("kto.py", "kto_loss", "(extra credit) KTO: each example against the reference point max(kl, 0)")),
         grader="course/graders/test_a1_dpo.py", handout="course/handouts/A1.md"),
     "A2": Assignment(
         2, "Masked log-probs: a chunked backward and a fused Triton kernel", "6-8 hours",
@@ -54,9 +59,11 @@ ASSIGNMENTS = {
         grader="course/graders/test_a4_experiment.py", handout="course/handouts/A4.md"),
 }
 
-# Files that give solutions away: the naive float reference of the DPO losses and the tests built on it, and
-# the tests that check the data path against a re-implementation. The graders replace them.
-REMOVED = ("tests/naive_dpo.py", "tests/test_dpo.py", "tests/test_data_batches.py", "course/make_fixtures.py")
+# Files that give solutions away: the naive float references of the DPO losses and of SimPO, ORPO and KTO and
+# the tests built on them, and the tests that check the data path against a re-implementation. The graders
+# replace them.
+REMOVED = ("tests/naive_dpo.py", "tests/test_dpo.py", "tests/naive_family.py", "tests/test_family.py",
+           "tests/test_data_batches.py", "course/make_fixtures.py")
 
 # Written into the student copy beside the handouts: the answer sheet of A4.
 ANSWERS = "course/handouts/A4_answers.md"

@@ -15,6 +15,7 @@ STUB = re.compile(r"Assignment \d+: [^\n'\"\\]*")
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "points(n): how many points a graded test is worth (default 1)")
+    config.addinivalue_line("markers", "extra_credit: an optional graded test, its points not in the total")
 
 
 def waiting_for(excinfo):

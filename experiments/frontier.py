@@ -185,7 +185,7 @@ def run(out_dir="out/frontier", quick=False, log=print):
     points += [point for runs_of_method in sweeps.values() for _, run in runs_of_method for point in run]
 
     log("== DPO's family since the paper: SimPO, ORPO, KTO and KTO on 10% of the desirable examples ==")
-    family = family_runs.family_sweeps(prepared, frontier_settings, runs, out_dir, log)
+    family, family_left_out = family_runs.family_sweeps(prepared, frontier_settings, runs, out_dir, log)
     points += [point for runs_of_method in family.values() for _, run in runs_of_method for point in run]
 
     log("== each method's best setting, chosen on the training prompts, and more training seeds ==")
@@ -202,7 +202,7 @@ def run(out_dir="out/frontier", quick=False, log=print):
         for method in rl_runs.RL_METHODS:
             points += rl_runs.train_rl(method, best[method]["setting"]["kl_coef"], seed, prepared, frontier_settings,
                                        rm_path, runs, out_dir, log)[1]
-        for method in family_runs.FAMILY_METHODS:
+        for method in family:
             points += family_runs.train_family(method, best[method]["setting"]["beta"], seed, prepared,
                                                frontier_settings, runs, out_dir, log, steps=seed_steps)[1]
 
@@ -218,6 +218,7 @@ def run(out_dir="out/frontier", quick=False, log=print):
                   prepared, frontier_settings["reward_model"], os.path.join(runs, "reward-model")),
                   (base_seed, *frontier_settings["train_seeds"]), out_dir, log)}
     claims["seeds"] = seed_spread(points, best, frontier_settings, base_seed)
+    claims["left_out"] = family_left_out
     result = {"settings": {"base": settings, "frontier": frontier_settings}, "points": points, "claims": claims,
               "quick": quick, "wall_seconds": time.time() - start}
     with open(os.path.join(out_dir, "frontier.json"), "w") as f:
@@ -258,7 +259,8 @@ def seed_spread(points, best, frontier_settings, base_seed):
     training seed, and the spread of reward and KL across seeds beside the sampling intervals."""
     seeds = (base_seed, *frontier_settings["train_seeds"])
     headlines = [("DPO", {"beta": beta}) for beta in frontier_settings["betas"]]
-    headlines += [(method, best[method]["setting"]) for method in (*rl_runs.RL_METHODS, *family_runs.FAMILY_METHODS)]
+    headlines += [(method, best[method]["setting"]) for method in (*rl_runs.RL_METHODS, *family_runs.FAMILY_METHODS)
+                  if method in best]
     rows = []
     for method, setting in headlines:
         runs = [p for p in points if p["method"] == method and p["setting"] == setting and p.get("prompts") is None
@@ -308,4 +310,5 @@ def format_claims(claims):
     lines += [f"{row['method']:<7} {json.dumps(row['setting']):<18} step {row['step']:>3}   reward "
               + " ".join(f"{value:+.3f}" for value in row["reward_per_seed"]) + "   KL "
               + " ".join(f"{value:.2f}" for value in row["kl_per_seed"]) for row in claims["seeds"]]
+    lines += [f"left out: {method} ({why})" for method, why in claims.get("left_out", {}).items()]
     return "\n".join(lines)

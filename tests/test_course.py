@@ -61,6 +61,7 @@ def test_graded_tests_fail_on_the_stubs_and_pass_on_the_solutions(student_copy, 
         assert result["outcome"] == "failed" and "NotImplementedError" in result["reason"], (nodeid, result)
     results, table = grade(REPO, assignment, tmp_path)
     assert results["points"] == results["total"] > 0, table
+    assert results["extra_credit_points"] == results["extra_credit_total"] == (6 if assignment == "A1" else 0), table
 
 
 @pytest.mark.slow

@@ -126,6 +126,7 @@ def test_frontier_quick(tmp_path):
     for row in claims["seeds"]:  # every headline setting with every training seed
         assert len(row["reward_per_seed"]) == 1 + len(frontier.QUICK["train_seeds"]), row
     assert {row["method"] for row in claims["seeds"]} >= {"SimPO", "ORPO", "KTO", "KTO 10%"}
+    assert claims["left_out"] == {}
     log.clear()
     again = frontier.run(out_dir=str(tmp_path), quick=True, log=log.append)  # everything cached
     assert [p["reward"] for p in again["points"]] == [p["reward"] for p in points]

@@ -1,5 +1,6 @@
 """Tests of DPO's family since the paper (simpo.py, orpo.py, kto.py) and KTO's unpaired data (data/unpaired.py):
-each loss against a naive implementation written from its formula with Python floats (hypothesis), its worked
+each loss against a naive implementation written from its formula with Python floats (tests/naive_family.py;
+hypothesis), its worked
 example, its gradient by gradcheck in float64, finite losses and gradients at extreme inputs, argument errors;
 the unpaired loader's errors and layout; and a run of each command on a tiny model, whose loss falls."""
 
@@ -18,18 +19,11 @@ import orpo
 import simpo
 import train
 from checkpoint import save_checkpoint
+from naive_family import naive_kto, naive_orpo, naive_simpo
 from test_train import read_metrics, tiny_model, write_preferences
 
 SETTINGS = settings(derandomize=True, deadline=None, max_examples=60)
 betas = st.floats(0.01, 10.0)
-
-
-def log_sigmoid(x):
-    return -math.log1p(math.exp(-x)) if x > -30 else x - math.log1p(math.exp(x))
-
-
-def sigmoid(x):
-    return 1 / (1 + math.exp(-x)) if x >= 0 else math.exp(x) / (1 + math.exp(x))
 
 
 @st.composite
@@ -46,10 +40,6 @@ def as_tensors(*columns, dtype=torch.float64, requires_grad=False):
 
 
 # ----------------------------------------------------------------------------------------------------- SimPO
-
-def naive_simpo(cw, cl, nw, nl, beta, gamma):
-    return [-log_sigmoid(beta * w / a - beta * r / b - gamma) for w, r, a, b in zip(cw, cl, nw, nl)]
-
 
 def test_simpo_worked_example():
     chosen = torch.tensor([-10.0], requires_grad=True)
@@ -74,13 +64,6 @@ def test_simpo_matches_the_formula(columns, beta, gamma):
 
 
 # ----------------------------------------------------------------------------------------------------- ORPO
-
-def naive_orpo(cw, cl, nw, nl, beta):
-    def log_odds(a):
-        a = min(a, orpo.MEAN_LOGP_CAP)
-        return a - math.log(-math.expm1(a))
-    return [-(w / a) - beta * log_sigmoid(log_odds(w / a) - log_odds(r / b)) for w, r, a, b in zip(cw, cl, nw, nl)]
-
 
 def test_orpo_worked_example():
     losses, chosen_rewards, _ = orpo.orpo_loss(torch.tensor([math.log(1 / 8)]), torch.tensor([math.log(1 / 16)]),
@@ -110,16 +93,6 @@ def test_orpo_is_stable_from_a_sure_response_to_an_unlikely_one():
 
 
 # ----------------------------------------------------------------------------------------------------- KTO
-
-def naive_kto(policy, ref, desirable, kl, beta, wd, wu):
-    z0 = max(kl, 0.0)
-    out = []
-    for p, q, d in zip(policy, ref, desirable):
-        r = p - q
-        sigma = sigmoid(beta * ((r - z0) if d else (z0 - r)))
-        out.append((wd if d else wu) * (1 - sigma))
-    return out
-
 
 def test_kto_worked_example():
     policy = torch.tensor([-8.0, -30.0], requires_grad=True)
@@ -298,3 +271,40 @@ def test_reference_free_commands_never_build_a_reference(tmp_path, monkeypatch, 
     save_checkpoint(init, tiny_model(), None, 0, None)
     assert train.main([stage, "--init", init, "--data", prefs, "--steps", "2", "--batch-size", "4", "--eval-every",
                        "2", "--max-length", "48", "--out-dir", str(tmp_path / stage)]) == 0
+
+
+def test_a_stubbed_loss_is_left_out_of_the_frontier_and_said(tmp_path, monkeypatch):
+    """The course kit's student copy stubs these losses (A1's extra credit): a training run reaches the stub's
+    NotImplementedError, and the frontier runs its other rows and names what it left out."""
+    import stages
+    from config import stage_config
+    from experiments import family_runs
+
+    def stub(*args, **kwargs):
+        raise NotImplementedError("Assignment 1: (extra credit) SimPO")
+
+    monkeypatch.setattr(simpo, "simpo_loss", stub)
+    prefs = write_preferences(tmp_path / "prefs.jsonl")
+    init = str(tmp_path / "init.pt")
+    save_checkpoint(init, tiny_model(), None, 0, None)
+    with pytest.raises(NotImplementedError, match="Assignment 1"):  # through the training loop, unchanged
+        stages.run_stage("simpo", stage_config("simpo", init=init, data=prefs, steps=2, batch_size=4,
+                                               max_length=48, out_dir=str(tmp_path / "simpo")), log=lambda *_: None)
+
+    trained = []
+    monkeypatch.setattr(family_runs.points, "train_cached", lambda stage, cfg, log: stub() if stage == "simpo" else
+                        trained.append(stage))
+    monkeypatch.setattr(family_runs.points, "run_points", lambda *args, **kwargs: [])
+
+    class Prepared:
+        settings = {"seed": 1, "block_size": 48, "tokenizer": "bytes"}
+        reference_path = pairs_train = pairs_heldout = "unused"
+
+    settings = {"dpo": dict(lr=1e-3, steps=4, batch_size=4), "family_checkpoints": 2,
+                "family": {"SimPO": dict(betas=(2.0,), gamma_over_beta=0.5), "ORPO": dict(betas=(0.1, 1.0)),
+                           "KTO": dict(betas=(0.1,)), "KTO 10%": dict(betas=(0.1,), desirable_fraction=0.1)}}
+    log = []
+    sweeps, left_out = family_runs.family_sweeps(Prepared(), settings, str(tmp_path), str(tmp_path), log.append)
+    assert set(sweeps) == {"ORPO", "KTO", "KTO 10%"} and len(sweeps["ORPO"]) == 2
+    assert left_out == {"SimPO": "Assignment 1: (extra credit) SimPO"} and trained == ["orpo", "orpo", "kto", "kto"]
+    assert any(line.startswith("SimPO: left out of the frontier") for line in log)

@@ -1,9 +1,10 @@
 """Graded tests of Assignment 1: the DPO loss family (dpo._losses_from_logits, dpo.dpo_loss, dpo._check_dpo_arguments,
-dpo.dpo_metrics).
+dpo.dpo_metrics), and its optional extra credit: simpo.simpo_loss, orpo.log1mexp and orpo.orpo_loss, kto.kto_loss.
 
 Three kinds of evidence, none of which contains a solution: literal expected values from the instructor's
-naive float64 reference (course/fixtures/a1_dpo_loss.json), properties that follow from the math (checked on
-inputs hypothesis draws), and the module docstring's hand-derived worked example. 28 points.
+naive references (course/fixtures/a1_dpo_loss.json, a1_family_losses.json), properties that follow from the
+math (checked on inputs hypothesis draws), and the modules' hand-derived worked examples. 28 points, and 6
+points of extra credit (`extra_credit` tests: not counted in the total).
 """
 
 import json
@@ -16,6 +17,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import dpo
+import kto
+import orpo
+import simpo
 
 SETTINGS = settings(derandomize=True, deadline=None, max_examples=40)
 FIXTURES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "fixtures", "a1_dpo_loss.json")
@@ -159,3 +163,92 @@ def test_bad_hyperparameters_raise(kwargs):
     args = [torch.zeros(2)] * 4
     with pytest.raises((ValueError, TypeError)):
         dpo.dpo_loss(*args, **kwargs)
+
+
+# -----------------------------------------------------------------------------
+# Extra credit: DPO's family since the paper (simpo.py, orpo.py, kto.py)
+
+FAMILY_FIXTURES = os.path.join(os.path.dirname(FIXTURES), "a1_family_losses.json")
+
+
+def family_cases(name):
+    with open(FAMILY_FIXTURES) as f:
+        return json.load(f)["cases"][name]
+
+
+def pair_inputs(case):
+    """A fixture case's log-probs (float32 leaves) and lengths."""
+    return ([torch.tensor(case[key], dtype=torch.float32, requires_grad=True)
+             for key in ("policy_chosen_logps", "policy_rejected_logps")],
+            [torch.tensor(case[key]) for key in ("chosen_lengths", "rejected_lengths")])
+
+
+@pytest.mark.extra_credit
+@pytest.mark.points(2)
+def test_extra_simpo_loss():
+    """24 literal cases, the docstring's worked example (losses, rewards, gradient), and float64 in, float64 out."""
+    for case in family_cases("simpo"):
+        logps, lengths = pair_inputs(case)
+        losses, chosen_rewards, _ = simpo.simpo_loss(*logps, *lengths, beta=case["beta"], gamma=case["gamma"])
+        assert losses.dtype == torch.float32 and not chosen_rewards.requires_grad
+        close(losses, case["losses"])
+    chosen = torch.tensor([-10.0], requires_grad=True)
+    losses, chosen_rewards, rejected_rewards = simpo.simpo_loss(chosen, torch.tensor([-12.0]), torch.tensor([5]),
+                                                                torch.tensor([4]), beta=2.0, gamma=1.0)
+    losses.sum().backward()
+    assert losses.item() == pytest.approx(0.3132617, abs=1e-6)
+    assert (chosen_rewards.item(), rejected_rewards.item()) == (-4.0, -6.0)
+    assert chosen.grad.item() == pytest.approx(-0.1075766, abs=1e-6)
+    double = simpo.simpo_loss(torch.tensor([-10.0], dtype=torch.float64), torch.tensor([-12.0], dtype=torch.float64),
+                              torch.tensor([5]), torch.tensor([4]))[0]
+    assert double.dtype == torch.float64
+
+
+@pytest.mark.extra_credit
+@pytest.mark.points(2)
+def test_extra_orpo_loss_and_log1mexp():
+    """24 literal cases, the worked example, log1mexp to 1e-12 relative at both ends, and finite losses and
+    gradients from a sure response (mean log-prob 0 or -1e-7) to an unlikely one (-100)."""
+    for case in family_cases("orpo"):
+        logps, lengths = pair_inputs(case)
+        losses, chosen_rewards, _ = orpo.orpo_loss(*logps, *lengths, beta=case["beta"])
+        assert losses.dtype == torch.float32 and not chosen_rewards.requires_grad
+        close(losses, case["losses"], tol=1e-4)
+    losses, _, _ = orpo.orpo_loss(torch.tensor([math.log(1 / 8)]), torch.tensor([math.log(1 / 16)]),
+                                  torch.tensor([3]), torch.tensor([2]), beta=0.1)
+    assert losses.item() == pytest.approx(0.7219154, abs=1e-6)
+    x = torch.tensor([-1e-10, -1e-7, -0.3, -0.7, -5.0, -40.0], dtype=torch.float64)
+    expected = torch.tensor([-23.025850929990458, -16.11809570095832, -1.3502256128148467, -0.6863410028083852,
+                             -0.006760749449488557, -4.248354255291589e-18], dtype=torch.float64)  # to 16 digits
+    torch.testing.assert_close(orpo.log1mexp(x), expected, rtol=1e-12, atol=0.0)
+    for a in (0.0, -1e-7, -1e-3, -0.5, -10.0, -100.0):
+        chosen = torch.tensor([a], requires_grad=True)
+        rejected = torch.tensor([-100.0 if a > -50 else -1e-7], requires_grad=True)
+        losses, _, _ = orpo.orpo_loss(chosen, rejected, torch.tensor([1]), torch.tensor([1]), beta=1.0)
+        losses.sum().backward()
+        assert torch.isfinite(losses).all() and torch.isfinite(chosen.grad).all(), a
+        assert torch.isfinite(rejected.grad).all(), a
+
+
+@pytest.mark.extra_credit
+@pytest.mark.points(2)
+def test_extra_kto_loss():
+    """24 literal cases, the worked example (losses, rewards, gradient), the reference point never below 0, and
+    no gradient through kl."""
+    for case in family_cases("kto"):
+        policy = torch.tensor(case["policy_logps"], dtype=torch.float32, requires_grad=True)
+        losses, rewards = kto.kto_loss(policy, torch.tensor(case["reference_logps"]), torch.tensor(case["desirable"]),
+                                       case["kl"], beta=case["beta"], desirable_weight=case["desirable_weight"],
+                                       undesirable_weight=case["undesirable_weight"])
+        assert losses.dtype == torch.float32 and not rewards.requires_grad
+        close(losses, case["losses"])
+    policy = torch.tensor([-8.0, -30.0], requires_grad=True)
+    kl = torch.tensor(2.0, requires_grad=True)
+    losses, rewards = kto.kto_loss(policy, torch.tensor([-20.0, -22.0]), torch.tensor([True, False]), kl, beta=0.1)
+    losses.sum().backward()
+    torch.testing.assert_close(losses, torch.tensor([0.2689414, 0.2689414]))
+    torch.testing.assert_close(rewards, torch.tensor([1.2, -0.8]))
+    torch.testing.assert_close(policy.grad, torch.tensor([-0.0196612, 0.0196612]))
+    assert kl.grad is None, "the reference point is detached"
+    zero_point, _ = kto.kto_loss(torch.tensor([-20.0]), torch.tensor([-20.0]), torch.tensor([True]), -1.0, beta=0.1)
+    assert zero_point.item() == pytest.approx(0.5)
