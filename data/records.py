@@ -75,9 +75,11 @@ class LoadReport:
     formats: collections.Counter = dataclasses.field(default_factory=collections.Counter)
     skipped: collections.Counter = dataclasses.field(default_factory=collections.Counter)
     adjusted: collections.Counter = dataclasses.field(default_factory=collections.Counter)
+    loaded_as: str = "records"  # what n_loaded counts (data/unpaired.py: "examples", two from a pair)
 
     def summary(self) -> str:
-        parts = [f"{self.source}: loaded {self.n_loaded} of {self.n_read} records ({dict(self.formats)})"]
+        parts = [f"{self.source}: loaded {self.n_loaded} {self.loaded_as} from {self.n_read} records "
+                 f"({dict(self.formats)})"]
         parts += [f"skipped {n}: {why}" for why, n in sorted(self.skipped.items())]
         parts += [f"adjusted {n}: {why}" for why, n in sorted(self.adjusted.items())]
         return "; ".join(parts)

@@ -69,6 +69,7 @@ def unpaired_record(row, where: str, report: LoadReport) -> list[UnpairedRecord]
     if pair.chosen == pair.rejected:
         report.skipped["chosen == rejected (no preference)"] += 1
         return []
+    report.adjusted["pairs split into a desirable and an undesirable example"] += 1
     return [UnpairedRecord(pair.prompt, pair.chosen, True), UnpairedRecord(pair.prompt, pair.rejected, False)]
 
 
@@ -81,7 +82,7 @@ def load_unpaired(source, *, split: str = "train", desirable_fraction: float = 1
     if not 0 < desirable_fraction <= 1:
         raise ValueError(f"desirable_fraction must be in (0, 1], got {desirable_fraction}")
     name = os.fspath(source) if isinstance(source, (str, os.PathLike)) else type(source).__name__
-    report = LoadReport(source=name)
+    report = LoadReport(source=name, loaded_as="examples")
     records = []
     for where, row in source_rows(source, split, report):
         report.n_read += 1

@@ -186,9 +186,11 @@ def test_unpaired_loader_reads_trl_rows_and_splits_pairs(tmp_path):
     assert [(r.prompt, r.completion, r.desirable) for r in records] == [
         ("Q1 ", "yes", True), ("Q2 ", "no", False), ("Q3 ", "good", True), ("Q3 ", "bad", False)]
     assert report.formats["unpaired"] == 2 and report.skipped["chosen == rejected (no preference)"] == 1
+    assert report.adjusted == {"pairs split into a desirable and an undesirable example": 1}
+    assert report.summary().startswith(f"{path}: loaded 4 examples from 4 records")
     fewer, report = data.load_unpaired(path, desirable_fraction=0.5, return_report=True)
     assert sum(r.desirable for r in fewer) == 1 and sum(not r.desirable for r in fewer) == 2
-    assert sum(report.adjusted.values()) == 1
+    assert report.adjusted["desirable examples left out (desirable fraction 0.5)"] == 1
 
 
 @pytest.mark.parametrize("row, match", [
