@@ -74,6 +74,35 @@ def truncate_pair(prompt_ids: list[int], chosen_ids: list[int], rejected_ids: li
     return prompt_ids, chosen_ids, rejected_ids
 
 
+def encode_truncated(tokenizer, prompt: str, first: str, second: str, report: EncodeReport, *, max_length: int,
+                     max_prompt_length: int) -> tuple[list[int], list[int], list[int]]:
+    """One prompt and two responses as token ids: tokenized apart, EOS appended to each response, an empty prompt
+    given the EOS, then `truncate_pair`; what it changed is counted in `report`. Shared by encode_preferences
+    and data.unpaired.encode_unpaired (which passes one completion as both responses).
+
+    Returns (prompt_ids, first_ids, second_ids); a response may come back empty."""
+    eos = tokenizer.eot_token
+    prompt_ids = tokenizer.encode_ordinary(prompt)
+    first_ids, second_ids = tokenizer.encode_ordinary(first) + [eos], tokenizer.encode_ordinary(second) + [eos]
+    if not prompt_ids:
+        prompt_ids = [eos]
+        report.empty_prompt_given_eos += 1
+    p, f, s = truncate_pair(prompt_ids, first_ids, second_ids, max_length=max_length,
+                            max_prompt_length=max_prompt_length)
+    report.prompt_truncated += len(p) < len(prompt_ids)
+    report.responses_truncated += len(f) < len(first_ids) or len(s) < len(second_ids)
+    return p, f, s
+
+
+def check_length_limits(max_length: int, max_prompt_length: int) -> None:
+    """TypeError / ValueError unless max_length >= 2 and max_prompt_length >= 1 are ints."""
+    for name, value, low in (("max_length", max_length, 2), ("max_prompt_length", max_prompt_length, 1)):
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+        if value < low:
+            raise ValueError(f"{name} must be >= {low}, got {value}")
+
+
 def encode_preferences(records: Iterable, tokenizer, *, max_length: int, max_prompt_length: int,
                        return_report: bool = False):
     """Tokenize preference records into `EncodedPair`s (prompt, chosen + EOS, rejected + EOS), truncated.
@@ -88,25 +117,12 @@ def encode_preferences(records: Iterable, tokenizer, *, max_length: int, max_pro
         list[EncodedPair] of int lists (or (pairs, EncodeReport)); len(prompt_ids) + len(x_ids) <= max_length
         for x in chosen, rejected.
     """
-    for name, value, low in (("max_length", max_length, 2), ("max_prompt_length", max_prompt_length, 1)):
-        if not isinstance(value, int) or isinstance(value, bool):
-            raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-        if value < low:
-            raise ValueError(f"{name} must be >= {low}, got {value}")
-    eos = tokenizer.eot_token
+    check_length_limits(max_length, max_prompt_length)
     report, pairs = EncodeReport(), []
     for record in records:
         report.n_records += 1
-        prompt = tokenizer.encode_ordinary(record.prompt)
-        chosen = tokenizer.encode_ordinary(record.chosen) + [eos]
-        rejected = tokenizer.encode_ordinary(record.rejected) + [eos]
-        if not prompt:
-            prompt = [eos]
-            report.empty_prompt_given_eos += 1
-        p, c, r = truncate_pair(prompt, chosen, rejected, max_length=max_length,
-                                max_prompt_length=max_prompt_length)
-        report.prompt_truncated += len(p) < len(prompt)
-        report.responses_truncated += len(c) < len(chosen) or len(r) < len(rejected)
+        p, c, r = encode_truncated(tokenizer, record.prompt, record.chosen, record.rejected, report,
+                                   max_length=max_length, max_prompt_length=max_prompt_length)
         if not c or not r:
             report.dropped["no response token left after truncation"] += 1
         elif c == r:

@@ -25,7 +25,7 @@ from collections.abc import Iterable, Mapping, Sequence
 import torch
 
 from data.batches import collate_responses
-from data.encoding import EncodeReport, truncate_pair
+from data.encoding import EncodeReport, check_length_limits, encode_truncated
 from data.records import LoadReport, PreferenceFormatError, record_from_row, source_rows
 
 log = logging.getLogger(__name__)
@@ -105,20 +105,13 @@ def encode_unpaired(records: Iterable[UnpairedRecord], tokenizer, *, max_length:
     data.encoding), and the mismatched completion: that of the next example with another prompt, cut to fit.
 
     Returns list[EncodedExample] (or (examples, EncodeReport)); an example left with no completion token is
-    dropped and counted."""
-    eos = tokenizer.eot_token
+    dropped and counted. Raises TypeError / ValueError for limits encode_preferences refuses too."""
+    check_length_limits(max_length, max_prompt_length)
     report, encoded = EncodeReport(), []
     for record in records:
         report.n_records += 1
-        prompt, completion = tokenizer.encode_ordinary(record.prompt), tokenizer.encode_ordinary(
-            record.completion) + [eos]
-        if not prompt:
-            prompt = [eos]
-            report.empty_prompt_given_eos += 1
-        p, c, _ = truncate_pair(prompt, completion, completion, max_length=max_length,
-                                max_prompt_length=max_prompt_length)
-        report.prompt_truncated += len(p) < len(prompt)
-        report.responses_truncated += len(c) < len(completion)
+        p, c, _ = encode_truncated(tokenizer, record.prompt, record.completion, record.completion, report,
+                                   max_length=max_length, max_prompt_length=max_prompt_length)
         if not c:
             report.dropped["no completion token left after truncation"] += 1
             continue
