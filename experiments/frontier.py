@@ -221,6 +221,14 @@ def run(out_dir="out/frontier", quick=False, log=print):
     claims["left_out"] = family_left_out
     result = {"settings": {"base": settings, "frontier": frontier_settings}, "points": points, "claims": claims,
               "quick": quick, "wall_seconds": time.time() - start}
+    write_outputs(result, out_dir, log)
+    return result
+
+
+def write_outputs(result, out_dir, log):
+    """OUT_DIR/frontier.json, frontier.png (DPO, its baselines, RLHF), family.png (DPO beside its family) and
+    temperature.png from run's result; logs the table and the claims."""
+    points, claims = result["points"], result["claims"]
     with open(os.path.join(out_dir, "frontier.json"), "w") as f:
         json.dump(result, f, indent=2)
     plots.plot_frontier(points, os.path.join(out_dir, "frontier.png"),
@@ -232,7 +240,6 @@ def run(out_dir="out/frontier", quick=False, log=print):
     log(format_table(points) + "\n" + format_claims(claims) +
         f"\nwall time {result['wall_seconds']:.0f} s; wrote {out_dir}/frontier.json, frontier.png, family.png, "
         "temperature.png")
-    return result
 
 
 def pool_scores(rm_path, pool, prepared, out_dir):
