@@ -9,7 +9,12 @@
                  kto_collate
 
 The embedded sentiment task, which makes its own preference pairs, lives in `sentiment/`.
+
+The modules log their reports (skips, truncation) to the "data" logger, which has a NullHandler, as libraries
+do: nothing prints unless the application configures logging; callers get the counts with return_report=True.
 """
+
+import logging
 
 from data.batches import IGNORE_INDEX, collate_responses, dpo_collate, lm_batches, response_batches, sft_collate
 from data.encoding import EncodedPair, EncodeReport, encode_preferences, truncate_pair
@@ -26,6 +31,8 @@ from data.records import (
 )
 from data.tokenizer import TOKENIZER_NAMES, TokenizerUnavailableError, get_tokenizer, tokenizer_description
 from data.unpaired import EncodedExample, UnpairedRecord, encode_unpaired, kto_collate, load_unpaired
+
+logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 __all__ = [
     "IGNORE_INDEX", "TOKENIZER_NAMES", "EncodeReport", "EncodedPair", "LoadReport", "PreferenceFormatError",

@@ -27,8 +27,18 @@ Record formats (detected per record):
    tag, so prompt + chosen is exactly the rendered full conversation, as in the HH format.
 
 Bad input raises `PreferenceFormatError` (a ValueError) naming the source, the line (or row) and the field.
-Records whose chosen equals rejected carry no preference and are skipped; every skip and adjustment is
-counted in a `LoadReport`, logged once per call (WARNING when anything was skipped or adjusted).
+
+Skip rule, shared by every loader of preference data (here and data/unpaired.py), checked in this order:
+1. a pair whose chosen or rejected response is empty or whitespace-only (`not text.strip()`; for HH and
+   conversational records, the response text left after the prompt is split off) is skipped as "empty or
+   whitespace-only chosen/rejected response" - it would train on an EOS-only answer; counted once even when
+   both are blank;
+2. a pair whose chosen equals rejected carries no preference: skipped as "chosen == rejected (no preference)".
+An empty prompt is allowed (an unconditional pair: data/encoding.py gives it the EOS as a one-token prompt and
+counts it). Every skip and adjustment is counted in a `LoadReport` (`return_report=True`) and logged once per
+call (WARNING when anything was skipped or adjusted); the "data" logger prints nothing unless logging is
+configured.
+
 Left out: chat templates other than HH's, and datasets with scores instead of pairs (e.g. raw UltraFeedback).
 """
 
@@ -141,6 +151,21 @@ def _anthropic_hh(chosen: str, rejected: str, where: str, report: LoadReport) ->
         report.adjusted["HH transcripts that differ before their last assistant turn: "
                         "prompt ends at the last shared one"] += 1
     return PreferenceRecord(chosen[:end], chosen[end:], rejected[end:])
+
+
+EMPTY_RESPONSE = "empty or whitespace-only chosen/rejected response"
+EMPTY_COMPLETION = "empty or whitespace-only completion"
+NO_PREFERENCE = "chosen == rejected (no preference)"
+
+
+def skip_reason(record: PreferenceRecord) -> str | None:
+    """Why `record` is skipped by the loaders (the rule in the module docstring, in its order), or None to keep
+    it. An empty prompt is no reason: it is allowed."""
+    if not record.chosen.strip() or not record.rejected.strip():
+        return EMPTY_RESPONSE
+    if record.chosen == record.rejected:
+        return NO_PREFERENCE
+    return None
 
 
 def record_from_row(row, where: str, report: LoadReport) -> PreferenceRecord:
@@ -331,7 +356,8 @@ def load_preferences(source, *, split: str = "train", return_report: bool = Fals
         split: the split to take from a DatasetDict or a named dataset (a split in the name wins).
         return_report: also return the `LoadReport`.
     Returns:
-        list[PreferenceRecord], or (records, LoadReport) when return_report.
+        list[PreferenceRecord], or (records, LoadReport) when return_report. Pairs with a blank response or
+        chosen == rejected are skipped and counted (the skip rule in the module docstring).
     Raises:
         PreferenceFormatError (ValueError): invalid JSON or UTF-8, a missing or mistyped field, an HH
             transcript without an assistant turn; the message names the source, line/row and field.
@@ -342,8 +368,9 @@ def load_preferences(source, *, split: str = "train", return_report: bool = Fals
     for where, row in source_rows(source, split, report):
         report.n_read += 1
         record = record_from_row(row, where, report)
-        if record.chosen == record.rejected:
-            report.skipped["chosen == rejected (no preference)"] += 1
+        reason = skip_reason(record)
+        if reason is not None:
+            report.skipped[reason] += 1
             continue
         records.append(record)
     report.n_loaded = len(records)

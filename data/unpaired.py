@@ -11,6 +11,11 @@ example (its chosen response) and one undesirable (its rejected one). `desirable
 fraction of the desirable examples, to test KTO on imbalanced data. Errors name the source, the line and the
 field, as the paired loaders' do; every skip is counted in a LoadReport.
 
+Skips follow the rule of data/records.py: an example whose completion is empty or whitespace-only is skipped as
+"empty or whitespace-only completion"; a pair is checked by that module's rule before it is split, so a pair
+with a blank chosen or rejected response, or chosen == rejected, gives no example at all (counted once). An
+empty prompt is allowed, as there.
+
 `encode_unpaired` tokenizes as `encode_preferences` does (EOS appended, the same truncation policy) and gives
 each example a mismatched completion, another example's (the next one with a different prompt), for KTO's
 estimate of KL(pi || pi_ref): `kto_collate` puts the B examples' rows first and their B mismatched rows after,
@@ -26,7 +31,7 @@ import torch
 
 from data.batches import collate_responses
 from data.encoding import EncodeReport, check_length_limits, encode_truncated
-from data.records import LoadReport, PreferenceFormatError, record_from_row, source_rows
+from data.records import EMPTY_COMPLETION, LoadReport, PreferenceFormatError, record_from_row, skip_reason, source_rows
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +57,8 @@ class EncodedExample:
 
 
 def unpaired_record(row, where: str, report: LoadReport) -> list[UnpairedRecord]:
-    """The examples of one row: itself (TRL's unpaired format), or the two halves of a pair."""
+    """The examples of one row: itself (TRL's unpaired format), or the two halves of a pair; none for a row
+    the skip rule (module docstring) leaves out, counted in `report`."""
     if isinstance(row, Mapping) and "label" in row:
         for name in ("prompt", "completion"):
             if name not in row:
@@ -62,12 +68,16 @@ def unpaired_record(row, where: str, report: LoadReport) -> list[UnpairedRecord]
         if not isinstance(row["label"], bool):
             raise PreferenceFormatError(where, "label", f"must be true or false, got {row['label']!r}")
         report.formats["unpaired"] += 1
+        if not row["completion"].strip():
+            report.skipped[EMPTY_COMPLETION] += 1
+            return []
         return [UnpairedRecord(row["prompt"], row["completion"], row["label"])]
     if isinstance(row, Mapping) and "completion" in row:
         raise PreferenceFormatError(where, "label", "missing (an unpaired example needs true or false)")
     pair = record_from_row(row, where, report)  # paired formats, or a clear error
-    if pair.chosen == pair.rejected:
-        report.skipped["chosen == rejected (no preference)"] += 1
+    reason = skip_reason(pair)  # before the split: a pair with a blank response gives no example
+    if reason is not None:
+        report.skipped[reason] += 1
         return []
     report.adjusted["pairs split into a desirable and an undesirable example"] += 1
     return [UnpairedRecord(pair.prompt, pair.chosen, True), UnpairedRecord(pair.prompt, pair.rejected, False)]

@@ -3,6 +3,9 @@
 import gzip
 import json
 import logging
+import os
+import subprocess
+import sys
 
 import pytest
 from hypothesis import given, settings
@@ -32,12 +35,82 @@ def test_save_then_load_round_trip(tmp_path, name):
             assert [json.loads(line)["prompt"] for line in f] == ["Q1", "Q2 é <|endoftext|>"]
 
 
-@settings(max_examples=20)
-@given(st.lists(st.builds(R, st.text(), st.text(), st.text()), max_size=5))
-def test_round_trip_any_unicode(tmp_path_factory, records):
+EMPTY_RESPONSE = "empty or whitespace-only chosen/rejected response"
+NO_PREFERENCE = "chosen == rejected (no preference)"
+BLANKS = ["", " ", "\n", "\t \r\n", "\u3000", "\xa0\x85"]  # all `not text.strip()`
+texts = st.one_of(st.text(), st.sampled_from(BLANKS), st.text(" \t\n\r\x0b\x0c"), st.sampled_from(["a", "b"]))
+
+
+@settings(max_examples=60)
+@given(st.lists(st.builds(R, texts, texts, texts), max_size=6))
+def test_loader_keeps_exactly_the_pairs_with_nonblank_distinct_responses(tmp_path_factory, records):
+    """The skip rule as a property, through a JSONL round trip (any unicode): loaded == the records with
+    non-blank responses and chosen != rejected, and every record read is either loaded or counted as skipped."""
     path = tmp_path_factory.mktemp("rt") / "p.jsonl"
     data.save_preferences(records, path)
-    assert data.load_preferences(path) == [r for r in records if r.chosen != r.rejected]
+    loaded, report = data.load_preferences(path, return_report=True)
+    assert loaded == [r for r in records if r.chosen.strip() and r.rejected.strip() and r.chosen != r.rejected]
+    assert report.n_read == len(records) == report.n_loaded + sum(report.skipped.values())
+    assert set(report.skipped) <= {EMPTY_RESPONSE, NO_PREFERENCE}
+    assert report.skipped[EMPTY_RESPONSE] == sum(not r.chosen.strip() or not r.rejected.strip() for r in records)
+
+
+def hh(response):
+    return "\n\nHuman: Hi\n\nAssistant:" + response
+
+
+def conv(response):  # an explicit-prompt conversational record's response, rendered " " + content
+    return [{"role": "assistant", "content": response}]
+
+
+# a row of each format whose chosen (or rejected) response is `blank`; the response of HH and conversational
+# records is what follows the prompt: "...Assistant:" + "" / " " + "" (the rendered message) are blank too
+FORMATS = {
+    "standard": lambda c, r: {"prompt": "Q", "chosen": c, "rejected": r},
+    "anthropic_hh": lambda c, r: {"chosen": hh(c), "rejected": hh(r)},
+    "conversational": lambda c, r: {"prompt": [{"role": "user", "content": "Hi"}], "chosen": conv(c),
+                                    "rejected": conv(r)},
+    "conversational, implicit prompt": lambda c, r: {"chosen": [{"role": "user", "content": "Hi"}, *conv(c)],
+                                                     "rejected": [{"role": "user", "content": "Hi"}, *conv(r)]},
+}
+
+
+@pytest.mark.parametrize("blank", ["", " ", "\n\t "])
+@pytest.mark.parametrize("fmt", sorted(FORMATS))
+def test_blank_chosen_or_rejected_is_skipped_and_counted_in_every_format(tmp_path, fmt, blank):
+    make = FORMATS[fmt]
+    rows = [make(" good", " bad"), make(blank, " bad"), make(" good", blank), make(blank, blank),
+            make(" same", " same"), make(" yes", " no")]
+    path = write_lines(tmp_path / "p.jsonl", [json.dumps(row) for row in rows])
+    records, report = data.load_preferences(path, return_report=True)
+    assert [(r.chosen.strip(), r.rejected.strip()) for r in records] == [("good", "bad"), ("yes", "no")]
+    assert report.skipped == {EMPTY_RESPONSE: 3, NO_PREFERENCE: 1}  # both blank: counted once, as blank
+    assert (report.n_read, report.n_loaded) == (6, 2)
+    assert f"skipped 3: {EMPTY_RESPONSE}" in report.summary()
+
+
+def test_an_empty_prompt_is_allowed():
+    records, report = data.load_preferences([{"prompt": "", "chosen": "a", "rejected": "b"},
+                                             {"prompt": " ", "chosen": "a", "rejected": "b"}], return_report=True)
+    assert records == [R("", "a", "b"), R(" ", "a", "b")] and not report.skipped
+
+
+def test_the_data_logger_prints_nothing_unless_logging_is_configured(tmp_path):
+    """Skips are logged at WARNING; without a NullHandler on "data", Python's last-resort handler would print
+    them to stderr of a program (e.g. the command line) that never configured logging."""
+    path = write_lines(tmp_path / "p.jsonl", [json.dumps({"prompt": "Q", "chosen": c, "rejected": r})
+                                              for c, r in (("", "b"), ("a", "a"), ("a", "b"))])
+    code = ("import logging, sys, data; records, report = data.load_preferences(sys.argv[1], return_report=True); "
+            "assert len(records) == 1 and sum(report.skipped.values()) == 2; "
+            "logging.getLogger('data.records').warning('reaches handlers'); print('ok')")
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    done = subprocess.run([sys.executable, "-c", code, str(path)], cwd=repo, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert (done.stdout, done.stderr) == ("ok\n", "")
+    configured = subprocess.run([sys.executable, "-c", "import logging; logging.basicConfig(); " + code,
+                                 str(path)], cwd=repo, capture_output=True, text=True, timeout=120)
+    assert "WARNING:data.records:" in configured.stderr and "skipped 1: " + EMPTY_RESPONSE in configured.stderr
 
 
 def test_json_array_file_and_its_line_numbers(tmp_path):

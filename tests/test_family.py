@@ -193,6 +193,66 @@ def test_unpaired_loader_reads_trl_rows_and_splits_pairs(tmp_path):
     assert report.adjusted["desirable examples left out (desirable fraction 0.5)"] == 1
 
 
+EMPTY_COMPLETION = "empty or whitespace-only completion"
+EMPTY_RESPONSE = "empty or whitespace-only chosen/rejected response"
+
+
+@pytest.mark.parametrize("blank", ["", " ", "\n\t "])
+def test_unpaired_loader_skips_blank_completions_and_pairs_with_a_blank_response(tmp_path, blank):
+    """The skip rule of data/records.py: a blank completion gives no example; a pair with a blank chosen or
+    rejected response is skipped before it is split (no half of it kept), counted once."""
+    path = write_lines(tmp_path / "mixed.jsonl", [
+        {"prompt": "Q1 ", "completion": "yes", "label": True},
+        {"prompt": "Q2 ", "completion": blank, "label": True},
+        {"prompt": "Q3 ", "completion": blank, "label": False},
+        {"prompt": "Q4 ", "chosen": blank, "rejected": "bad"},
+        {"prompt": "Q5 ", "chosen": "good", "rejected": blank},
+        {"prompt": "Q6 ", "chosen": blank, "rejected": blank},
+        {"chosen": "\n\nHuman: Q7\n\nAssistant:" + blank, "rejected": "\n\nHuman: Q7\n\nAssistant: no"},
+        {"prompt": [{"role": "user", "content": "Q8"}], "chosen": [{"role": "assistant", "content": "yes"}],
+         "rejected": [{"role": "assistant", "content": blank}]},
+        {"prompt": "", "chosen": "good", "rejected": "bad"}])  # an empty prompt is allowed
+    records, report = data.load_unpaired(path, return_report=True)
+    assert [(r.prompt, r.completion, r.desirable) for r in records] == [
+        ("Q1 ", "yes", True), ("", "good", True), ("", "bad", False)]
+    assert report.skipped == {EMPTY_COMPLETION: 2, EMPTY_RESPONSE: 5}
+    assert (report.n_read, report.n_loaded) == (9, 3)
+    assert report.adjusted == {"pairs split into a desirable and an undesirable example": 1}
+
+
+def test_a_kto_file_of_empty_completions_loads_no_example_and_says_why(tmp_path):
+    path = write_lines(tmp_path / "empty.jsonl", [{"prompt": f"Q{i} ", "completion": "", "label": i % 2 == 0}
+                                                  for i in range(4)])
+    records, report = data.load_unpaired(path, return_report=True)
+    assert records == [] and (report.n_read, report.n_loaded) == (4, 0)
+    assert report.summary() == (f"{path}: loaded 0 examples from 4 records ({{'unpaired': 4}}); "
+                                f"skipped 4: {EMPTY_COMPLETION}")
+
+
+unpaired_texts = st.one_of(st.text(max_size=4), st.sampled_from(["", " ", "\n\t", "\u3000", "a", "b"]))
+unpaired_rows = st.one_of(
+    st.fixed_dictionaries({"prompt": unpaired_texts, "completion": unpaired_texts, "label": st.booleans()}),
+    st.fixed_dictionaries({"prompt": unpaired_texts, "chosen": unpaired_texts, "rejected": unpaired_texts}))
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(unpaired_rows, max_size=6))
+def test_unpaired_loader_keeps_exactly_the_nonblank_examples(rows):
+    expected, kept_rows = [], 0
+    for row in rows:
+        if "label" in row and row["completion"].strip():
+            expected.append((row["prompt"], row["completion"], row["label"]))
+        elif "label" not in row and row["chosen"].strip() and row["rejected"].strip() \
+                and row["chosen"] != row["rejected"]:
+            expected += [(row["prompt"], row["chosen"], True), (row["prompt"], row["rejected"], False)]
+        else:
+            continue
+        kept_rows += 1
+    records, report = data.load_unpaired(rows, return_report=True)
+    assert [(r.prompt, r.completion, r.desirable) for r in records] == expected
+    assert report.n_loaded == len(expected) and report.n_read == len(rows) == kept_rows + sum(report.skipped.values())
+
+
 @pytest.mark.parametrize("row, match", [
     ({"prompt": "Q", "completion": "a"}, r"line 1, field 'label': missing"),
     ({"prompt": "Q", "completion": "a", "label": "yes"}, r"line 1, field 'label': must be true or false"),
