@@ -8,7 +8,9 @@ A checkpoint is one file, `ckpt.pt`, holding everything a run needs to continue 
                the step (see training.py), so they need no state of their own
     rng        the torch (CPU and CUDA), numpy and python generator states (dropout, sampling)
     rng_by_rank  data-parallel runs (torchrun): every rank's generator states, in rank order (rank 0's = rng)
-    config     the resolved training config, for reference
+    config     the command ("stage") and its resolved training config: --resume checks the command against it
+    extra      what else a method needs to continue (rlhf.py: the value model and its optimizer, the KL
+               coefficient); absent when there is nothing
     early_stopping  the best held-out score so far, its step, and the evaluations since it
                     (training.EarlyStopping as a dict)
     kind       what the weights are: "language model" (a GPT), or "reward model" (reward_model.RewardModel)
@@ -57,11 +59,21 @@ def rng_state():
     }
 
 
-def save_checkpoint(path, model, optimizer, step, config, early_stopping=None, lora_base=None, rng_by_rank=None):
+def seed_generators(seed):
+    """Seed every generator rng_state() saves (torch on every device, numpy, python): a run's generator states
+    are a function of its seed, so a resumed run ends with the uninterrupted run's states."""
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
+
+
+def save_checkpoint(path, model, optimizer, step, config, early_stopping=None, lora_base=None, rng_by_rank=None,
+                    extra=None):
     """Write `path` (a `ckpt.pt` file) atomically. `model` may be wrapped by torch.compile.
 
     A model with LoRA adapters needs `lora_base` (see `describe_lora_base`): only its adapters are written.
-    `rng_by_rank`: a data-parallel run's rng_state() of every rank, in rank order (stored as given)."""
+    `rng_by_rank`: a data-parallel run's rng_state() of every rank, in rank order (stored as given).
+    `extra`: a dict of anything else the run needs to resume (stored as given)."""
     model = getattr(model, "_orig_mod", model)  # torch.compile wraps the module; save the original's weights
     has_adapters = bool(lora.lora_layers(model))
     if has_adapters and lora_base is None:
@@ -78,6 +90,8 @@ def save_checkpoint(path, model, optimizer, step, config, early_stopping=None, l
     }
     if rng_by_rank is not None:
         state["rng_by_rank"] = list(rng_by_rank)
+    if extra is not None:
+        state["extra"] = dict(extra)
     if has_adapters:
         state["lora"] = {**lora.lora_settings(model), "base": dict(lora_base)}
     directory = os.path.dirname(os.path.abspath(path))
@@ -95,17 +109,18 @@ def save_checkpoint(path, model, optimizer, step, config, early_stopping=None, l
         raise
 
 
-def load_checkpoint(path, map_location="cpu"):
-    """Read a `ckpt.pt` written by `save_checkpoint` (or the directory holding one). Returns the state dict."""
+def load_checkpoint(path, map_location="cpu", mmap=False):
+    """Read a `ckpt.pt` written by `save_checkpoint` (or the directory holding one). Returns the state dict.
+    mmap: map the tensors from the file instead of reading them (for a look at the metadata)."""
     if os.path.isdir(path):
         path = os.path.join(path, "ckpt.pt")
     if not os.path.isfile(path):
         raise CheckpointError(f"{path}: no checkpoint file here")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=False)
+        state = torch.load(path, map_location=map_location, weights_only=False, mmap=mmap)
     except Exception as e:  # a truncated or foreign file
         raise CheckpointError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})") from e
-    if not isinstance(state, dict) or "model" not in state or "model_config" not in state:
+    if not isinstance(state, dict) or "model" not in state or not isinstance(state.get("model_config"), dict):
         raise CheckpointError(f"{path}: not a checkpoint written by this project (no 'model'/'model_config')")
     return state
 
@@ -126,6 +141,8 @@ def load_model(path, map_location="cpu"):
     Raises CheckpointError for a local path that does not exist (rather than asking the hub for it)."""
     if missing_local_path(path):
         raise CheckpointError(f"{path}: no such file or directory")
+    if os.path.isfile(path) and not path.endswith(".pt"):
+        raise CheckpointError(f"{path}: a file, but not a checkpoint (a .pt); pass {not_a_checkpoint_hint(path)}")
     is_ours = path.endswith(".pt") or os.path.isfile(os.path.join(path, "ckpt.pt"))
     if is_ours:
         state = load_checkpoint(path, map_location)
@@ -137,15 +154,29 @@ def load_model(path, map_location="cpu"):
                             state["lora"]["targets"])
             lora.load_lora_state_dict(model, state["model"])
             return lora.merged_copy(model)
-        model = GPT(GPTConfig(**state["model_config"]))
         try:
+            model = GPT(GPTConfig(**state["model_config"]))
             model.load_state_dict(state["model"])
-        except RuntimeError as e:
-            raise CheckpointError(f"{path}: weights do not match the stored model config: {e}") from e
+        except (RuntimeError, TypeError, ValueError, AttributeError) as e:
+            raise CheckpointError(f"{path}: weights do not match the stored model config: "
+                                  f"{' '.join(str(e).split())[:300]}") from None
         return model
     if os.path.isdir(path) and not os.path.isfile(os.path.join(path, "config.json")):
-        raise CheckpointError(f"{path}: neither a ckpt.pt of ours nor a Hugging Face GPT-2 directory (config.json)")
+        raise CheckpointError(f"{path}: neither a ckpt.pt of ours nor a Hugging Face GPT-2 directory (config.json); "
+                              f"pass a run's directory or its ckpt.pt, or a directory with config.json and "
+                              f"model.safetensors")
     return GPT.from_pretrained(path)
+
+
+def not_a_checkpoint_hint(path):
+    """What to pass instead of the file `path`: its run's directory when it sits beside a ckpt.pt, a Hugging Face
+    directory when it is one's config.json, else the kinds of model this code loads."""
+    directory = os.path.dirname(path) or "."
+    if os.path.isfile(os.path.join(directory, "ckpt.pt")):
+        return f"the run's directory {directory} (it holds ckpt.pt)"
+    if os.path.basename(path) == "config.json":
+        return f"the directory {directory} (a Hugging Face GPT-2 model is a directory)"
+    return "a ckpt.pt of ours (or its directory), a Hugging Face GPT-2 directory or a hub name such as gpt2"
 
 
 def load_lora_base(state, path, map_location="cpu"):

@@ -20,6 +20,7 @@ import torch
 import data
 from dpo import LOSS_TYPES, SMOOTHED_LOSS_TYPES
 from logprob_kernels import IMPLS
+from ppo import MAX_KL_COEF
 from reference import MODES as REFERENCE_MODES
 
 
@@ -59,16 +60,17 @@ class TrainConfig:
     init: str = option("--init", "", "the starting model: a ckpt.pt of ours (or its directory), a Hugging Face "
                        "GPT-2 directory, or a hub name such as gpt2; '' = a fresh model (dpo: the SFT model, which "
                        "is also the frozen reference)", STAGES)
-    data: str = option("--data", "", "pretrain: a UTF-8 text file ('' = the embedded reviews); sft, dpo: preference "
-                       "data, a .jsonl/.json file, a dataset directory or hub name, optionally NAME:split")
+    data: str = option("--data", "", "pretrain: a UTF-8 text file ('' = the embedded reviews); the other commands: "
+                       "preference data (kto: also TRL's unpaired format), a .jsonl/.json file, a dataset directory or "
+                       "hub name, optionally NAME:split")
     heldout_data: str = option("--heldout-data", "", "held-out preference data, as --data; '' = the dataset's test "
                                "split when it has one, else a --heldout-fraction of --data", PAIR_STAGES)
     heldout_fraction: float = option("--heldout-fraction", 0.05, "share of --data held out for evaluation (without "
                                      "--heldout-data)")
     tokenizer: str = option("--tokenizer", "bytes", "'bytes' (offline, byte-level), 'gpt2' (tiktoken's BPE; needs "
                             "the network or TIKTOKEN_CACHE_DIR), or a path to a .tiktoken BPE ranks file", STAGES)
-    max_length: int = option("--max-length", 0, "tokens per row: prompt + response (sft, dpo) or a pre-training "
-                             "window; 0 = the model's block size")
+    max_length: int = option("--max-length", 0, "tokens per row: prompt + response, or pretrain's window; 0 = the "
+                             "model's block size")
     max_prompt_length: int = option("--max-prompt-length", 0, "most prompt tokens kept when a pair is too long; "
                                     "0 = half of --max-length", PAIR_STAGES)
     # a fresh model
@@ -81,8 +83,9 @@ class TrainConfig:
     # optimisation
     steps: int = option("--steps", 1000, "optimizer steps (ppo, rloo: iterations of rollouts and updates)",
                         TRAINING_STAGES + RL_STAGES)
-    batch_size: int = option("--batch-size", 32, "examples (dpo: pairs; ppo, rloo: prompts) per optimizer step (ppo, "
-                             "rloo: iteration), over all processes (torchrun: each takes an equal share)",
+    batch_size: int = option("--batch-size", 32, "examples (pretrain: windows; kto: completions; ppo, rloo: prompts; "
+                             "the others: pairs) per optimizer step (ppo, rloo: iteration), over all processes "
+                             "(torchrun: each takes an equal share)",
                              TRAINING_STAGES + RL_STAGES)
     grad_accum: int = option("--grad-accum", 1, "micro-batches per step in each process (processes x this must "
                              "divide --batch-size)")
@@ -134,8 +137,8 @@ class TrainConfig:
                                  ("pairs", "eval", "sample", "reward-model") + RL_STAGES)
     min_reward_gap: float = option("--min-reward-gap", 0.2, "drop a prompt whose best - worst reward is below this",
                                    ("pairs",))
-    reference_init: str = option("--reference-init", "", "eval: the reference model to compare --init with; dpo: "
-                                 "the frozen reference pi_ref ('' = the --init model); a path as --init",
+    reference_init: str = option("--reference-init", "", "eval: the reference model to compare --init with; dpo, "
+                                 "kto: the frozen reference pi_ref ('' = the --init model); a path as --init",
                                  ("eval",) + REFERENCE_STAGES)
     num_prompts: int = option("--num-prompts", 0, "use the first N of the task's prompts (0 = all)",
                               ("pairs", "eval"))
@@ -148,8 +151,8 @@ class TrainConfig:
                             group=RL)
     target_kl: float = option("--target-kl", 0.0, "steer --kl-coef toward this KL per rollout (nats; Ziegler et al. "
                               "2019); 0 = a fixed coefficient", RL_STAGES, group=RL)
-    kl_horizon: float = option("--kl-horizon", 10000.0, "the adaptive KL controller's horizon, in rollouts",
-                               RL_STAGES, group=RL)
+    kl_horizon: float = option("--kl-horizon", 10000.0, "the adaptive KL controller's horizon, in rollouts (Ziegler "
+                               "et al. 2019); at least one iteration's rollouts", RL_STAGES, group=RL)
     clip: float = option("--clip", 0.2, "PPO's clip range of the probability ratio", ("ppo",), group=RL)
     value_clip: float = option("--value-clip", 0.2, "PPO's clip range of the value update", ("ppo",), group=RL)
     value_lr: float = option("--value-lr", 1e-4, "the value model's learning rate (AdamW)", ("ppo",), group=RL)
@@ -171,7 +174,11 @@ class TrainConfig:
                              TRAINING_STAGES + RL_STAGES)
     keep_checkpoints: bool = option("--keep-checkpoints", False, "also keep the weights of every checkpoint as "
                                     "step_NNNNNN.pt (to evaluate a run along the way)", TRAINING_STAGES + RL_STAGES)
-    resume: bool = option("--resume", False, "continue from OUT_DIR/ckpt.pt, exactly where it stopped")
+    resume: bool = option("--resume", False, "continue the run in OUT_DIR from its ckpt.pt, exactly where it stopped "
+                          "(the same command, model and tokenizer; from step 0 if it stopped before its first "
+                          "checkpoint)", TRAINING_STAGES + RL_STAGES)
+    overwrite: bool = option("--overwrite", False, "start anew in an OUT_DIR that holds another run, removing that "
+                             "run's files first (without it such a directory is refused)", TRAINING_STAGES + RL_STAGES)
     # hardware
     device: str = option("--device", "auto", "auto (cuda when available, else cpu), cpu, cuda or cuda:N", STAGES)
     dtype: str = option("--dtype", "auto", "autocast dtype: auto (bfloat16 on CUDA, float32 on CPU), float32, "
@@ -217,7 +224,8 @@ def stage_config(stage, **changes):
 
 def _need(cfg, ok, name, requirement):
     if not ok:
-        raise ConfigError(f"{FLAGS[name]} {getattr(cfg, name)!r}: {requirement}")
+        value = getattr(cfg, name)
+        raise ConfigError(f"{FLAGS[name]}{'' if isinstance(value, bool) else ' ' + repr(value)}: {requirement}")
 
 
 def check_values(cfg):
@@ -261,8 +269,10 @@ def check_values(cfg):
     need(0 < cfg.desirable_fraction <= 1, "desirable_fraction", "must be in (0, 1]")
     for name in ("desirable_weight", "undesirable_weight"):
         need(getattr(cfg, name) >= 0 and math.isfinite(getattr(cfg, name)), name, "must be >= 0")
-    need(cfg.kl_coef >= 0 and math.isfinite(cfg.kl_coef), "kl_coef", "must be >= 0")
+    need(0 <= cfg.kl_coef <= MAX_KL_COEF, "kl_coef", f"must be >= 0 and at most {MAX_KL_COEF:g}")
     need(cfg.target_kl >= 0 and math.isfinite(cfg.target_kl), "target_kl", "must be >= 0 (0 = a fixed --kl-coef)")
+    need(cfg.target_kl == 0 or cfg.kl_coef > 0, "target_kl", "steers --kl-coef by multiplying it, and --kl-coef is "
+         "0: give --kl-coef > 0 (the starting coefficient), or drop --target-kl")
     for name in ("clip", "value_clip", "value_lr", "kl_horizon", "ppo_epochs", "minibatches"):
         need(getattr(cfg, name) > 0 and math.isfinite(getattr(cfg, name)), name, "must be > 0")
     need(0 <= cfg.gamma <= 1, "gamma", "must be in [0, 1]")
@@ -270,6 +280,8 @@ def check_values(cfg):
     need(cfg.max_length == 0 or cfg.max_length >= 2, "max_length", "must be >= 2 (or 0: the model's block size)")
     need(cfg.max_length == 0 or cfg.max_prompt_length < cfg.max_length, "max_prompt_length",
          f"must be below --max-length {cfg.max_length}")
+    need(not (cfg.resume and cfg.overwrite), "overwrite", "contradicts --resume: continue the run in --out-dir, or "
+         "replace it, not both")
     need(cfg.world_size == 1 or not cfg.device.startswith("cuda:"), "device",
          "under torchrun each process uses cuda:LOCAL_RANK: pass --device cuda (or auto)")
     try:
@@ -329,9 +341,10 @@ def check_config(stage, cfg):
     check_values(cfg)
     if not cfg.init and stage in ("pretrain", "sft"):
         need(cfg.max_length <= cfg.block_size, "max_length", f"exceeds --block-size {cfg.block_size}")
-    if cfg.resume and stage in TRAINING_STAGES:
-        ckpt = os.path.join(cfg.out_dir, "ckpt.pt")
-        need(os.path.isfile(ckpt), "resume", f"no checkpoint to resume from: {ckpt} does not exist")
+    if cfg.resume:
+        ckpt, recorded = os.path.join(cfg.out_dir, "ckpt.pt"), os.path.join(cfg.out_dir, "config.json")
+        need(os.path.isfile(ckpt) or os.path.isfile(recorded), "resume",
+             f"no run to resume in {cfg.out_dir}: neither ckpt.pt nor config.json is there")
 
 
 def check_reinforcement_learning(cfg):
@@ -343,9 +356,12 @@ def check_reinforcement_learning(cfg):
          "checkpoint) or --ground-truth-reward (the oracle), exactly one of the two")
     need(cfg.batch_size * cfg.samples_per_prompt % cfg.minibatches == 0, "minibatches",
          f"must divide --batch-size x --samples-per-prompt = {cfg.batch_size * cfg.samples_per_prompt}")
+    rollouts = cfg.batch_size * cfg.samples_per_prompt
+    need(not cfg.target_kl or cfg.kl_horizon >= rollouts, "kl_horizon", f"must be at least the rollouts of one "
+         f"iteration (--batch-size x --samples-per-prompt = {rollouts}): the controller multiplies --kl-coef by "
+         f"1 + error x rollouts / horizon, which a shorter horizon could make negative (ppo.AdaptiveKL)")
     need(cfg.dtype != "float16", "dtype", "float16 needs a gradient scaler, which ppo and rloo do not use: use "
          "bfloat16 or float32")
-    need(not cfg.resume, "resume", "ppo and rloo do not resume (the value model is not checkpointed): start again")
     need(int(os.environ.get("WORLD_SIZE", "1")) == 1, "device", "ppo and rloo run in one process, not under "
          "torchrun")
 

@@ -124,9 +124,10 @@ def load_reward_model(path, map_location="cpu"):
     if state.get("kind", LANGUAGE_MODEL) != KIND:
         raise CheckpointError(f"{path}: not a reward model (it holds a {state.get('kind', LANGUAGE_MODEL)}); "
                               f"train one with `python train.py reward-model`")
-    model = RewardModel(GPT(GPTConfig(**state["model_config"])))
     try:
+        model = RewardModel(GPT(GPTConfig(**state["model_config"])))
         model.load_state_dict(state["model"])
-    except RuntimeError as e:
-        raise CheckpointError(f"{path}: weights do not match the stored model config: {e}") from e
+    except (RuntimeError, TypeError, ValueError, AttributeError) as e:
+        raise CheckpointError(f"{path}: weights do not match the stored model config: "
+                              f"{' '.join(str(e).split())[:300]}") from None
     return model

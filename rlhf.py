@@ -14,7 +14,8 @@ updates under a KL penalty toward the reference. The math is in ppo.py; this fil
 Unlike DPO, every iteration samples from the policy (the most expensive part on a CPU), and PPO holds four
 networks: the policy, the frozen reference, the reward model and the value model (ppo.py says why a separate
 one). The bookkeeping (config.json, metrics.jsonl, checkpoints) is training_run.py's, as for every stage.
-Left out: --resume (the value model and the KL controller are not checkpointed), LoRA, torchrun.
+--resume continues exactly: the checkpoint holds the value model, its optimizer and the KL coefficient too, and
+the rollouts and minibatch orders are pure functions of (seed, iteration). Left out: LoRA, torchrun.
 """
 
 import copy
@@ -27,6 +28,7 @@ import logprob_kernels
 import ppo
 import reward_model
 import sentiment
+from checkpoint import CheckpointError
 from training import NonFiniteLossError, example_indices
 from training_run import record, save, start_run
 
@@ -144,21 +146,51 @@ def evaluate(policy, reference, scorer, tokenizer, prompts, cfg):
     return row
 
 
+def rl_state(kl_coef, value_model, value_optimizer):
+    """What a checkpoint holds beside the policy (training_run.save's extra): the KL coefficient, and for PPO the
+    value model and its AdamW state."""
+    if value_model is None:
+        return {"kl_coef": kl_coef}
+    return {"kl_coef": kl_coef, "value_model": value_model.state_dict(),
+            "value_optimizer": value_optimizer.state_dict()}
+
+
+def resume_rl_state(run, value_model, value_optimizer):
+    """Put back what rl_state saved (from run.resumed_extra); returns the KL coefficient. CheckpointError for a
+    checkpoint that lacks it."""
+    extra = run.resumed_extra
+    try:
+        if value_model is not None:
+            value_model.load_state_dict(extra["value_model"])
+            value_optimizer.load_state_dict(extra["value_optimizer"])
+        return extra["kl_coef"]
+    except (KeyError, RuntimeError, ValueError) as e:
+        raise CheckpointError(f"--resume {run.path('ckpt.pt')}: no usable value model or KL coefficient in it "
+                              f"({type(e).__name__}: {' '.join(str(e).split())[:200]}); start the run again "
+                              f"(--overwrite)") from None
+
+
 def train(stage, cfg, policy, scorer, tokenizer, train_prompts, heldout_prompts, log=print):
     """PPO (stage "ppo") or RLOO ("rloo") of `policy` in place for --steps iterations; returns the last held-out
     row. scorer: the reward model (its copy becomes PPO's value model), or None for the ground truth."""
-    run = start_run(stage, cfg, policy, log)
-    reference = copy.deepcopy(policy).requires_grad_(False).eval()
+    reference = copy.deepcopy(policy).requires_grad_(False).eval()  # pi_ref: --init, before any --resume
     value_model = value_optimizer = None
     if stage == "ppo":  # V starts from the reward model (InstructGPT), or from the policy's trunk with a zero head
         value_model = copy.deepcopy(scorer) if scorer is not None else reward_model.RewardModel(
             copy.deepcopy(policy))
+    run = start_run(stage, cfg, policy, log)
+    reference.to(run.device)
+    if value_model is not None:
         value_model.requires_grad_(True).to(run.device)
         value_optimizer = torch.optim.AdamW(value_model.parameters(), lr=cfg.value_lr, betas=(0.9, 0.95))
     if scorer is not None:
         scorer.to(run.device).eval().requires_grad_(False)
     controller = ppo.AdaptiveKL(cfg.kl_coef, cfg.target_kl, cfg.kl_horizon) if cfg.target_kl else None
     kl_coef, eval_row = cfg.kl_coef, {}
+    if run.step:  # --resume: the value model, its AdamW state and the KL coefficient where they were
+        kl_coef = resume_rl_state(run, value_model, value_optimizer)
+        if controller is not None:
+            controller.kl_coef = kl_coef
     while run.step < cfg.steps:
         indices = example_indices(len(train_prompts), cfg.batch_size, run.step, cfg.seed)
         rollouts = collect_rollouts(run.model, reference, scorer, tokenizer, [train_prompts[i] for i in indices],
@@ -181,7 +213,7 @@ def train(stage, cfg, policy, scorer, tokenizer, train_prompts, heldout_prompts,
             record(run, eval_row)
             log(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in eval_row.items()))
         if run.step % cfg.save_every == 0 or run.step == cfg.steps:
-            save(run)
+            save(run, extra=rl_state(kl_coef, value_model, value_optimizer))
     if run.writer is not None:
         run.writer.close()
     return eval_row

@@ -52,10 +52,12 @@ def simpo_loss(policy_chosen_logps: torch.Tensor, policy_rejected_logps: torch.T
 def batch_loss(model, batch: dict, *, beta: float, gamma: float, impl: str = "auto",
                fused_linear: bool = False) -> tuple[torch.Tensor, dict]:
     """SimPO on one data.dpo_collate batch (B pairs): the loss summed over its pairs, and each pair's values for
-    dpo.dpo_metrics. No reference model."""
+    dpo.dpo_metrics (its logps/* are per-token means here, what the loss is defined on, as in TRL). No
+    reference model."""
     policy = dpo.concatenated_logps(model, batch, impl=impl, fused_linear=fused_linear)  # PairLogps, (B,) each
     losses, chosen_rewards, rejected_rewards = simpo_loss(policy.chosen, policy.rejected, policy.chosen_tokens,
                                                           policy.rejected_tokens, beta=beta, gamma=gamma)
     values = dict(losses=losses.detach(), chosen_rewards=chosen_rewards, rejected_rewards=rejected_rewards,
-                  policy_chosen_logps=policy.chosen.detach(), policy_rejected_logps=policy.rejected.detach())
+                  policy_chosen_logps=(policy.chosen / policy.chosen_tokens).detach(),  # per-token means, as TRL
+                  policy_rejected_logps=(policy.rejected / policy.rejected_tokens).detach())  # logs them here
     return losses.sum(), values

@@ -32,6 +32,7 @@ import reward_model
 import rlhf
 import sentiment
 import simpo
+import training_run
 import unlikelihood
 from checkpoint import load_model
 from config import (
@@ -82,7 +83,11 @@ def preference_splits(cfg, tokenizer, log=print, unpaired=False):
                                        max_prompt_length=cfg.max_prompt_length, return_report=True)
         log(f"{load_report.summary()}; {encode_report.summary()}")
         if not pairs:
-            raise ConfigError(f"{flag} {source}: no usable preference pair ({load_report.summary()}; "
+            lost_to_truncation = records and sum(encode_report.dropped.values()) == len(records)
+            advice = (f": truncation to --max-length {cfg.max_length} tokens (--max-prompt-length "
+                      f"{cfg.max_prompt_length}) left none; raise --max-length or lower --max-prompt-length"
+                      if lost_to_truncation else "")
+            raise ConfigError(f"{flag} {source}: no usable preference pair{advice} ({load_report.summary()}; "
                               f"{encode_report.summary()})")
         return pairs
 
@@ -197,6 +202,9 @@ def kto_weights(cfg, examples, log=print):
     try:
         weights = kto.balanced_weights(n_desirable, len(examples) - n_desirable)
     except ValueError as e:
+        if cfg.desirable_fraction < 1 and not n_desirable:
+            raise ConfigError(f"--desirable-fraction {cfg.desirable_fraction:g}: left no desirable training example "
+                              f"({e}); raise it") from None
         raise ConfigError(f"--data {cfg.data}: {e}") from None
     if not cfg.desirable_weight:
         cfg = dataclasses.replace(cfg, desirable_weight=weights[0])
@@ -220,7 +228,9 @@ def run_stage(stage, cfg, log=print):
     model = build_model(cfg, tokenizer)
     cfg = resolve_lengths(cfg, model.config.block_size)
     eval_prompts = sentiment.make_prompts(seed=0)[1] if stage == "reward-model" and cfg.eval_samples else []
-    check_sampling_fits(eval_prompts, cfg, tokenizer, model.config.block_size, cfg.init)
+    check_sampling_fits(eval_prompts, cfg, tokenizer, model.config.block_size, cfg.init,
+                        because=f"--eval-samples {cfg.eval_samples} samples --init after training to check the reward "
+                                f"model (pass --eval-samples 0 to skip that check)")
     use_lora = bool(cfg.lora_rank) and stage in LORA_STAGES
     if use_lora:
         add_adapters(model, cfg, log)
@@ -237,6 +247,7 @@ def run_stage(stage, cfg, log=print):
         f"vocab {model.config.vocab_size}, block {model.config.block_size}, rows of {cfg.max_length} tokens")
     if stage == "reward-model":
         model = reward_model.RewardModel(model)
+    training_run.claim_directory(stage, cfg, model, log=lambda *_: None, mmap=True)  # before the reference's work
     pad_id, reference = tokenizer.eot_token, None
     if stage in REFERENCE_STAGES:  # precomputed, a frozen copy lives only while its table is computed
         reference = dpo_reference(cfg, reference_model(cfg, model, use_lora), (train_set, heldout_set), pad_id,
@@ -282,12 +293,14 @@ def run_rl(stage, cfg, log=print):
     return policy, metrics
 
 
-def check_sampling_fits(prompts, cfg, tokenizer, block_size, path):
-    """ConfigError if the longest of `prompts` plus --max-new-tokens would not fit the model's block size."""
+def check_sampling_fits(prompts, cfg, tokenizer, block_size, path, because=""):
+    """ConfigError if the longest of `prompts` plus --max-new-tokens would not fit the model's block size.
+    because: why the command samples, when a user may not expect it (named in the error)."""
     longest = max((len(tokenizer.encode_ordinary(p)) for p in prompts), default=0)
     if prompts and longest + cfg.max_new_tokens > block_size:
         raise ConfigError(f"--max-new-tokens {cfg.max_new_tokens}: the longest prompt ({longest} tokens) plus "
-                          f"{cfg.max_new_tokens} exceeds the block size {block_size} of {path}")
+                          f"{cfg.max_new_tokens} exceeds the block size {block_size} of {path}"
+                          + (f"; {because}" if because else ""))
 
 
 def load_for_sampling(path, cfg, tokenizer, prompts):

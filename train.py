@@ -95,14 +95,17 @@ def add_config_flags(parser, stage):
         group = parser if meta["group"] is None else groups.get(meta["group"]) or groups.setdefault(
             meta["group"], parser.add_argument_group(meta["group"]))
         default = defaults.get(f.name, f.default)
-        shown = "none" if default == "" else default
-        name = meta["flag"]
+        shown = ("on" if default else "off") if isinstance(default, bool) else "none" if default == "" else default
+        help = f"{meta['help']} (default: {shown}; {commands_taking(meta['stages'])})"
         if isinstance(default, bool):
-            group.add_argument(name, default=default, action=argparse.BooleanOptionalAction,
-                               help=f"{meta['help']} (default: {'on' if default else 'off'})")
+            group.add_argument(meta["flag"], default=default, action=argparse.BooleanOptionalAction, help=help)
         else:
-            group.add_argument(name, default=default, type=type(default), choices=meta["choices"],
-                               help=f"{meta['help']} (default: {shown})")
+            group.add_argument(meta["flag"], default=default, type=type(default), choices=meta["choices"], help=help)
+
+
+def commands_taking(stages):
+    """The commands that take a flag, for its help line: "every command", or their names."""
+    return "every command" if set(stages) == set(STAGES) else "taken by " + ", ".join(stages)
 
 
 def build_parser():

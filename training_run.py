@@ -1,26 +1,45 @@
 """A training run's state and files: the bookkeeping around training.py's loop.
 
-    start_run    check the configuration, put the model on its device, build AdamW, write config.json, and
-                 --resume (weights or LoRA adapters, AdamW's state, the step, early stopping, the generators)
+    claim_directory  before anything is written: OUT_DIR may hold this run (a new run, --overwrite, or --resume of
+                 the same command, kind of model, architecture and tokenizer); returns the checkpoint to resume
+    start_run    check the configuration, claim OUT_DIR, put the model on its device, build AdamW, --resume
+                 (weights or LoRA adapters, AdamW's state, the step, early stopping, the generators), and only
+                 then write: config.json (atomically) and metrics.jsonl (the rows up to the resumed step)
     record       append a metrics row to metrics.jsonl (and TensorBoard, when it is installed)
     early_stop   keep best.pt at a better held-out score; say when --early-stop-patience has run out
     save         ckpt.pt (to resume bit for bit) and step_NNNNNN.pt (with --keep-checkpoints)
+
+A run directory holds one run. Every file is replaced atomically (written beside, then renamed) or appended to,
+so a run killed at any moment (SIGKILL, an out-of-memory kill, Ctrl-C) resumes with `--resume` exactly where its
+last checkpoint left it, and ends as the uninterrupted run would (tests/test_kill_resume.py). A run killed before
+its first checkpoint starts again from step 0 on --resume.
 
 Under torchrun (data_parallel.py) rank 0 alone writes; every rank keeps the same state, since every rank computes
 the same metrics from the same gathered values, and the checkpoint holds every rank's generator states.
 """
 
 import dataclasses
+import glob
 import json
 import math
 import os
+import shutil
 from collections.abc import Callable
 
 import torch
 
 import data_parallel
 import lora
-from checkpoint import CheckpointError, describe_lora_base, load_checkpoint, restore_rng, rng_state, save_checkpoint
+from checkpoint import (
+    LANGUAGE_MODEL,
+    CheckpointError,
+    describe_lora_base,
+    load_checkpoint,
+    restore_rng,
+    rng_state,
+    save_checkpoint,
+    seed_generators,
+)
 from config import ConfigError, check_values, resolve_device
 
 
@@ -37,6 +56,7 @@ class EarlyStopping:
 class Run:
     """What the loop carries from step to step."""
 
+    stage: str  # the command ("dpo", ...), recorded in config.json and the checkpoints
     cfg: object  # config.TrainConfig, with world_size set
     model: torch.nn.Module
     optimizer: torch.optim.Optimizer
@@ -49,33 +69,148 @@ class Run:
     saved_step: int = 0  # the step of the last checkpoint written
     early_stopping: EarlyStopping = dataclasses.field(default_factory=EarlyStopping)
     writer: object = None  # a TensorBoard SummaryWriter, when tensorboard is installed
+    resumed_extra: dict = dataclasses.field(default_factory=dict)  # --resume: the "extra" state a method saved
 
     def path(self, name):
         return os.path.join(self.cfg.out_dir, name)
 
 
 def start_run(stage, cfg, model, log):
-    """Check the configuration, put the model on its device, build AdamW, and resume or start the run's files."""
+    """Check the configuration, claim OUT_DIR (claim_directory), put the model on its device, build AdamW, resume
+    (--resume), and only then write config.json and start metrics.jsonl: a run that cannot start writes nothing."""
     cfg = dataclasses.replace(cfg, world_size=data_parallel.world_size())
     check_values(cfg)
     if not cfg.max_length:
         raise ConfigError("--max-length: resolve it first (config.resolve_lengths), train() needs a number")
-    saved = load_checkpoint(os.path.join(cfg.out_dir, "ckpt.pt")) if cfg.resume else None  # fails before a write
+    saved = claim_directory(stage, cfg, model, log)
     lora_base = describe_lora_base(cfg.init, model) if lora.lora_layers(model) else None
     check_same_base(saved, lora_base, cfg)
     device, autocast, scaler = resolve_device(cfg)
-    if data_parallel.is_main():
-        os.makedirs(cfg.out_dir, exist_ok=True)
-        with open(os.path.join(cfg.out_dir, "config.json"), "w") as f:
-            json.dump({"stage": stage, **dataclasses.asdict(cfg)}, f, indent=2)
     model.to(device)
-    torch.manual_seed(cfg.seed + data_parallel.rank())  # dropout: a stream of its own on each process
-    run = Run(cfg, model, make_optimizer(model, cfg), device, autocast, scaler, lora_base,
+    seed_generators(cfg.seed + data_parallel.rank())  # dropout: a stream of its own on each process
+    run = Run(stage, cfg, model, make_optimizer(model, cfg), device, autocast, scaler, lora_base,
               forward_model=torch.compile(model) if cfg.compile else model)
     if saved is not None:
         resume(run, saved, log)
+    if data_parallel.is_main():
+        if cfg.overwrite:
+            remove_run_files(cfg.out_dir, log)
+        os.makedirs(cfg.out_dir, exist_ok=True)
+        write_atomically(run.path("config.json"), json.dumps(run_config(run), indent=2))
     start_metrics_file(run)
     return run
+
+
+# -----------------------------------------------------------------------------
+# One run per directory
+
+RUN_FILES = ("config.json", "metrics.jsonl", "ckpt.pt", "best.pt", "hf", "tb", "reward_eval.json")  # and below
+RUN_FILE_PATTERNS = ("step_*.pt", ".ckpt-*.tmp", ".*.partial")  # kept checkpoints, unfinished atomic writes
+
+
+def run_files(out_dir):
+    """The names of the run files (RUN_FILES, RUN_FILE_PATTERNS) present in out_dir, sorted."""
+    if not os.path.isdir(out_dir):
+        return []
+    names = set(RUN_FILES) & set(os.listdir(out_dir))
+    for pattern in RUN_FILE_PATTERNS:
+        names |= {os.path.basename(path) for path in glob.glob(os.path.join(glob.escape(out_dir), pattern))}
+    return sorted(names)
+
+
+def recorded_stage(out_dir):
+    """The command recorded in out_dir/config.json (None when there is no config.json). Raises CheckpointError
+    for a config.json that is not a run's (unreadable, or no "stage"): a directory of something else."""
+    path = os.path.join(out_dir, "config.json")
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path) as f:
+            recorded = json.load(f)
+        return recorded["stage"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise CheckpointError(f"--out-dir {out_dir}: its config.json is not a training run's (no readable 'stage'): "
+                              f"choose another --out-dir") from None
+
+
+def claim_directory(stage, cfg, model, log=print, mmap=False):
+    """Check, before anything is written, that cfg.out_dir may hold this run of command `stage`; return the
+    checkpoint to resume from (--resume; None for a new run, or a run killed before its first checkpoint).
+
+    A new run needs a directory without a run in it (or --overwrite: start_run then removes the old run's files).
+    --resume needs the same command, a checkpoint of the same kind (language model, reward model), the same
+    architecture (the GPT config, dropout aside) and the same tokenizer. Anything else raises CheckpointError
+    naming --out-dir, --resume or --overwrite and what the directory holds. mmap: read the checkpoint's tensors
+    lazily (a check that keeps nothing)."""
+    out_dir, ckpt = cfg.out_dir, os.path.join(cfg.out_dir, "ckpt.pt")
+    found = run_files(out_dir)
+    held = recorded_stage(out_dir)
+    saved = load_checkpoint(ckpt, mmap=mmap) if cfg.resume and os.path.isfile(ckpt) else None
+    held = held or (saved or {}).get("config", {}).get("stage")
+    what = f"a {held} run" if held else f"a run's files ({', '.join(found)})"
+    if not cfg.resume:
+        if found and not cfg.overwrite:
+            raise CheckpointError(f"--out-dir {out_dir}: holds {what}; --resume continues it, --overwrite replaces "
+                                  f"it (removing {', '.join(found)}), or choose another --out-dir")
+        return None
+    if held is None:
+        raise CheckpointError(f"--resume: {out_dir} holds no run to resume (no config.json or ckpt.pt)")
+    if held != stage:
+        raise CheckpointError(f"--resume: {out_dir} holds {what}, not a {stage} run: resume it with `train.py "
+                              f"{held} --resume`, or choose another --out-dir")
+    if saved is None:
+        log(f"resume: {out_dir} holds no checkpoint yet (the run stopped before its first): starting from step 0")
+        return None
+    check_same_model(saved, model, cfg, ckpt)
+    return saved
+
+
+def check_same_model(saved, model, cfg, ckpt):
+    """--resume: CheckpointError unless the checkpoint holds the same kind of model, architecture and tokenizer."""
+    kind, saved_kind = getattr(model, "KIND", LANGUAGE_MODEL), saved.get("kind", LANGUAGE_MODEL)
+    if saved_kind != kind:
+        raise CheckpointError(f"--resume {ckpt}: holds a {saved_kind}, this command trains a {kind}; choose "
+                              f"another --out-dir")
+    architecture = {key: value for key, value in vars(model.config).items() if key != "dropout"}
+    differ = {key: (saved["model_config"].get(key), value) for key, value in architecture.items()
+              if saved["model_config"].get(key) != value}
+    if differ:
+        changes = ", ".join(f"{key} {old} (the checkpoint) vs {new}" for key, (old, new) in sorted(differ.items()))
+        raise CheckpointError(f"--resume {ckpt}: another architecture than --init {cfg.init or '(a fresh model)'}: "
+                              f"{changes}; resume with the --init (and model flags) the run started with")
+    saved_tokenizer = (saved.get("config") or {}).get("tokenizer", cfg.tokenizer)
+    if same_tokenizer(saved_tokenizer) != same_tokenizer(cfg.tokenizer):
+        raise CheckpointError(f"--resume {ckpt}: the run used --tokenizer {saved_tokenizer}, not {cfg.tokenizer}")
+
+
+def same_tokenizer(name):
+    """A --tokenizer value in a form that compares: a .tiktoken path made absolute, a name as it is."""
+    return os.path.abspath(name) if name.endswith(".tiktoken") else name
+
+
+def remove_run_files(out_dir, log=print):
+    """--overwrite: remove the old run's files (run_files) from out_dir; other files stay."""
+    removed = run_files(out_dir)
+    for name in removed:
+        path = os.path.join(out_dir, name)
+        shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+    if removed:
+        log(f"--overwrite: removed {', '.join(removed)} from {out_dir}")
+
+
+def write_atomically(path, text):
+    """Write `text` to `path` through a temporary file renamed over it: readers see the old file or the new one."""
+    tmp_path = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.partial")
+    with open(tmp_path, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp_path, path)
+
+
+def run_config(run):
+    """What config.json and every checkpoint record of the run: {"stage": the command, **the TrainConfig}."""
+    return {"stage": run.stage, **dataclasses.asdict(run.cfg)}
 
 
 def check_same_base(saved, lora_base, cfg):
@@ -99,14 +234,19 @@ def make_optimizer(model, cfg):
 
 def resume(run, saved, log):
     """Put back the weights (or adapters), AdamW's state, the step, early stopping and this rank's generators."""
-    if run.lora_base:
-        lora.load_lora_state_dict(run.model, saved["model"])
-    else:
-        run.model.load_state_dict(saved["model"])
-    run.optimizer.load_state_dict(saved["optimizer"])
-    if "early_stopping" not in saved:
-        raise CheckpointError(f"--resume {run.path('ckpt.pt')}: written by an older version of this code (no "
-                              f"early-stopping state); start the run again")
+    if "early_stopping" not in saved or saved.get("optimizer") is None:
+        raise CheckpointError(f"--resume {run.path('ckpt.pt')}: written by an older version of this code, or not by "
+                              f"a training run (no early-stopping or optimizer state); start the run again")
+    try:
+        if run.lora_base:
+            lora.load_lora_state_dict(run.model, saved["model"])
+        else:
+            run.model.load_state_dict(saved["model"])
+        run.optimizer.load_state_dict(saved["optimizer"])
+    except (RuntimeError, ValueError, KeyError) as e:
+        raise CheckpointError(f"--resume {run.path('ckpt.pt')}: its weights do not fit this model "
+                              f"({' '.join(str(e).split())[:300]})") from None
+    run.resumed_extra = saved.get("extra") or {}
     run.step = run.saved_step = saved["step"]
     run.early_stopping = EarlyStopping(**saved["early_stopping"])
     saved_rngs = saved.get("rng_by_rank", [saved["rng"]])  # one per rank of the run that saved it
@@ -116,16 +256,26 @@ def resume(run, saved, log):
 
 
 def start_metrics_file(run):
-    """metrics.jsonl: on --resume keep the rows up to the resumed step (later ones are recomputed), else start
-    it anew; and a TensorBoard writer beside it when tensorboard is installed. Rank 0 only."""
+    """metrics.jsonl: on --resume keep exactly the rows up to the resumed step (later ones are recomputed; a line
+    cut short by a kill is one of them), else start it anew; replaced atomically. And a TensorBoard writer beside
+    it when tensorboard is installed. Rank 0 only."""
     if not data_parallel.is_main():
         return
     rows = []
     if run.cfg.resume and os.path.exists(run.path("metrics.jsonl")):
         with open(run.path("metrics.jsonl")) as f:
-            rows = [row for row in map(json.loads, f) if row["step"] <= run.step]
-    with open(run.path("metrics.jsonl"), "w") as f:
-        f.writelines(json.dumps(row) + "\n" for row in rows)
+            lines = f.read().split("\n")
+        for number, line in enumerate(lines, start=1):
+            try:
+                row = json.loads(line) if line.strip() else None
+            except ValueError:
+                if number < len(lines):  # only the last line can be cut short (by a kill mid-append)
+                    raise CheckpointError(f"--resume: {run.path('metrics.jsonl')}, line {number}: not a JSON row; "
+                                          f"the file was changed by something else than this run") from None
+                continue
+            if row is not None and row["step"] <= run.step:
+                rows.append(line + "\n")
+    write_atomically(run.path("metrics.jsonl"), "".join(rows))
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
@@ -153,8 +303,8 @@ def early_stop(run, eval_row, log):
     if score > best.best_score:
         best.best_score, best.best_step, best.evals_since_best = score, run.step, 0
         if (patience or run.cfg.keep_best) and data_parallel.is_main():
-            save_checkpoint(run.path("best.pt"), run.model, None, run.step, dataclasses.asdict(run.cfg),
-                            dataclasses.asdict(best), run.lora_base)
+            save_checkpoint(run.path("best.pt"), run.model, None, run.step, run_config(run), dataclasses.asdict(best),
+                            run.lora_base)
         return False
     best.evals_since_best += 1
     if 0 < patience <= best.evals_since_best:
@@ -164,15 +314,16 @@ def early_stop(run, eval_row, log):
     return False
 
 
-def save(run):
-    """ckpt.pt (to resume; every rank's generator states), and step_NNNNNN.pt with --keep-checkpoints."""
+def save(run, extra=None):
+    """ckpt.pt (to resume; every rank's generator states), and step_NNNNNN.pt with --keep-checkpoints.
+    extra: what else the method needs to resume (rlhf.py: the value model, the KL coefficient), a dict."""
     run.saved_step = run.step
     rng_by_rank = data_parallel.gather_objects(rng_state())  # --resume gives each process its own back
     if not data_parallel.is_main():
         return
-    config, early_stopping = dataclasses.asdict(run.cfg), dataclasses.asdict(run.early_stopping)
+    config, early_stopping = run_config(run), dataclasses.asdict(run.early_stopping)
     save_checkpoint(run.path("ckpt.pt"), run.model, run.optimizer, run.step, config, early_stopping, run.lora_base,
-                    rng_by_rank)
+                    rng_by_rank, extra)
     if run.cfg.keep_checkpoints:
         save_checkpoint(run.path(f"step_{run.step:06d}.pt"), run.model, None, run.step, config, early_stopping,
                         run.lora_base)

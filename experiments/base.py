@@ -88,7 +88,7 @@ def prepare(out_dir, settings, log=print):
     else:
         os.makedirs(out_dir, exist_ok=True)
         log("== pre-training the base model (the paper's SFT model and DPO's reference) ==")
-        reference, _ = stages.run_stage("pretrain", cfg, log=log)
+        reference, _ = stages.run_stage("pretrain", dataclasses.replace(cfg, overwrite=True), log=log)  # not cached
         log(f"== preference pairs: {settings['k']} samples per prompt, best vs worst by the ground-truth reward ==")
         pair_reports = {}
         for split, prompts, seed in (("train", train_prompts, 1), ("heldout", heldout_prompts, 2)):

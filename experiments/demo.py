@@ -42,7 +42,7 @@ def dpo_config(out_dir, prepared, settings):
                         tokenizer=prepared.settings["tokenizer"], steps=settings["steps"],
                         batch_size=settings["batch_size"], lr=settings["lr"], warmup_steps=settings["warmup_steps"],
                         beta=settings["beta"], eval_every=max(4, settings["steps"] // 8), save_every=10**9,
-                        seed=prepared.settings["seed"])
+                        seed=prepared.settings["seed"], overwrite=True)  # the demo retrains on every run
 
 
 def run(out_dir="out/demo", quick=False, log=print):

@@ -153,7 +153,7 @@ def command_line(stage, cfg):
 def measured_run(stage, cfg, out_dir):
     """Train `cfg` again in a fresh process (into out_dir); its wall time and peak resident memory (wait4)."""
     argv = [sys.executable, os.path.join(REPO, "train.py"), *command_line(stage, dataclasses.replace(
-        cfg, out_dir=out_dir, keep_checkpoints=False))]
+        cfg, out_dir=out_dir, keep_checkpoints=False, overwrite=True))]
     start = time.time()
     process = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     _, status, usage = os.wait4(process.pid, 0)

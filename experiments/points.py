@@ -46,13 +46,17 @@ def train_cached(stage, cfg, log):
         wanted = {"stage": stage, **json.loads(json.dumps(dataclasses.asdict(cfg)))}
         if stage == "kto" and not cfg.desirable_weight:  # 0 = balanced: the run saved the weight it resolved
             wanted["desirable_weight"] = saved.get("desirable_weight")
-        done = saved == wanted and os.path.isfile(os.path.join(cfg.out_dir, f"step_{cfg.steps:06d}.pt"))
+        actions = ("resume", "overwrite")  # what the run was told to do with its directory, not its settings
+        done = ({k: v for k, v in saved.items() if k not in actions} == {k: v for k, v in wanted.items()
+                                                                         if k not in actions}
+                and os.path.isfile(os.path.join(cfg.out_dir, f"step_{cfg.steps:06d}.pt")))
     except (OSError, ValueError):
         done = False
     if done:
         log(f"{stage}: reusing the finished run in {cfg.out_dir}")
         return False
     start = time.time()
+    cfg = dataclasses.replace(cfg, overwrite=True)  # an unfinished or other run there is replaced
     (stages.run_rl if stage in RL_STAGES else stages.run_stage)(stage, cfg, log=log)
     with open(os.path.join(cfg.out_dir, "wall_seconds.json"), "w") as f:
         json.dump(time.time() - start, f)  # for when the run is reused

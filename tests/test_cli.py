@@ -67,7 +67,7 @@ USER_ERRORS = [
     ("dpo --init {truncated} --data {prefs}", "truncated.pt: not a readable checkpoint"),
     ("dpo --data {prefs}", "--init '': dpo needs --init"),
     ("sft --init {init}", "--data '': sft needs --data"),
-    ("dpo --init {init} --data {prefs} --resume", "--resume True: no checkpoint to resume from"),
+    ("dpo --init {init} --data {prefs} --resume", "--resume: no run to resume in {out}"),
     ("dpo --init {init} --data {prefs} --device cuda:7", "--device 'cuda:7': no such CUDA device"),
     ("dpo --init {init} --data {prefs} --max-length 100", "--max-length 100 exceeds the model's block size 64"),
     ("dpo --init {init} --data {prefs} --tokenizer gpt2", "gpt2"),  # offline here, or a vocabulary mismatch

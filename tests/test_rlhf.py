@@ -128,3 +128,43 @@ def test_ppo_on_the_ground_truth_raises_the_reward(tmp_path):
                                        seed=1338)
     assert final["split"] == "eval" and math.isfinite(final["kl"]) and 0 < final["kl"] < 20
     assert final["reward"] > reference["reward"] + 0.3, (final["reward"], reference["reward"])
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--target-kl", "1", "--kl-horizon", "2"], "--kl-horizon 2.0: must be at least the rollouts of one iteration "
+                                                "(--batch-size x --samples-per-prompt = 4)"),
+    (["--target-kl", "1", "--kl-coef", "0"], "--target-kl 1.0: steers --kl-coef by multiplying it, and --kl-coef "
+                                             "is 0"),
+    (["--kl-coef", "1e300"], "--kl-coef 1e+300: must be >= 0 and at most 1e+06"),
+])
+def test_kl_controller_settings_that_would_not_stay_a_penalty_are_refused(tmp_path, capsys, monkeypatch, flags,
+                                                                          message):
+    init, _ = tiny_checkpoints(tmp_path)
+    monkeypatch.setattr(sentiment, "sample_completions", lambda *a, **k: pytest.fail("sampling started"))
+    assert train.main(["ppo", "--init", init, "--ground-truth-reward", "--batch-size", "4", "--minibatches", "1",
+                       "--out-dir", str(tmp_path / "run"), *flags]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err, err
+    assert not os.path.exists(tmp_path / "run")
+
+
+@pytest.mark.parametrize("stage", ["ppo", "rloo"])
+def test_resume_is_exact(tmp_path, stage):
+    """3 iterations, or 1 then --resume to 3 (the adaptive KL coefficient moving): the same metrics rows, policy,
+    value model, AdamW states and KL coefficient."""
+    init, rm = tiny_checkpoints(tmp_path)
+    ppo_only = ["--minibatches", "2"] if stage == "ppo" else []
+    common = [stage, "--init", init, "--reward-model", rm, "--batch-size", "2", "--samples-per-prompt", "2",
+              *ppo_only, "--max-new-tokens", "6", "--eval-every", "1", "--save-every", "1", "--target-kl", "0.01",
+              "--kl-horizon", "4", "--lr", "1e-2"]
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    assert train.main([*common, "--steps", "3", "--out-dir", str(whole)]) == 0
+    assert train.main([*common, "--steps", "1", "--out-dir", str(cut)]) == 0
+    assert train.main([*common, "--steps", "3", "--out-dir", str(cut), "--resume"]) == 0
+    assert (whole / "metrics.jsonl").read_text() == (cut / "metrics.jsonl").read_text()
+    a, b = (torch.load(path / "ckpt.pt", weights_only=False) for path in (whole, cut))
+    assert a["extra"]["kl_coef"] != 0.05 and a["extra"]["kl_coef"] == b["extra"]["kl_coef"]
+    for key in ("model", "optimizer"):
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
+    for key in a["extra"]:
+        torch.testing.assert_close(a["extra"][key], b["extra"][key], rtol=0, atol=0)
