@@ -105,7 +105,7 @@ def add_config_flags(parser, stage):
 
 def commands_taking(stages):
     """The commands that take a flag, for its help line: "every command", or their names."""
-    return "every command" if set(stages) == set(STAGES) else "taken by " + ", ".join(stages)
+    return "every command" if set(stages) == set(STAGES) else "taken by " + ", ".join(s for s in STAGES if s in stages)
 
 
 def build_parser():

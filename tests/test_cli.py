@@ -49,6 +49,12 @@ def files(tmp_path):
         mistyped=write_lines(tmp_path / "mistyped.jsonl", [good, json.dumps({"prompt": 7, "chosen": "a",
                                                                              "rejected": "b"})]),
         truncated=str(truncated),
+        empty_completions=write_lines(tmp_path / "empty_completions.jsonl", [json.dumps(
+            {"prompt": "Q: ", "completion": text, "label": i % 2 == 0}) for i, text in enumerate(["", " ", "\n", ""])]),
+        few_desirable=write_lines(tmp_path / "few_desirable.jsonl", [json.dumps(
+            {"prompt": f"Q{i}: ", "completion": "yes" if i < 20 else "no", "label": i < 20}) for i in range(40)]),
+        shared_start=write_lines(tmp_path / "shared_start.jsonl", [json.dumps(
+            {"prompt": "Q: ", "chosen": "x" * 50 + "yes", "rejected": "x" * 50 + "no"})] * 8),
         out=str(tmp_path / "run"),
     )
 
@@ -75,6 +81,17 @@ USER_ERRORS = [
     ("pretrain --data {empty}", "tokens are too few for windows of --max-length 256"),
     ("pretrain --block-size 32 --max-length 64", "--max-length 64: exceeds --block-size 32"),
     ("eval --init {init}", "--reference-init '': eval needs --reference-init"),
+    ("kto --init {init} --data {empty_completions}", "no usable preference pair ({empty_completions}: loaded 0 "
+                                                     "examples from 4 records ({{'unpaired': 4}}); skipped 4: empty"),
+    ("kto --init {init} --data {few_desirable} --desirable-fraction 0.01",
+     "--desirable-fraction 0.01: left no desirable training example"),
+    ("orpo --init {init} --data {shared_start} --max-length 48 --max-prompt-length 24",
+     "no usable preference pair: truncation to --max-length 48 tokens (--max-prompt-length 24) left none; raise "
+     "--max-length or lower --max-prompt-length"),
+    ("reward-model --init {init} --data {prefs}", "--max-new-tokens 64: the longest prompt (61 tokens) plus 64 "
+                                                  "exceeds the block size 64 of {init}; --eval-samples 2 samples"),
+    ("ppo --init {init} --ground-truth-reward --max-new-tokens 2 --target-kl 1 --kl-horizon 2",
+     "--kl-horizon 2.0: must be at least the rollouts of one iteration"),
     ("sample --init {init} --max-new-tokens 60", "--max-new-tokens 60: the longest prompt"),
 ]
 
@@ -154,6 +171,26 @@ def test_each_command_lists_its_flags_with_help_and_default():
         shown = {a.dest: a.default for a in commands[stage]._actions}
         assert all(shown[name] == value for name, value in defaults.items()), stage
         assert stage_config(stage) == TrainConfig(**{f: shown[f] for f in shown if f not in ("help", "debug")})
+
+
+def test_each_flags_help_names_the_commands_that_take_it():
+    """Read off the parsers (not the table that built them): each flag's help names exactly the commands whose
+    parser has the flag, and no help names a command as the only user of a flag others take too."""
+    commands = train.build_parser()._subparsers._group_actions[0].choices
+    having = {}
+    for stage in STAGES:
+        for action in commands[stage]._actions:
+            if action.option_strings and action.dest in {f.name for f in dataclasses.fields(TrainConfig)}:
+                having.setdefault(action.option_strings[0], {})[stage] = action.help
+    for flag, helps in having.items():
+        for stage, text in helps.items():
+            named = text.rsplit("; ", 1)[1].rstrip(")")
+            expected = "every command" if set(helps) == set(STAGES) else "taken by " + ", ".join(
+                s for s in STAGES if s in helps)
+            assert named == expected, (flag, stage, named)
+    for flag in ("--data", "--max-length", "--reference-init"):  # their help once named only sft and dpo
+        help_text = next(iter(having[flag].values()))
+        assert "sft, dpo:" not in help_text and "(sft, dpo)" not in help_text, (flag, help_text)
 
 
 def test_lengths_default_to_the_model(tmp_path):

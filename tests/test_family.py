@@ -19,6 +19,7 @@ import orpo
 import simpo
 import train
 from checkpoint import save_checkpoint
+from dpo import concatenated_logps, dpo_metrics
 from naive_family import naive_kto, naive_orpo, naive_simpo
 from test_train import read_metrics, tiny_model, write_preferences
 
@@ -370,3 +371,19 @@ def test_a_stubbed_loss_is_left_out_of_the_frontier_and_said(tmp_path, monkeypat
     assert set(sweeps) == {"ORPO", "KTO", "KTO 10%"} and len(sweeps["ORPO"]) == 2
     assert left_out == {"SimPO": "Assignment 1: (extra credit) SimPO"} and trained == ["orpo", "orpo", "kto", "kto"]
     assert any(line.startswith("SimPO: left out of the frontier") for line in log)
+
+
+@pytest.mark.parametrize("method", [simpo, orpo])
+def test_simpo_and_orpo_log_per_token_mean_logps_as_trl_does(method):
+    """logps/chosen and logps/rejected hold what the loss uses: log pi(y|x) / |y| (sums are DPO's scale)."""
+    tokenizer = data.get_tokenizer("bytes")
+    records = [{"prompt": f"Q{i}: ", "chosen": "great" * (i + 1), "rejected": "awful"} for i in range(4)]
+    pairs = data.encode_preferences(data.load_preferences(records), tokenizer, max_length=48, max_prompt_length=24)
+    batch = data.dpo_collate(pairs[:4], pad_id=tokenizer.eot_token)
+    model = tiny_model()
+    extra = {"gamma": 1.0} if method is simpo else {}
+    _, values = method.batch_loss(model, batch, beta=2.0, impl="torch", **extra)
+    sums = concatenated_logps(model, batch, impl="torch")
+    torch.testing.assert_close(values["policy_chosen_logps"], (sums.chosen / sums.chosen_tokens).detach())
+    torch.testing.assert_close(values["policy_rejected_logps"], (sums.rejected / sums.rejected_tokens).detach())
+    assert dpo_metrics(**values)["logps/chosen"] == pytest.approx((sums.chosen / sums.chosen_tokens).mean().item())
