@@ -241,7 +241,8 @@ def check_values(cfg):
         need(getattr(cfg, name) > 0 and math.isfinite(getattr(cfg, name)), name, "must be > 0")
     for name in ("max_length", "max_prompt_length", "warmup_steps", "weight_decay", "early_stop_patience",
                  "num_prompts", "min_reward_gap"):
-        need(getattr(cfg, name) >= 0, name, "must be >= 0")
+        need(0 <= getattr(cfg, name) < math.inf, name, "must be >= 0 and finite")
+    need(0 <= cfg.seed < 2**32, "seed", "must be in [0, 2**32): the generators of torch, numpy and python take it")
     need(0 < cfg.heldout_fraction < 1, "heldout_fraction", "must be between 0 and 1")
     need(0 <= cfg.min_lr_ratio <= 1, "min_lr_ratio", "must be between 0 and 1")
     need(0 <= cfg.dropout < 1, "dropout", "must be in [0, 1)")
@@ -316,8 +317,6 @@ def check_config(stage, cfg):
     if stage in ("pairs", "rloo"):
         need(cfg.samples_per_prompt >= 2, "samples_per_prompt", "must be >= 2 " + (
             "to form a pair" if stage == "pairs" else "(the others' mean is each sample's baseline)"))
-    if stage in RL_STAGES:
-        check_reinforcement_learning(cfg)
     if cfg.lora_rank and stage in LORA_STAGES:
         need(cfg.init, "lora_rank", "LoRA needs --init: the model whose weights stay frozen under the adapters")
     if cfg.lora_rank and stage in REFERENCE_STAGES:
@@ -338,7 +337,12 @@ def check_config(stage, cfg):
                  "no such file or directory")
     need(not cfg.tokenizer.endswith(".tiktoken") or os.path.isfile(cfg.tokenizer), "tokenizer",
          "no such file or directory")
+    if stage != "sample":  # every other command writes into --out-dir
+        need(cfg.out_dir and not os.path.isfile(cfg.out_dir), "out_dir", "must name a directory (new, or one "
+             "this command may write into), not a file")
     check_values(cfg)
+    if stage in RL_STAGES:
+        check_reinforcement_learning(cfg)
     if not cfg.init and stage in ("pretrain", "sft"):
         need(cfg.max_length <= cfg.block_size, "max_length", f"exceeds --block-size {cfg.block_size}")
     if cfg.resume:
@@ -378,6 +382,9 @@ def resolve_lengths(cfg, block_size):
     max_length = cfg.max_length or block_size
     if max_length > block_size:
         raise ConfigError(f"--max-length {max_length} exceeds the model's block size {block_size}")
+    if cfg.max_prompt_length >= max_length:
+        raise ConfigError(f"--max-prompt-length {cfg.max_prompt_length}: must be below --max-length {max_length} "
+                          f"(the model's block size)")
     return dataclasses.replace(cfg, max_length=max_length, max_prompt_length=cfg.max_prompt_length or max_length // 2)
 
 
@@ -389,7 +396,7 @@ def resolve_device(cfg):
                           ("cpu" if cfg.device == "auto" else cfg.device))
     if device.type == "cuda" and (not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()):
         raise RuntimeError(f"no such CUDA device here ({torch.cuda.device_count()} visible)")
-    if device.type not in ("cpu", "cuda"):
+    if device.type not in ("cpu", "cuda") or (device.type == "cpu" and device.index is not None):
         raise ValueError("expected auto, cpu, cuda or cuda:N")
     dtype = {"auto": torch.bfloat16 if device.type == "cuda" else torch.float32, "float32": torch.float32,
              "bfloat16": torch.bfloat16, "float16": torch.float16}[cfg.dtype]

@@ -55,6 +55,7 @@ def build_model(cfg, tokenizer):
         model = load_model(cfg.init)
     else:
         # exactly the tokenizer's vocabulary: a padded one would let sampling emit ids that cannot be decoded
+        check_fresh_model_fits(cfg, tokenizer.n_vocab)
         model = GPT(GPTConfig(block_size=cfg.block_size, vocab_size=tokenizer.n_vocab, n_layer=cfg.n_layer,
                               n_head=cfg.n_head, n_embd=cfg.n_embd, dropout=cfg.dropout))
     if tokenizer.n_vocab > model.config.vocab_size:
@@ -64,6 +65,40 @@ def build_model(cfg, tokenizer):
     return model
 
 
+def check_fresh_model_fits(cfg, vocab_size):
+    """ConfigError naming the shape flags when a fresh model's float32 training state (weights, gradients and
+    AdamW's two moments: 16 bytes a parameter) exceeds the memory of --device, before anything is allocated."""
+    n_params = 12 * cfg.n_layer * cfg.n_embd ** 2 + (vocab_size + cfg.block_size) * cfg.n_embd  # blocks, embeddings
+    device = resolve_device(cfg)[0]
+    memory = memory_of(device)
+    if memory is not None and 16 * n_params > memory:
+        raise ConfigError(f"--n-layer {cfg.n_layer} --n-embd {cfg.n_embd} --block-size {cfg.block_size}: a fresh "
+                          f"model of {n_params:.3g} parameters needs {16 * n_params / 2**30:,.0f} GiB for its weights, "
+                          f"gradients and AdamW state; {device.type} has {memory / 2**30:,.0f} GiB")
+
+
+def check_batch_fits(stage, cfg):
+    """ConfigError naming --batch-size when one micro-batch's token ids alone (input ids and labels, int64: 16
+    bytes a token; two rows a pair) would not fit in the memory of --device: a floor, the activations come on top."""
+    rows = cfg.batch_size // (cfg.world_size * cfg.grad_accum) * (1 if stage == "pretrain" else 2)
+    device = resolve_device(cfg)[0]
+    memory = memory_of(device)
+    if memory is not None and 16 * rows * cfg.max_length > memory:
+        raise ConfigError(f"--batch-size {cfg.batch_size}: a micro-batch of {rows:,} rows of {cfg.max_length} tokens "
+                          f"needs {16 * rows * cfg.max_length / 2**30:,.0f} GiB for its token ids alone; {device.type} "
+                          f"has {memory / 2**30:,.0f} GiB (--grad-accum splits a step into micro-batches)")
+
+
+def memory_of(device):
+    """Bytes of memory of `device` (a GPU's, or the machine's RAM for the CPU); None when unknown."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):  # a system without sysconf
+        return None
+
+
 def preference_splits(cfg, tokenizer, log=print, unpaired=False):
     """Encoded (train, held-out) preference pairs from --data and --heldout-data; with `unpaired`, KTO's unpaired
     examples (data.unpaired: pairs are split in two; --desirable-fraction applies to the training examples).
@@ -71,14 +106,16 @@ def preference_splits(cfg, tokenizer, log=print, unpaired=False):
     Without --heldout-data: the test split of a dataset that has one, else a seeded --heldout-fraction of
     --data. Raises ConfigError when a source yields no usable pair."""
     def encode(source, flag):
-        if unpaired:
-            fraction = cfg.desirable_fraction if flag == "--data" else 1.0
-            records, load_report = data.load_unpaired(source, desirable_fraction=fraction, seed=cfg.seed,
-                                                      return_report=True)
-            encoder = data.encode_unpaired
-        else:
-            records, load_report = data.load_preferences(source, return_report=True)
-            encoder = data.encode_preferences
+        try:
+            if unpaired:
+                fraction = cfg.desirable_fraction if flag == "--data" else 1.0
+                records, load_report = data.load_unpaired(source, desirable_fraction=fraction, seed=cfg.seed,
+                                                          return_report=True)
+            else:
+                records, load_report = data.load_preferences(source, return_report=True)
+        except (ValueError, OSError) as e:  # a file or dataset that cannot be read: name the flag too
+            raise ConfigError(f"{flag}: {e}") from e
+        encoder = data.encode_unpaired if unpaired else data.encode_preferences
         pairs, encode_report = encoder(records, tokenizer, max_length=cfg.max_length,
                                        max_prompt_length=cfg.max_prompt_length, return_report=True)
         log(f"{load_report.summary()}; {encode_report.summary()}")
@@ -119,7 +156,11 @@ def text_splits(cfg, tokenizer):
 
 
 def add_adapters(model, cfg, log=print):
-    """apply_lora with the --lora-* settings (cfg.lora_rank > 0); ConfigError for targets the model lacks."""
+    """apply_lora with the --lora-* settings (cfg.lora_rank > 0); ConfigError for targets the model lacks, or a
+    rank above the model's width (every target maps n_embd features in or out: a larger rank adds nothing)."""
+    if cfg.lora_rank > model.config.n_embd:
+        raise ConfigError(f"--lora-rank {cfg.lora_rank}: must be at most the model's width n_embd "
+                          f"{model.config.n_embd} (LoRA's update B A has rank <= min(in, out) of each layer)")
     try:
         names = lora.apply_lora(model, cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout, lora_targets(cfg))
     except ValueError as e:
@@ -227,10 +268,13 @@ def run_stage(stage, cfg, log=print):
     torch.manual_seed(cfg.seed)  # a fresh model's initial weights come from the seed too
     model = build_model(cfg, tokenizer)
     cfg = resolve_lengths(cfg, model.config.block_size)
+    check_batch_fits(stage, cfg)
     eval_prompts = sentiment.make_prompts(seed=0)[1] if stage == "reward-model" and cfg.eval_samples else []
     check_sampling_fits(eval_prompts, cfg, tokenizer, model.config.block_size, cfg.init,
                         because=f"--eval-samples {cfg.eval_samples} samples --init after training to check the reward "
-                                f"model (pass --eval-samples 0 to skip that check)")
+                                f"model (pass --eval-samples 0 to skip that check)",
+                        sequences=len(eval_prompts) * cfg.eval_samples,
+                        count_flags=f"--eval-samples {cfg.eval_samples}")
     use_lora = bool(cfg.lora_rank) and stage in LORA_STAGES
     if use_lora:
         add_adapters(model, cfg, log)
@@ -286,6 +330,9 @@ def run_rl(stage, cfg, log=print):
     for model, path in ((policy, cfg.init), (scorer, cfg.reward_model)):
         if model is not None:
             check_sampling_fits(train_prompts + heldout_prompts, cfg, tokenizer, model.config.block_size, path)
+    check_sampling_fits(train_prompts, cfg, tokenizer, policy.config.block_size, cfg.init,
+                        sequences=cfg.batch_size * cfg.samples_per_prompt,
+                        count_flags=f"--batch-size {cfg.batch_size} x --samples-per-prompt {cfg.samples_per_prompt}")
     log(f"{stage}: {len(train_prompts)} training prompts, {cfg.batch_size} x {cfg.samples_per_prompt} rollouts an "
         f"iteration, reward: {cfg.reward_model or 'the ground truth (oracle)'}")
     metrics = rlhf.train(stage, cfg, policy, scorer, tokenizer, train_prompts, heldout_prompts, log=log)
@@ -293,20 +340,29 @@ def run_rl(stage, cfg, log=print):
     return policy, metrics
 
 
-def check_sampling_fits(prompts, cfg, tokenizer, block_size, path, because=""):
-    """ConfigError if the longest of `prompts` plus --max-new-tokens would not fit the model's block size.
-    because: why the command samples, when a user may not expect it (named in the error)."""
+def check_sampling_fits(prompts, cfg, tokenizer, block_size, path, because="", sequences=None, count_flags=""):
+    """ConfigError if the longest of `prompts` plus --max-new-tokens would not fit the model's block size, or
+    `sequences` samples (default one a prompt; sampled at once and kept as token lists: 16 bytes a token at
+    least) would not fit in the machine's memory. because: why the command samples, when a user may not expect
+    it; count_flags: the flags that set `sequences` (both named in the errors)."""
     longest = max((len(tokenizer.encode_ordinary(p)) for p in prompts), default=0)
     if prompts and longest + cfg.max_new_tokens > block_size:
         raise ConfigError(f"--max-new-tokens {cfg.max_new_tokens}: the longest prompt ({longest} tokens) plus "
                           f"{cfg.max_new_tokens} exceeds the block size {block_size} of {path}"
                           + (f"; {because}" if because else ""))
+    sequences = len(prompts) if sequences is None else sequences
+    needed, memory = 16 * sequences * (longest + cfg.max_new_tokens), memory_of(torch.device("cpu"))
+    if memory is not None and needed > memory:
+        raise ConfigError(f"{count_flags}: {sequences:,} samples of up to {longest + cfg.max_new_tokens} tokens need "
+                          f"{needed / 2**30:,.0f} GiB at least; this machine has {memory / 2**30:,.0f} GiB")
 
 
-def load_for_sampling(path, cfg, tokenizer, prompts):
-    """load_model(path) in eval mode on --device; ConfigError if a prompt + --max-new-tokens would not fit."""
+def load_for_sampling(path, cfg, tokenizer, prompts, k=1):
+    """load_model(path) in eval mode on --device; ConfigError if a prompt + --max-new-tokens would not fit, or `k`
+    samples of each prompt would not fit in memory (check_sampling_fits)."""
     model = load_model(path)
-    check_sampling_fits(prompts, cfg, tokenizer, model.config.block_size, path)
+    check_sampling_fits(prompts, cfg, tokenizer, model.config.block_size, path, sequences=len(prompts) * k,
+                        count_flags=f"--samples-per-prompt {k} x {len(prompts)} prompts (--num-prompts)")
     return model.to(resolve_device(cfg)[0]).eval()
 
 
@@ -345,7 +401,7 @@ def pairs(cfg, log=print):
     check_config("pairs", cfg)
     tokenizer = data.get_tokenizer(cfg.tokenizer)
     train_prompts = sentiment.make_prompts(seed=0)[0][:cfg.num_prompts or None]
-    model = load_for_sampling(cfg.init, cfg, tokenizer, train_prompts)
+    model = load_for_sampling(cfg.init, cfg, tokenizer, train_prompts, k=cfg.samples_per_prompt)
     os.makedirs(cfg.out_dir, exist_ok=True)
     path = os.path.join(cfg.out_dir, "pairs.jsonl")
     records, report = sentiment.build_preference_pairs(

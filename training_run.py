@@ -84,7 +84,6 @@ def start_run(stage, cfg, model, log):
         raise ConfigError("--max-length: resolve it first (config.resolve_lengths), train() needs a number")
     saved = claim_directory(stage, cfg, model, log)
     lora_base = describe_lora_base(cfg.init, model) if lora.lora_layers(model) else None
-    check_same_base(saved, lora_base, cfg)
     device, autocast, scaler = resolve_device(cfg)
     model.to(device)
     seed_generators(cfg.seed + data_parallel.rank())  # dropout: a stream of its own on each process
@@ -162,11 +161,13 @@ def claim_directory(stage, cfg, model, log=print, mmap=False):
         log(f"resume: {out_dir} holds no checkpoint yet (the run stopped before its first): starting from step 0")
         return None
     check_same_model(saved, model, cfg, ckpt)
+    check_same_base(saved, describe_lora_base(cfg.init, model) if lora.lora_layers(model) else None, cfg)
     return saved
 
 
 def check_same_model(saved, model, cfg, ckpt):
-    """--resume: CheckpointError unless the checkpoint holds the same kind of model, architecture and tokenizer."""
+    """--resume: CheckpointError unless the checkpoint holds the same kind of model, architecture and tokenizer
+    (check_same_base then checks LoRA against full fine-tuning, and the base of the adapters)."""
     kind, saved_kind = getattr(model, "KIND", LANGUAGE_MODEL), saved.get("kind", LANGUAGE_MODEL)
     if saved_kind != kind:
         raise CheckpointError(f"--resume {ckpt}: holds a {saved_kind}, this command trains a {kind}; choose "

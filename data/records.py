@@ -272,8 +272,17 @@ def _file_rows(path: str, report: LoadReport) -> Iterator[tuple[str, object]]:
 
 
 def _dataset_rows(dataset, name: str) -> Iterator[tuple[str, object]]:
-    for i, row in enumerate(dataset):
+    rows, i = iter(dataset), 0
+    while True:
+        try:
+            row = next(rows)
+        except StopIteration:
+            return
+        except Exception as err:  # a dataset whose rows cannot be decoded (e.g. a directory of other files)
+            raise ValueError(f"{name}, row {i}: not a dataset `datasets` can read ({type(err).__name__}: "
+                             f"{' '.join(str(err).split())[:300]})") from err
         yield f"{name}, row {i}", row
+        i += 1
 
 
 def dataset_name_and_split(source: str) -> tuple[str, str | None]:
@@ -318,7 +327,29 @@ def dataset_splits(source) -> list[str] | None:
         return None
     import datasets
 
-    return list(datasets.get_dataset_split_names(dataset_name_and_split(os.fspath(source))[0]))
+    name = dataset_name_and_split(os.fspath(source))[0]
+    try:
+        return list(datasets.get_dataset_split_names(name))
+    except Exception as err:  # whatever the library raises for a directory or name that is not a dataset
+        raise ValueError(f"{name}: not a dataset `datasets` can read ({type(err).__name__}: "
+                         f"{' '.join(str(err).split())[:300]})") from err
+
+
+def load_dataset(datasets, name: str, split: str):
+    """datasets.load_dataset(name, split=split); a local directory loads without progress bars (it takes a moment;
+    a hub download shows its progress). Raises ValueError naming `name` for anything `datasets` cannot read."""
+    local = os.path.isdir(name)
+    quiet_already = datasets.are_progress_bars_disabled()
+    if local:
+        datasets.disable_progress_bars()
+    try:
+        return datasets.load_dataset(name, split=split)
+    except Exception as err:  # whatever the library raises for a directory or name that is not a dataset
+        raise ValueError(f"{name}: not a dataset `datasets` can read, split {split!r} ({type(err).__name__}: "
+                         f"{' '.join(str(err).split())[:300]})") from err
+    finally:
+        if local and not quiet_already:
+            datasets.enable_progress_bars()
 
 
 def source_rows(source, split: str, report: LoadReport) -> Iterator[tuple[str, object]]:
@@ -333,7 +364,7 @@ def source_rows(source, split: str, report: LoadReport) -> Iterator[tuple[str, o
         except ImportError as err:
             raise FileNotFoundError(f"{path}: no such file, and the `datasets` package (needed to load a "
                                     f"Hugging Face dataset by name) is not installed") from err
-        return _dataset_rows(datasets.load_dataset(name, split=split), f"{name}[{split}]")
+        return _dataset_rows(load_dataset(datasets, name, split), f"{name}[{split}]")
     if type(source).__name__ == "DatasetDict":
         if split not in source:
             raise KeyError(f"DatasetDict has no split {split!r}; it has {sorted(source)}")

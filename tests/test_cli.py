@@ -41,6 +41,9 @@ def files(tmp_path):
     good = json.dumps({"prompt": "Q: ", "chosen": "yes", "rejected": "no"})
     truncated = tmp_path / "truncated.pt"
     truncated.write_bytes(open(tiny_checkpoint(tmp_path / "full.pt"), "rb").read()[:300])
+    unrelated = tmp_path / "unrelated"  # a directory of neither data nor a model
+    unrelated.mkdir()
+    (unrelated / "picture.png").write_bytes(bytes(range(256)) * 2)
     return dict(
         init=tiny_checkpoint(tmp_path / "init" / "ckpt.pt"),
         prefs=write_lines(tmp_path / "prefs.jsonl", [good] * 8),
@@ -55,6 +58,8 @@ def files(tmp_path):
             {"prompt": f"Q{i}: ", "completion": "yes" if i < 20 else "no", "label": i < 20}) for i in range(40)]),
         shared_start=write_lines(tmp_path / "shared_start.jsonl", [json.dumps(
             {"prompt": "Q: ", "chosen": "x" * 50 + "yes", "rejected": "x" * 50 + "no"})] * 8),
+        unrelated=str(unrelated),
+        init128=tiny_checkpoint(tmp_path / "init128.pt", block_size=128),
         out=str(tmp_path / "run"),
     )
 
@@ -92,6 +97,19 @@ USER_ERRORS = [
                                                   "exceeds the block size 64 of {init}; --eval-samples 2 samples"),
     ("ppo --init {init} --ground-truth-reward --max-new-tokens 2 --target-kl 1 --kl-horizon 2",
      "--kl-horizon 2.0: must be at least the rollouts of one iteration"),
+    # found by tests/test_cli_fuzz.py: a traceback, a start after the reference's precompute, or a bare message
+    ("ppo --init {init} --ground-truth-reward --minibatches 0", "--minibatches 0: must be > 0"),
+    ("dpo --init {init} --data {prefs} --seed 18446744073709551616", "--seed 18446744073709551616: must be in [0, "
+                                                                     "2**32)"),
+    ("dpo --init {init} --data {prefs} --max-prompt-length 1000000000000", "--max-prompt-length 1000000000000: "
+                                                                           "must be below --max-length 64"),
+    ("dpo --init {init} --data {prefs} --weight-decay inf", "--weight-decay inf: must be >= 0 and finite"),
+    ("dpo --init {init} --data {prefs} --device cpu:1", "--device 'cpu:1': expected auto, cpu, cuda or cuda:N"),
+    ("dpo --init {init} --data {prefs} --lora-rank 1000000000", "--lora-rank 1000000000: must be at most the model's "
+                                                                "width n_embd 16"),
+    ("sft --data {unrelated}", "not a dataset `datasets` can read"),
+    ("pairs --init {init128} --samples-per-prompt 1000000000000", "--samples-per-prompt 1000000000000 x 512 prompts"),
+    ("dpo --init {init} --data {prefs} --batch-size 1000000000000", "--batch-size 1000000000000: a micro-batch of"),
     ("sample --init {init} --max-new-tokens 60", "--max-new-tokens 60: the longest prompt"),
 ]
 
@@ -110,6 +128,16 @@ def test_user_errors_are_one_line_and_write_nothing(files, tmp_path, capsys, mon
     assert err.count("\n") == 1 and err.startswith("error: ") and "Traceback" not in err, err
     assert message.format(**names) in err, err
     assert not os.path.exists(files["out"]), "a run that cannot start wrote files"
+
+
+@pytest.mark.parametrize("out_dir", ["", "{prefs}"])
+def test_an_out_dir_that_cannot_be_a_directory_is_refused_before_any_work(files, capsys, monkeypatch, out_dir):
+    monkeypatch.setattr(Reference, "precomputed", lambda *a, **k: pytest.fail("work started"))
+    for argv in (["dpo", "--init", files["init"], "--data", files["prefs"]], ["eval", "--init", files["init"],
+                                                                             "--reference-init", files["init"]]):
+        assert train.main([*argv, "--out-dir", out_dir.format(**files)]) == 1
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "--out-dir" in err and "must name a directory" in err, err
 
 
 def test_truncated_checkpoint_on_resume_writes_nothing(files, capsys):
@@ -255,3 +283,11 @@ def test_install_adds_no_top_level_names(tmp_path):
                                       text=True, check=True).stdout)
     ours = {name: origin for name, origin in found.items() if origin and str(REPO) in origin}
     assert not ours, f"installed from the checkout: {ours}"
+
+
+def test_a_fresh_model_too_large_for_the_machine_is_refused_before_allocating(tmp_path, capsys):
+    assert train.main(["pretrain", "--n-embd", "100000", "--n-layer", "40", "--out-dir", str(tmp_path / "run")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: --n-layer 40 --n-embd 100000 --block-size 256: a fresh model of 4.8e+12 "
+                          "parameters needs") and err.count("\n") == 1, err
+    assert not os.path.exists(tmp_path / "run")
