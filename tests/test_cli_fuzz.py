@@ -475,7 +475,7 @@ def failures(argv, result, before):
         fail(NotOneLine, f"{len(lines)} lines on stderr, expected one `error: ...`")
     if failed and result.changes:
         fail(WroteOnFailedStart, "a failed start changed files:\n  " + "\n  ".join(result.changes[:20]))
-    if result.outcome == "started" and not resumed(argv):
+    if result.outcome == "started" and not any(asked_to(argv, "resume", "overwrite")):
         owned = [p for p in before if before[p] != "dir" and os.path.basename(p) in (
                  "ckpt.pt", "config.json", "metrics.jsonl", "best.pt")]
         lost = [c for c in result.changes if c.split(" ", 1)[1] in owned]
@@ -490,10 +490,11 @@ def shown_lines(text):
     return [shown for line in text.split("\n") if (shown := line.rsplit("\r", 1)[-1]).strip()]
 
 
-def resumed(argv):
-    """Whether argv (which parsed) asks for --resume."""
+def asked_to(argv, *names):
+    """Whether argv (which parsed) asks for each of the flags `names` (e.g. resume: --resume): a list of bools."""
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-        return bool(getattr(train.build_parser().parse_args(argv), "resume", False))
+        args = train.build_parser().parse_args(argv)
+    return [bool(getattr(args, name, False)) for name in names]
 
 
 # -----------------------------------------------------------------------------
