@@ -20,7 +20,6 @@ import torch
 import data
 from dpo import LOSS_TYPES, SMOOTHED_LOSS_TYPES
 from logprob_kernels import IMPLS
-from ppo import MAX_KL_COEF
 from reference import MODES as REFERENCE_MODES
 
 
@@ -44,6 +43,7 @@ DTYPES = ("auto", "float32", "bfloat16", "float16")  # the autocast dtype (resol
 FRESH_MODEL = "a fresh model (pretrain, sft without --init; ignored with --init)"
 LORA = "LoRA: low-rank adapters on a frozen --init model (used with --lora-rank > 0)"
 RL = "reinforcement learning"
+MAX_KL_COEF = 1e6  # the KL coefficient's ceiling (--kl-coef, and ppo.AdaptiveKL's): past where the reward matters
 
 
 def option(flag, default, help, stages=TRAINING_STAGES, choices=None, group=None):

@@ -148,9 +148,6 @@ def rloo_advantages(scores: torch.Tensor) -> torch.Tensor:
     return scores - baseline
 
 
-MAX_KL_COEF = 1e6  # the adaptive coefficient's ceiling: far past where the reward still matters, and finite
-
-
 class AdaptiveKL:
     """Ziegler et al. (2019)'s controller of kl_coef: after each batch of n rollouts with measured KL,
 
@@ -159,16 +156,16 @@ class AdaptiveKL:
     A KL above target raises the penalty. The horizon counts rollouts, as in Ziegler et al. (their 10,000): the
     coefficient moves by e-fold over about horizon / 0.2 rollouts of a consistent error. It must be at least the
     rollouts of one batch (n <= horizon), so that each multiplier lies in [0.8, 1.2]: with n > 5 x horizon
-    it could go negative and turn the penalty into a bonus. The coefficient is capped at MAX_KL_COEF, so it
+    it could go negative and turn the penalty into a bonus. The coefficient is capped at `max_coef`, so it
     stays finite and > 0 for any sequence of finite measurements."""
 
-    def __init__(self, kl_coef: float, target: float, horizon: float):
-        for name, value in (("kl_coef", kl_coef), ("target", target), ("horizon", horizon)):
+    def __init__(self, kl_coef: float, target: float, horizon: float, max_coef: float):
+        for name, value in (("kl_coef", kl_coef), ("target", target), ("horizon", horizon), ("max_coef", max_coef)):
             if not (math.isfinite(value) and value > 0):
                 raise ValueError(f"AdaptiveKL: {name} must be finite and > 0, got {value}")
-        if kl_coef > MAX_KL_COEF:
-            raise ValueError(f"AdaptiveKL: kl_coef must be <= {MAX_KL_COEF:g}, got {kl_coef}")
-        self.kl_coef, self.target, self.horizon = kl_coef, target, horizon
+        if kl_coef > max_coef:
+            raise ValueError(f"AdaptiveKL: kl_coef must be <= max_coef ({max_coef:g}), got {kl_coef}")
+        self.kl_coef, self.target, self.horizon, self.max_coef = kl_coef, target, horizon, max_coef
 
     def update(self, kl: float, n: int) -> float:
         """Move kl_coef after a batch of `n` rollouts (1 <= n <= horizon) whose mean KL was `kl` (finite);
@@ -178,7 +175,7 @@ class AdaptiveKL:
         if not math.isfinite(kl):
             raise ValueError(f"the measured KL is {kl}: the policy diverged; try a lower --lr")
         error = min(max(kl / self.target - 1, -0.2), 0.2)
-        self.kl_coef = min(self.kl_coef * (1 + error * n / self.horizon), MAX_KL_COEF)
+        self.kl_coef = min(self.kl_coef * (1 + error * n / self.horizon), self.max_coef)
         return self.kl_coef
 
 

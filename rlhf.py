@@ -29,6 +29,7 @@ import ppo
 import reward_model
 import sentiment
 from checkpoint import CheckpointError
+from config import MAX_KL_COEF
 from training import NonFiniteLossError, example_indices
 from training_run import record, save, start_run
 
@@ -185,7 +186,7 @@ def train(stage, cfg, policy, scorer, tokenizer, train_prompts, heldout_prompts,
         value_optimizer = torch.optim.AdamW(value_model.parameters(), lr=cfg.value_lr, betas=(0.9, 0.95))
     if scorer is not None:
         scorer.to(run.device).eval().requires_grad_(False)
-    controller = ppo.AdaptiveKL(cfg.kl_coef, cfg.target_kl, cfg.kl_horizon) if cfg.target_kl else None
+    controller = ppo.AdaptiveKL(cfg.kl_coef, cfg.target_kl, cfg.kl_horizon, MAX_KL_COEF) if cfg.target_kl else None
     kl_coef, eval_row = cfg.kl_coef, {}
     if run.step:  # --resume: the value model, its AdamW state and the KL coefficient where they were
         kl_coef = resume_rl_state(run, value_model, value_optimizer)
