@@ -148,8 +148,8 @@ def dpo_metrics(
     chosen_reward strictly greater than rejected_reward), "rewards/margins" (mean chosen - rejected),
     "logps/chosen", "logps/rejected"}, all Python floats. For IPO the training loop passes per-token mean
     log-probs (what IPO is defined on), so its rewards/* and logps/* are per-token; TRL logs beta * summed
-    log-ratios for the same loss. SimPO and ORPO (simpo.py, orpo.py) pass per-token means too, the quantities
-    their losses use, which is what TRL logs under these names for them.
+    log-ratios for the same loss. SimPO and ORPO (methods/simpo.py, methods/orpo.py) pass per-token means too,
+    the quantities their losses use, which is what TRL logs under these names for them.
     """
     check_logps({"losses": losses, "chosen_rewards": chosen_rewards, "rejected_rewards": rejected_rewards,
                  "policy_chosen_logps": policy_chosen_logps, "policy_rejected_logps": policy_rejected_logps},

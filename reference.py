@@ -13,7 +13,7 @@ Three ways to build one, all giving the same numbers (the tests check that they 
     Reference.precomputed(...)       one of those run once over every pair before training, then dropped:
                                      a table of two numbers per pair (`--reference precompute`, the default)
 
-A precomputed table is read by the batch's pair ids (`batch["ids"]`, see training.example_batch): training
+A precomputed table is read by the batch's pair ids (`batch["ids"]`, see loop.example_batch): training
 pairs have the ids 0..N-1 and held-out pairs N, N+1, ..., so one table serves training and evaluation alike.
 Whatever its form, the reference runs under the policy's autocast: at step 0 (policy == reference) every
 implicit reward is 0 and the loss is log 2.
@@ -22,9 +22,8 @@ implicit reward is 0 and the loss is log 2.
 import torch
 from tqdm.auto import tqdm
 
-import data_parallel
 import dpo
-import lora
+from plumbing import data_parallel, lora
 
 MODES = ("precompute", "live")  # --reference: a table computed before training, or the frozen model every step
 

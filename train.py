@@ -13,7 +13,7 @@
     python train.py sample --help      print completions of a model
     torchrun --nproc_per_node N train.py dpo ...   pretrain, sft, dpo or unlikelihood, data-parallel on N GPUs/CPUs
 
-Every command's flags, their help and each command's defaults come from `config.py` (`TrainConfig`,
+Every command's flags, their help and each command's defaults come from `plumbing/config.py` (`TrainConfig`,
 `STAGE_DEFAULTS`). A user error (a missing file, a bad value, a broken checkpoint) prints one line `error: ...`
 and exits with status 1, before anything is written; `--debug` (or DPO_DEBUG=1) shows the traceback instead.
 This file is the entry point only: nothing imports it.
@@ -24,12 +24,11 @@ import dataclasses
 import os
 import sys
 
-import data_parallel
-import stages
-from config import RL_STAGES, STAGE_DEFAULTS, STAGES, TRAINING_STAGES, TrainConfig, stage_config
 from data import TokenizerUnavailableError
 from experiments import demo, frontier, study
-from training import NonFiniteLossError
+from loop import NonFiniteLossError
+from plumbing import commands, data_parallel
+from plumbing.config import RL_STAGES, STAGE_DEFAULTS, STAGES, TRAINING_STAGES, TrainConfig, stage_config
 
 COMMAND_HELP = {  # command: (one line for the command list, the description of `train.py COMMAND --help`)
     "pretrain": ("next-token prediction on a text file or the embedded reviews",
@@ -44,26 +43,26 @@ COMMAND_HELP = {  # command: (one line for the command list, the description of 
                      "Unlikelihood (Welleck et al. 2019; a baseline of the DPO paper, section 6) of --init on "
                      "--data: maximise log p(chosen) and log(1 - p) of each rejected token; no reference."),
     "simpo": ("SimPO: DPO without a reference, on length-normalised log-probs, with a margin",
-              "SimPO (Meng et al. 2024; simpo.py) of --init on --data: -log sigma(beta * (mean log p(chosen) - mean "
-              "log p(rejected)) - gamma); no reference model."),
+              "SimPO (Meng et al. 2024; methods/simpo.py) of --init on --data: -log sigma(beta * (mean log "
+              "p(chosen) - mean log p(rejected)) - gamma); no reference model."),
     "orpo": ("ORPO: SFT and an odds-ratio preference term in one loss, no reference",
-             "ORPO (Hong et al. 2024; orpo.py) of --init (a base model: no SFT stage needed) on --data: the chosen "
-             "response's NLL minus beta * log sigma(log odds ratio); no reference model."),
+             "ORPO (Hong et al. 2024; methods/orpo.py) of --init (a base model: no SFT stage needed) on --data: "
+             "the chosen response's NLL minus beta * log sigma(log odds ratio); no reference model."),
     "kto": ("KTO: single completions marked desirable or undesirable, against a reference",
-            "KTO (Ethayarajh et al. 2024; kto.py) of --init on --data: TRL's unpaired format (prompt, completion, "
-            "label) or pairs split in two; a frozen copy of --init is the reference, the KL estimate from "
+            "KTO (Ethayarajh et al. 2024; methods/kto.py) of --init on --data: TRL's unpaired format (prompt, "
+            "completion, label) or pairs split in two; a frozen copy of --init is the reference, the KL estimate from "
             "mismatched pairs the reference point."),
     "reward-model": ("the reward model of RLHF: Bradley-Terry on the same pairs",
-                     "Train a reward model (reward_model.py: the --init trunk and a scalar head; Eq. 2 of the DPO "
-                     "paper) on the preference pairs of --data; keeps best.pt, the best held-out accuracy."),
+                     "Train a reward model (methods/reward_model.py: the --init trunk and a scalar head; Eq. 2 of "
+                     "the DPO paper) on the preference pairs of --data; keeps best.pt, the best held-out accuracy."),
     "ppo": ("RLHF's PPO on the sentiment task, with a reward model or the ground truth (PPO-GT)",
-            "PPO (ppo.py, rlhf.py) of --init on the sentiment task's training prompts: rollouts scored by "
-            "--reward-model (or --ground-truth-reward, the paper's oracle), a KL penalty toward --init, GAE, "
+            "PPO (methods/ppo.py, methods/rlhf.py) of --init on the sentiment task's training prompts: rollouts "
+            "scored by --reward-model (or --ground-truth-reward, the paper's oracle), a KL penalty toward --init, GAE, "
             "a value model started from the reward model, clipped updates."),
     "rloo": ("REINFORCE leave-one-out on the sentiment task: k samples a prompt, no value model",
-             "RLOO (Ahmadian et al. 2024; ppo.py, rlhf.py) of --init on the sentiment task's training prompts: "
-             "--samples-per-prompt rollouts each, scored by --reward-model (or the ground truth), each one's "
-             "baseline the mean of the others."),
+             "RLOO (Ahmadian et al. 2024; methods/ppo.py, methods/rlhf.py) of --init on the sentiment task's "
+             "training prompts: --samples-per-prompt rollouts each, scored by --reward-model (or the ground "
+             "truth), each one's baseline the mean of the others."),
     "pairs": ("sample completions and write preference pairs labelled by the ground-truth reward",
               "Sample --samples-per-prompt completions from --init for the sentiment task's training prompts and "
               "write best-vs-worst preference pairs (ground-truth reward: VADER) to OUT_DIR/pairs.jsonl."),
@@ -155,15 +154,15 @@ def run(args):
                                         if hasattr(args, f.name)})
     if args.command in TRAINING_STAGES:
         with data_parallel.process_group(cfg.device):  # under torchrun: join the other processes (else nothing)
-            stages.run_stage(args.command, cfg)
+            commands.run_stage(args.command, cfg)
     elif args.command in RL_STAGES:
-        stages.run_rl(args.command, cfg)
+        commands.run_rl(args.command, cfg)
     elif args.command == "pairs":
-        stages.pairs(cfg)
+        commands.pairs(cfg)
     elif args.command == "eval":
-        stages.evaluate(cfg)
+        commands.evaluate(cfg)
     else:
-        stages.sample(cfg, args.prompt)
+        commands.sample(cfg, args.prompt)
 
 
 def parse_seeds(text):

@@ -1,6 +1,6 @@
 """Benchmark: one DPO training step end to end, three ways of computing log pi(y|x), side by side in one run.
 
-The step is what training.train does with a precomputed reference (reference.Reference.precomputed): the
+The step is what loop.train does with a precomputed reference (reference.Reference.precomputed): the
 policy's forward over chosen + rejected rows, the sigmoid DPO loss (Eq. 7), backward, AdamW. Only the log-prob
 computation differs:
 

@@ -38,10 +38,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from a checkout without installing the project
 
 import dpo  # noqa: E402
-import lora  # noqa: E402
-import orpo  # noqa: E402
-import simpo  # noqa: E402
+from methods import orpo, simpo  # noqa: E402
 from model import GPT, GPTConfig  # noqa: E402
+from plumbing import lora  # noqa: E402
 
 VARIANTS = ("full, reference copy (live)", "full, precomputed reference", "LoRA, adapters-off reference (live)",
             "SimPO, no reference", "ORPO, no reference")
@@ -103,7 +102,7 @@ def run_variant(name, args):
         reference = lora.BaseModelView(model)
     elif not reference_free:
         reference = copy.deepcopy(model).requires_grad_(False).eval()
-    if "precomputed" in name:  # the reference's log-probs once, then the copy is gone (as stages.dpo_reference does)
+    if "precomputed" in name:  # the reference's log-probs once, then the copy is gone (commands.dpo_reference)
         with torch.no_grad(), autocast:
             ref_logps = dpo.concatenated_logps(reference, batch)
         reference = None

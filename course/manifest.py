@@ -27,10 +27,12 @@ ASSIGNMENTS = {
                ("dpo.py", "_check_dpo_arguments", "the checks of dpo_loss's arguments, errors naming the argument"),
                ("dpo.py", "dpo_metrics", "dpo_metrics: the batch means every DPO run logs"),
                # extra credit (optional; the frontier leaves out the rows of a loss not written yet)
-               ("simpo.py", "simpo_loss", "(extra credit) SimPO: length-normalised rewards, a target margin"),
-               ("orpo.py", "log1mexp", "(extra credit) log(1 - e^x), accurate near 0 and far below"),
-               ("orpo.py", "orpo_loss", "(extra credit) ORPO: the NLL of the chosen response plus the odds-ratio term"),
-               ("kto.py", "kto_loss", "(extra credit) KTO: each example against the reference point max(kl, 0)")),
+               ("methods/simpo.py", "simpo_loss", "(extra credit) SimPO: length-normalised rewards, a target margin"),
+               ("methods/orpo.py", "log1mexp", "(extra credit) log(1 - e^x), accurate near 0 and far below"),
+               ("methods/orpo.py", "orpo_loss",
+                "(extra credit) ORPO: the NLL of the chosen response plus the odds-ratio term"),
+               ("methods/kto.py", "kto_loss",
+                "(extra credit) KTO: each example against the reference point max(kl, 0)")),
         grader="course/graders/test_a1_dpo.py", handout="course/handouts/A1.md"),
     "A2": Assignment(
         2, "Masked log-probs: a chunked backward and a fused Triton kernel", "6-8 hours",

@@ -20,9 +20,9 @@ import os
 
 import data
 import sentiment
-import stages
-from checkpoint import load_model
-from config import check_values, stage_config
+from plumbing import commands
+from plumbing.checkpoint import load_model
+from plumbing.config import check_values, stage_config
 
 # The base of the demo and the frontier. Prompts are at most 64 bytes (16 tokens of the reviews BPE) and
 # completions at most max_new_tokens, so block_size covers every position sampled at; pre-training uses
@@ -88,7 +88,7 @@ def prepare(out_dir, settings, log=print):
     else:
         os.makedirs(out_dir, exist_ok=True)
         log("== pre-training the base model (the paper's SFT model and DPO's reference) ==")
-        reference, _ = stages.run_stage("pretrain", dataclasses.replace(cfg, overwrite=True), log=log)  # not cached
+        reference, _ = commands.run_stage("pretrain", dataclasses.replace(cfg, overwrite=True), log=log)  # not cached
         log(f"== preference pairs: {settings['k']} samples per prompt, best vs worst by the ground-truth reward ==")
         pair_reports = {}
         for split, prompts, seed in (("train", train_prompts, 1), ("heldout", heldout_prompts, 2)):

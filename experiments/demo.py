@@ -24,9 +24,9 @@ import os
 import time
 
 import sentiment
-import stages
-from config import check_values, stage_config
 from experiments import base, plots
+from plumbing import commands
+from plumbing.config import check_values, stage_config
 
 # DPO's settings, on top of the base's (base.FULL / base.QUICK).
 # One epoch: 16 steps of 32 pairs cover the ~500 training pairs once (README: what each lever did).
@@ -54,7 +54,7 @@ def run(out_dir="out/demo", quick=False, log=print):
     prepared = base.prepare(out_dir, settings, log=log)
 
     log("== DPO against the frozen reference ==")
-    policy, heldout_metrics = stages.run_stage("dpo", dpo_config(out_dir, prepared, dpo_settings), log=log)
+    policy, heldout_metrics = commands.run_stage("dpo", dpo_config(out_dir, prepared, dpo_settings), log=log)
 
     log("== held-out evaluation from samples ==")
     sampling = dict(max_new_tokens=settings["max_new_tokens"], temperature=1.0, top_k=None,

@@ -1,11 +1,11 @@
 """The frontier's rows for DPO's family since the paper, trained on the same base, pairs and prompts as DPO
 (experiments/base.py) with DPO's learning rate, steps and batch size, at several beta each:
 
-    SimPO    simpo.py: no reference model; the reward is beta times the mean log-prob per token, and the loss
+    SimPO    methods/simpo.py: no reference model; the reward is beta times the mean log-prob per token, and the loss
              asks for a margin gamma between the two rewards (gamma / beta fixed across the sweep)
-    ORPO     orpo.py: no reference model and no SFT stage; the SFT loss on the chosen response plus beta times
+    ORPO     methods/orpo.py: no reference model and no SFT stage; the SFT loss on the chosen response plus beta times
              an odds-ratio term, from the base model (here the base is also every other method's start)
-    KTO      kto.py: the pairs split in two, one desirable and one undesirable example each, no pairing
+    KTO      methods/kto.py: the pairs split in two, one desirable and one undesirable example each, no pairing
     KTO 10%  KTO with 10% of the desirable examples kept, the weights rebalanced: its paper's claim that it
              copes with imbalanced data
 

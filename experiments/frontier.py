@@ -11,7 +11,7 @@ each number), as in the paper. The points:
   way, one run per beta, several points per run.
 * Preferred-FT: SFT on the chosen responses of the same pairs (the paper's baseline).
 * Unlikelihood: maximise log p of the chosen response and log(1 - p) of each rejected token (the paper's
-  baseline; `unlikelihood.py`), on the same pairs.
+  baseline; `methods/unlikelihood.py`), on the same pairs.
 * RLHF (`experiments/rl_runs.py`): a reward model fitted to the same pairs (Eq. 2), then PPO on its scores at
   several KL coefficients, and RLOO (no value model); PPO-GT, PPO on the ground-truth reward itself: the
   paper's oracle, which no method trained on the pairs can see.
@@ -40,10 +40,10 @@ import math
 import os
 import time
 
-import reward_model
 import sentiment
 from experiments import base, family_runs, paper_claims, plots, rl_runs
 from experiments.points import evaluate_point, run_points, train_cached, training_config
+from methods import reward_model
 
 # Six epochs per run over the ~500 pairs, evaluated every half epoch: long enough for beta to act (with Adam,
 # whose steps do not scale with the gradient, beta matters only once beta * h saturates the sigmoid). The RL

@@ -18,21 +18,21 @@ import subprocess
 import sys
 import time
 
-import reward_model
 import sentiment
-from checkpoint import load_model
-from config import STAGE_DEFAULTS, TrainConfig
 from experiments import points
+from methods import reward_model
+from plumbing.checkpoint import load_model
+from plumbing.config import STAGE_DEFAULTS, TrainConfig
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FORWARD_ENDS = "    # ---- the forward pass ends here"  # model.py: sampling and checkpoints follow
 # The files each method's training runs, from the data to the update (model.py: the forward alone for DPO).
 METHOD_PATHS = {
     "DPO": ("data/batches.py", "model.py (forward)", "logprob_kernels/__init__.py", "logprob_kernels/checks.py",
-            "logprob_kernels/logprobs_torch.py", "dpo.py", "tensor_checks.py", "reference.py", "training.py"),
+            "logprob_kernels/logprobs_torch.py", "dpo.py", "tensor_checks.py", "reference.py", "loop.py"),
     "PPO": ("data/batches.py", "model.py", "logprob_kernels/__init__.py", "logprob_kernels/checks.py",
-            "logprob_kernels/logprobs_torch.py", "tensor_checks.py", "reward_model.py", "training.py",
-            "sentiment/task.py", "ppo.py", "rlhf.py"),
+            "logprob_kernels/logprobs_torch.py", "tensor_checks.py", "methods/reward_model.py", "loop.py",
+            "sentiment/task.py", "methods/ppo.py", "methods/rlhf.py"),
 }
 # The hyper-parameters (flags) of each method's training, and those the frontier sweeps.
 HYPER_PARAMETERS = {

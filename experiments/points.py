@@ -14,9 +14,9 @@ import os
 import time
 
 import sentiment
-import stages
-from checkpoint import load_model
-from config import RL_STAGES, stage_config
+from plumbing import commands
+from plumbing.checkpoint import load_model
+from plumbing.config import RL_STAGES, stage_config
 
 
 def training_config(stage, out_dir, prepared, run_settings, checkpoints, **changes):
@@ -36,7 +36,7 @@ def training_config(stage, out_dir, prepared, run_settings, checkpoints, **chang
 
 
 def train_cached(stage, cfg, log):
-    """stages.run_stage (stages.run_rl for ppo, rloo), unless OUT_DIR already holds a finished run with exactly
+    """commands.run_stage (commands.run_rl for ppo, rloo), unless OUT_DIR already holds a finished run with exactly
     this configuration (KTO's automatic desirable weight, 0, matches the weight the run resolved it to).
     Returns True when it trained (and then writes its wall time to wall_seconds.json), False when it reused a
     finished run."""
@@ -57,7 +57,7 @@ def train_cached(stage, cfg, log):
         return False
     start = time.time()
     cfg = dataclasses.replace(cfg, overwrite=True)  # an unfinished or other run there is replaced
-    (stages.run_rl if stage in RL_STAGES else stages.run_stage)(stage, cfg, log=log)
+    (commands.run_rl if stage in RL_STAGES else commands.run_stage)(stage, cfg, log=log)
     with open(os.path.join(cfg.out_dir, "wall_seconds.json"), "w") as f:
         json.dump(time.time() - start, f)  # for when the run is reused
     return True

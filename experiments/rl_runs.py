@@ -1,7 +1,7 @@
 """The frontier's RLHF rows: what DPO replaces, trained on the same base, pairs and prompts (experiments/base.py).
 
-    reward model   Bradley-Terry on the DPO train pairs (reward_model.py), best.pt by held-out accuracy
-    PPO            on the reward model's scores, at several KL coefficients (ppo.py, rlhf.py)
+    reward model   Bradley-Terry on the DPO train pairs (methods/reward_model.py), best.pt by held-out accuracy
+    PPO            on the reward model's scores, at several KL coefficients (methods/ppo.py, methods/rlhf.py)
     PPO-GT         on the ground-truth reward itself: the paper's oracle, which no method trained on pairs sees
     RLOO           REINFORCE leave-one-out on the reward model, k samples a prompt, no value model
 
@@ -12,8 +12,8 @@ Every run keeps its checkpoints and every checkpoint becomes a frontier point wi
 import json
 import os
 
-from config import stage_config
 from experiments import points
+from plumbing.config import stage_config
 
 RL_METHODS = {"PPO": "ppo", "PPO-GT": "ppo", "RLOO": "rloo"}  # frontier method -> command
 

@@ -46,12 +46,11 @@ import torch
 
 import data
 import logprob_kernels
-import lora
 import sentiment
-import stages
-from checkpoint import load_model
-from config import lora_targets, resolve_lengths
 from experiments import base, plots, points
+from plumbing import commands, lora
+from plumbing.checkpoint import load_model
+from plumbing.config import lora_targets, resolve_lengths
 
 FULL = dict(dpo=dict(lr=2e-4, steps=16, batch_size=32, beta=0.1),  # the demo's DPO: one epoch
             lora=dict(rank=8, alpha=16.0, lrs=(2e-4, 1e-3, 3e-3)),
@@ -166,7 +165,7 @@ def precision_gap(out_dir):
 def heldout_windows(prepared, n_windows):
     """n_windows fixed windows (x, y), each (32, T), of the corpus part that pre-training held out."""
     cfg = resolve_lengths(base.pretrain_config("", prepared.settings), prepared.settings["block_size"])
-    _, heldout = stages.text_splits(cfg, prepared.tokenizer)  # the split pre-training evaluated on, never trained on
+    _, heldout = commands.text_splits(cfg, prepared.tokenizer)  # the split pre-training evaluated on, never trained on
     return list(data.lm_batches(heldout, 32, cfg.max_length, num_batches=max(1, n_windows // 32),
                                 generator=torch.Generator().manual_seed(0)))
 

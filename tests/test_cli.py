@@ -12,12 +12,12 @@ import pytest
 import torch
 
 import data
-import stages
+import loop
 import train
-import training
-from checkpoint import CheckpointError, load_checkpoint, load_model, save_checkpoint
-from config import STAGE_DEFAULTS, STAGES, ConfigError, TrainConfig, stage_config
 from model import GPT, GPTConfig
+from plumbing import commands
+from plumbing.checkpoint import CheckpointError, load_checkpoint, load_model, save_checkpoint
+from plumbing.config import STAGE_DEFAULTS, STAGES, ConfigError, TrainConfig, stage_config
 from reference import Reference
 
 REPO = Path(__file__).resolve().parents[1]
@@ -121,7 +121,7 @@ def test_user_errors_are_one_line_and_write_nothing(files, tmp_path, capsys, mon
     argv = command.format(**names).split()
     argv += [] if argv[0] == "sample" else ["--out-dir", files["out"]]  # sample writes nothing
     monkeypatch.setattr(Reference, "precomputed", lambda *a, **k: pytest.fail("work started"))
-    monkeypatch.setattr(training, "step_batches", lambda *a, **k: pytest.fail("work started"))
+    monkeypatch.setattr(loop, "step_batches", lambda *a, **k: pytest.fail("work started"))
     monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path / "no-tiktoken-cache"))  # gpt2 BPE: never downloaded
     assert train.main(argv) == 1
     err = capsys.readouterr().err
@@ -267,7 +267,7 @@ def test_missing_local_path_tells_paths_from_hub_names(tmp_path, monkeypatch):
 
 def test_config_errors_for_programmatic_use(tmp_path):
     with pytest.raises(ConfigError, match="--grad-accum 4: must divide --batch-size 6"):
-        training.train(stages.objective("sft", TrainConfig(), 0), TrainConfig(out_dir=str(tmp_path / "z"),
+        loop.train(commands.objective("sft", TrainConfig(), 0), TrainConfig(out_dir=str(tmp_path / "z"),
                        batch_size=6, grad_accum=4, max_length=8), None, [], [], log=lambda *_: None)
     assert not os.path.exists(tmp_path / "z")
 

@@ -3,7 +3,7 @@ bounded time, never with a traceback, and a run that fails to start writes nothi
 
 What is fuzzed. Hypothesis draws a command (every subcommand of `train.build_parser()`, and none: the demo),
 then 0-4 of that command's flags, found by introspecting the parser (option strings, `type`, `choices`,
-BooleanOptionalAction, store_true), so a flag added to config.py is fuzzed without a change here. Values come
+BooleanOptionalAction, store_true), so a flag added to plumbing/config.py is fuzzed without a change here. Values come
 from a pool per type: numbers valid and small, 0, negatives, NaN, inf, huge (1e9, 10**12, 2**64), and
 non-numbers; strings "", short random text and paths to the fixture files: good ones (a tiny GPT checkpoint, a
 tiny reward model, preference pairs, KTO examples, a text corpus, a .tiktoken file) and bad ones (missing,
@@ -14,7 +14,7 @@ is a fresh directory, or sometimes the finished run, the unrelated directory, a 
 good defaults unless the draw gives them, so that many drawn command lines pass every check.
 
 What the patches bound. Real work is never done: where it would begin the run stops with `_Started`, which
-counts as a good start. `start_run` (training.py and rlhf.py import it by name) runs for real, so config.json
+counts as a good start. `start_run` (loop.py and methods/rlhf.py import it by name) runs for real, so config.json
 and --resume are exercised, and then raises; `GPT.complete` raises at once, so pairs, eval and sample run
 sentiment's sample_completions / build_preference_pairs / sample_report up to the sampling itself (their
 seeding included); the experiments' `run` / `run_seeds` (demo, frontier, study: only their argument parsing is
@@ -54,16 +54,14 @@ import torch
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
-import lora
-import rlhf
-import stages
+import loop
 import train
-import training
-import training_run
-from checkpoint import save_checkpoint
 from experiments import demo, frontier, study
+from methods import rlhf
+from methods.reward_model import RewardModel
 from model import GPT, GPTConfig
-from reward_model import RewardModel
+from plumbing import commands, lora, run_dir
+from plumbing.checkpoint import save_checkpoint
 
 CI_EXAMPLES = 150
 MAX_EXAMPLES = CI_EXAMPLES if os.environ.get("HYPOTHESIS_PROFILE", "ci") == "ci" else settings().max_examples
@@ -269,12 +267,12 @@ def world(tmp_path_factory):
             mp.delenv(name, raising=False)
         write_fixtures(root)
         shutil.copytree(root / FIXTURES, base / "pristine")
-        mp.setattr(training, "start_run", stop_after(training_run.start_run))
-        mp.setattr(rlhf, "start_run", stop_after(training_run.start_run))
+        mp.setattr(loop, "start_run", stop_after(run_dir.start_run))
+        mp.setattr(rlhf, "start_run", stop_after(run_dir.start_run))
         mp.setattr(GPT, "complete", stop_at("GPT.complete"))  # pairs, eval, sample: the sampling itself
         for module, name in ((demo, "run"), (frontier, "run"), (study, "run"), (study, "run_seeds")):
             mp.setattr(module, name, stop_at(f"{module.__name__}.{name}"))
-        mp.setattr(stages, "GPT", guarded_gpt)
+        mp.setattr(commands, "GPT", guarded_gpt)
         mp.setattr(lora, "LoRALinear", GuardedLoRALinear)
         yield World(root, base / "pristine", cache / "hf" / "datasets")
 
@@ -282,7 +280,7 @@ def world(tmp_path_factory):
 # -----------------------------------------------------------------------------
 # The command lines
 
-def commands():
+def command_flags():
     """{command: its flags (argparse actions)}, from train.build_parser(); None: no command (the demo)."""
     parser = train.build_parser()
     subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
@@ -296,7 +294,7 @@ def commands():
     return found
 
 
-COMMANDS = commands()
+COMMANDS = command_flags()
 INTS = ["1", "2", "3", "4", "8", "64", "0", "-1", "-3", "1000000000", "1000000000000", "18446744073709551616", "nan",
         "1.5", "1e3", "", "x"]
 FLOATS = ["0.5", "0.1", "1", "2", "1e-3", "0", "-0", "-1", "-0.5", "nan", "inf", "-inf", "1e9", "1e308", "1e400",

@@ -1,4 +1,4 @@
-"""Data-parallel training under torchrun (data_parallel.py), on the CPU with gloo: 2 processes give the metrics
+"""Data-parallel training under torchrun (plumbing/data_parallel.py), on the CPU with gloo: 2 processes give the metrics
 and final weights of 1 process with the same global batch (DPO with its precomputed reference; SFT with LoRA,
 whose loss is divided by the target tokens of the whole step and whose base weights are frozen; pre-training
 windows), only rank 0 writes and prints, a run resumes across process counts, and a --batch-size that the
@@ -15,8 +15,8 @@ import pytest
 import torch
 
 import train
-from checkpoint import load_checkpoint, save_checkpoint
-from config import ConfigError, TrainConfig, check_values
+from plumbing.checkpoint import load_checkpoint, save_checkpoint
+from plumbing.config import ConfigError, TrainConfig, check_values
 from test_train import read_metrics, tiny_model, write_preferences
 
 REPO = Path(__file__).resolve().parents[1]

@@ -12,8 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import dpo
-import unlikelihood
 from logprob_kernels.naive import naive_sequence_logprobs
+from methods import unlikelihood
 from model import GPT, GPTConfig
 from naive_dpo import (
     naive_dpo_loss,

@@ -1,8 +1,8 @@
-"""Tests of DPO's family since the paper (simpo.py, orpo.py, kto.py) and KTO's unpaired data (data/unpaired.py):
-each loss against a naive implementation written from its formula with Python floats (tests/naive_family.py;
-hypothesis), its worked
-example, its gradient by gradcheck in float64, finite losses and gradients at extreme inputs, argument errors;
-the unpaired loader's errors and layout; and a run of each command on a tiny model, whose loss falls."""
+"""Tests of DPO's family since the paper (methods/simpo.py, orpo.py, kto.py) and KTO's unpaired data
+(data/unpaired.py): each loss against a naive implementation written from its formula with Python floats
+(tests/naive_family.py; hypothesis), its worked example, its gradient by gradcheck in float64, finite losses and
+gradients at extreme inputs, argument errors; the unpaired loader's errors and layout; and a run of each command
+on a tiny model, whose loss falls."""
 
 import json
 import math
@@ -14,13 +14,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import data
-import kto
-import orpo
-import simpo
 import train
-from checkpoint import save_checkpoint
 from dpo import concatenated_logps, dpo_metrics
+from methods import kto, orpo, simpo
 from naive_family import naive_kto, naive_orpo, naive_simpo
+from plumbing.checkpoint import save_checkpoint
 from test_train import read_metrics, tiny_model, write_preferences
 
 SETTINGS = settings(derandomize=True, deadline=None, max_examples=60)
@@ -322,13 +320,13 @@ def test_family_errors_are_one_line(tmp_path, capsys):
 @pytest.mark.parametrize("stage", ["simpo", "orpo"])
 def test_reference_free_commands_never_build_a_reference(tmp_path, monkeypatch, stage):
     """SimPO and ORPO train without pi_ref: building one (a copy, or its log-probs) would fail this run."""
-    import stages
+    from plumbing import commands
 
     def no_reference(*args, **kwargs):
         raise AssertionError(f"{stage} built a reference model")
 
-    monkeypatch.setattr(stages, "reference_model", no_reference)
-    monkeypatch.setattr(stages, "dpo_reference", no_reference)
+    monkeypatch.setattr(commands, "reference_model", no_reference)
+    monkeypatch.setattr(commands, "dpo_reference", no_reference)
     prefs = write_preferences(tmp_path / "prefs.jsonl")
     init = str(tmp_path / "init.pt")
     save_checkpoint(init, tiny_model(), None, 0, None)
@@ -339,9 +337,9 @@ def test_reference_free_commands_never_build_a_reference(tmp_path, monkeypatch, 
 def test_a_stubbed_loss_is_left_out_of_the_frontier_and_said(tmp_path, monkeypatch):
     """The course kit's student copy stubs these losses (A1's extra credit): a training run reaches the stub's
     NotImplementedError, and the frontier runs its other rows and names what it left out."""
-    import stages
-    from config import stage_config
     from experiments import family_runs
+    from plumbing import commands
+    from plumbing.config import stage_config
 
     def stub(*args, **kwargs):
         raise NotImplementedError("Assignment 1: (extra credit) SimPO")
@@ -351,7 +349,7 @@ def test_a_stubbed_loss_is_left_out_of_the_frontier_and_said(tmp_path, monkeypat
     init = str(tmp_path / "init.pt")
     save_checkpoint(init, tiny_model(), None, 0, None)
     with pytest.raises(NotImplementedError, match="Assignment 1"):  # through the training loop, unchanged
-        stages.run_stage("simpo", stage_config("simpo", init=init, data=prefs, steps=2, batch_size=4,
+        commands.run_stage("simpo", stage_config("simpo", init=init, data=prefs, steps=2, batch_size=4,
                                                max_length=48, out_dir=str(tmp_path / "simpo")), log=lambda *_: None)
 
     trained = []

@@ -1,6 +1,7 @@
-"""Tests of lora.py: LoRALinear against the dense formula x (W0 + (alpha/r) B A)^T + b, a fresh adapter model and the
-adapters-off model against the base model, gradients and optimizer steps, merging, merged checkpoints loaded by
-transformers, adapter state round trips, the trainable parameter count, and the errors bad input gets."""
+"""Tests of plumbing/lora.py: LoRALinear against the dense formula x (W0 + (alpha/r) B A)^T + b, a fresh adapter
+model and the adapters-off model against the base model, gradients and optimizer steps, merging, merged
+checkpoints loaded by transformers, adapter state round trips, the trainable parameter count, and the errors bad
+input gets."""
 
 import copy
 
@@ -13,7 +14,8 @@ from hypothesis import strategies as st
 from torch.nn import functional as F
 from torch.testing import assert_close
 
-from lora import (
+from model import GPT, GPTConfig
+from plumbing.lora import (
     LoRALinear,
     adapters_disabled,
     apply_lora,
@@ -25,7 +27,6 @@ from lora import (
     merged_copy,
     unmerge_lora,
 )
-from model import GPT, GPTConfig
 from test_model import perturbed  # noise on every parameter
 
 TINY = dict(block_size=16, vocab_size=50, n_layer=2, n_head=2, n_embd=16)

@@ -1,4 +1,4 @@
-"""Tests of ppo.py against naive Python loops (hypothesis; masks with holes and empty rows), the docstring's
+"""Tests of methods/ppo.py against naive Python loops (hypothesis; masks with holes and empty rows), the docstring's
 worked example, and properties of the math: the rewards sum to the score minus the KL penalty, returns are
 advantages plus values, the clipped loss has no gradient where the ratio is clipped on the side of the
 advantage, and RLOO's baseline leaves the sample itself out."""
@@ -10,8 +10,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import ppo
-from config import MAX_KL_COEF
+from methods import ppo
+from plumbing.config import MAX_KL_COEF
 
 SETTINGS = settings(derandomize=True, deadline=None, max_examples=60)
 

@@ -1,5 +1,5 @@
-"""Tests of the reward model (reward_model.py): the Bradley-Terry loss against its formula and at extreme margins,
-where the score is read, the start at log 2, checkpoints that say what they hold, and (slow) a reward model
+"""Tests of the reward model (methods/reward_model.py): the Bradley-Terry loss against its formula and at extreme
+margins, where the score is read, the start at log 2, checkpoints that say what they hold, and (slow) a reward model
 trained on the embedded task's pairs."""
 
 import json
@@ -12,10 +12,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import data
-import reward_model
 import train
-from checkpoint import CheckpointError, load_model, save_checkpoint
+from methods import reward_model
 from model import GPT, GPTConfig
+from plumbing.checkpoint import CheckpointError, load_model, save_checkpoint
 from test_train import tiny_model, write_preferences
 
 

@@ -1,4 +1,4 @@
-"""Tests of the RL stage (rlhf.py): one-line errors before any sampling, the files a run writes, PPO and RLOO
+"""Tests of the RL stage (methods/rlhf.py): one-line errors before any sampling, the files a run writes, PPO and RLOO
 updates that follow the reward, and (slow) PPO-GT on the quick base raising the ground-truth reward."""
 
 import json
@@ -8,12 +8,11 @@ import os
 import pytest
 import torch
 
-import reward_model
-import rlhf
 import sentiment
 import train
-from checkpoint import load_model, save_checkpoint
+from methods import reward_model, rlhf
 from model import GPT, GPTConfig
+from plumbing.checkpoint import load_model, save_checkpoint
 from test_train import tiny_model
 
 
@@ -83,8 +82,8 @@ def test_ppo_and_rloo_updates_raise_the_log_prob_of_well_scored_rollouts(tmp_pat
     """One update on hand-made rollouts: the rollout scored 1 gains probability, the one scored -1 loses it."""
     import dataclasses
 
-    import config
-    from training_run import start_run
+    from plumbing import config
+    from plumbing.run_dir import start_run
 
     policy = tiny_model()
     batch = {"input_ids": torch.tensor([[5, 6, 7, 8], [5, 6, 9, 10]]),

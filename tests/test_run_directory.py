@@ -1,4 +1,4 @@
-"""A run directory holds one run (training_run.claim_directory): another command, model kind, architecture or
+"""A run directory holds one run (run_dir.claim_directory): another command, model kind, architecture or
 tokenizer cannot --resume it, a new run does not overwrite it without --overwrite, a failed start leaves it byte
 for byte as it was, --resume keeps exactly the metrics rows up to the resumed step, and a weight mismatch in any
 checkpoint is one line."""
@@ -10,10 +10,10 @@ import os
 import pytest
 import torch
 
-import reward_model
 import train
-from checkpoint import save_checkpoint
+from methods import reward_model
 from model import GPT, GPTConfig
+from plumbing.checkpoint import save_checkpoint
 from reference import Reference
 from test_train import read_metrics, tiny_model, write_preferences
 

@@ -11,13 +11,13 @@ import pytest
 import torch
 
 import data
+import loop
 import sentiment
-import stages
 import train
-import training
-from checkpoint import load_checkpoint, load_model, save_checkpoint
-from config import ConfigError, TrainConfig, check_config
 from model import GPT, GPTConfig
+from plumbing import commands
+from plumbing.checkpoint import load_checkpoint, load_model, save_checkpoint
+from plumbing.config import ConfigError, TrainConfig, check_config
 from reference import Reference
 
 TINY = dict(tokenizer="bytes", n_layer=1, n_head=2, n_embd=16, block_size=64, max_length=48,
@@ -44,13 +44,13 @@ def encoded_pairs(path, cfg):
 
 
 def train_stage(stage, cfg, model, train_set, heldout_set, reference_model=None, log=lambda *_: None):
-    """training.train as stages.run_stage drives it: the stage's objective (pad id 256, the byte tokenizer's EOS),
+    """loop.train as commands.run_stage drives it: the stage's objective (pad id 256, the byte tokenizer's EOS),
     and for dpo the reference built from `reference_model` (a table with --reference precompute)."""
     reference = None
     if stage == "dpo":
         live = Reference.frozen(reference_model, impl=cfg.impl, fused_linear=cfg.fused_linear)
-        reference = stages.dpo_reference(cfg, live, (train_set, heldout_set), pad_id=256)
-    return training.train(stages.objective(stage, cfg, 256, reference), cfg, model, train_set, heldout_set, log=log)
+        reference = commands.dpo_reference(cfg, live, (train_set, heldout_set), pad_id=256)
+    return loop.train(commands.objective(stage, cfg, 256, reference), cfg, model, train_set, heldout_set, log=log)
 
 
 def read_metrics(out_dir):
@@ -60,20 +60,20 @@ def read_metrics(out_dir):
 
 def test_learning_rate_schedule():
     cfg = TrainConfig(lr=1.0, warmup_steps=10, steps=110, min_lr_ratio=0.1)
-    assert training.learning_rate(cfg, 0) == pytest.approx(0.1)  # linear warm-up from lr/warmup
-    assert training.learning_rate(cfg, 9) == pytest.approx(1.0)
-    assert training.learning_rate(cfg, 10) == pytest.approx(1.0)  # cosine starts at the peak...
-    assert training.learning_rate(cfg, 60) == pytest.approx(0.55)  # ...is halfway at mid-decay...
-    assert training.learning_rate(cfg, 110) == pytest.approx(0.1)  # ...and ends at min_lr_ratio * lr
-    assert training.learning_rate(dataclasses.replace(cfg, schedule="constant"), 80) == 1.0
+    assert loop.learning_rate(cfg, 0) == pytest.approx(0.1)  # linear warm-up from lr/warmup
+    assert loop.learning_rate(cfg, 9) == pytest.approx(1.0)
+    assert loop.learning_rate(cfg, 10) == pytest.approx(1.0)  # cosine starts at the peak...
+    assert loop.learning_rate(cfg, 60) == pytest.approx(0.55)  # ...is halfway at mid-decay...
+    assert loop.learning_rate(cfg, 110) == pytest.approx(0.1)  # ...and ends at min_lr_ratio * lr
+    assert loop.learning_rate(dataclasses.replace(cfg, schedule="constant"), 80) == 1.0
 
 
 def test_example_indices_are_epochs_of_permutations():
-    indices = [i for step in range(6) for i in training.example_indices(10, 5, step, seed=3)]  # 3 epochs
+    indices = [i for step in range(6) for i in loop.example_indices(10, 5, step, seed=3)]  # 3 epochs
     for epoch in range(3):
         assert sorted(indices[10 * epoch:10 * (epoch + 1)]) == list(range(10))
     assert indices[:10] != indices[10:20]  # a fresh order each epoch
-    assert training.example_indices(10, 5, 4, seed=3) == indices[20:25]  # a pure function of (seed, step)
+    assert loop.example_indices(10, 5, 4, seed=3) == indices[20:25]  # a pure function of (seed, step)
 
 
 def test_stages_end_to_end(tmp_path):
@@ -137,7 +137,7 @@ def test_task_commands_write_what_they_say(tmp_path, capsys):
     capsys.readouterr()
     assert train.main(["sample", "--prompt", "The film", "--prompt", "A plot", *common]) == 0
     printed = capsys.readouterr().out
-    completions = stages.sample(TrainConfig(init=pre, max_new_tokens=24, device="cpu"), ["The film", "A plot"],
+    completions = commands.sample(TrainConfig(init=pre, max_new_tokens=24, device="cpu"), ["The film", "A plot"],
                                 log=lambda *_: None)  # the same seed: the same samples
     assert printed == f"The film{completions[0]}\nA plot{completions[1]}\n"
     assert all(0 < len(c.encode()) <= 24 for c in completions)  # byte tokenizer: at most 24 new bytes
@@ -154,13 +154,13 @@ def run_dpo(tmp_path, name, prefs, **overrides):
 @contextlib.contextmanager
 def interrupted_at_step(monkeypatch, crash_step):
     """Run the `with` block's training with a KeyboardInterrupt at the start of step `crash_step` (expected)."""
-    real_step_batches = training.step_batches
+    real_step_batches = loop.step_batches
     def crash(objective, cfg, train_set, step):
         if step == crash_step:
             raise KeyboardInterrupt
         return real_step_batches(objective, cfg, train_set, step)
     with monkeypatch.context() as patch, pytest.raises(KeyboardInterrupt):
-        patch.setattr(training, "step_batches", crash)
+        patch.setattr(loop, "step_batches", crash)
         yield
 
 
@@ -216,7 +216,7 @@ def test_precomputed_and_live_reference_agree(tmp_path):
 def test_non_finite_loss_stops_and_keeps_last_checkpoint(tmp_path, monkeypatch):
     stream = torch.randint(0, 257, (2000,))
     cfg = TrainConfig(out_dir=str(tmp_path / "run"), steps=10, **{**TINY, "save_every": 2})
-    objective, calls = stages.objective("pretrain", cfg, 256), []
+    objective, calls = commands.objective("pretrain", cfg, 256), []
     real_loss = objective.loss
     def loss_becomes_nan(model, batch):
         calls.append(1)
@@ -224,8 +224,8 @@ def test_non_finite_loss_stops_and_keeps_last_checkpoint(tmp_path, monkeypatch):
         return (loss * float("nan") if len(calls) == 5 else loss), values  # the 5th training step (no evals)
     objective = dataclasses.replace(objective, loss=loss_becomes_nan)
     cfg = dataclasses.replace(cfg, eval_every=1000)
-    with pytest.raises(training.NonFiniteLossError, match="step 5.*Last good checkpoint"):
-        training.train(objective, cfg, tiny_model(), stream[:1500], stream[1500:], log=lambda *_: None)
+    with pytest.raises(loop.NonFiniteLossError, match="step 5.*Last good checkpoint"):
+        loop.train(objective, cfg, tiny_model(), stream[:1500], stream[1500:], log=lambda *_: None)
     state = load_checkpoint(cfg.out_dir)
     assert state["step"] == 4
     assert all(torch.isfinite(p).all() for p in state["model"].values())
@@ -321,7 +321,7 @@ def test_early_stopping_keeps_the_best_checkpoint(tmp_path, monkeypatch):
     """Held-out accuracies 0.6, 0.7, 0.5, 0.4 with patience 2: stop at the 4th evaluation, best.pt from the 2nd."""
     prefs = write_preferences(tmp_path / "prefs.jsonl")
     scripted = iter([0.6, 0.7, 0.5, 0.4, 0.9])
-    monkeypatch.setattr(training, "evaluate", lambda *args, **kwargs: {
+    monkeypatch.setattr(loop, "evaluate", lambda *args, **kwargs: {
         "loss": 0.5, "rewards/accuracies": next(scripted)})
     cfg, model = run_dpo(tmp_path, "run", prefs, steps=20, eval_every=2, early_stop_patience=2)
     assert load_checkpoint(str(tmp_path / "run" / "best.pt"))["step"] == 4
@@ -376,7 +376,7 @@ def test_precomputed_reference_is_freed(tmp_path, monkeypatch, mode, freed):
     init = str(tmp_path / "init.pt")
     save_checkpoint(init, tiny_model(), None, 0, None)
     copies, seen = [], []
-    real_reference_model, real_step_batches = stages.reference_model, training.step_batches
+    real_reference_model, real_step_batches = commands.reference_model, loop.step_batches
     def tracked_reference_model(*args):
         live = real_reference_model(*args)
         copies.append(weakref.ref(live.model))
@@ -385,9 +385,9 @@ def test_precomputed_reference_is_freed(tmp_path, monkeypatch, mode, freed):
         gc.collect()
         seen.append(copies[0]() is None)
         return real_step_batches(*args)
-    monkeypatch.setattr(stages, "reference_model", tracked_reference_model)
-    monkeypatch.setattr(training, "step_batches", check_reference_freed)
-    stages.run_stage("dpo", TrainConfig(out_dir=str(tmp_path / "run"), init=init, data=prefs, heldout_fraction=0.2,
+    monkeypatch.setattr(commands, "reference_model", tracked_reference_model)
+    monkeypatch.setattr(loop, "step_batches", check_reference_freed)
+    commands.run_stage("dpo", TrainConfig(out_dir=str(tmp_path / "run"), init=init, data=prefs, heldout_fraction=0.2,
                                         steps=2, lr=3e-3, reference=mode, **TINY), log=lambda *_: None)
     assert seen == [freed, freed]
 
@@ -395,7 +395,7 @@ def test_precomputed_reference_is_freed(tmp_path, monkeypatch, mode, freed):
 def test_sampling_commands_move_models_to_the_device(tmp_path, monkeypatch):
     """pairs, eval and sample put every model they load on --device (they once sampled on the CPU always)."""
     moved = []
-    real_load_model = stages.load_model
+    real_load_model = commands.load_model
     def load_model_spy(path):
         model = real_load_model(path)
         real_to = model.to
@@ -404,13 +404,13 @@ def test_sampling_commands_move_models_to_the_device(tmp_path, monkeypatch):
             return real_to(device, *args, **kwargs)
         model.to = to
         return model
-    monkeypatch.setattr(stages, "load_model", load_model_spy)
+    monkeypatch.setattr(commands, "load_model", load_model_spy)
     save_checkpoint(str(tmp_path / "m" / "ckpt.pt"), tiny_model(vocab_size=257), None, 0, {})
     init = str(tmp_path / "m")
     common = dict(init=init, max_new_tokens=4, num_prompts=2, device="cpu", out_dir=str(tmp_path / "out"))
-    stages.pairs(TrainConfig(**common, min_reward_gap=0, samples_per_prompt=2), log=lambda *_: None)
-    stages.evaluate(TrainConfig(**common, reference_init=init), log=lambda *_: None)
-    stages.sample(TrainConfig(**common), ["The film"], log=lambda *_: None)
+    commands.pairs(TrainConfig(**common, min_reward_gap=0, samples_per_prompt=2), log=lambda *_: None)
+    commands.evaluate(TrainConfig(**common, reference_init=init), log=lambda *_: None)
+    commands.sample(TrainConfig(**common), ["The film"], log=lambda *_: None)
     assert moved == ["cpu"] * 4
 
 
@@ -418,7 +418,7 @@ def test_sampling_commands_move_models_to_the_device(tmp_path, monkeypatch):
 def test_sampling_commands_run_on_cuda(tmp_path):
     save_checkpoint(str(tmp_path / "m" / "ckpt.pt"), tiny_model(vocab_size=257), None, 0, {})
     cfg = TrainConfig(init=str(tmp_path / "m"), max_new_tokens=4, device="cuda")
-    completions = stages.sample(cfg, ["The film"], log=lambda *_: None)
+    completions = commands.sample(cfg, ["The film"], log=lambda *_: None)
     assert len(completions) == 1 and torch.cuda.max_memory_allocated() > 0
 
 
@@ -430,13 +430,13 @@ def test_heldout_data_follows_the_dataset_splits(tmp_path):
     write_preferences(dataset / "test.jsonl", n=5)
     tokenizer = data.get_tokenizer("bytes")
     cfg = TrainConfig(data=str(dataset), max_length=48, max_prompt_length=24)
-    train_pairs, heldout_pairs = stages.preference_splits(cfg, tokenizer, log=lambda *_: None)
+    train_pairs, heldout_pairs = commands.preference_splits(cfg, tokenizer, log=lambda *_: None)
     assert (len(train_pairs), len(heldout_pairs)) == (12, 5)  # the test split, not a slice of the train split
     cfg = dataclasses.replace(cfg, data=f"{dataset}:test", heldout_data=f"{dataset}:train")
-    train_pairs, heldout_pairs = stages.preference_splits(cfg, tokenizer, log=lambda *_: None)
+    train_pairs, heldout_pairs = commands.preference_splits(cfg, tokenizer, log=lambda *_: None)
     assert (len(train_pairs), len(heldout_pairs)) == (5, 12)
     cfg = dataclasses.replace(cfg, data=str(tmp_path / "dataset" / "train.jsonl"), heldout_data="")
-    train_pairs, heldout_pairs = stages.preference_splits(cfg, tokenizer, log=lambda *_: None)
+    train_pairs, heldout_pairs = commands.preference_splits(cfg, tokenizer, log=lambda *_: None)
     assert (len(train_pairs), len(heldout_pairs)) == (11, 1)  # a file: a --heldout-fraction of it
 
 
@@ -450,7 +450,7 @@ def test_dpo_reference_init(tmp_path, capsys):
         save_checkpoint(paths[seed], tiny_model(seed=seed), None, 0, None)
     common = dict(init=paths[0], data=prefs, steps=3, lr=3e-3, heldout_fraction=0.2, **TINY)
     for name, reference_init in (("default", ""), ("same", paths[0]), ("other", paths[1])):
-        stages.run_stage("dpo", TrainConfig(out_dir=str(tmp_path / name), reference_init=reference_init, **common),
+        commands.run_stage("dpo", TrainConfig(out_dir=str(tmp_path / name), reference_init=reference_init, **common),
                          log=lambda *_: None)
     assert read_metrics(tmp_path / "default") == read_metrics(tmp_path / "same")
     assert read_metrics(tmp_path / "default")[0]["loss"] == pytest.approx(math.log(2), abs=1e-6)

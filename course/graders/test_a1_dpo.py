@@ -17,9 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import dpo
-import kto
-import orpo
-import simpo
+from methods import kto, orpo, simpo
 
 SETTINGS = settings(derandomize=True, deadline=None, max_examples=40)
 FIXTURES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "fixtures", "a1_dpo_loss.json")
@@ -166,7 +164,7 @@ def test_bad_hyperparameters_raise(kwargs):
 
 
 # -----------------------------------------------------------------------------
-# Extra credit: DPO's family since the paper (simpo.py, orpo.py, kto.py)
+# Extra credit: DPO's family since the paper (methods/simpo.py, methods/orpo.py, methods/kto.py)
 
 FAMILY_FIXTURES = os.path.join(os.path.dirname(FIXTURES), "a1_family_losses.json")
 

@@ -25,8 +25,8 @@ example's completion), and its use without an SFT stage.
 
 import torch
 
-import data_parallel
 import dpo
+from plumbing import data_parallel
 from tensor_checks import check_coefficient, check_logps, check_positive, math_dtype
 
 

@@ -5,14 +5,14 @@ A checkpoint is one file, `ckpt.pt`, holding everything a run needs to continue 
     model      the GPT's state_dict and its GPTConfig
     optimizer  AdamW's state (moments, step counts)
     step       optimizer steps taken; the learning-rate schedule and the data order are pure functions of
-               the step (see training.py), so they need no state of their own
+               the step (see loop.py), so they need no state of their own
     rng        the torch (CPU and CUDA), numpy and python generator states (dropout, sampling)
     rng_by_rank  data-parallel runs (torchrun): every rank's generator states, in rank order (rank 0's = rng)
     config     the command ("stage") and its resolved training config: --resume checks the command against it
-    extra      what else a method needs to continue (rlhf.py: the value model and its optimizer, the KL
+    extra      what else a method needs to continue (methods/rlhf.py: the value model and its optimizer, the KL
                coefficient); absent when there is nothing
     early_stopping  the best held-out score so far, its step, and the evaluations since it
-                    (training.EarlyStopping as a dict)
+                    (loop.EarlyStopping as a dict)
     kind       what the weights are: "language model" (a GPT), or "reward model" (reward_model.RewardModel)
     lora       LoRA runs only: then "model" holds the adapters alone (lora.lora_state_dict, a few MB), and
                this entry holds their settings (rank, alpha, dropout, targets) and the frozen base they belong
@@ -31,9 +31,9 @@ import tempfile
 import numpy as np
 import torch
 
-import lora
 from data import missing_local_path
 from model import GPT, GPTConfig
+from plumbing import lora
 
 LANGUAGE_MODEL = "language model"  # the kind of a GPT's checkpoint (reward models say reward_model.KIND)
 

@@ -8,7 +8,7 @@ environment; `process_group` joins them (NCCL on CUDA, each rank on cuda:LOCAL_R
 duration of a training command. Without WORLD_SIZE (or with WORLD_SIZE=1) nothing is initialised, this process
 is rank 0 of 1 and every collective here is the identity: a single process runs exactly the code it always ran.
 
-How training.py uses them:
+How loop.py uses them:
   * Examples. Every rank computes the step's example indices, or pre-training windows (a pure function of seed
     and step), and takes a contiguous 1/N of them, rank 0 the first: together, the single-process batch.
   * Gradients. Each rank's loss is already divided by the size of the whole step (its pairs, or its target

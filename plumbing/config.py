@@ -30,15 +30,15 @@ class ConfigError(ValueError):
 # -----------------------------------------------------------------------------
 # The settings: one dataclass field each, with its flag, help line, commands and allowed values
 
-FAMILY_STAGES = ("simpo", "orpo", "kto")  # DPO's family since the paper: simpo.py, orpo.py, kto.py
+FAMILY_STAGES = ("simpo", "orpo", "kto")  # DPO's family since the paper: methods/simpo.py, orpo.py, kto.py
 TRAINING_STAGES = ("pretrain", "sft", "dpo", "unlikelihood", "reward-model") + FAMILY_STAGES
 PAIR_STAGES = ("sft", "dpo", "unlikelihood", "reward-model") + FAMILY_STAGES  # read preference data (--data)
 POLICY_STAGES = ("pretrain", "sft", "dpo", "unlikelihood") + FAMILY_STAGES  # train a language model on data
 LORA_STAGES = ("sft", "dpo") + FAMILY_STAGES  # the stages that can train LoRA adapters instead of all weights
 REFERENCE_STAGES = ("dpo", "kto")  # the stages with a reference model pi_ref
-RL_STAGES = ("ppo", "rloo")  # reinforcement learning on the sentiment task (rlhf.py)
+RL_STAGES = ("ppo", "rloo")  # reinforcement learning on the sentiment task (methods/rlhf.py)
 STAGES = TRAINING_STAGES + RL_STAGES + ("pairs", "eval", "sample")  # "sample", the one that writes nothing, last
-SCHEDULES = ("cosine", "constant")  # the learning rate after warm-up (training.learning_rate)
+SCHEDULES = ("cosine", "constant")  # the learning rate after warm-up (loop.learning_rate)
 DTYPES = ("auto", "float32", "bfloat16", "float16")  # the autocast dtype (resolve_device)
 FRESH_MODEL = "a fresh model (pretrain, sft without --init; ignored with --init)"
 LORA = "LoRA: low-rank adapters on a frozen --init model (used with --lora-rank > 0)"
@@ -121,7 +121,7 @@ class TrainConfig:
     reference: str = option("--reference", "precompute", "precompute: the reference's log-probs once, then the "
                             "reference is freed; live: every step (with LoRA the reference is the policy with its "
                             "adapters off: no copy either way)", REFERENCE_STAGES, choices=REFERENCE_MODES)
-    # LoRA (lora.py)
+    # LoRA (plumbing/lora.py)
     lora_rank: int = option("--lora-rank", 0, "train low-rank adapters of this rank on a frozen --init model "
                             "instead of all weights (LoRA); 0 = full fine-tuning", LORA_STAGES, group=LORA)
     lora_alpha: float = option("--lora-alpha", 16.0, "LoRA's alpha: the update B A is scaled by alpha / rank",
@@ -142,7 +142,7 @@ class TrainConfig:
                                  ("eval",) + REFERENCE_STAGES)
     num_prompts: int = option("--num-prompts", 0, "use the first N of the task's prompts (0 = all)",
                               ("pairs", "eval"))
-    # reinforcement learning (ppo, rloo; rlhf.py, ppo.py)
+    # reinforcement learning (ppo, rloo; methods/rlhf.py, methods/ppo.py)
     reward_model: str = option("--reward-model", "", "the reward model the policy is trained on: a checkpoint of "
                                "`train.py reward-model` (its best.pt)", RL_STAGES, group=RL)
     ground_truth_reward: bool = option("--ground-truth-reward", False, "train on the task's ground-truth reward "

@@ -1,7 +1,7 @@
 """The training loop: one loop for every method (pre-training, SFT, DPO, ...), with held-out evaluation.
 
 A method reaches the loop as an `Objective`: its loss on a batch, what that loss sums over, its metrics, and
-how to batch its examples (`stages.objective` builds them; DPO's loss is `dpo.batch_loss`, the paper's Eq. 7).
+how to batch its examples (`commands.objective` builds them; DPO's loss is `dpo.batch_loss`, the paper's Eq. 7).
 The loop is the same for all:
 
     for step in range(steps):
@@ -13,9 +13,9 @@ The loop is the same for all:
 Gradient accumulation divides each micro-batch's summed loss by the size of the whole step, so the accumulated
 gradient equals the large-batch gradient. The data order, the learning rate and the pre-training windows are
 pure functions of (seed, step), and the checkpoint holds everything else, so `--resume` continues bit for bit.
-The run's bookkeeping (setting up, --resume, metrics.jsonl, early stopping, checkpoints) is training_run.py.
+The run's bookkeeping (setting up, --resume, metrics.jsonl, early stopping, checkpoints) is plumbing/run_dir.py.
 
-Data-parallel (`torchrun`, data_parallel.py): --batch-size stays the whole step; each process takes a
+Data-parallel (`torchrun`, plumbing/data_parallel.py): --batch-size stays the whole step; each process takes a
 contiguous 1/N of the step's examples and divides its loss by the whole step's size, and the gradients are
 summed over the processes before clipping: the single-process update, up to float rounding.
 """
@@ -29,8 +29,8 @@ import torch
 from tqdm.auto import tqdm
 
 import data
-import data_parallel
-from training_run import early_stop, record, save, start_run
+from plumbing import data_parallel
+from plumbing.run_dir import early_stop, record, save, start_run
 
 
 class NonFiniteLossError(RuntimeError):

@@ -51,7 +51,7 @@ Worked example (one rollout of three response tokens, kl_coef = 0.1, score 1, ga
 (tests/test_ppo.py asserts every one of these numbers.)
 
 Left out: PPO's entropy bonus, reward whitening and a reference-free KL estimator other than the sampled
-log-ratio (k1); rollouts and updates are in rlhf.py.
+log-ratio (k1); rollouts and updates are in methods/rlhf.py.
 """
 
 import math

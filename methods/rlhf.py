@@ -1,6 +1,6 @@
 """The reinforcement-learning stage of RLHF (the DPO paper's Eq. 3) on the sentiment task: rollouts sampled from
 the policy, scored by a reward model (or by the ground truth: the paper's PPO-GT oracle), and PPO or RLOO
-updates under a KL penalty toward the reference. The math is in ppo.py; this file is the loop around it:
+updates under a KL penalty toward the reference. The math is in methods/ppo.py; this file is the loop around it:
 
     for iteration in range(--steps):
         prompts  = --batch-size of the task's training prompts (a pure function of seed and iteration)
@@ -12,8 +12,8 @@ updates under a KL penalty toward the reference. The math is in ppo.py; this fil
         log; every --eval-every iterations: held-out reward and KL from samples; every --save-every: a checkpoint
 
 Unlike DPO, every iteration samples from the policy (the most expensive part on a CPU), and PPO holds four
-networks: the policy, the frozen reference, the reward model and the value model (ppo.py says why a separate
-one). The bookkeeping (config.json, metrics.jsonl, checkpoints) is training_run.py's, as for every stage.
+networks: the policy, the frozen reference, the reward model and the value model (methods/ppo.py says why a separate
+one). The bookkeeping (config.json, metrics.jsonl, checkpoints) is plumbing/run_dir.py's, as for every stage.
 --resume continues exactly: the checkpoint holds the value model, its optimizer and the KL coefficient too, and
 the rollouts and minibatch orders are pure functions of (seed, iteration). Left out: LoRA, torchrun.
 """
@@ -25,13 +25,12 @@ import torch
 
 import data
 import logprob_kernels
-import ppo
-import reward_model
 import sentiment
-from checkpoint import CheckpointError
-from config import MAX_KL_COEF
-from training import NonFiniteLossError, example_indices
-from training_run import record, save, start_run
+from loop import NonFiniteLossError, example_indices
+from methods import ppo, reward_model
+from plumbing.checkpoint import CheckpointError
+from plumbing.config import MAX_KL_COEF
+from plumbing.run_dir import record, save, start_run
 
 
 class Rollouts:
@@ -148,7 +147,7 @@ def evaluate(policy, reference, scorer, tokenizer, prompts, cfg):
 
 
 def rl_state(kl_coef, value_model, value_optimizer):
-    """What a checkpoint holds beside the policy (training_run.save's extra): the KL coefficient, and for PPO the
+    """What a checkpoint holds beside the policy (run_dir.save's extra): the KL coefficient, and for PPO the
     value model and its AdamW state."""
     if value_model is None:
         return {"kl_coef": kl_coef}

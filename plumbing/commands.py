@@ -1,15 +1,15 @@
 """The commands' work: each stage builds the model, the data and the objective it needs from a `TrainConfig`,
 then runs.
 
-    run_stage("pretrain" | "sft" | "dpo" | "unlikelihood", cfg)   model + data + objective -> training.train
+    run_stage("pretrain" | "sft" | "dpo" | "unlikelihood", cfg)   model + data + objective -> loop.train
     pairs(cfg)    sample completions of --init on the sentiment task's prompts, write preference pairs
     evaluate(cfg) --init (policy) against --reference-init on held-out prompts: reward, win rate, KL
     sample(cfg, prompts)  one completion of --init per prompt
 
 Each validates its whole configuration first (`config.check_config`) and loads everything it needs before
 it writes anything, so a run that cannot start leaves no files behind. This is the one module that knows every
-training method (`objective`): the loop (training.py) and each method's file know only their own. `train.py` is
-the command line. Under torchrun (data_parallel.py) every process runs run_stage alike; rank 0 alone writes.
+training method (`objective`): the loop (loop.py) and each method's file know only their own. `train.py` is
+the command line. Under torchrun (plumbing/data_parallel.py) every process runs run_stage alike; rank 0 alone writes.
 """
 
 import copy
@@ -22,20 +22,14 @@ import os
 import torch
 
 import data
-import data_parallel
 import dpo
-import kto
-import lora
-import next_token
-import orpo
-import reward_model
-import rlhf
 import sentiment
-import simpo
-import training_run
-import unlikelihood
-from checkpoint import load_model
-from config import (
+from loop import Objective, train
+from methods import kto, next_token, orpo, reward_model, rlhf, simpo, unlikelihood
+from model import GPT, GPTConfig
+from plumbing import data_parallel, lora, run_dir
+from plumbing.checkpoint import load_model
+from plumbing.config import (
     LORA_STAGES,
     REFERENCE_STAGES,
     ConfigError,
@@ -44,9 +38,7 @@ from config import (
     resolve_device,
     resolve_lengths,
 )
-from model import GPT, GPTConfig
 from reference import Reference
-from training import Objective, train
 
 
 def build_model(cfg, tokenizer):
@@ -173,7 +165,7 @@ def add_adapters(model, cfg, log=print):
 
 
 def objective(stage, cfg, pad_id, reference=None):
-    """What training.train optimises for `stage`: the method's collate, its loss on a batch, what that loss sums
+    """What loop.train optimises for `stage`: the method's collate, its loss on a batch, what that loss sums
     over (pairs, or target tokens) and its metrics. `reference`: DPO's pi_ref (reference.Reference)."""
     kernel = dict(impl=cfg.impl, fused_linear=cfg.fused_linear)
     if stage in ("pretrain", "sft"):  # next-token prediction: on windows of text, or on the chosen responses
@@ -257,7 +249,7 @@ def kto_weights(cfg, examples, log=print):
 def run_stage(stage, cfg, log=print):
     """Run one of pretrain / sft / dpo / unlikelihood; returns (model, last held-out metrics).
 
-    Writes OUT_DIR/{config.json, metrics.jsonl, ckpt.pt} (training.train) and OUT_DIR/hf/ (Hugging Face
+    Writes OUT_DIR/{config.json, metrics.jsonl, ckpt.pt} (loop.train) and OUT_DIR/hf/ (Hugging Face
     layout). For dpo the reference is a frozen copy of the --init model (or --reference-init); with
     --lora-rank it is the same network with its adapters off (no copy), ckpt.pt holds the adapters and hf/
     the merged model. In a process group (torchrun) each process trains its share; rank 0 writes and logs."""
@@ -291,7 +283,7 @@ def run_stage(stage, cfg, log=print):
         f"vocab {model.config.vocab_size}, block {model.config.block_size}, rows of {cfg.max_length} tokens")
     if stage == "reward-model":
         model = reward_model.RewardModel(model)
-    training_run.claim_directory(stage, cfg, model, log=lambda *_: None, mmap=True)  # before the reference's work
+    run_dir.claim_directory(stage, cfg, model, log=lambda *_: None, mmap=True)  # before the reference's work
     pad_id, reference = tokenizer.eot_token, None
     if stage in REFERENCE_STAGES:  # precomputed, a frozen copy lives only while its table is computed
         reference = dpo_reference(cfg, reference_model(cfg, model, use_lora), (train_set, heldout_set), pad_id,
@@ -313,7 +305,7 @@ def run_stage(stage, cfg, log=print):
 
 
 def run_rl(stage, cfg, log=print):
-    """PPO or RLOO of --init on the sentiment task's training prompts (rlhf.py); returns (policy, the last
+    """PPO or RLOO of --init on the sentiment task's training prompts (methods/rlhf.py); returns (policy, the last
     held-out metrics). The reward is --reward-model's score, or the ground truth with --ground-truth-reward.
     Everything is checked and loaded before any sampling. Writes what run_stage writes, hf/ included."""
     check_config(stage, cfg)

@@ -6,7 +6,7 @@ the Bradley-Terry model (Eq. 1):
     p(y_w > y_l | x) = sigma(r(x, y_w) - r(x, y_l))
     L_R(r_phi) = -E_(x, y_w, y_l) [ log sigma(r_phi(x, y_w) - r_phi(x, y_l)) ]                   (Eq. 2)
 
-then maximises that reward with reinforcement learning under a KL penalty (Eq. 3; ppo.py). DPO fits the same
+then maximises that reward with reinforcement learning under a KL penalty (Eq. 3; methods/ppo.py). DPO fits the same
 Bradley-Terry likelihood with the implicit reward beta log pi/pi_ref instead, and needs neither this model nor
 the reinforcement learning.
 
@@ -25,8 +25,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import data
-from checkpoint import LANGUAGE_MODEL, CheckpointError, load_checkpoint
 from model import GPT, GPTConfig
+from plumbing.checkpoint import LANGUAGE_MODEL, CheckpointError, load_checkpoint
 from tensor_checks import check_logps
 
 KIND = "reward model"  # what a checkpoint of this module says it holds (checkpoint.save_checkpoint)
@@ -64,7 +64,7 @@ class RewardModel(nn.Module):
 
 def token_values(model: "RewardModel", input_ids: torch.Tensor) -> torch.Tensor:
     """The head read at every position: (N, T) float32 for input_ids (N, T) int64. PPO's value model is a
-    RewardModel used this way (ppo.py): V(s_t) estimates the return from position t on."""
+    RewardModel used this way (methods/ppo.py): V(s_t) estimates the return from position t on."""
     return model.head(model.trunk.hidden_states(input_ids)).squeeze(-1).float()  # (N, T)
 
 

@@ -1,4 +1,4 @@
-"""A training run's state and files: the bookkeeping around training.py's loop.
+"""A training run's state and files: the bookkeeping around loop.py's loop.
 
     claim_directory  before anything is written: OUT_DIR may hold this run (a new run, --overwrite, or --resume of
                  the same command, kind of model, architecture and tokenizer); returns the checkpoint to resume
@@ -14,8 +14,8 @@ so a run killed at any moment (SIGKILL, an out-of-memory kill, Ctrl-C) resumes w
 last checkpoint left it, and ends as the uninterrupted run would (tests/test_kill_resume.py). A run killed before
 its first checkpoint starts again from step 0 on --resume.
 
-Under torchrun (data_parallel.py) rank 0 alone writes; every rank keeps the same state, since every rank computes
-the same metrics from the same gathered values, and the checkpoint holds every rank's generator states.
+Under torchrun (plumbing/data_parallel.py) rank 0 alone writes; every rank keeps the same state, since every rank
+computes the same metrics from the same gathered values, and the checkpoint holds every rank's generator states.
 """
 
 import dataclasses
@@ -28,9 +28,8 @@ from collections.abc import Callable
 
 import torch
 
-import data_parallel
-import lora
-from checkpoint import (
+from plumbing import data_parallel, lora
+from plumbing.checkpoint import (
     LANGUAGE_MODEL,
     CheckpointError,
     describe_lora_base,
@@ -40,7 +39,7 @@ from checkpoint import (
     save_checkpoint,
     seed_generators,
 )
-from config import ConfigError, check_values, resolve_device
+from plumbing.config import ConfigError, check_values, resolve_device
 
 
 @dataclasses.dataclass
@@ -317,7 +316,7 @@ def early_stop(run, eval_row, log):
 
 def save(run, extra=None):
     """ckpt.pt (to resume; every rank's generator states), and step_NNNNNN.pt with --keep-checkpoints.
-    extra: what else the method needs to resume (rlhf.py: the value model, the KL coefficient), a dict."""
+    extra: what else the method needs to resume (methods/rlhf.py: the value model, the KL coefficient), a dict."""
     run.saved_step = run.step
     rng_by_rank = data_parallel.gather_objects(rng_state())  # --resume gives each process its own back
     if not data_parallel.is_main():
