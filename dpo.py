@@ -1,5 +1,5 @@
-"""The DPO loss family (with RPO's NLL term), the implicit rewards, the concatenated forward, and DPO's loss on
-a batch.
+"""The DPO loss family (with RPO's NLL term), the implicit rewards, the concatenated forward, DPO's loss on a
+batch, and DPO's objective: what the training loop (loop.py) trains for.
 
 Paper: Rafailov et al. 2023, "Direct Preference Optimization: Your Language Model is Secretly a Reward
 Model" (arXiv 2305.18290). This module implements its Eq. 7:
@@ -58,11 +58,15 @@ Left out: the reduction over the batch (dpo_loss returns per-pair losses; the tr
 later variants that change more than the function of h (SimPO, ORPO, KTO: files of their own).
 """
 
+import dataclasses
+import functools
+from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 
+import data
 import logprob_kernels
 from tensor_checks import check_coefficient, check_lengths, check_logps, check_positive
 
@@ -228,17 +232,9 @@ def concatenated_logps(model: torch.nn.Module, batch: dict, *, impl: str = "auto
     layers (none in GPT-2) would see both halves together, as in the authors' code. Because the labels
     are already shifted, logits[:, t] scores labels[:, t] as they are: no slicing, no copy.
     """
-    for key in ("input_ids", "labels", "mask"):
-        if key not in batch:
-            raise KeyError(f"batch is missing {key!r}; expected the dict of data.dpo_collate")
-    input_ids, labels, mask = batch["input_ids"], batch["labels"], batch["mask"]
-    if input_ids.dim() != 2 or input_ids.shape[0] % 2 != 0:
-        raise ValueError(f"batch['input_ids'] must be (2B, T) with chosen rows then rejected rows, "
-                         f"got {tuple(input_ids.shape)}")
-    for key in ("labels", "mask"):
-        if batch[key].shape != input_ids.shape:
-            raise ValueError(f"batch[{key!r}] has shape {tuple(batch[key].shape)} "
-                             f"but batch['input_ids'] has {tuple(input_ids.shape)}")
+    input_ids, labels, mask = batch["input_ids"], batch["labels"], batch["mask"]  # (2B, T) each
+    if input_ids.dim() != 2 or input_ids.shape[0] % 2:  # labels and mask: checked by logprob_kernels
+        raise ValueError(f"batch['input_ids'] must be (2B, T), chosen rows then rejected rows: {input_ids.shape}")
     B = input_ids.shape[0] // 2
 
     logps = sequence_logps(model, input_ids, labels, mask, impl=impl, fused_linear=fused_linear)  # (2B,) fp32
@@ -264,8 +260,8 @@ def batch_loss(model, batch: dict, reference, *, beta: float, loss_type: str = "
     ref_chosen, ref_rejected = reference.logps(batch)  # (B,) each, constants of the loss
     if loss_type == "ipo":  # IPO is defined on length-normalised log-probs (per-token means); so are its
         # rewards/* and logps/* metrics here, where TRL logs beta * summed log-ratios for the same loss
-        pi_chosen, ref_chosen = pi_chosen / policy.chosen_tokens, ref_chosen / policy.chosen_tokens
-        pi_rejected, ref_rejected = pi_rejected / policy.rejected_tokens, ref_rejected / policy.rejected_tokens
+        pi_chosen, pi_rejected = policy.mean_per_token()  # (B,) each
+        ref_chosen, ref_rejected = ref_chosen / policy.chosen_tokens, ref_rejected / policy.rejected_tokens
         chosen_lengths = torch.ones_like(pi_chosen)  # RPO's NLL: pi_chosen already is a per-token mean
     losses, chosen_rewards, rejected_rewards = dpo_loss(
         pi_chosen, pi_rejected, ref_chosen, ref_rejected, beta=beta, loss_type=loss_type,
@@ -273,6 +269,40 @@ def batch_loss(model, batch: dict, reference, *, beta: float, loss_type: str = "
     values = dict(losses=losses.detach(), chosen_rewards=chosen_rewards, rejected_rewards=rejected_rewards,
                   policy_chosen_logps=pi_chosen.detach(), policy_rejected_logps=pi_rejected.detach())  # (B,) each
     return losses.sum(), values
+
+
+# -----------------------------------------------------------------------------
+# What the training loop trains for
+
+@dataclasses.dataclass
+class Objective:
+    """What the training loop (loop.train) trains for: a method's loss on a batch, what that loss sums over, its
+    metrics and how to batch its examples. DPO's is `objective` below; each other method builds its own
+    (methods/)."""
+
+    name: str  # the command: "dpo", "sft", ... (written to config.json as "stage")
+    loss: Callable  # (model, batch) -> (loss summed over the batch: scalar tensor, {name: (b,) values per example})
+    size: Callable  # batch -> int: how many units (pairs, or target tokens) the batch's loss sums over
+    metrics: Callable = lambda values: {}  # {name: (n,) tensor} -> {name: float}: what a step or evaluation logs
+    collate: Callable | None = None  # a list of examples -> batch; None: windows of a token stream (pre-training)
+
+
+def pairs_in(batch: dict) -> int:
+    """How many pairs a data.dpo_collate batch holds (two rows each): what a pair method's loss sums over."""
+    return batch["input_ids"].shape[0] // 2
+
+
+def objective(reference, *, beta: float, loss_type: str = "sigmoid", label_smoothing: float = 0.0,
+              rpo_alpha: float = 0.0, pad_id: int, impl: str = "auto", fused_linear: bool = False) -> Objective:
+    """DPO as the loop trains it: batch_loss against `reference` (reference.Reference: pi_ref's log-probs) on
+    data.dpo_collate batches padded with `pad_id`, summed over pairs (the loop divides by the pairs of a step:
+    Eq. 7's mean), logging dpo_metrics. beta, loss_type, label_smoothing, rpo_alpha: as in dpo_loss; impl,
+    fused_linear: as in sequence_logps."""
+    loss = functools.partial(batch_loss, reference=reference, beta=beta, loss_type=loss_type,
+                             label_smoothing=label_smoothing, rpo_alpha=rpo_alpha, impl=impl,
+                             fused_linear=fused_linear)
+    return Objective("dpo", loss, pairs_in, lambda values: dpo_metrics(**values),
+                     functools.partial(data.dpo_collate, pad_id=pad_id))
 
 
 def _check_dpo_arguments(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps,

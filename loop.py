@@ -1,7 +1,7 @@
 """The training loop: one loop for every method (pre-training, SFT, DPO, ...), with held-out evaluation.
 
-A method reaches the loop as an `Objective`: its loss on a batch, what that loss sums over, its metrics, and
-how to batch its examples (`commands.objective` builds them; DPO's loss is `dpo.batch_loss`, the paper's Eq. 7).
+A method reaches the loop as a `dpo.Objective`: its loss on a batch, what that loss sums over, its metrics, and
+how to batch its examples (DPO's is `dpo.objective`, the paper's Eq. 7; each other method's is in methods/).
 The loop is the same for all:
 
     for step in range(steps):
@@ -20,10 +20,8 @@ contiguous 1/N of the step's examples and divides its loss by the whole step's s
 summed over the processes before clipping: the single-process update, up to float rounding.
 """
 
-import dataclasses
 import math
 import os
-from collections.abc import Callable
 
 import torch
 from tqdm.auto import tqdm
@@ -35,17 +33,6 @@ from plumbing.run_dir import early_stop, record, save, start_run
 
 class NonFiniteLossError(RuntimeError):
     """Training produced a NaN/inf loss or gradient; the last good checkpoint was left untouched."""
-
-
-@dataclasses.dataclass
-class Objective:
-    """What the loop trains for: a method's loss on a batch, what that loss is summed over, and its metrics."""
-
-    name: str  # the command: "pretrain", "sft", "dpo", "unlikelihood" (written to config.json as "stage")
-    loss: Callable  # (model, batch) -> (loss summed over the batch: scalar tensor, {name: (b,) values per example})
-    size: Callable  # batch -> int: how many units (pairs, or target tokens) the batch's loss sums over
-    metrics: Callable = lambda values: {}  # {name: (n,) tensor} -> {name: float}: what a step or evaluation logs
-    collate: Callable | None = None  # a list of examples -> batch; None: windows of a token stream (pre-training)
 
 
 def train(objective, cfg, model, train_set, heldout_set, *, log=print):

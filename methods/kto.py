@@ -23,8 +23,11 @@ Left out: KTO's sampling of the KL completions from a separate shuffled dataset 
 example's completion), and its use without an SFT stage.
 """
 
+import functools
+
 import torch
 
+import data
 import dpo
 from plumbing import data_parallel
 from tensor_checks import check_coefficient, check_logps, check_positive, math_dtype
@@ -111,3 +114,17 @@ def metrics(values: dict) -> dict[str, float]:
             "rewards/margins": chosen - rejected if chosen is not None and rejected is not None else None,
             "logps/desirable": mean(values["policy_logps"][desirable]),
             "logps/undesirable": mean(values["policy_logps"][~desirable])}
+
+
+def examples_in(batch: dict) -> int:
+    """How many examples a data.kto_collate batch holds (its mismatched rows aside): what KTO's loss sums over."""
+    return batch["desirable"].shape[0]
+
+
+def objective(reference, *, beta: float, desirable_weight: float, undesirable_weight: float, pad_id: int,
+              impl: str = "auto", fused_linear: bool = False) -> dpo.Objective:
+    """KTO as the loop trains it: batch_loss against `reference` on data.kto_collate batches (padded with
+    `pad_id`), summed over examples, logging `metrics`."""
+    loss = functools.partial(batch_loss, reference=reference, beta=beta, desirable_weight=desirable_weight,
+                             undesirable_weight=undesirable_weight, impl=impl, fused_linear=fused_linear)
+    return dpo.Objective("kto", loss, examples_in, metrics, functools.partial(data.kto_collate, pad_id=pad_id))

@@ -8,8 +8,11 @@ reference pi_ref. The loss is summed here and divided by the step's target token
 gradient accumulation gives the large-batch gradient.
 """
 
+import functools
+
 import torch
 
+import data
 import dpo
 
 
@@ -25,3 +28,11 @@ def batch_loss(model, batch: dict, *, impl: str = "auto", fused_linear: bool = F
 def target_tokens(batch: dict) -> int:
     """How many tokens the batch's loss sums over: what a step's loss is averaged over."""
     return int(batch["mask"].sum())
+
+
+def objective(command: str, *, pad_id: int, impl: str = "auto", fused_linear: bool = False) -> dpo.Objective:
+    """Next-token prediction as the loop trains it: "pretrain" on windows of a token stream (no collate), "sft"
+    on data.sft_collate batches of prompt + chosen padded with `pad_id`; averaged over the step's target tokens."""
+    collate = functools.partial(data.sft_collate, pad_id=pad_id) if command == "sft" else None
+    return dpo.Objective(command, functools.partial(batch_loss, impl=impl, fused_linear=fused_linear), target_tokens,
+                         collate=collate)

@@ -20,11 +20,13 @@ Left out: ORPO's recommendation to train on the base model's instruction data (t
 same base as every method).
 """
 
+import functools
 import math
 
 import torch
 import torch.nn.functional as F
 
+import data
 import dpo
 from tensor_checks import check_lengths, check_logps, check_positive, math_dtype
 
@@ -78,3 +80,11 @@ def batch_loss(model, batch: dict, *, beta: float, impl: str = "auto",
                   policy_chosen_logps=(policy.chosen / policy.chosen_tokens).detach(),  # per-token means, as TRL
                   policy_rejected_logps=(policy.rejected / policy.rejected_tokens).detach())  # logs them here
     return losses.sum(), values
+
+
+def objective(*, beta: float, pad_id: int, impl: str = "auto", fused_linear: bool = False) -> dpo.Objective:
+    """ORPO as the loop trains it: batch_loss on data.dpo_collate batches (padded with `pad_id`), summed over
+    pairs, logging dpo.dpo_metrics; no reference."""
+    loss = functools.partial(batch_loss, beta=beta, impl=impl, fused_linear=fused_linear)
+    return dpo.Objective("orpo", loss, dpo.pairs_in, lambda values: dpo.dpo_metrics(**values),
+                         functools.partial(data.dpo_collate, pad_id=pad_id))

@@ -20,11 +20,14 @@ d loss / d r_w = -sigma(-1) = -0.2689414 (tests/test_reward_model.py asserts bot
 Left out: a Hugging Face export of the reward model (its checkpoint is ours), ensembles, margins in the loss.
 """
 
+import functools
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 import data
+import dpo
 from model import GPT, GPTConfig
 from plumbing.checkpoint import LANGUAGE_MODEL, CheckpointError, load_checkpoint
 from tensor_checks import check_logps
@@ -131,3 +134,10 @@ def load_reward_model(path, map_location="cpu"):
         raise CheckpointError(f"{path}: weights do not match the stored model config: "
                               f"{' '.join(str(e).split())[:300]}") from None
     return model
+
+
+def objective(*, pad_id: int) -> dpo.Objective:
+    """The reward model as the loop trains it: batch_loss (Eq. 2) on data.dpo_collate batches (padded with
+    `pad_id`), summed over pairs, logging `metrics`."""
+    return dpo.Objective("reward-model", batch_loss, dpo.pairs_in, metrics,
+                         functools.partial(data.dpo_collate, pad_id=pad_id))

@@ -17,9 +17,12 @@ Worked example (beta = 2, gamma = 1): chosen log-prob -10 over 5 tokens, rejecte
 Left out: SimPO's recommended learning-rate search (the frontier sweeps beta at gamma / beta fixed).
 """
 
+import functools
+
 import torch
 import torch.nn.functional as F
 
+import data
 import dpo
 from tensor_checks import check_coefficient, check_lengths, check_logps, check_positive, math_dtype
 
@@ -61,3 +64,12 @@ def batch_loss(model, batch: dict, *, beta: float, gamma: float, impl: str = "au
                   policy_chosen_logps=(policy.chosen / policy.chosen_tokens).detach(),  # per-token means, as TRL
                   policy_rejected_logps=(policy.rejected / policy.rejected_tokens).detach())  # logs them here
     return losses.sum(), values
+
+
+def objective(*, beta: float, gamma: float, pad_id: int, impl: str = "auto",
+              fused_linear: bool = False) -> dpo.Objective:
+    """SimPO as the loop trains it: batch_loss on data.dpo_collate batches (padded with `pad_id`), summed over
+    pairs, logging dpo.dpo_metrics; no reference."""
+    loss = functools.partial(batch_loss, beta=beta, gamma=gamma, impl=impl, fused_linear=fused_linear)
+    return dpo.Objective("simpo", loss, dpo.pairs_in, lambda values: dpo.dpo_metrics(**values),
+                         functools.partial(data.dpo_collate, pad_id=pad_id))

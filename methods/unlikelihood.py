@@ -7,10 +7,13 @@ It trains from the command line as `train.py unlikelihood`, on the same pairs as
 paper's Appendix C.3): see unlikelihood_loss.
 """
 
+import functools
 import math
 
 import torch
 
+import data
+import dpo
 import logprob_kernels
 from tensor_checks import check_coefficient, check_lengths, check_logps
 
@@ -120,3 +123,10 @@ def _check_unlikelihood_arguments(chosen_logps, chosen_lengths, rejected_token_l
     if not bool((rejected_lengths > 0).all()):
         raise ValueError(f"every row of rejected_mask needs a True (a rejected token); rows "
                          f"{(rejected_lengths == 0).nonzero().flatten().tolist()} have none")
+
+
+def objective(*, alpha: float, pad_id: int, impl: str = "auto") -> dpo.Objective:
+    """Unlikelihood as the loop trains it: batch_loss on data.dpo_collate batches (padded with `pad_id`),
+    summed over pairs, logging `metrics`."""
+    return dpo.Objective("unlikelihood", functools.partial(batch_loss, alpha=alpha, impl=impl), dpo.pairs_in,
+                         metrics, functools.partial(data.dpo_collate, pad_id=pad_id))

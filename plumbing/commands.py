@@ -24,7 +24,7 @@ import torch
 import data
 import dpo
 import sentiment
-from loop import Objective, train
+from loop import train
 from methods import kto, next_token, orpo, reward_model, rlhf, simpo, unlikelihood
 from model import GPT, GPTConfig
 from plumbing import data_parallel, lora, run_dir
@@ -165,39 +165,24 @@ def add_adapters(model, cfg, log=print):
 
 
 def objective(stage, cfg, pad_id, reference=None):
-    """What loop.train optimises for `stage`: the method's collate, its loss on a batch, what that loss sums
-    over (pairs, or target tokens) and its metrics. `reference`: DPO's pi_ref (reference.Reference)."""
-    kernel = dict(impl=cfg.impl, fused_linear=cfg.fused_linear)
-    if stage in ("pretrain", "sft"):  # next-token prediction: on windows of text, or on the chosen responses
-        collate = functools.partial(data.sft_collate, pad_id=pad_id) if stage == "sft" else None
-        return Objective(stage, functools.partial(next_token.batch_loss, **kernel), next_token.target_tokens,
-                         collate=collate)
-    collate = functools.partial(data.dpo_collate, pad_id=pad_id)
+    """What loop.train optimises for command `stage`, built by the method's own file from the settings:
+    dpo.objective, or methods/*.objective. `reference`: pi_ref (reference.Reference) for dpo and kto."""
+    kernel = dict(pad_id=pad_id, impl=cfg.impl)
+    if stage in ("pretrain", "sft"):
+        return next_token.objective(stage, fused_linear=cfg.fused_linear, **kernel)
     if stage == "dpo":
-        loss = functools.partial(dpo.batch_loss, reference=reference, beta=cfg.beta, loss_type=cfg.loss,
-                                 label_smoothing=cfg.label_smoothing, rpo_alpha=cfg.rpo_alpha, **kernel)
-        return Objective(stage, loss, pairs_in, lambda values: dpo.dpo_metrics(**values), collate)
-    if stage == "reward-model":
-        return Objective(stage, reward_model.batch_loss, pairs_in, reward_model.metrics, collate)
+        return dpo.objective(reference, beta=cfg.beta, loss_type=cfg.loss, label_smoothing=cfg.label_smoothing,
+                             rpo_alpha=cfg.rpo_alpha, fused_linear=cfg.fused_linear, **kernel)
     if stage == "simpo":
-        loss = functools.partial(simpo.batch_loss, beta=cfg.beta, gamma=cfg.simpo_gamma, **kernel)
-        return Objective(stage, loss, pairs_in, lambda values: dpo.dpo_metrics(**values), collate)
+        return simpo.objective(beta=cfg.beta, gamma=cfg.simpo_gamma, fused_linear=cfg.fused_linear, **kernel)
     if stage == "orpo":
-        loss = functools.partial(orpo.batch_loss, beta=cfg.beta, **kernel)
-        return Objective(stage, loss, pairs_in, lambda values: dpo.dpo_metrics(**values), collate)
+        return orpo.objective(beta=cfg.beta, fused_linear=cfg.fused_linear, **kernel)
     if stage == "kto":
-        loss = functools.partial(kto.batch_loss, reference=reference, beta=cfg.beta,
-                                 desirable_weight=cfg.desirable_weight, undesirable_weight=cfg.undesirable_weight,
-                                 **kernel)
-        return Objective(stage, loss, lambda batch: batch["desirable"].shape[0], kto.metrics,
-                         functools.partial(data.kto_collate, pad_id=pad_id))
-    loss = functools.partial(unlikelihood.batch_loss, alpha=cfg.unlikelihood_alpha, impl=cfg.impl)
-    return Objective(stage, loss, pairs_in, unlikelihood.metrics, collate)
-
-
-def pairs_in(batch):
-    """How many pairs a data.dpo_collate batch holds (two rows each): what a pair method's loss sums over."""
-    return batch["input_ids"].shape[0] // 2
+        return kto.objective(reference, beta=cfg.beta, desirable_weight=cfg.desirable_weight,
+                             undesirable_weight=cfg.undesirable_weight, fused_linear=cfg.fused_linear, **kernel)
+    if stage == "reward-model":
+        return reward_model.objective(pad_id=pad_id)
+    return unlikelihood.objective(alpha=cfg.unlikelihood_alpha, **kernel)
 
 
 def reference_model(cfg, policy, use_lora):

@@ -623,7 +623,7 @@ def test_concatenated_logps_rejects_malformed_batches():
         dpo.concatenated_logps(model, {k: v for k, v in batch.items() if k != "mask"})
     with pytest.raises(ValueError, match="chosen rows then rejected rows"):
         dpo.concatenated_logps(model, {k: v[:1] for k, v in batch.items()})
-    with pytest.raises(ValueError, match=r"batch\['labels'\] has shape"):
+    with pytest.raises(ValueError, match=r"labels must have shape \(B, T\)"):
         dpo.concatenated_logps(model, {**batch, "labels": batch["labels"][:, :-1]})
 
 
