@@ -123,7 +123,8 @@ def build_parser():
                          help="show the traceback of an error")
     for name, module, summary in (("demo", demo, "the embedded sentiment experiment, end to end (the default)"),
                                   ("frontier", frontier, "the reward-KL frontier (paper Figure 2, left)"),
-                                  ("study", study, "a single-GPU user's questions in miniature (seed 004)")):
+                                  ("study", study, "a single-GPU user's questions in miniature "
+                                   "(after the BTLM-Chat DPO study, Cerebras, 2023)")):
         sub = commands.add_parser(name, help=summary, description=module.__doc__.split("\n\n")[0])
         sub.add_argument("--quick", action="store_true", help="a tiny configuration that runs in about a minute")
         sub.add_argument("--out-dir", default=f"out/{name}", help=f"where it writes (default: out/{name})")

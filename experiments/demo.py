@@ -29,7 +29,7 @@ from plumbing import commands
 from plumbing.config import check_values, stage_config
 
 # DPO's settings, on top of the base's (base.FULL / base.QUICK).
-# One epoch: 16 steps of 32 pairs cover the ~500 training pairs once (README: what each lever did).
+# One epoch: 16 steps of 32 pairs cover the ~500 training pairs once (docs/experiment.md: what each lever did).
 DPO_FULL = dict(beta=0.1, lr=2e-4, steps=16, batch_size=32, warmup_steps=5, samples_per_prompt=2)
 DPO_QUICK = dict(DPO_FULL, steps=8)
 

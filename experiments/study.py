@@ -1,5 +1,5 @@
-"""The questions of a single-GPU DPO user, answered in miniature on the embedded sentiment task (after seed 004,
-Cerebras' BTLM-DPO study).
+"""The questions of a single-GPU DPO user, answered in miniature on the embedded sentiment task (after the
+BTLM-Chat DPO study, Cerebras, 2023).
 
     python train.py study [--quick] [--out-dir out/study]
 
@@ -15,10 +15,11 @@ rate against the reference's samples of the same prompt and index (a binomial 95
 (b) fp32 against bf16 autocast (on a CPU too): the same run under torch.autocast(bfloat16).
 (c) beta against forgetting: DPO for 3 epochs at several beta; forgetting = the rise of the next-token loss on
     the held-out part of the pre-training corpus (the split pre-training never saw), paired over the same 256
-    windows for the policy and the base (mean difference, 95% interval). Seed 004: larger beta, less forgetting.
+    windows for the policy and the base (mean difference, 95% interval). The BTLM-Chat DPO study: larger beta,
+    less forgetting.
 (d) Early stopping: one run of 6 epochs with a checkpoint every 4 steps; at each, the held-out implicit-reward
-    accuracy and DPO loss (metrics.jsonl) beside the sampled win rate. Do their peaks coincide (seed 004,
-    Figures 3-4)?
+    accuracy and DPO loss (metrics.jsonl) beside the sampled win rate. Do their peaks coincide (the
+    BTLM-Chat DPO study, Figures 3-4)?
 (e) The base's quality: the same DPO from a base pre-trained 5x fewer steps (with its own pairs, sampled from
     it, as the pipeline would make them).
 (f) Self-labelling (the paper's open question): pairs sampled from the round-1 policy (the run of (a)) and
@@ -349,7 +350,7 @@ def run_seeds(out_dir="out/study", quick=False, seeds=(), log=print):
 
 
 def seed_claims(result):
-    """What the README's claims of a study result rest on, in numbers (one training seed)."""
+    """What the claims of docs/study.md about a study result rest on, in numbers (one training seed)."""
     lora = {row["name"]: row for row in result["a_lora"]}
     along = result["d_early_stopping"]["rows"]  # the full run's checkpoints: its reward-KL curve
     claims = {}

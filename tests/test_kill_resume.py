@@ -2,8 +2,8 @@
 moments (and as a checkpoint is being written), resumed with --resume each time, and end with the weights,
 AdamW state, generator states, metrics.jsonl and hf/ of the same run done in one go.
 
-What this checks is the guarantee the README states: every file of a run is replaced atomically or appended to,
---resume continues from the last checkpoint and drops the metrics rows written after it (a row cut short
+What this checks is the guarantee docs/tutorial.md states: every file of a run is replaced atomically or appended
+to, --resume continues from the last checkpoint and drops the metrics rows written after it (a row cut short
 included), and a run killed before its first checkpoint starts again from step 0.
 """
 
