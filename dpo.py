@@ -18,7 +18,7 @@ Where it comes from, in four steps:
      a binary cross-entropy with label 1 on the score beta * h, where
          h = (log pi(y_w) - log pi(y_l)) - (log pi_ref(y_w) - log pi_ref(y_l)).
      In code (names as in the authors' trainers.py): pi_logratios = chosen - rejected under the policy,
-     ref_logratios = the same under the reference, and logits = pi_logratios - ref_logratios = h.
+     ref_logratios = the same under the reference, and h = pi_logratios - ref_logratios (their `logits`).
 
 The gradient (section 4, "What does the DPO update do?") is
     grad L = -beta * E[ sigma(r_hat(y_l) - r_hat(y_w)) * (grad log pi(y_w) - grad log pi(y_l)) ],
@@ -74,16 +74,16 @@ LOSS_TYPES = ("sigmoid", "ipo", "hinge", "robust")
 SMOOTHED_LOSS_TYPES = ("sigmoid", "robust")  # the variants that model label noise (label_smoothing)
 
 
-def _losses_from_logits(logits: torch.Tensor, beta: float, loss_type: str, eps: float) -> torch.Tensor:
-    """Per-pair loss as a function of h = logits (B,) float32. No argument checks: dpo_loss does them."""
+def _losses_from_margin(h: torch.Tensor, beta: float, loss_type: str, eps: float) -> torch.Tensor:
+    """Per-pair loss as a function of the margin h (B,) float32. No argument checks: dpo_loss does them."""
     if loss_type == "sigmoid":  # Eq. 7; with eps > 0, cDPO
-        return -(1 - eps) * F.logsigmoid(beta * logits) - eps * F.logsigmoid(-beta * logits)
+        return -(1 - eps) * F.logsigmoid(beta * h) - eps * F.logsigmoid(-beta * h)
     if loss_type == "ipo":  # regress h onto 1/(2 beta)
-        return (logits - 1 / (2 * beta)) ** 2
+        return (h - 1 / (2 * beta)) ** 2
     if loss_type == "hinge":  # SLiC
-        return torch.relu(1 - beta * logits)
+        return torch.relu(1 - beta * h)
     if loss_type == "robust":  # unbiased under label flips with probability eps
-        return (-(1 - eps) * F.logsigmoid(beta * logits) + eps * F.logsigmoid(-beta * logits)) / (1 - 2 * eps)
+        return (-(1 - eps) * F.logsigmoid(beta * h) + eps * F.logsigmoid(-beta * h)) / (1 - 2 * eps)
     raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got {loss_type!r}")
 
 
@@ -128,8 +128,8 @@ def dpo_loss(
 
     pi_logratios = pc - pr  # (B,) log pi(y_w)/pi(y_l)
     ref_logratios = rc - rr  # (B,) log pi_ref(y_w)/pi_ref(y_l)
-    logits = pi_logratios - ref_logratios  # (B,) h; beta * h is the Bradley-Terry score of Eq. 6-7
-    losses = _losses_from_logits(logits, beta, loss_type, label_smoothing)  # (B,)
+    h = pi_logratios - ref_logratios  # (B,) the margin; beta * h is the Bradley-Terry score of Eq. 6-7
+    losses = _losses_from_margin(h, beta, loss_type, label_smoothing)  # (B,)
     if rpo_alpha != 0:  # RPO: + alpha * per-token NLL of y_w
         losses = losses + rpo_alpha * (-pc / chosen_lengths.float())  # (B,)
 
@@ -266,9 +266,9 @@ def batch_loss(model, batch: dict, reference, *, beta: float, loss_type: str = "
     losses, chosen_rewards, rejected_rewards = dpo_loss(
         pi_chosen, pi_rejected, ref_chosen, ref_rejected, beta=beta, loss_type=loss_type,
         label_smoothing=label_smoothing, rpo_alpha=rpo_alpha, chosen_lengths=chosen_lengths)
-    values = dict(losses=losses.detach(), chosen_rewards=chosen_rewards, rejected_rewards=rejected_rewards,
+    per_example = dict(losses=losses.detach(), chosen_rewards=chosen_rewards, rejected_rewards=rejected_rewards,
                   policy_chosen_logps=pi_chosen.detach(), policy_rejected_logps=pi_rejected.detach())  # (B,) each
-    return losses.sum(), values
+    return losses.sum(), per_example
 
 
 # -----------------------------------------------------------------------------
@@ -280,10 +280,10 @@ class Objective:
     metrics and how to batch its examples. DPO's is `objective` below; each other method builds its own
     (methods/)."""
 
-    name: str  # the command: "dpo", "sft", ... (written to config.json as "stage")
+    name: str  # the command: "dpo", "sft", ... (written to config.json as "command")
     loss: Callable  # (model, batch) -> (loss summed over the batch: scalar tensor, {name: (b,) values per example})
     size: Callable  # batch -> int: how many units (pairs, or target tokens) the batch's loss sums over
-    metrics: Callable = lambda values: {}  # {name: (n,) tensor} -> {name: float}: what a step or evaluation logs
+    metrics: Callable = lambda per_example: {}  # {name: (n,) tensor} -> {name: float}: what a step or evaluation logs
     collate: Callable | None = None  # a list of examples -> batch; None: windows of a token stream (pre-training)
 
 
@@ -301,7 +301,7 @@ def objective(reference, *, beta: float, loss_type: str = "sigmoid", label_smoot
     loss = functools.partial(batch_loss, reference=reference, beta=beta, loss_type=loss_type,
                              label_smoothing=label_smoothing, rpo_alpha=rpo_alpha, impl=impl,
                              fused_linear=fused_linear)
-    return Objective("dpo", loss, pairs_in, lambda values: dpo_metrics(**values),
+    return Objective("dpo", loss, pairs_in, lambda per_example: dpo_metrics(**per_example),
                      functools.partial(data.dpo_collate, pad_id=pad_id))
 
 

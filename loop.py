@@ -50,16 +50,17 @@ def train(objective, cfg, model, train_set, heldout_set, *, log=print):
     while run.step < run.cfg.steps and not stop:
         lr = set_learning_rate(run)
         batches = step_batches(objective, run.cfg, train_set, run.step)
-        step_loss, values = accumulate_gradients(run, objective, batches)
+        step_loss, per_example = accumulate_gradients(run, objective, batches)
         grad_norm = clip_and_update(run, step_loss)
         run.step += 1
         row = {"split": "train", "step": run.step, "lr": lr, "grad_norm": grad_norm, "loss": step_loss,
-               **objective.metrics(values)}
+               **objective.metrics(per_example)}
         record(run, row)
         progress.update(1)
         progress.set_postfix({k: f"{row[k]:.3f}" for k in ("loss", "rewards/accuracies") if k in row})
         if run.step % run.cfg.eval_every == 0 or run.step == run.cfg.steps:
-            eval_row = {"split": "eval", "step": run.step, **evaluate(run, objective, heldout_set, len(train_set))}
+            metrics = heldout_metrics(run, objective, heldout_set, first_id=len(train_set))
+            eval_row = {"split": "eval", "step": run.step, **metrics}
             record(run, eval_row)
             log(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in eval_row.items()))
             stop = early_stop(run, eval_row, log)
@@ -140,40 +141,48 @@ def accumulate_gradients(run, objective, batches):
     tokens, over every process). Returns the step's loss and its per-example values, gathered from every process."""
     run.model.train()
     step_size = data_parallel.all_reduce_sum(sum(objective.size(batch) for batch in batches))
-    step_loss, values = 0.0, []
+    step_loss, per_example = 0.0, []
     for batch in batches:
         with run.autocast():
-            loss_sum, batch_values = objective.loss(run.forward_model, to_device(batch, run.device))
+            loss_sum, batch_per_example = objective.loss(run.forward_model, to_device(batch, run.device))
             loss = loss_sum / max(1, step_size)
         (run.scaler.scale(loss) if run.scaler else loss).backward()
         step_loss += loss.item()
-        values.append(batch_values)
+        per_example.append(batch_per_example)
     data_parallel.sum_gradients(run.model)  # each process holds its share's gradient; their sum is the step's
-    gathered = {key: data_parallel.all_gather_cat(value) for key, value in concatenate(values).items()}
+    gathered = {key: data_parallel.all_gather_cat(value) for key, value in concatenate(per_example).items()}
     return data_parallel.all_reduce_sum(step_loss), gathered
 
 
-def concatenate(values):
+def concatenate(per_example):
     """Several batches' per-example values ({name: (b,) tensor} each) as one dict of concatenated tensors."""
-    return {key: torch.cat([v[key] for v in values]) for key in values[0]}
+    return {key: torch.cat([v[key] for v in per_example]) for key in per_example[0]}
 
 
 def clip_and_update(run, step_loss):
-    """Clip the gradient's global norm, take the AdamW step, zero the gradients; return the norm before clipping.
-    Raises NonFiniteLossError (nothing saved) for a NaN/inf loss, or gradient without a float16 scaler."""
-    if run.scaler:
-        run.scaler.unscale_(run.optimizer)
-    grad_norm = torch.nn.utils.clip_grad_norm_(run.model.parameters(), run.cfg.grad_clip).item()
-    if not (math.isfinite(step_loss) and (math.isfinite(grad_norm) or run.scaler)):
-        where = f"{run.path('ckpt.pt')} (step {run.saved_step})" if os.path.exists(run.path("ckpt.pt")) else "none"
-        raise NonFiniteLossError(f"step {run.step + 1}: non-finite loss {step_loss} or gradient norm {grad_norm}; "
-                                 f"stopped without saving. Last good checkpoint: {where}. Try a lower --lr.")
-    if run.scaler:
-        run.scaler.step(run.optimizer)
-        run.scaler.update()
+    """clip_and_step for the run's model and AdamW: the norm before clipping. Raises NonFiniteLossError (nothing
+    saved) for a NaN/inf loss, or gradient without a float16 scaler, naming the last good checkpoint."""
+    where = f"{run.path('ckpt.pt')} (step {run.saved_step})" if os.path.exists(run.path("ckpt.pt")) else "none"
+    return clip_and_step(run.model, run.optimizer, run.cfg.grad_clip, run.scaler, step_loss,
+                         f"step {run.step + 1}: ", f"; stopped without saving. Last good checkpoint: {where}")
+
+
+def clip_and_step(model, optimizer, grad_clip, scaler=None, loss=0.0, before="", after=""):
+    """Clip the gradient's global norm (float16: unscaled first), take the optimizer step, zero the gradients;
+    return the norm before clipping. Raises NonFiniteLossError before the step for a NaN/inf `loss` (a float),
+    or gradient norm without a scaler (the scaler skips such a step itself); `before`, `after`: its context."""
+    if scaler:
+        scaler.unscale_(optimizer)
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip).item()
+    if not (math.isfinite(loss) and (math.isfinite(grad_norm) or scaler)):
+        raise NonFiniteLossError(f"{before}non-finite loss {loss} or gradient norm {grad_norm}{after}. Try a "
+                                 f"lower --lr.")
+    if scaler:
+        scaler.step(optimizer)
+        scaler.update()
     else:
-        run.optimizer.step()
-    run.optimizer.zero_grad(set_to_none=True)
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
     return grad_norm
 
 
@@ -181,7 +190,7 @@ def clip_and_update(run, step_loss):
 # Held-out evaluation
 
 @torch.no_grad()
-def evaluate(run, objective, heldout_set, first_id):
+def heldout_metrics(run, objective, heldout_set, first_id):
     """Held-out metrics: the loss averaged over every held-out unit (pairs or tokens), and the objective's metrics.
     Held-out pairs have the ids first_id, first_id + 1, ...; pre-training reads 4 fixed windows of the held-out
     stream. The processes take the batches in turn and gather the results in order: single-process numbers."""
@@ -196,11 +205,11 @@ def evaluate(run, objective, heldout_set, first_id):
         batches = [example_batch(objective, heldout_set, range(start, min(start + cfg.batch_size, len(heldout_set))),
                                  first_id) for start in starts]
     size = sum(objective.size(batch) for batch in batches)
-    losses, values = [], []
+    losses, per_example = [], []
     for batch in data_parallel.in_turn(batches):
         with run.autocast():
-            loss_sum, batch_values = objective.loss(run.model, to_device(batch, run.device))
+            loss_sum, batch_per_example = objective.loss(run.model, to_device(batch, run.device))
         losses.append((loss_sum / max(1, size)).item())
-        values.append(batch_values)
-    metrics = objective.metrics(concatenate(data_parallel.gather_in_turn(values)))
+        per_example.append(batch_per_example)
+    metrics = objective.metrics(concatenate(data_parallel.gather_in_turn(per_example)))
     return {"loss": sum(data_parallel.gather_in_turn(losses)), **metrics}

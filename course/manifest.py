@@ -22,7 +22,7 @@ class Assignment:
 ASSIGNMENTS = {
     "A1": Assignment(
         1, "The DPO loss family", "3-4 hours",
-        stubs=(("dpo.py", "_losses_from_logits", "the per-pair loss of h for sigmoid/cDPO, IPO, hinge and robust"),
+        stubs=(("dpo.py", "_losses_from_margin", "the per-pair loss of h for sigmoid/cDPO, IPO, hinge and robust"),
                ("dpo.py", "dpo_loss", "dpo_loss: checks, pi/ref log-ratios, the loss, detached rewards, RPO"),
                ("dpo.py", "_check_dpo_arguments", "the checks of dpo_loss's arguments, errors naming the argument"),
                ("dpo.py", "dpo_metrics", "dpo_metrics: the batch means every DPO run logs"),

@@ -16,7 +16,15 @@ do: nothing prints unless the application configures logging; callers get the co
 
 import logging
 
-from data.batches import IGNORE_INDEX, collate_responses, dpo_collate, lm_batches, response_batches, sft_collate
+from data.batches import (
+    IGNORE_INDEX,
+    collate_responses,
+    dpo_collate,
+    last_masked_position,
+    lm_batches,
+    response_batches,
+    sft_collate,
+)
 from data.encoding import EncodedPair, EncodeReport, encode_preferences, truncate_pair
 from data.records import (
     LoadReport,
@@ -37,7 +45,8 @@ logging.getLogger(__name__).addHandler(logging.NullHandler())
 __all__ = [
     "IGNORE_INDEX", "TOKENIZER_NAMES", "EncodeReport", "EncodedPair", "LoadReport", "PreferenceFormatError",
     "PreferenceRecord", "TokenizerUnavailableError", "collate_responses", "dataset_name_and_split", "dataset_splits",
-    "dpo_collate", "encode_preferences", "get_tokenizer", "lm_batches", "load_preferences", "missing_local_path",
+    "dpo_collate", "encode_preferences", "get_tokenizer", "last_masked_position", "lm_batches", "load_preferences",
+    "missing_local_path",
     "render_messages", "response_batches", "save_preferences", "sft_collate", "tokenizer_description", "truncate_pair",
     "EncodedExample", "UnpairedRecord", "encode_unpaired", "kto_collate", "load_unpaired",
 ]

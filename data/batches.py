@@ -55,6 +55,13 @@ def collate_responses(rows: Sequence[tuple[list[int], list[int]]], pad_id: int) 
     return {"input_ids": input_ids, "labels": labels, "mask": mask}
 
 
+def last_masked_position(mask: torch.Tensor) -> torch.Tensor:
+    """(N,) int64: the position of each row's last True in a collate mask (N, T) bool, whose label is the
+    response's last token (its EOS when not cut); T - 1 for a row with none (check mask.any(dim=1))."""
+    T = mask.shape[1]
+    return T - 1 - mask.flip(dims=[1]).int().argmax(dim=1)  # (N,)
+
+
 def response_batches(prompt_ids: Sequence, response_ids: Sequence, pad_id: int,
                      batch_size: int) -> Iterator[dict[str, torch.Tensor]]:
     """collate_responses of rows (prompt_ids[i], response_ids[i]), batch_size rows at a time, in order: how a

@@ -22,7 +22,7 @@ import data
 import sentiment
 from plumbing import commands
 from plumbing.checkpoint import load_model
-from plumbing.config import check_values, stage_config
+from plumbing.config import check_values, command_config
 
 # The base of the demo and the frontier. Prompts are at most 64 bytes (16 tokens of the reviews BPE) and
 # completions at most max_new_tokens, so block_size covers every position sampled at; pre-training uses
@@ -60,7 +60,7 @@ def tokenizer_record(setting, tokenizer):
 def pretrain_config(out_dir, settings):
     """The TrainConfig of the base model's pre-training: the pretrain command's defaults, changed by `settings`
     (FULL or QUICK)."""
-    return stage_config("pretrain", out_dir=os.path.join(out_dir, "pretrain"), tokenizer=settings["tokenizer"],
+    return command_config("pretrain", out_dir=os.path.join(out_dir, "pretrain"), tokenizer=settings["tokenizer"],
                         n_layer=settings["n_layer"], n_embd=settings["n_embd"], block_size=settings["block_size"],
                         steps=settings["pretrain_steps"], batch_size=settings["pretrain_batch"],
                         lr=settings["pretrain_lr"], warmup_steps=30, seed=settings["seed"],
@@ -88,7 +88,8 @@ def prepare(out_dir, settings, log=print):
     else:
         os.makedirs(out_dir, exist_ok=True)
         log("== pre-training the base model (the paper's SFT model and DPO's reference) ==")
-        reference, _ = commands.run_stage("pretrain", dataclasses.replace(cfg, overwrite=True), log=log)  # not cached
+        # not cached: pre-train anew, replacing an older run there
+        reference, _ = commands.run_training("pretrain", dataclasses.replace(cfg, overwrite=True), log=log)
         log(f"== preference pairs: {settings['k']} samples per prompt, best vs worst by the ground-truth reward ==")
         pair_reports = {}
         for split, prompts, seed in (("train", train_prompts, 1), ("heldout", heldout_prompts, 2)):

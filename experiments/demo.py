@@ -26,7 +26,7 @@ import time
 import sentiment
 from experiments import base, plots
 from plumbing import commands
-from plumbing.config import check_values, stage_config
+from plumbing.config import check_values, command_config
 
 # DPO's settings, on top of the base's (base.FULL / base.QUICK).
 # One epoch: 16 steps of 32 pairs cover the ~500 training pairs once (docs/experiment.md: what each lever did).
@@ -37,7 +37,7 @@ DPO_QUICK = dict(DPO_FULL, steps=8)
 def dpo_config(out_dir, prepared, settings):
     """The TrainConfig of the demo's DPO stage: the dpo command's defaults, changed by the DPO `settings` (DPO_FULL
     or DPO_QUICK) on the base model and pairs that base.prepare returned (`prepared`)."""
-    return stage_config("dpo", out_dir=os.path.join(out_dir, "dpo"), init=prepared.reference_path,
+    return command_config("dpo", out_dir=os.path.join(out_dir, "dpo"), init=prepared.reference_path,
                         data=prepared.pairs_train, heldout_data=prepared.pairs_heldout,
                         tokenizer=prepared.settings["tokenizer"], steps=settings["steps"],
                         batch_size=settings["batch_size"], lr=settings["lr"], warmup_steps=settings["warmup_steps"],
@@ -49,12 +49,12 @@ def run(out_dir="out/demo", quick=False, log=print):
     """Run the whole experiment; returns the summary dict (also written to OUT_DIR/summary.json)."""
     start = time.time()
     settings, dpo_settings = (base.QUICK, DPO_QUICK) if quick else (base.FULL, DPO_FULL)
-    check_values(stage_config("dpo", **{name: dpo_settings[name] for name in ("beta", "lr", "steps", "batch_size",
+    check_values(command_config("dpo", **{name: dpo_settings[name] for name in ("beta", "lr", "steps", "batch_size",
                                                                             "warmup_steps")}))  # before any work
     prepared = base.prepare(out_dir, settings, log=log)
 
     log("== DPO against the frozen reference ==")
-    policy, heldout_metrics = commands.run_stage("dpo", dpo_config(out_dir, prepared, dpo_settings), log=log)
+    policy, heldout_metrics = commands.run_training("dpo", dpo_config(out_dir, prepared, dpo_settings), log=log)
 
     log("== held-out evaluation from samples ==")
     sampling = dict(max_new_tokens=settings["max_new_tokens"], temperature=1.0, top_k=None,

@@ -153,11 +153,11 @@ def run(out_dir="out/frontier", quick=False, log=print):
     runs, checkpoints = os.path.join(out_dir, "runs"), frontier_settings["checkpoints"]
     base_seed, seed_steps = prepared.settings["seed"], frontier_settings["seed_steps"]
 
-    def trained_points(stage, method, name, setting, run_settings, seed=base_seed, steps=None, **changes):
+    def trained_points(command, method, name, setting, run_settings, seed=base_seed, steps=None, **changes):
         name += "" if seed == base_seed else f"-seed{seed}"
-        cfg = training_config(stage, os.path.join(runs, name), prepared, run_settings, checkpoints, seed=seed,
+        cfg = training_config(command, os.path.join(runs, name), prepared, run_settings, checkpoints, seed=seed,
                               **changes)
-        train_cached(stage, cfg, log)
+        train_cached(command, cfg, log)
         return cfg, run_points(method, setting, cfg.out_dir, prepared, frontier_settings, out_dir, log,
                                train_seed=seed, steps=steps)
 

@@ -22,7 +22,7 @@ import sentiment
 from experiments import points
 from methods import reward_model
 from plumbing.checkpoint import load_model
-from plumbing.config import STAGE_DEFAULTS, TrainConfig
+from plumbing.config import COMMAND_DEFAULTS, TrainConfig
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FORWARD_ENDS = "    # ---- the forward pass ends here"  # model.py: sampling and checkpoints follow
@@ -137,22 +137,22 @@ def temperature_panel(best, prepared, frontier_settings, out_dir, log):
 # -----------------------------------------------------------------------------
 # 3. Cost
 
-def command_line(stage, cfg):
+def command_line(command, cfg):
     """The `python train.py STAGE ...` arguments that rebuild `cfg` (every flag whose value differs from the
     command's default)."""
-    defaults = dataclasses.asdict(TrainConfig(**STAGE_DEFAULTS.get(stage, {})))
-    argv = [stage]
+    defaults = dataclasses.asdict(TrainConfig(**COMMAND_DEFAULTS.get(command, {})))
+    argv = [command]
     for field in dataclasses.fields(TrainConfig):
         value, flag = getattr(cfg, field.name), field.metadata["flag"]
-        if flag is None or stage not in field.metadata["stages"] or value == defaults[field.name]:
+        if flag is None or command not in field.metadata["commands"] or value == defaults[field.name]:
             continue
         argv += [flag if value else "--no-" + flag[2:]] if isinstance(value, bool) else [flag, str(value)]
     return argv
 
 
-def measured_run(stage, cfg, out_dir):
+def measured_run(command, cfg, out_dir):
     """Train `cfg` again in a fresh process (into out_dir); its wall time and peak resident memory (wait4)."""
-    argv = [sys.executable, os.path.join(REPO, "train.py"), *command_line(stage, dataclasses.replace(
+    argv = [sys.executable, os.path.join(REPO, "train.py"), *command_line(command, dataclasses.replace(
         cfg, out_dir=out_dir, keep_checkpoints=False, overwrite=True))]
     start = time.time()
     process = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -175,9 +175,9 @@ def cost_table(best, rm_cfg, seeds, out_dir, log):
         if saved.pop("key") == json.loads(json.dumps(key)):
             return with_seed_times(saved["rows"], best, rm_cfg, seeds)
     rows = []
-    for method, stage in (("DPO", "dpo"), ("PPO", "ppo")):
+    for method, command in (("DPO", "dpo"), ("PPO", "ppo")):
         cfg = best[method]["cfg"]
-        run = measured_run(stage, cfg, os.path.join(out_dir, "cost", method.lower()))
+        run = measured_run(command, cfg, os.path.join(out_dir, "cost", method.lower()))
         if method == "PPO":  # RLHF's first stage is part of its cost
             rm_run = measured_run("reward-model", rm_cfg, os.path.join(out_dir, "cost", "reward-model"))
             run = {"wall_seconds": run["wall_seconds"] + rm_run["wall_seconds"],

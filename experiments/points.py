@@ -16,17 +16,17 @@ import time
 import sentiment
 from plumbing import commands
 from plumbing.checkpoint import load_model
-from plumbing.config import RL_STAGES, stage_config
+from plumbing.config import RL_COMMANDS, command_config
 
 
-def training_config(stage, out_dir, prepared, run_settings, checkpoints, **changes):
-    """The TrainConfig of one frontier run of command `stage` on the base model and pairs that base.prepare
+def training_config(command, out_dir, prepared, run_settings, checkpoints, **changes):
+    """The TrainConfig of one frontier run of command `command` on the base model and pairs that base.prepare
     returned (`prepared`): the command's defaults, changed by `run_settings` (lr, steps, batch_size), a constant
     learning rate, `checkpoints` evenly spaced checkpoints kept, then `changes` (TrainConfig fields by name, e.g.
     beta, or init and data for a run from another model)."""
     steps = run_settings["steps"]
     block = prepared.settings["block_size"]  # lengths given, not left to default, so the saved config is this one
-    return stage_config(stage, **{
+    return command_config(command, **{
         "out_dir": out_dir, "init": prepared.reference_path, "data": prepared.pairs_train,
         "heldout_data": prepared.pairs_heldout, "tokenizer": prepared.settings["tokenizer"], "max_length": block,
         "max_prompt_length": block // 2, "steps": steps, "batch_size": run_settings["batch_size"],
@@ -35,16 +35,16 @@ def training_config(stage, out_dir, prepared, run_settings, checkpoints, **chang
         "keep_checkpoints": True, "seed": prepared.settings["seed"], **changes})
 
 
-def train_cached(stage, cfg, log):
-    """commands.run_stage (commands.run_rl for ppo, rloo), unless OUT_DIR already holds a finished run with exactly
+def train_cached(command, cfg, log):
+    """commands.run_training (commands.run_rl for ppo, rloo), unless OUT_DIR already holds a finished run with exactly
     this configuration (KTO's automatic desirable weight, 0, matches the weight the run resolved it to).
     Returns True when it trained (and then writes its wall time to wall_seconds.json), False when it reused a
     finished run."""
     try:
         with open(os.path.join(cfg.out_dir, "config.json")) as f:
             saved = json.load(f)
-        wanted = {"stage": stage, **json.loads(json.dumps(dataclasses.asdict(cfg)))}
-        if stage == "kto" and not cfg.desirable_weight:  # 0 = balanced: the run saved the weight it resolved
+        wanted = {"command": command, **json.loads(json.dumps(dataclasses.asdict(cfg)))}
+        if command == "kto" and not cfg.desirable_weight:  # 0 = balanced: the run saved the weight it resolved
             wanted["desirable_weight"] = saved.get("desirable_weight")
         actions = ("resume", "overwrite")  # what the run was told to do with its directory, not its settings
         done = ({k: v for k, v in saved.items() if k not in actions} == {k: v for k, v in wanted.items()
@@ -53,11 +53,11 @@ def train_cached(stage, cfg, log):
     except (OSError, ValueError):
         done = False
     if done:
-        log(f"{stage}: reusing the finished run in {cfg.out_dir}")
+        log(f"{command}: reusing the finished run in {cfg.out_dir}")
         return False
     start = time.time()
     cfg = dataclasses.replace(cfg, overwrite=True)  # an unfinished or other run there is replaced
-    (commands.run_rl if stage in RL_STAGES else commands.run_stage)(stage, cfg, log=log)
+    (commands.run_rl if command in RL_COMMANDS else commands.run_training)(command, cfg, log=log)
     with open(os.path.join(cfg.out_dir, "wall_seconds.json"), "w") as f:
         json.dump(time.time() - start, f)  # for when the run is reused
     return True

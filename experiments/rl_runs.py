@@ -13,7 +13,7 @@ import json
 import os
 
 from experiments import points
-from plumbing.config import stage_config
+from plumbing.config import command_config
 
 RL_METHODS = {"PPO": "ppo", "PPO-GT": "ppo", "RLOO": "rloo"}  # frontier method -> command
 
@@ -21,7 +21,7 @@ RL_METHODS = {"PPO": "ppo", "PPO-GT": "ppo", "RLOO": "rloo"}  # frontier method 
 def reward_model_config(prepared, run_settings, out_dir):
     """The reward model's TrainConfig on the DPO train and held-out pairs of `prepared` (base.prepare)."""
     block = prepared.settings["block_size"]
-    return stage_config("reward-model", out_dir=out_dir, init=prepared.reference_path, data=prepared.pairs_train,
+    return command_config("reward-model", out_dir=out_dir, init=prepared.reference_path, data=prepared.pairs_train,
                         heldout_data=prepared.pairs_heldout, tokenizer=prepared.settings["tokenizer"],
                         max_length=block, max_prompt_length=block // 2, steps=run_settings["steps"],
                         batch_size=run_settings["batch_size"], lr=run_settings["lr"], warmup_steps=5,
@@ -55,7 +55,7 @@ def rl_config(method, prepared, run_settings, checkpoints, out_dir, reward_model
         changes["reward_model"] = reward_model_path
     if method == "RLOO":
         changes["samples_per_prompt"] = run_settings["k"]
-    return stage_config(RL_METHODS[method], **changes)
+    return command_config(RL_METHODS[method], **changes)
 
 
 def rl_run_name(method, kl_coef, seed, base_seed):

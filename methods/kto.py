@@ -95,25 +95,25 @@ def batch_loss(model, batch: dict, reference, *, beta: float, desirable_weight: 
         kl = kl_terms.mean()
     losses, rewards = kto_loss(policy, ref, batch["desirable"], kl, beta=beta, desirable_weight=desirable_weight,
                                undesirable_weight=undesirable_weight)
-    values = {"losses": losses.detach(), "rewards": rewards, "desirable": batch["desirable"].float(),
+    per_example = {"losses": losses.detach(), "rewards": rewards, "desirable": batch["desirable"].float(),
               "kl": kl.expand(B).float(), "policy_logps": policy.detach()}  # (B,) each, float for all-gathers
-    return losses.sum(), values
+    return losses.sum(), per_example
 
 
-def metrics(values: dict) -> dict[str, float]:
+def metrics(per_example: dict) -> dict[str, float]:
     """Means over examples: loss, the KL estimate, and the rewards of the desirable and undesirable ones
     (`rewards/chosen`, `rewards/rejected` and their difference `rewards/margins`, named as DPO's)."""
-    desirable, rewards = values["desirable"] > 0.5, values["rewards"]
+    desirable, rewards = per_example["desirable"] > 0.5, per_example["rewards"]
 
     def mean(t):  # None for a batch with no example of one kind
         return t.float().mean().item() if t.numel() else None
 
     chosen, rejected = mean(rewards[desirable]), mean(rewards[~desirable])
-    return {"loss": mean(values["losses"]), "kl": mean(values["kl"]), "rewards/chosen": chosen,
+    return {"loss": mean(per_example["losses"]), "kl": mean(per_example["kl"]), "rewards/chosen": chosen,
             "rewards/rejected": rejected,
             "rewards/margins": chosen - rejected if chosen is not None and rejected is not None else None,
-            "logps/desirable": mean(values["policy_logps"][desirable]),
-            "logps/undesirable": mean(values["policy_logps"][~desirable])}
+            "logps/desirable": mean(per_example["policy_logps"][desirable]),
+            "logps/undesirable": mean(per_example["policy_logps"][~desirable])}
 
 
 def examples_in(batch: dict) -> int:

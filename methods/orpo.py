@@ -76,15 +76,15 @@ def batch_loss(model, batch: dict, *, beta: float, impl: str = "auto",
     policy = dpo.concatenated_logps(model, batch, impl=impl, fused_linear=fused_linear)  # PairLogps, (B,) each
     losses, chosen_rewards, rejected_rewards = orpo_loss(policy.chosen, policy.rejected, policy.chosen_tokens,
                                                          policy.rejected_tokens, beta=beta)
-    values = dict(losses=losses.detach(), chosen_rewards=chosen_rewards, rejected_rewards=rejected_rewards,
+    per_example = dict(losses=losses.detach(), chosen_rewards=chosen_rewards, rejected_rewards=rejected_rewards,
                   policy_chosen_logps=(policy.chosen / policy.chosen_tokens).detach(),  # per-token means, as TRL
                   policy_rejected_logps=(policy.rejected / policy.rejected_tokens).detach())  # logs them here
-    return losses.sum(), values
+    return losses.sum(), per_example
 
 
 def objective(*, beta: float, pad_id: int, impl: str = "auto", fused_linear: bool = False) -> dpo.Objective:
     """ORPO as the loop trains it: batch_loss on data.dpo_collate batches (padded with `pad_id`), summed over
     pairs, logging dpo.dpo_metrics; no reference."""
     loss = functools.partial(batch_loss, beta=beta, impl=impl, fused_linear=fused_linear)
-    return dpo.Objective("orpo", loss, dpo.pairs_in, lambda values: dpo.dpo_metrics(**values),
+    return dpo.Objective("orpo", loss, dpo.pairs_in, lambda per_example: dpo.dpo_metrics(**per_example),
                          functools.partial(data.dpo_collate, pad_id=pad_id))

@@ -58,12 +58,7 @@ import math
 
 import torch
 
-
-def _last_unmasked(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """For mask (B, T) bool: each row's last True position (B,) int64 and whether the row has one (B,) bool."""
-    T = mask.shape[1]
-    last = T - 1 - mask.flip(dims=[1]).int().argmax(dim=1)  # (B,)
-    return last, mask.any(dim=1)
+import data
 
 
 def token_rewards(scores: torch.Tensor, logprobs: torch.Tensor, ref_logprobs: torch.Tensor, mask: torch.Tensor,
@@ -74,7 +69,7 @@ def token_rewards(scores: torch.Tensor, logprobs: torch.Tensor, ref_logprobs: to
     logprobs, ref_logprobs: (B, T) float, the sampled tokens' log-probs under pi_old and pi_ref."""
     kl = torch.where(mask, logprobs.float() - ref_logprobs.float(), 0.0)  # (B, T) per-token log-ratio
     rewards = -kl_coef * kl  # (B, T)
-    last, nonempty = _last_unmasked(mask)  # (B,), (B,)
+    last, nonempty = data.last_masked_position(mask), mask.any(dim=1)  # (B,) int64, (B,) bool
     rows = torch.arange(mask.shape[0], device=mask.device)
     rewards[rows, last] += torch.where(nonempty, scores.float(), 0.0)  # the score at the last response token
     return rewards

@@ -75,9 +75,7 @@ def last_token_index(mask: torch.Tensor) -> torch.Tensor:
     """Where each row's last token stands: one past the last True of a collate mask, which marks the positions
     whose label is a response token (the last response token is the label of the last masked position).
     mask (N, T) bool, at least one True per row -> (N,) int64."""
-    T = mask.shape[1]
-    last_masked = T - 1 - mask.flip(dims=[1]).int().argmax(dim=1)  # (N,)
-    return last_masked + 1
+    return data.last_masked_position(mask) + 1  # (N,)
 
 
 def batch_scores(model: RewardModel, batch: dict) -> torch.Tensor:
@@ -92,15 +90,15 @@ def batch_loss(model: RewardModel, batch: dict) -> tuple[torch.Tensor, dict]:
     B = scores.shape[0] // 2
     chosen, rejected = scores[:B], scores[B:]  # (B,), (B,)
     losses = bradley_terry_loss(chosen, rejected)  # (B,)
-    values = {"loss": losses.detach(), "rewards/chosen": chosen.detach(), "rewards/rejected": rejected.detach()}
-    return losses.sum(), values
+    per_example = {"loss": losses.detach(), "rewards/chosen": chosen.detach(), "rewards/rejected": rejected.detach()}
+    return losses.sum(), per_example
 
 
-def metrics(values: dict) -> dict[str, float]:
+def metrics(per_example: dict) -> dict[str, float]:
     """Means of batch_loss's per-pair values, and the pairwise accuracy (chosen scored strictly higher) and margin
     under the names DPO's metrics use, so that the best held-out accuracy picks best.pt as for DPO."""
-    chosen, rejected = values["rewards/chosen"], values["rewards/rejected"]
-    return {"loss": values["loss"].mean().item(), "rewards/chosen": chosen.mean().item(),
+    chosen, rejected = per_example["rewards/chosen"], per_example["rewards/rejected"]
+    return {"loss": per_example["loss"].mean().item(), "rewards/chosen": chosen.mean().item(),
             "rewards/rejected": rejected.mean().item(),
             "rewards/accuracies": (chosen > rejected).float().mean().item(),
             "rewards/margins": (chosen - rejected).mean().item()}

@@ -19,14 +19,13 @@ the rollouts and minibatch orders are pure functions of (seed, iteration). Left 
 """
 
 import copy
-import math
 
 import torch
 
 import data
 import logprob_kernels
 import sentiment
-from loop import NonFiniteLossError, example_indices
+from loop import clip_and_step, example_indices
 from methods import ppo, reward_model
 from plumbing.checkpoint import CheckpointError
 from plumbing.config import MAX_KL_COEF
@@ -47,7 +46,7 @@ class Rollouts:
         return (self.old_logprobs - self.ref_logprobs).sum(dim=1)
 
 
-def token_logprobs(model, batch, impl="auto"):
+def rollout_logprobs(model, batch, impl="auto"):
     """log pi of every label token under `model`, (N, T) float32, 0 off the mask; differentiable."""
     return logprob_kernels.token_logprobs(model(batch["input_ids"]), batch["labels"], batch["mask"], impl=impl)
 
@@ -73,8 +72,8 @@ def collect_rollouts(policy, reference, scorer, tokenizer, prompts, cfg, seed, r
              data.collate_responses(list(zip(prompt_ids, completion_ids)), tokenizer.eot_token).items()}
     policy.eval()
     with run.autocast():
-        old = token_logprobs(policy, batch, cfg.impl)  # (N, T)
-        ref = token_logprobs(reference, batch, cfg.impl)  # (N, T)
+        old = rollout_logprobs(policy, batch, cfg.impl)  # (N, T)
+        ref = rollout_logprobs(reference, batch, cfg.impl)  # (N, T)
     return Rollouts(batch, scores.to(run.device), ground_truth.to(run.device), old, ref)
 
 
@@ -98,7 +97,7 @@ def ppo_update(run, value_model, value_optimizer, rollouts, kl_coef):
         for rows in order.chunk(cfg.minibatches):
             part = {key: value[rows] for key, value in batch.items()}
             with run.autocast():
-                logprobs = token_logprobs(run.model, part, cfg.impl)  # (n / minibatches, T)
+                logprobs = rollout_logprobs(run.model, part, cfg.impl)  # (n / minibatches, T)
                 values = reward_model.token_values(value_model, part["input_ids"])  # (n / minibatches, T)
             policy_loss = ppo.policy_loss(logprobs, rollouts.old_logprobs[rows], advantages[rows], part["mask"],
                                           cfg.clip)
@@ -115,25 +114,20 @@ def rloo_update(run, rollouts, kl_coef):
     advantages = ppo.rloo_advantages(sequence_rewards.view(-1, k)).view(-1)  # (N,) prompt-major
     run.model.train()
     with run.autocast():
-        logprobs = token_logprobs(run.model, rollouts.batch, cfg.impl).sum(dim=1)  # (N,) log pi(y|x)
+        logprobs = rollout_logprobs(run.model, rollouts.batch, cfg.impl).sum(dim=1)  # (N,) log pi(y|x)
     loss = -(advantages * logprobs).mean()
     grad_norm = step(run.model, run.optimizer, loss, cfg.grad_clip)
     return {"policy_loss": loss.item(), "grad_norm": grad_norm}
 
 
 def step(model, optimizer, loss, grad_clip):
-    """Backward, clip the global gradient norm, AdamW step; returns the norm before clipping."""
+    """Backward, then loop.clip_and_step (clip the global gradient norm, AdamW step); the norm before clipping."""
     loss.backward()
-    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip).item()
-    if not math.isfinite(grad_norm):
-        raise NonFiniteLossError(f"non-finite gradient norm {grad_norm} in the RL update: try a lower --lr")
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    return grad_norm
+    return clip_and_step(model, optimizer, grad_clip, loss=loss.item(), after=" in the RL update")
 
 
 @torch.no_grad()
-def evaluate(policy, reference, scorer, tokenizer, prompts, cfg):
+def heldout_report(policy, reference, scorer, tokenizer, prompts, cfg):
     """On the held-out prompts, one sample each: ground-truth reward, the reward model's score (when there is
     one) and KL(policy || reference) in nats, each a mean with its 95% half-width."""
     scored = sentiment.score_policy(policy, reference, tokenizer, prompts, sentiment.sentiment_reward,
@@ -170,15 +164,15 @@ def resume_rl_state(run, value_model, value_optimizer):
                               f"(--overwrite)") from None
 
 
-def train(stage, cfg, policy, scorer, tokenizer, train_prompts, heldout_prompts, log=print):
+def train_rl(command, cfg, policy, scorer, tokenizer, train_prompts, heldout_prompts, log=print):
     """PPO (stage "ppo") or RLOO ("rloo") of `policy` in place for --steps iterations; returns the last held-out
     row. scorer: the reward model (its copy becomes PPO's value model), or None for the ground truth."""
     reference = copy.deepcopy(policy).requires_grad_(False).eval()  # pi_ref: --init, before any --resume
     value_model = value_optimizer = None
-    if stage == "ppo":  # V starts from the reward model (InstructGPT), or from the policy's trunk with a zero head
+    if command == "ppo":  # V starts from the reward model (InstructGPT), or from the policy's trunk with a zero head
         value_model = copy.deepcopy(scorer) if scorer is not None else reward_model.RewardModel(
             copy.deepcopy(policy))
-    run = start_run(stage, cfg, policy, log)
+    run = start_run(command, cfg, policy, log)
     reference.to(run.device)
     if value_model is not None:
         value_model.requires_grad_(True).to(run.device)
@@ -195,7 +189,7 @@ def train(stage, cfg, policy, scorer, tokenizer, train_prompts, heldout_prompts,
         indices = example_indices(len(train_prompts), cfg.batch_size, run.step, cfg.seed)
         rollouts = collect_rollouts(run.model, reference, scorer, tokenizer, [train_prompts[i] for i in indices],
                                     cfg, seed=cfg.seed * 100_003 + run.step, run=run)
-        if stage == "ppo":
+        if command == "ppo":
             losses = ppo_update(run, value_model, value_optimizer, rollouts, kl_coef)
         else:
             losses = rloo_update(run, rollouts, kl_coef)
@@ -209,7 +203,7 @@ def train(stage, cfg, policy, scorer, tokenizer, train_prompts, heldout_prompts,
             kl_coef = controller.update(kl, len(rollouts.scores))
         if run.step % cfg.eval_every == 0 or run.step == cfg.steps:
             eval_row = {"split": "eval", "step": run.step,
-                        **evaluate(run.model, reference, scorer, tokenizer, heldout_prompts, cfg)}
+                        **heldout_report(run.model, reference, scorer, tokenizer, heldout_prompts, cfg)}
             record(run, eval_row)
             log(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in eval_row.items()))
         if run.step % cfg.save_every == 0 or run.step == cfg.steps:

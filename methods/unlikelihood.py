@@ -89,14 +89,14 @@ def batch_loss(model, batch: dict, *, alpha: float = 1.0, impl: str = "auto") ->
     b = token_logps.shape[0] // 2
     chosen_logps, chosen_tokens = token_logps[:b].sum(dim=1), batch["mask"][:b].sum(dim=1)  # (b,), (b,)
     losses = unlikelihood_loss(chosen_logps, chosen_tokens, token_logps[b:], batch["mask"][b:], alpha=alpha)  # (b,)
-    values = {"loss": losses.detach(), "logps/chosen": chosen_logps.detach(),
+    per_example = {"loss": losses.detach(), "logps/chosen": chosen_logps.detach(),
               "logps/rejected": token_logps[b:].detach().sum(dim=1)}  # (b,) each
-    return losses.sum(), values
+    return losses.sum(), per_example
 
 
-def metrics(values: dict) -> dict[str, float]:
+def metrics(per_example: dict) -> dict[str, float]:
     """The means of batch_loss's per-pair values ({name: (n,) tensor})."""
-    return {name: value.float().mean().item() for name, value in values.items()}
+    return {name: value.float().mean().item() for name, value in per_example.items()}
 
 
 def _check_unlikelihood_arguments(chosen_logps, chosen_lengths, rejected_token_logps, rejected_mask, alpha):

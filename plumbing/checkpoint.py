@@ -8,11 +8,11 @@ A checkpoint is one file, `ckpt.pt`, holding everything a run needs to continue 
                the step (see loop.py), so they need no state of their own
     rng        the torch (CPU and CUDA), numpy and python generator states (dropout, sampling)
     rng_by_rank  data-parallel runs (torchrun): every rank's generator states, in rank order (rank 0's = rng)
-    config     the command ("stage") and its resolved training config: --resume checks the command against it
+    config     the command ("command") and its resolved training config: --resume checks the command against it
     extra      what else a method needs to continue (methods/rlhf.py: the value model and its optimizer, the KL
                coefficient); absent when there is nothing
     early_stopping  the best held-out score so far, its step, and the evaluations since it
-                    (loop.EarlyStopping as a dict)
+                    (run_dir.EarlyStopping as a dict)
     kind       what the weights are: "language model" (a GPT), or "reward model" (reward_model.RewardModel)
     lora       LoRA runs only: then "model" holds the adapters alone (lora.lora_state_dict, a few MB), and
                this entry holds their settings (rank, alpha, dropout, targets) and the frozen base they belong

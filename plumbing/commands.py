@@ -1,15 +1,17 @@
-"""The commands' work: each stage builds the model, the data and the objective it needs from a `TrainConfig`,
-then runs.
+"""The commands' work: each command builds the model, the data and the objective it needs from a `TrainConfig`,
+then runs (the commands are the table COMMANDS of plumbing/config.py).
 
-    run_stage("pretrain" | "sft" | "dpo" | "unlikelihood", cfg)   model + data + objective -> loop.train
-    pairs(cfg)    sample completions of --init on the sentiment task's prompts, write preference pairs
-    evaluate(cfg) --init (policy) against --reference-init on held-out prompts: reward, win rate, KL
-    sample(cfg, prompts)  one completion of --init per prompt
+    run_training(command, cfg)  a command of TRAINING_COMMANDS: model + data + objective -> loop.train
+    run_rl(command, cfg)        ppo or rloo: policy + reward (model or ground truth) -> methods/rlhf.py
+    run_pairs(cfg)  sample completions of --init on the sentiment task's prompts, write preference pairs
+    run_eval(cfg)   --init (policy) against --reference-init on held-out prompts: reward, win rate, KL
+    run_sample(cfg, prompts)  one completion of --init per prompt
 
 Each validates its whole configuration first (`config.check_config`) and loads everything it needs before
 it writes anything, so a run that cannot start leaves no files behind. This is the one module that knows every
 training method (`objective`): the loop (loop.py) and each method's file know only their own. `train.py` is
-the command line. Under torchrun (plumbing/data_parallel.py) every process runs run_stage alike; rank 0 alone writes.
+the command line. Under torchrun (plumbing/data_parallel.py) every process runs run_training alike; rank 0
+alone writes.
 """
 
 import copy
@@ -30,8 +32,8 @@ from model import GPT, GPTConfig
 from plumbing import data_parallel, lora, run_dir
 from plumbing.checkpoint import load_model
 from plumbing.config import (
-    LORA_STAGES,
-    REFERENCE_STAGES,
+    LORA_COMMANDS,
+    REFERENCE_COMMANDS,
     ConfigError,
     check_config,
     lora_targets,
@@ -69,10 +71,10 @@ def check_fresh_model_fits(cfg, vocab_size):
                           f"gradients and AdamW state; {device.type} has {memory / 2**30:,.0f} GiB")
 
 
-def check_batch_fits(stage, cfg):
+def check_batch_fits(command, cfg):
     """ConfigError naming --batch-size when one micro-batch's token ids alone (input ids and labels, int64: 16
     bytes a token; two rows a pair) would not fit in the memory of --device: a floor, the activations come on top."""
-    rows = cfg.batch_size // (cfg.world_size * cfg.grad_accum) * (1 if stage == "pretrain" else 2)
+    rows = cfg.batch_size // (cfg.world_size * cfg.grad_accum) * (1 if command == "pretrain" else 2)
     device = resolve_device(cfg)[0]
     memory = memory_of(device)
     if memory is not None and 16 * rows * cfg.max_length > memory:
@@ -164,23 +166,23 @@ def add_adapters(model, cfg, log=print):
     return model
 
 
-def objective(stage, cfg, pad_id, reference=None):
-    """What loop.train optimises for command `stage`, built by the method's own file from the settings:
+def objective(command, cfg, pad_id, reference=None):
+    """What loop.train optimises for command `command`, built by the method's own file from the settings:
     dpo.objective, or methods/*.objective. `reference`: pi_ref (reference.Reference) for dpo and kto."""
     kernel = dict(pad_id=pad_id, impl=cfg.impl)
-    if stage in ("pretrain", "sft"):
-        return next_token.objective(stage, fused_linear=cfg.fused_linear, **kernel)
-    if stage == "dpo":
+    if command in ("pretrain", "sft"):
+        return next_token.objective(command, fused_linear=cfg.fused_linear, **kernel)
+    if command == "dpo":
         return dpo.objective(reference, beta=cfg.beta, loss_type=cfg.loss, label_smoothing=cfg.label_smoothing,
                              rpo_alpha=cfg.rpo_alpha, fused_linear=cfg.fused_linear, **kernel)
-    if stage == "simpo":
+    if command == "simpo":
         return simpo.objective(beta=cfg.beta, gamma=cfg.simpo_gamma, fused_linear=cfg.fused_linear, **kernel)
-    if stage == "orpo":
+    if command == "orpo":
         return orpo.objective(beta=cfg.beta, fused_linear=cfg.fused_linear, **kernel)
-    if stage == "kto":
+    if command == "kto":
         return kto.objective(reference, beta=cfg.beta, desirable_weight=cfg.desirable_weight,
                              undesirable_weight=cfg.undesirable_weight, fused_linear=cfg.fused_linear, **kernel)
-    if stage == "reward-model":
+    if command == "reward-model":
         return reward_model.objective(pad_id=pad_id)
     return unlikelihood.objective(alpha=cfg.unlikelihood_alpha, **kernel)
 
@@ -231,50 +233,50 @@ def kto_weights(cfg, examples, log=print):
     return cfg
 
 
-def run_stage(stage, cfg, log=print):
-    """Run one of pretrain / sft / dpo / unlikelihood; returns (model, last held-out metrics).
+def run_training(command, cfg, log=print):
+    """Run a training command (config.TRAINING_COMMANDS); returns (model, last held-out metrics).
 
     Writes OUT_DIR/{config.json, metrics.jsonl, ckpt.pt} (loop.train) and OUT_DIR/hf/ (Hugging Face
     layout). For dpo the reference is a frozen copy of the --init model (or --reference-init); with
     --lora-rank it is the same network with its adapters off (no copy), ckpt.pt holds the adapters and hf/
     the merged model. In a process group (torchrun) each process trains its share; rank 0 writes and logs."""
     cfg = dataclasses.replace(cfg, world_size=data_parallel.world_size())  # --batch-size is checked against it
-    check_config(stage, cfg)
+    check_config(command, cfg)
     log = data_parallel.main_only(log)
     tokenizer = data.get_tokenizer(cfg.tokenizer)
     torch.manual_seed(cfg.seed)  # a fresh model's initial weights come from the seed too
     model = build_model(cfg, tokenizer)
     cfg = resolve_lengths(cfg, model.config.block_size)
-    check_batch_fits(stage, cfg)
-    eval_prompts = sentiment.make_prompts(seed=0)[1] if stage == "reward-model" and cfg.eval_samples else []
+    check_batch_fits(command, cfg)
+    eval_prompts = sentiment.make_prompts(seed=0)[1] if command == "reward-model" and cfg.eval_samples else []
     check_sampling_fits(eval_prompts, cfg, tokenizer, model.config.block_size, cfg.init,
                         because=f"--eval-samples {cfg.eval_samples} samples --init after training to check the reward "
                                 f"model (pass --eval-samples 0 to skip that check)",
                         sequences=len(eval_prompts) * cfg.eval_samples,
                         count_flags=f"--eval-samples {cfg.eval_samples}")
-    use_lora = bool(cfg.lora_rank) and stage in LORA_STAGES
+    use_lora = bool(cfg.lora_rank) and command in LORA_COMMANDS
     if use_lora:
         add_adapters(model, cfg, log)
-    if stage == "pretrain":
+    if command == "pretrain":
         train_set, heldout_set = text_splits(cfg, tokenizer)
-        log(f"{stage}: {len(train_set):,} training tokens, {len(heldout_set):,} held-out tokens")
+        log(f"{command}: {len(train_set):,} training tokens, {len(heldout_set):,} held-out tokens")
     else:
-        train_set, heldout_set = preference_splits(cfg, tokenizer, log, unpaired=stage == "kto")
-        log(f"{stage}: {len(train_set)} training {'examples' if stage == 'kto' else 'pairs'}, {len(heldout_set)} "
+        train_set, heldout_set = preference_splits(cfg, tokenizer, log, unpaired=command == "kto")
+        log(f"{command}: {len(train_set)} training {'examples' if command == 'kto' else 'pairs'}, {len(heldout_set)} "
             f"held-out")
-    if stage == "kto":
+    if command == "kto":
         cfg = kto_weights(cfg, train_set, log)
-    log(f"{stage}: model with {model.num_params() / 1e6:.2f}M parameters (non-embedding), "
+    log(f"{command}: model with {model.num_params() / 1e6:.2f}M parameters (non-embedding), "
         f"vocab {model.config.vocab_size}, block {model.config.block_size}, rows of {cfg.max_length} tokens")
-    if stage == "reward-model":
+    if command == "reward-model":
         model = reward_model.RewardModel(model)
-    run_dir.claim_directory(stage, cfg, model, log=lambda *_: None, mmap=True)  # before the reference's work
+    run_dir.claim_directory(command, cfg, model, log=lambda *_: None, mmap=True)  # before the reference's work
     pad_id, reference = tokenizer.eot_token, None
-    if stage in REFERENCE_STAGES:  # precomputed, a frozen copy lives only while its table is computed
+    if command in REFERENCE_COMMANDS:  # precomputed, a frozen copy lives only while its table is computed
         reference = dpo_reference(cfg, reference_model(cfg, model, use_lora), (train_set, heldout_set), pad_id,
-                                  data.kto_collate if stage == "kto" else data.dpo_collate)
-    metrics = train(objective(stage, cfg, pad_id, reference), cfg, model, train_set, heldout_set, log=log)
-    if stage == "reward-model":
+                                  data.kto_collate if command == "kto" else data.dpo_collate)
+    metrics = train(objective(command, cfg, pad_id, reference), cfg, model, train_set, heldout_set, log=log)
+    if command == "reward-model":
         if cfg.eval_samples and data_parallel.is_main():
             reward_model_against_ground_truth(cfg, tokenizer, eval_prompts, log)
         data_parallel.barrier()
@@ -289,11 +291,11 @@ def run_stage(stage, cfg, log=print):
     return model, metrics
 
 
-def run_rl(stage, cfg, log=print):
+def run_rl(command, cfg, log=print):
     """PPO or RLOO of --init on the sentiment task's training prompts (methods/rlhf.py); returns (policy, the last
     held-out metrics). The reward is --reward-model's score, or the ground truth with --ground-truth-reward.
-    Everything is checked and loaded before any sampling. Writes what run_stage writes, hf/ included."""
-    check_config(stage, cfg)
+    Everything is checked and loaded before any sampling. Writes what run_training writes, hf/ included."""
+    check_config(command, cfg)
     tokenizer = data.get_tokenizer(cfg.tokenizer)
     policy = load_model(cfg.init)
     cfg = resolve_lengths(cfg, policy.config.block_size)
@@ -310,9 +312,9 @@ def run_rl(stage, cfg, log=print):
     check_sampling_fits(train_prompts, cfg, tokenizer, policy.config.block_size, cfg.init,
                         sequences=cfg.batch_size * cfg.samples_per_prompt,
                         count_flags=f"--batch-size {cfg.batch_size} x --samples-per-prompt {cfg.samples_per_prompt}")
-    log(f"{stage}: {len(train_prompts)} training prompts, {cfg.batch_size} x {cfg.samples_per_prompt} rollouts an "
+    log(f"{command}: {len(train_prompts)} training prompts, {cfg.batch_size} x {cfg.samples_per_prompt} rollouts an "
         f"iteration, reward: {cfg.reward_model or 'the ground truth (oracle)'}")
-    metrics = rlhf.train(stage, cfg, policy, scorer, tokenizer, train_prompts, heldout_prompts, log=log)
+    metrics = rlhf.train_rl(command, cfg, policy, scorer, tokenizer, train_prompts, heldout_prompts, log=log)
     policy.save_pretrained(os.path.join(cfg.out_dir, "hf"))
     return policy, metrics
 
@@ -371,7 +373,7 @@ def reward_model_against_ground_truth(cfg, tokenizer, prompts, log=print):
     return result
 
 
-def pairs(cfg, log=print):
+def run_pairs(cfg, log=print):
     """Preference pairs from --init's samples on the sentiment task's training prompts -> OUT_DIR/pairs.jsonl.
 
     Returns (records, sentiment.PairReport)."""
@@ -388,7 +390,7 @@ def pairs(cfg, log=print):
     return records, report
 
 
-def evaluate(cfg, log=print):
+def run_eval(cfg, log=print):
     """--init (policy) against --reference-init on the task's held-out prompts -> OUT_DIR/eval.json.
 
     Returns sentiment.sample_report's dict."""
@@ -407,7 +409,7 @@ def evaluate(cfg, log=print):
     return report
 
 
-def sample(cfg, prompts=(), log=print):
+def run_sample(cfg, prompts=(), log=print):
     """One completion of --init for each prompt (default: the first 5 held-out prompts); returns the texts."""
     check_config("sample", cfg)
     tokenizer = data.get_tokenizer(cfg.tokenizer)

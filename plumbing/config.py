@@ -1,12 +1,13 @@
-"""The configuration of every command: one dataclass, each command's defaults, and the validation of it all.
+"""The commands and their configuration: one table of commands, one dataclass of settings, and the validation.
 
-`TrainConfig` holds every setting of the commands. Each field names its command-line flag, its help line, the
-commands that take it and its allowed values, so `train.py` gives each command exactly its flags from this one
-source; `STAGE_DEFAULTS`, beside the fields, holds each command's own defaults (`train.py dpo --help` shows
-them) and `stage_config` builds a command's configuration from them. `check_config` validates a whole
-configuration before any work starts and raises `ConfigError` naming the flag at fault (`check_values` checks
-the values alone, with the allowed values exported by the modules that own them); `resolve_lengths` fills the
-lengths that default to the model's block size once the model is known.
+`COMMANDS` is the table of train.py's commands: each one's summary and --help text, the work it runs, what
+--init is to it and its defaults (what `train.py dpo --help` shows); the groups of commands below it
+(TRAINING_COMMANDS, ...) are read off it. `TrainConfig` holds every setting of the commands. Each field names
+its command-line flag, its help line, the commands that take it and its allowed values, so `train.py` gives
+each command exactly its flags from this one source, and `command_config` builds a command's configuration.
+`check_config` validates a whole configuration before any work starts and raises `ConfigError` naming the flag
+at fault (`check_values` checks the values alone, with the allowed values exported by the modules that own
+them); `resolve_lengths` fills the lengths that default to the model's block size once the model is known.
 """
 
 import contextlib
@@ -28,16 +29,102 @@ class ConfigError(ValueError):
 
 
 # -----------------------------------------------------------------------------
-# The settings: one dataclass field each, with its flag, help line, commands and allowed values
+# The commands: one table, from which train.py builds its parsers, --help and each flag's list of commands
 
-FAMILY_STAGES = ("simpo", "orpo", "kto")  # DPO's family since the paper: methods/simpo.py, orpo.py, kto.py
-TRAINING_STAGES = ("pretrain", "sft", "dpo", "unlikelihood", "reward-model") + FAMILY_STAGES
-PAIR_STAGES = ("sft", "dpo", "unlikelihood", "reward-model") + FAMILY_STAGES  # read preference data (--data)
-POLICY_STAGES = ("pretrain", "sft", "dpo", "unlikelihood") + FAMILY_STAGES  # train a language model on data
-LORA_STAGES = ("sft", "dpo") + FAMILY_STAGES  # the stages that can train LoRA adapters instead of all weights
-REFERENCE_STAGES = ("dpo", "kto")  # the stages with a reference model pi_ref
-RL_STAGES = ("ppo", "rloo")  # reinforcement learning on the sentiment task (methods/rlhf.py)
-STAGES = TRAINING_STAGES + RL_STAGES + ("pairs", "eval", "sample")  # "sample", the one that writes nothing, last
+@dataclass(frozen=True)
+class Command:
+    """A command of train.py: a line for the command list, the paragraph of its --help, the work it runs, what
+    --init is to it, and its defaults where they differ from TrainConfig's (what `train.py NAME --help` shows)."""
+
+    name: str
+    summary: str
+    description: str
+    kind: str  # "train": loop.train on --data; "rl": methods/rlhf.py; "sample": no training; "experiment"
+    init: str = ""  # what --init is to a command that needs one ("": optional, or not taken)
+    pairs: bool = False  # --data is preference data (pretrain's is text)
+    lora: bool = False  # can train LoRA adapters on a frozen --init (--lora-rank)
+    reference: bool = False  # trains against a reference model pi_ref
+    defaults: dict = dataclasses.field(default_factory=dict)
+
+
+SFT_MODEL, SFT_REFERENCE = "the SFT model", "the SFT model, which is also the frozen reference"
+PAIR_RUN = dict(lr=1e-5, steps=500, batch_size=16, schedule="constant")  # DPO's defaults, shared by its family
+COMMANDS = (
+    Command("pretrain", "next-token prediction on a text file or the embedded reviews",
+            "Next-token prediction on --data (a UTF-8 text file) or, by default, the embedded reviews.", "train",
+            defaults=dict(out_dir="out/pretrain", lr=1e-3, steps=2000, batch_size=32, warmup_steps=50)),
+    Command("sft", "supervised fine-tuning on prompt + chosen",
+            "Supervised fine-tuning of --init on prompt + chosen of --data (loss on response tokens only).", "train",
+            pairs=True, lora=True, defaults=dict(out_dir="out/sft", lr=1e-4, steps=500, batch_size=16)),
+    Command("dpo", "DPO against a frozen copy of --init",
+            "DPO (paper Eq. 7) of --init on --data, with a frozen copy of --init (or --reference-init) as the "
+            "reference; with --lora-rank, low-rank adapters on the frozen --init, the reference being the same "
+            "network with its adapters off.", "train", SFT_REFERENCE, pairs=True, lora=True, reference=True,
+            defaults=dict(out_dir="out/dpo", **PAIR_RUN)),
+    Command("unlikelihood", "the paper's Unlikelihood baseline: raise log p(chosen), push down p(rejected) per token",
+            "Unlikelihood (Welleck et al. 2019; a baseline of the DPO paper, section 6) of --init on --data: "
+            "maximise log p(chosen) and log(1 - p) of each rejected token; no reference.", "train", SFT_MODEL,
+            pairs=True, defaults=dict(out_dir="out/unlikelihood", **PAIR_RUN)),
+    Command("reward-model", "the reward model of RLHF: Bradley-Terry on the same pairs",
+            "Train a reward model (methods/reward_model.py: the --init trunk and a scalar head; Eq. 2 of the DPO "
+            "paper) on the preference pairs of --data; keeps best.pt, the best held-out accuracy.", "train",
+            "the SFT model, whose trunk the reward model starts from", pairs=True,
+            defaults=dict(out_dir="out/reward-model", lr=1e-4, steps=500, batch_size=16, keep_best=True,
+                          eval_samples=2)),
+    Command("simpo", "SimPO: DPO without a reference, on length-normalised log-probs, with a margin",
+            "SimPO (Meng et al. 2024; methods/simpo.py) of --init on --data: -log sigma(beta * (mean log "
+            "p(chosen) - mean log p(rejected)) - gamma); no reference model.", "train", SFT_MODEL, pairs=True,
+            lora=True, defaults=dict(out_dir="out/simpo", **PAIR_RUN, beta=2.0)),
+    Command("orpo", "ORPO: SFT and an odds-ratio preference term in one loss, no reference",
+            "ORPO (Hong et al. 2024; methods/orpo.py) of --init (a base model: no SFT stage needed) on --data: "
+            "the chosen response's NLL minus beta * log sigma(log odds ratio); no reference model.", "train",
+            "the base model (ORPO needs no SFT stage)", pairs=True, lora=True,
+            defaults=dict(out_dir="out/orpo", **PAIR_RUN, beta=0.1)),
+    Command("kto", "KTO: single completions marked desirable or undesirable, against a reference",
+            "KTO (Ethayarajh et al. 2024; methods/kto.py) of --init on --data: TRL's unpaired format (prompt, "
+            "completion, label) or pairs split in two; a frozen copy of --init is the reference, the KL estimate "
+            "from mismatched pairs the reference point.", "train", SFT_REFERENCE, pairs=True, lora=True,
+            reference=True, defaults=dict(out_dir="out/kto", **PAIR_RUN, beta=0.1)),
+    Command("ppo", "RLHF's PPO on the sentiment task, with a reward model or the ground truth (PPO-GT)",
+            "PPO (methods/ppo.py, methods/rlhf.py) of --init on the sentiment task's training prompts: rollouts "
+            "scored by --reward-model (or --ground-truth-reward, the paper's oracle), a KL penalty toward --init, "
+            "GAE, a value model started from the reward model, clipped updates.", "rl", SFT_REFERENCE,
+            defaults=dict(out_dir="out/ppo", lr=1e-4, steps=100, batch_size=64, samples_per_prompt=1,
+                          max_new_tokens=32, eval_every=20, save_every=20)),
+    Command("rloo", "REINFORCE leave-one-out on the sentiment task: k samples a prompt, no value model",
+            "RLOO (Ahmadian et al. 2024; methods/ppo.py, methods/rlhf.py) of --init on the sentiment task's "
+            "training prompts: --samples-per-prompt rollouts each, scored by --reward-model (or the ground "
+            "truth), each one's baseline the mean of the others.", "rl", SFT_REFERENCE,
+            defaults=dict(out_dir="out/rloo", lr=1e-4, steps=100, batch_size=16, samples_per_prompt=4,
+                          max_new_tokens=32, eval_every=20, save_every=20)),
+    Command("pairs", "sample completions and write preference pairs labelled by the ground-truth reward",
+            "Sample --samples-per-prompt completions from --init for the sentiment task's training prompts and "
+            "write best-vs-worst preference pairs (ground-truth reward: VADER) to OUT_DIR/pairs.jsonl.", "sample",
+            "the model to sample from", defaults=dict(out_dir="out/pairs")),
+    Command("eval", "reward, win rate and KL of --init against --reference-init, from samples",
+            "Compare --init (policy) with --reference-init on the sentiment task's held-out prompts: "
+            "ground-truth reward, win rate, KL(policy || reference); writes OUT_DIR/eval.json.", "sample",
+            "the model to sample from", defaults=dict(out_dir="out/eval")),
+    Command("sample", "print completions of --init",
+            "Print a completion of --init for each --prompt (default: five held-out prompts).", "sample",
+            "the model to sample from"),
+    Command("demo", "the embedded sentiment experiment, end to end (the default)",
+            "experiments/demo.py", "experiment"),
+    Command("frontier", "the reward-KL frontier of DPO, RLHF and DPO's family (paper Figure 2, left)",
+            "experiments/frontier.py", "experiment"),
+    Command("study", "a single-GPU user's questions in miniature (after the BTLM-Chat DPO study, Cerebras 2023)",
+            "experiments/study.py", "experiment"),
+)
+COMMAND_NAMES = tuple(c.name for c in COMMANDS if c.kind != "experiment")  # the commands of TrainConfig's flags
+TRAINING_COMMANDS = tuple(c.name for c in COMMANDS if c.kind == "train")
+RL_COMMANDS = tuple(c.name for c in COMMANDS if c.kind == "rl")  # reinforcement learning (methods/rlhf.py)
+PAIR_COMMANDS = tuple(c.name for c in COMMANDS if c.pairs)  # read preference data (--data)
+POLICY_COMMANDS = tuple(name for name in TRAINING_COMMANDS if name != "reward-model")  # train a language model
+LORA_COMMANDS = tuple(c.name for c in COMMANDS if c.lora)
+REFERENCE_COMMANDS = tuple(c.name for c in COMMANDS if c.reference)
+FAMILY_COMMANDS = ("simpo", "orpo", "kto")  # DPO's family since the paper: methods/simpo.py, orpo.py, kto.py
+RUN_COMMANDS = TRAINING_COMMANDS + RL_COMMANDS  # the commands that train: a run directory, checkpoints, --resume
+COMMAND_DEFAULTS = {c.name: c.defaults for c in COMMANDS if c.kind != "experiment"}  # over TrainConfig's
 SCHEDULES = ("cosine", "constant")  # the learning rate after warm-up (loop.learning_rate)
 DTYPES = ("auto", "float32", "bfloat16", "float16")  # the autocast dtype (resolve_device)
 FRESH_MODEL = "a fresh model (pretrain, sft without --init; ignored with --init)"
@@ -46,33 +133,34 @@ RL = "reinforcement learning"
 MAX_KL_COEF = 1e6  # the KL coefficient's ceiling (--kl-coef, and ppo.AdaptiveKL's): past where the reward matters
 
 
-def option(flag, default, help, stages=TRAINING_STAGES, choices=None, group=None):
+def option(flag, default, help, commands=TRAINING_COMMANDS, choices=None, group=None):
     """A TrainConfig field: its flag (None: not a flag), default, help line, the commands that take it, its
     allowed values (None: any) and its --help group."""
-    return dataclasses.field(default=default, metadata=dict(flag=flag, help=help, stages=stages, choices=choices,
+    return dataclasses.field(default=default, metadata=dict(flag=flag, help=help, commands=commands, choices=choices,
                                                             group=group))
 
 
 @dataclass
 class TrainConfig:
     out_dir: str = option("--out-dir", "out/run", "directory for the run's outputs (config, metrics, checkpoints)",
-                          STAGES[:-1])
+                          COMMAND_NAMES[:-1])
     init: str = option("--init", "", "the starting model: a ckpt.pt of ours (or its directory), a Hugging Face "
                        "GPT-2 directory, or a hub name such as gpt2; '' = a fresh model (dpo: the SFT model, which "
-                       "is also the frozen reference)", STAGES)
+                       "is also the frozen reference)", COMMAND_NAMES)
     data: str = option("--data", "", "pretrain: a UTF-8 text file ('' = the embedded reviews); the other commands: "
                        "preference data (kto: also TRL's unpaired format), a .jsonl/.json file, a dataset directory or "
                        "hub name, optionally NAME:split")
     heldout_data: str = option("--heldout-data", "", "held-out preference data, as --data; '' = the dataset's test "
-                               "split when it has one, else a --heldout-fraction of --data", PAIR_STAGES)
+                               "split when it has one, else a --heldout-fraction of --data", PAIR_COMMANDS)
     heldout_fraction: float = option("--heldout-fraction", 0.05, "share of --data held out for evaluation (without "
                                      "--heldout-data)")
     tokenizer: str = option("--tokenizer", "bytes", "'bytes' (offline, byte-level), 'gpt2' (tiktoken's BPE; needs "
-                            "the network or TIKTOKEN_CACHE_DIR), or a path to a .tiktoken BPE ranks file", STAGES)
+                            "the network or TIKTOKEN_CACHE_DIR), or a path to a .tiktoken BPE ranks file",
+                            COMMAND_NAMES)
     max_length: int = option("--max-length", 0, "tokens per row: prompt + response, or pretrain's window; 0 = the "
                              "model's block size")
     max_prompt_length: int = option("--max-prompt-length", 0, "most prompt tokens kept when a pair is too long; "
-                                    "0 = half of --max-length", PAIR_STAGES)
+                                    "0 = half of --max-length", PAIR_COMMANDS)
     # a fresh model
     n_layer: int = option("--n-layer", 4, "transformer blocks", ("pretrain", "sft"), group=FRESH_MODEL)
     n_head: int = option("--n-head", 4, "attention heads per block", ("pretrain", "sft"), group=FRESH_MODEL)
@@ -82,29 +170,29 @@ class TrainConfig:
     dropout: float = option("--dropout", 0.0, "dropout probability", ("pretrain", "sft"), group=FRESH_MODEL)
     # optimisation
     steps: int = option("--steps", 1000, "optimizer steps (ppo, rloo: iterations of rollouts and updates)",
-                        TRAINING_STAGES + RL_STAGES)
+                        RUN_COMMANDS)
     batch_size: int = option("--batch-size", 32, "examples (pretrain: windows; kto: completions; ppo, rloo: prompts; "
                              "the others: pairs) per optimizer step (ppo, rloo: iteration), over all processes "
                              "(torchrun: each takes an equal share)",
-                             TRAINING_STAGES + RL_STAGES)
+                             RUN_COMMANDS)
     grad_accum: int = option("--grad-accum", 1, "micro-batches per step in each process (processes x this must "
                              "divide --batch-size)")
-    lr: float = option("--lr", 3e-4, "peak learning rate (AdamW; ppo, rloo: constant)", TRAINING_STAGES + RL_STAGES)
+    lr: float = option("--lr", 3e-4, "peak learning rate (AdamW; ppo, rloo: constant)", RUN_COMMANDS)
     schedule: str = option("--schedule", "cosine", "after linear warm-up: cosine decay to --min-lr-ratio * --lr, or "
                            "constant", choices=SCHEDULES)
     min_lr_ratio: float = option("--min-lr-ratio", 0.1, "the cosine schedule's final learning rate, as a fraction "
                                  "of --lr")
     warmup_steps: int = option("--warmup-steps", 20, "steps of linear learning-rate warm-up")
     weight_decay: float = option("--weight-decay", 0.1, "AdamW weight decay on weight matrices and embeddings",
-                                 TRAINING_STAGES + RL_STAGES)
+                                 RUN_COMMANDS)
     grad_clip: float = option("--grad-clip", 1.0, "clip the gradient's global norm to this",
-                              TRAINING_STAGES + RL_STAGES)
+                              RUN_COMMANDS)
     # DPO
     loss: str = option("--loss", "sigmoid", "the DPO loss (dpo.py): sigmoid (Eq. 7; cDPO with --label-smoothing), "
                        "ipo, hinge, robust", ("dpo",), choices=LOSS_TYPES)
     beta: float = option("--beta", 0.1, "beta: dpo, kto: the strength of the KL penalty (Eq. 3, 7); simpo: the "
                          "reward's scale; orpo: the odds-ratio term's weight (the paper's lambda)",
-                         ("dpo",) + FAMILY_STAGES)
+                         ("dpo",) + FAMILY_COMMANDS)
     simpo_gamma: float = option("--simpo-gamma", 1.0, "SimPO's target margin between the rewards", ("simpo",))
     desirable_fraction: float = option("--desirable-fraction", 1.0, "keep this fraction of the desirable training "
                                        "examples (KTO on imbalanced data)", ("kto",))
@@ -120,39 +208,39 @@ class TrainConfig:
                                        "the rejected response", ("unlikelihood",))
     reference: str = option("--reference", "precompute", "precompute: the reference's log-probs once, then the "
                             "reference is freed; live: every step (with LoRA the reference is the policy with its "
-                            "adapters off: no copy either way)", REFERENCE_STAGES, choices=REFERENCE_MODES)
+                            "adapters off: no copy either way)", REFERENCE_COMMANDS, choices=REFERENCE_MODES)
     # LoRA (plumbing/lora.py)
     lora_rank: int = option("--lora-rank", 0, "train low-rank adapters of this rank on a frozen --init model "
-                            "instead of all weights (LoRA); 0 = full fine-tuning", LORA_STAGES, group=LORA)
+                            "instead of all weights (LoRA); 0 = full fine-tuning", LORA_COMMANDS, group=LORA)
     lora_alpha: float = option("--lora-alpha", 16.0, "LoRA's alpha: the update B A is scaled by alpha / rank",
-                               LORA_STAGES, group=LORA)
-    lora_dropout: float = option("--lora-dropout", 0.0, "dropout on the adapters' input", LORA_STAGES, group=LORA)
+                               LORA_COMMANDS, group=LORA)
+    lora_dropout: float = option("--lora-dropout", 0.0, "dropout on the adapters' input", LORA_COMMANDS, group=LORA)
     lora_targets: str = option("--lora-targets", "c_attn,c_proj,c_fc", "comma-separated names of the linear "
                                "layers that get adapters (c_proj matches attention's and the MLP's; attn.c_proj "
-                               "one of them)", LORA_STAGES, group=LORA)
+                               "one of them)", LORA_COMMANDS, group=LORA)
     # sampling (pairs, eval, sample)
     samples_per_prompt: int = option("--samples-per-prompt", 4, "completions sampled per prompt (pairs: the best and "
-                                     "worst make a pair; rloo: k, the leave-one-out group)", ("pairs",) + RL_STAGES)
+                                     "worst make a pair; rloo: k, the leave-one-out group)", ("pairs",) + RL_COMMANDS)
     max_new_tokens: int = option("--max-new-tokens", 64, "most tokens sampled per completion",
-                                 ("pairs", "eval", "sample", "reward-model") + RL_STAGES)
+                                 ("pairs", "eval", "sample", "reward-model") + RL_COMMANDS)
     min_reward_gap: float = option("--min-reward-gap", 0.2, "drop a prompt whose best - worst reward is below this",
                                    ("pairs",))
     reference_init: str = option("--reference-init", "", "eval: the reference model to compare --init with; dpo, "
                                  "kto: the frozen reference pi_ref ('' = the --init model); a path as --init",
-                                 ("eval",) + REFERENCE_STAGES)
+                                 ("eval",) + REFERENCE_COMMANDS)
     num_prompts: int = option("--num-prompts", 0, "use the first N of the task's prompts (0 = all)",
                               ("pairs", "eval"))
     # reinforcement learning (ppo, rloo; methods/rlhf.py, methods/ppo.py)
     reward_model: str = option("--reward-model", "", "the reward model the policy is trained on: a checkpoint of "
-                               "`train.py reward-model` (its best.pt)", RL_STAGES, group=RL)
+                               "`train.py reward-model` (its best.pt)", RL_COMMANDS, group=RL)
     ground_truth_reward: bool = option("--ground-truth-reward", False, "train on the task's ground-truth reward "
-                                       "instead of a reward model (the paper's PPO-GT oracle)", RL_STAGES, group=RL)
-    kl_coef: float = option("--kl-coef", 0.05, "the KL penalty's coefficient (Eq. 3's beta), per token", RL_STAGES,
+                                       "instead of a reward model (the paper's PPO-GT oracle)", RL_COMMANDS, group=RL)
+    kl_coef: float = option("--kl-coef", 0.05, "the KL penalty's coefficient (Eq. 3's beta), per token", RL_COMMANDS,
                             group=RL)
     target_kl: float = option("--target-kl", 0.0, "steer --kl-coef toward this KL per rollout (nats; Ziegler et al. "
-                              "2019); 0 = a fixed coefficient", RL_STAGES, group=RL)
+                              "2019); 0 = a fixed coefficient", RL_COMMANDS, group=RL)
     kl_horizon: float = option("--kl-horizon", 10000.0, "the adaptive KL controller's horizon, in rollouts (Ziegler "
-                               "et al. 2019); at least one iteration's rollouts", RL_STAGES, group=RL)
+                               "et al. 2019); at least one iteration's rollouts", RL_COMMANDS, group=RL)
     clip: float = option("--clip", 0.2, "PPO's clip range of the probability ratio", ("ppo",), group=RL)
     value_clip: float = option("--value-clip", 0.2, "PPO's clip range of the value update", ("ppo",), group=RL)
     value_lr: float = option("--value-lr", 1e-4, "the value model's learning rate (AdamW)", ("ppo",), group=RL)
@@ -162,7 +250,7 @@ class TrainConfig:
     minibatches: int = option("--minibatches", 4, "minibatches per pass (must divide --batch-size x "
                               "--samples-per-prompt)", ("ppo",), group=RL)
     # evaluation and checkpoints
-    eval_every: int = option("--eval-every", 50, "steps between held-out evaluations", TRAINING_STAGES + RL_STAGES)
+    eval_every: int = option("--eval-every", 50, "steps between held-out evaluations", RUN_COMMANDS)
     early_stop_patience: int = option("--early-stop-patience", 0, "evaluations without a better held-out score "
                                       "before stopping (0 = off)")
     keep_best: bool = option("--keep-best", False, "keep best.pt, the weights at the best held-out score (also with "
@@ -171,55 +259,38 @@ class TrainConfig:
                                "held-out prompt of the sentiment task with the reward model and the ground truth "
                                "(Pearson and Spearman correlation, reward_eval.json); 0 = off", ("reward-model",))
     save_every: int = option("--save-every", 200, "steps between checkpoints (one is always written at the end)",
-                             TRAINING_STAGES + RL_STAGES)
+                             RUN_COMMANDS)
     keep_checkpoints: bool = option("--keep-checkpoints", False, "also keep the weights of every checkpoint as "
-                                    "step_NNNNNN.pt (to evaluate a run along the way)", TRAINING_STAGES + RL_STAGES)
+                                    "step_NNNNNN.pt (to evaluate a run along the way)", RUN_COMMANDS)
     resume: bool = option("--resume", False, "continue the run in OUT_DIR from its ckpt.pt, exactly where it stopped "
                           "(the same command, model and tokenizer; from step 0 if it stopped before its first "
-                          "checkpoint)", TRAINING_STAGES + RL_STAGES)
+                          "checkpoint)", RUN_COMMANDS)
     overwrite: bool = option("--overwrite", False, "start anew in an OUT_DIR that holds another run, removing that "
-                             "run's files first (without it such a directory is refused)", TRAINING_STAGES + RL_STAGES)
+                             "run's files first (without it such a directory is refused)", RUN_COMMANDS)
     # hardware
-    device: str = option("--device", "auto", "auto (cuda when available, else cpu), cpu, cuda or cuda:N", STAGES)
+    device: str = option("--device", "auto", "auto (cuda when available, else cpu), cpu, cuda or cuda:N",
+                         COMMAND_NAMES)
     dtype: str = option("--dtype", "auto", "autocast dtype: auto (bfloat16 on CUDA, float32 on CPU), float32, "
-                        "bfloat16, float16 (with a gradient scaler; not for ppo, rloo)", TRAINING_STAGES + RL_STAGES,
+                        "bfloat16, float16 (with a gradient scaler; not for ppo, rloo)", RUN_COMMANDS,
                         choices=DTYPES)
     impl: str = option("--impl", "auto", "log-prob kernel: auto (Triton on CUDA, torch on CPU), triton, torch",
-                       POLICY_STAGES + RL_STAGES + ("eval",), choices=IMPLS)
+                       POLICY_COMMANDS + RL_COMMANDS + ("eval",), choices=IMPLS)
     fused_linear: bool = option("--fused-linear", False, "log-probs from the last hidden states and the LM-head "
                                 "weight without the (B, T, V) logits (logprob_kernels.linear_sequence_logprobs), "
-                                "for the policy and the DPO reference", ("pretrain", "sft", "dpo") + FAMILY_STAGES)
-    compile: bool = option("--compile", False, "torch.compile the model for training", POLICY_STAGES)
+                                "for the policy and the DPO reference", ("pretrain", "sft", "dpo") + FAMILY_COMMANDS)
+    compile: bool = option("--compile", False, "torch.compile the model for training", POLICY_COMMANDS)
     world_size: int = option(None, 1, "processes training data-parallel (torchrun --nproc_per_node N): not a flag, "
                              "set from the process group when training starts and recorded in config.json", ())
-    seed: int = option("--seed", 1337, "seed of the data order, initialisation, dropout and sampling", STAGES)
+    seed: int = option("--seed", 1337, "seed of the data order, initialisation, dropout and sampling", COMMAND_NAMES)
 
 
-# Each command's defaults where they differ from the fields' (what `train.py COMMAND --help` shows).
-STAGE_DEFAULTS = {
-    "pretrain": dict(out_dir="out/pretrain", lr=1e-3, steps=2000, batch_size=32, warmup_steps=50),
-    "sft": dict(out_dir="out/sft", lr=1e-4, steps=500, batch_size=16),
-    "dpo": dict(out_dir="out/dpo", lr=1e-5, steps=500, batch_size=16, schedule="constant"),
-    "unlikelihood": dict(out_dir="out/unlikelihood", lr=1e-5, steps=500, batch_size=16, schedule="constant"),
-    "simpo": dict(out_dir="out/simpo", lr=1e-5, steps=500, batch_size=16, schedule="constant", beta=2.0),
-    "orpo": dict(out_dir="out/orpo", lr=1e-5, steps=500, batch_size=16, schedule="constant", beta=0.1),
-    "kto": dict(out_dir="out/kto", lr=1e-5, steps=500, batch_size=16, schedule="constant", beta=0.1),
-    "reward-model": dict(out_dir="out/reward-model", lr=1e-4, steps=500, batch_size=16, keep_best=True,
-                         eval_samples=2),
-    "ppo": dict(out_dir="out/ppo", lr=1e-4, steps=100, batch_size=64, samples_per_prompt=1, max_new_tokens=32,
-                eval_every=20, save_every=20),
-    "rloo": dict(out_dir="out/rloo", lr=1e-4, steps=100, batch_size=16, samples_per_prompt=4, max_new_tokens=32,
-                 eval_every=20, save_every=20),
-    "pairs": dict(out_dir="out/pairs"),
-    "eval": dict(out_dir="out/eval"),
-}
 FLAGS = {field.name: field.metadata["flag"] for field in dataclasses.fields(TrainConfig)}  # field name -> "--flag"
 
 
-def stage_config(stage, **changes):
-    """The TrainConfig of command `stage`: the fields' defaults, then the command's (STAGE_DEFAULTS), then
+def command_config(command, **changes):
+    """The TrainConfig of command `command`: the fields' defaults, then the command's (COMMAND_DEFAULTS), then
     `changes` (field names and values). Raises TypeError for a name that is not a field."""
-    return TrainConfig(**{**STAGE_DEFAULTS.get(stage, {}), **changes})
+    return TrainConfig(**{**COMMAND_DEFAULTS.get(command, {}), **changes})
 
 
 def _need(cfg, ok, name, requirement):
@@ -293,57 +364,51 @@ def check_values(cfg):
          "the Triton kernel on a CPU needs TRITON_INTERPRET=1 set in the environment (or use --impl torch)")
 
 
-def check_config(stage, cfg):
-    """Validate the whole configuration of command `stage` before any work; raise ConfigError naming the flag.
+def check_config(command, cfg):
+    """Validate the whole configuration of command `command` before any work; raise ConfigError naming the flag.
 
-    `check_values`, plus the flags the stage requires, that local paths exist, and that --resume has a
+    `check_values`, plus the flags the command requires, that local paths exist, and that --resume has a
     checkpoint. Lengths that default to the model (0) are resolved later by `resolve_lengths`, once the model
     is known.
     """
-    if stage not in STAGES:
-        raise ConfigError(f"unknown stage {stage!r}; expected one of {STAGES}")
+    if command not in COMMAND_NAMES:
+        raise ConfigError(f"unknown command {command!r}; expected one of {COMMAND_NAMES}")
 
     def need(ok, name, requirement):
         _need(cfg, ok, name, requirement)
 
-    if stage in ("dpo", "unlikelihood", "reward-model", "ppo", "rloo", "pairs", "eval", "sample") + FAMILY_STAGES:
-        need(cfg.init, "init", f"{stage} needs --init: " + {
-            "dpo": "the SFT model, which is also the frozen reference", "unlikelihood": "the SFT model",
-            "kto": "the SFT model, which is also the frozen reference", "simpo": "the SFT model",
-            "orpo": "the base model (ORPO needs no SFT stage)",
-            "reward-model": "the SFT model, whose trunk the reward model starts from",
-            "ppo": "the SFT model, which is also the frozen reference",
-            "rloo": "the SFT model, which is also the frozen reference"}.get(stage, "the model to sample from"))
-    if stage in ("pairs", "rloo"):
+    what_init_is = next(c.init for c in COMMANDS if c.name == command)
+    need(cfg.init or not what_init_is, "init", f"{command} needs --init: {what_init_is}")
+    if command in ("pairs", "rloo"):
         need(cfg.samples_per_prompt >= 2, "samples_per_prompt", "must be >= 2 " + (
-            "to form a pair" if stage == "pairs" else "(the others' mean is each sample's baseline)"))
-    if cfg.lora_rank and stage in LORA_STAGES:
+            "to form a pair" if command == "pairs" else "(the others' mean is each sample's baseline)"))
+    if cfg.lora_rank and command in LORA_COMMANDS:
         need(cfg.init, "lora_rank", "LoRA needs --init: the model whose weights stay frozen under the adapters")
-    if cfg.lora_rank and stage in REFERENCE_STAGES:
+    if cfg.lora_rank and command in REFERENCE_COMMANDS:
         need(not cfg.reference_init, "reference_init", "with LoRA the reference is the --init model under the "
              "adapters (switched off); drop --reference-init or --lora-rank")
-    need(not (cfg.fused_linear and stage == "unlikelihood"), "fused_linear",
+    need(not (cfg.fused_linear and command == "unlikelihood"), "fused_linear",
          "unlikelihood needs every token's log-prob, which the fused path does not return; drop --fused-linear")
-    if stage in PAIR_STAGES:
-        need(cfg.data, "data", f"{stage} needs --data: a preference file (JSONL/JSON, HH-RLHF) or dataset name")
-    if stage == "eval":
+    if command in PAIR_COMMANDS:
+        need(cfg.data, "data", f"{command} needs --data: a preference file (JSONL/JSON, HH-RLHF) or dataset name")
+    if command == "eval":
         need(cfg.reference_init, "reference_init", "eval needs --reference-init: the reference model")
     fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
     for name in ("init", "reference_init", "data", "heldout_data", "reward_model"):
         value = getattr(cfg, name)
-        if value and stage in fields[name].metadata["stages"]:
-            text_file = name == "data" and stage == "pretrain"  # a local text file, never a hub name
+        if value and command in fields[name].metadata["commands"]:
+            text_file = name == "data" and command == "pretrain"  # a local text file, never a hub name
             need(not (data.missing_local_path(value) or (text_file and not os.path.isfile(value))), name,
                  "no such file or directory")
     need(not cfg.tokenizer.endswith(".tiktoken") or os.path.isfile(cfg.tokenizer), "tokenizer",
          "no such file or directory")
-    if stage != "sample":  # every other command writes into --out-dir
+    if command != "sample":  # every other command writes into --out-dir
         need(cfg.out_dir and not os.path.isfile(cfg.out_dir), "out_dir", "must name a directory (new, or one "
              "this command may write into), not a file")
     check_values(cfg)
-    if stage in RL_STAGES:
+    if command in RL_COMMANDS:
         check_reinforcement_learning(cfg)
-    if not cfg.init and stage in ("pretrain", "sft"):
+    if not cfg.init and command in ("pretrain", "sft"):
         need(cfg.max_length <= cfg.block_size, "max_length", f"exceeds --block-size {cfg.block_size}")
     if cfg.resume:
         ckpt, recorded = os.path.join(cfg.out_dir, "ckpt.pt"), os.path.join(cfg.out_dir, "config.json")

@@ -55,7 +55,7 @@ class EarlyStopping:
 class Run:
     """What the loop carries from step to step."""
 
-    stage: str  # the command ("dpo", ...), recorded in config.json and the checkpoints
+    command: str  # the command ("dpo", ...), recorded in config.json and the checkpoints
     cfg: object  # config.TrainConfig, with world_size set
     model: torch.nn.Module
     optimizer: torch.optim.Optimizer
@@ -74,19 +74,19 @@ class Run:
         return os.path.join(self.cfg.out_dir, name)
 
 
-def start_run(stage, cfg, model, log):
+def start_run(command, cfg, model, log):
     """Check the configuration, claim OUT_DIR (claim_directory), put the model on its device, build AdamW, resume
     (--resume), and only then write config.json and start metrics.jsonl: a run that cannot start writes nothing."""
     cfg = dataclasses.replace(cfg, world_size=data_parallel.world_size())
     check_values(cfg)
     if not cfg.max_length:
         raise ConfigError("--max-length: resolve it first (config.resolve_lengths), train() needs a number")
-    saved = claim_directory(stage, cfg, model, log)
+    saved = claim_directory(command, cfg, model, log)
     lora_base = describe_lora_base(cfg.init, model) if lora.lora_layers(model) else None
     device, autocast, scaler = resolve_device(cfg)
     model.to(device)
     seed_generators(cfg.seed + data_parallel.rank())  # dropout: a stream of its own on each process
-    run = Run(stage, cfg, model, make_optimizer(model, cfg), device, autocast, scaler, lora_base,
+    run = Run(command, cfg, model, make_optimizer(model, cfg), device, autocast, scaler, lora_base,
               forward_model=torch.compile(model) if cfg.compile else model)
     if saved is not None:
         resume(run, saved, log)
@@ -116,23 +116,24 @@ def run_files(out_dir):
     return sorted(names)
 
 
-def recorded_stage(out_dir):
+def recorded_command(out_dir):
     """The command recorded in out_dir/config.json (None when there is no config.json). Raises CheckpointError
-    for a config.json that is not a run's (unreadable, or no "stage"): a directory of something else."""
+    for a config.json that is not a run's (unreadable, or no "command"): a directory of something else. Runs
+    written before the key was "command" say "stage"."""
     path = os.path.join(out_dir, "config.json")
     if not os.path.isfile(path):
         return None
     try:
         with open(path) as f:
             recorded = json.load(f)
-        return recorded["stage"]
+        return recorded["command"] if "command" in recorded else recorded["stage"]
     except (OSError, ValueError, KeyError, TypeError):
-        raise CheckpointError(f"--out-dir {out_dir}: its config.json is not a training run's (no readable 'stage'): "
+        raise CheckpointError(f"--out-dir {out_dir}: its config.json is not a training run's (no readable 'command'): "
                               f"choose another --out-dir") from None
 
 
-def claim_directory(stage, cfg, model, log=print, mmap=False):
-    """Check, before anything is written, that cfg.out_dir may hold this run of command `stage`; return the
+def claim_directory(command, cfg, model, log=print, mmap=False):
+    """Check, before anything is written, that cfg.out_dir may hold this run of command `command`; return the
     checkpoint to resume from (--resume; None for a new run, or a run killed before its first checkpoint).
 
     A new run needs a directory without a run in it (or --overwrite: start_run then removes the old run's files).
@@ -142,9 +143,9 @@ def claim_directory(stage, cfg, model, log=print, mmap=False):
     lazily (a check that keeps nothing)."""
     out_dir, ckpt = cfg.out_dir, os.path.join(cfg.out_dir, "ckpt.pt")
     found = run_files(out_dir)
-    held = recorded_stage(out_dir)
+    held = recorded_command(out_dir)
     saved = load_checkpoint(ckpt, mmap=mmap) if cfg.resume and os.path.isfile(ckpt) else None
-    held = held or (saved or {}).get("config", {}).get("stage")
+    held = held or (saved or {}).get("config", {}).get("command")
     what = f"a {held} run" if held else f"a run's files ({', '.join(found)})"
     if not cfg.resume:
         if found and not cfg.overwrite:
@@ -153,8 +154,8 @@ def claim_directory(stage, cfg, model, log=print, mmap=False):
         return None
     if held is None:
         raise CheckpointError(f"--resume: {out_dir} holds no run to resume (no config.json or ckpt.pt)")
-    if held != stage:
-        raise CheckpointError(f"--resume: {out_dir} holds {what}, not a {stage} run: resume it with `train.py "
+    if held != command:
+        raise CheckpointError(f"--resume: {out_dir} holds {what}, not a {command} run: resume it with `train.py "
                               f"{held} --resume`, or choose another --out-dir")
     if saved is None:
         log(f"resume: {out_dir} holds no checkpoint yet (the run stopped before its first): starting from step 0")
@@ -209,8 +210,8 @@ def write_atomically(path, text):
 
 
 def run_config(run):
-    """What config.json and every checkpoint record of the run: {"stage": the command, **the TrainConfig}."""
-    return {"stage": run.stage, **dataclasses.asdict(run.cfg)}
+    """What config.json and every checkpoint record of the run: {"command": its name, **the TrainConfig}."""
+    return {"command": run.command, **dataclasses.asdict(run.cfg)}
 
 
 def check_same_base(saved, lora_base, cfg):
@@ -299,7 +300,7 @@ def early_stop(run, eval_row, log):
     """Keep best.pt at a better held-out score (--early-stop-patience > 0 or --keep-best); True when it is time to
     stop."""
     best, patience = run.early_stopping, run.cfg.early_stop_patience
-    score = eval_row.get("rewards/accuracies", -eval_row["loss"])  # next-token stages: lower loss is better
+    score = eval_row.get("rewards/accuracies", -eval_row["loss"])  # next-token commands: lower loss is better
     if score > best.best_score:
         best.best_score, best.best_step, best.evals_since_best = score, run.step, 0
         if (patience or run.cfg.keep_best) and data_parallel.is_main():

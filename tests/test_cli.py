@@ -4,6 +4,7 @@ help and defaults, defaults that follow the model, and an install that adds no t
 import dataclasses
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +18,7 @@ import train
 from model import GPT, GPTConfig
 from plumbing import commands
 from plumbing.checkpoint import CheckpointError, load_checkpoint, load_model, save_checkpoint
-from plumbing.config import STAGE_DEFAULTS, STAGES, ConfigError, TrainConfig, stage_config
+from plumbing.config import COMMAND_DEFAULTS, COMMAND_NAMES, COMMANDS, ConfigError, TrainConfig, command_config
 from reference import Reference
 
 REPO = Path(__file__).resolve().parents[1]
@@ -176,12 +177,12 @@ def test_each_command_lists_its_flags_with_help_and_default():
     parser = train.build_parser()
     commands = parser._subparsers._group_actions[0].choices
     listed = {}
-    for stage in STAGES:
-        actions = [a for a in commands[stage]._actions if a.option_strings and a.dest not in ("help", "debug")]
-        listed[stage] = {a.option_strings[0] for a in actions}
+    for command in COMMAND_NAMES:
+        actions = [a for a in commands[command]._actions if a.option_strings and a.dest not in ("help", "debug")]
+        listed[command] = {a.option_strings[0] for a in actions}
         for action in actions:
             if action.dest != "prompt":
-                assert "(default: " in action.help, (stage, action.option_strings)
+                assert "(default: " in action.help, (command, action.option_strings)
     assert not {"--samples-per-prompt", "--num-prompts", "--min-reward-gap", "--n-layer", "--block-size"} & \
         listed["dpo"]
     assert not {"--beta", "--steps", "--lr"} & listed["sample"]
@@ -193,12 +194,13 @@ def test_each_command_lists_its_flags_with_help_and_default():
                    {a.option_strings[0] for a in g._group_actions}][0]
     assert "ignored with --init" in shape_group.title
     for f in dataclasses.fields(TrainConfig):  # one source: each field's help and flag live in its metadata
-        assert f.metadata["help"] and set(f.metadata["stages"]) <= set(STAGES), f.name
-        assert f.metadata["flag"] == ("--" + f.name.replace("_", "-") if f.metadata["stages"] else None), f.name
-    for stage, defaults in STAGE_DEFAULTS.items():  # each command's defaults, from the one table, in its --help
-        shown = {a.dest: a.default for a in commands[stage]._actions}
-        assert all(shown[name] == value for name, value in defaults.items()), stage
-        assert stage_config(stage) == TrainConfig(**{f: shown[f] for f in shown if f not in ("help", "debug")})
+        assert f.metadata["help"] and set(f.metadata["commands"]) <= set(COMMAND_NAMES), f.name
+        assert f.metadata["flag"] == ("--" + f.name.replace("_", "-") if f.metadata["commands"] else None), f.name
+    for command, defaults in COMMAND_DEFAULTS.items():  # each command's defaults, from the one table, in its --help
+        shown = {a.dest: a.default for a in commands[command]._actions}
+        assert all(shown[name] == value for name, value in defaults.items()), command
+        assert command_config(command) == TrainConfig(**{f: shown[f] for f in shown
+                                                         if f not in ("help", "debug", "prompt")})
 
 
 def test_each_flags_help_names_the_commands_that_take_it():
@@ -206,16 +208,16 @@ def test_each_flags_help_names_the_commands_that_take_it():
     parser has the flag, and no help names a command as the only user of a flag others take too."""
     commands = train.build_parser()._subparsers._group_actions[0].choices
     having = {}
-    for stage in STAGES:
-        for action in commands[stage]._actions:
+    for command in COMMAND_NAMES:
+        for action in commands[command]._actions:
             if action.option_strings and action.dest in {f.name for f in dataclasses.fields(TrainConfig)}:
-                having.setdefault(action.option_strings[0], {})[stage] = action.help
+                having.setdefault(action.option_strings[0], {})[command] = action.help
     for flag, helps in having.items():
-        for stage, text in helps.items():
+        for command, text in helps.items():
             named = text.rsplit("; ", 1)[1].rstrip(")")
-            expected = "every command" if set(helps) == set(STAGES) else "taken by " + ", ".join(
-                s for s in STAGES if s in helps)
-            assert named == expected, (flag, stage, named)
+            expected = "every command" if set(helps) == set(COMMAND_NAMES) else "taken by " + ", ".join(
+                s for s in COMMAND_NAMES if s in helps)
+            assert named == expected, (flag, command, named)
     for flag in ("--data", "--max-length", "--reference-init"):  # their help once named only sft and dpo
         help_text = next(iter(having[flag].values()))
         assert "sft, dpo:" not in help_text and "(sft, dpo)" not in help_text, (flag, help_text)
@@ -274,8 +276,9 @@ def test_config_errors_for_programmatic_use(tmp_path):
 
 def test_install_adds_no_top_level_names(tmp_path):
     """Run from outside the checkout, Python finds none of the project's modules: they are not installed."""
-    names = ["data", "model", "train", "training", "stages", "config", "checkpoint", "dpo", "logprob_kernels",
-             "data_parallel", "lora", "sentiment", "experiments", "course", "evaluate", "demo"]
+    names = ["data", "model", "train", "training", "stages", "loop", "plumbing", "methods", "config", "checkpoint",
+             "dpo", "logprob_kernels", "data_parallel", "lora", "sentiment", "experiments", "course", "evaluate",
+             "demo"]
     probe = ("import importlib.util, json, sys; "
              f"print(json.dumps({{n: getattr(importlib.util.find_spec(n), 'origin', None) for n in {names!r}}}))")
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
@@ -291,3 +294,19 @@ def test_a_fresh_model_too_large_for_the_machine_is_refused_before_allocating(tm
     assert err.startswith("error: --n-layer 40 --n-embd 100000 --block-size 256: a fresh model of 4.8e+12 "
                           "parameters needs") and err.count("\n") == 1, err
     assert not os.path.exists(tmp_path / "run")
+
+
+def test_every_command_of_the_table_is_in_help_the_readme_and_the_docstring():
+    """One table of commands (plumbing/config.py COMMANDS): `train.py --help`, the README's command list and
+    train.py's docstring name exactly its commands, with the table's summaries."""
+    table = {command.name: command.summary for command in COMMANDS}
+    subparsers = train.build_parser()._subparsers._group_actions[0]
+    assert {action.dest: action.help for action in subparsers._choices_actions} == table
+    help_text = train.build_parser().format_help()
+    assert all(re.search(rf"^ +{re.escape(name)}\b", help_text, flags=re.M) for name in table), help_text
+    listed = train.__doc__.split("Commands:")[1].split("(")[0]
+    assert [name.strip() for name in listed.replace("\n", " ").split(",")] == list(table)
+    readme = (REPO / "README.md").read_text()
+    section = readme[readme.index("## Commands"):readme.index("\n## ", readme.index("## Commands") + 1)]
+    rows = dict(re.findall(r"^\| `([\w-]+)` \| (.+) \|$", section, flags=re.M))
+    assert rows == table

@@ -68,13 +68,13 @@ def files_per_directory(root):
     return {os.path.relpath(d, root): sorted(names) for d, _, names in os.walk(root)}
 
 
-@pytest.mark.parametrize("stage", ["dpo", "sft", "pretrain"])
-def test_two_processes_train_as_one(tmp_path, inputs, stage, capsys):
+@pytest.mark.parametrize("command", ["dpo", "sft", "pretrain"])
+def test_two_processes_train_as_one(tmp_path, inputs, command, capsys):
     """The same global batch in 1 and 2 processes: the same per-step metrics and weights; rank 0 alone writes."""
     one, two = str(tmp_path / "one"), str(tmp_path / "two")
-    assert train.main([stage, *inputs[stage], *COMMON, "--out-dir", one]) == 0
+    assert train.main([command, *inputs[command], *COMMON, "--out-dir", one]) == 0
     printed_by_one = capsys.readouterr().out
-    launched = torchrun([stage, *inputs[stage], *COMMON, "--out-dir", two])
+    launched = torchrun([command, *inputs[command], *COMMON, "--out-dir", two])
     assert launched.returncode == 0, launched.stderr[-3000:]
 
     assert_same_run(one, two)

@@ -123,7 +123,7 @@ def test_swapping_chosen_and_rejected_flips_the_smoothing(cols, beta, eps):
     pc, pr, rc, rr = tensors(cols)
     swapped, _, _ = dpo.dpo_loss(pr, pc, rr, rc, beta=beta, label_smoothing=eps)
     h = (pc - pr) - (rc - rr)  # (B,) exact on the grid
-    torch.testing.assert_close(swapped, dpo._losses_from_logits(h, beta, "sigmoid", 1 - eps))
+    torch.testing.assert_close(swapped, dpo._losses_from_margin(h, beta, "sigmoid", 1 - eps))
     naive = torch.tensor([naive_pair_loss(*pair, beta, "sigmoid", 1 - eps) for pair in zip(*cols)])
     torch.testing.assert_close(swapped, naive, rtol=1e-5, atol=1e-5)
 

@@ -113,7 +113,7 @@ def test_frontier_quick(tmp_path):
                              ("KTO 10%", "kto-10pct-beta0.1")):  # one beta each, checkpoints on the frontier
         assert {p["step"] for p in points if p["method"] == method and p["train_seed"] == 1337} == {12, 24}, method
         saved = json.load(open(runs / run_name / "config.json"))
-        assert saved["stage"] == family_runs.FAMILY_METHODS[method]
+        assert saved["command"] == family_runs.FAMILY_METHODS[method]
     assert json.load(open(runs / "simpo-beta8.0" / "config.json"))["simpo_gamma"] == 4.0  # gamma / beta = 0.5
     unpaired = json.load(open(runs / "kto-10pct-beta0.1" / "config.json"))
     assert unpaired["desirable_fraction"] == 0.1 and unpaired["desirable_weight"] > 1  # rebalanced, resolved

@@ -282,17 +282,17 @@ def test_encoded_examples_get_another_prompts_completion_and_collate_as_pairs():
 
 # ----------------------------------------------------------------------------------------------- commands
 
-@pytest.mark.parametrize("stage, flags", [("simpo", ["--beta", "2.0", "--simpo-gamma", "0.5"]),
+@pytest.mark.parametrize("command, flags", [("simpo", ["--beta", "2.0", "--simpo-gamma", "0.5"]),
                                           ("orpo", ["--beta", "0.5"]),
                                           ("kto", ["--beta", "0.5"]),
                                           ("kto", ["--beta", "0.5", "--desirable-fraction", "0.5", "--reference",
                                                    "live"])])
-def test_each_command_trains_and_its_loss_falls(tmp_path, stage, flags):
+def test_each_command_trains_and_its_loss_falls(tmp_path, command, flags):
     prefs = write_preferences(tmp_path / "prefs.jsonl")
     init = str(tmp_path / "init.pt")
     save_checkpoint(init, tiny_model(), None, 0, None)
-    out = tmp_path / stage
-    assert train.main([stage, "--init", init, "--data", prefs, "--heldout-fraction", "0.2", "--steps", "16",
+    out = tmp_path / command
+    assert train.main([command, "--init", init, "--data", prefs, "--heldout-fraction", "0.2", "--steps", "16",
                        "--lr", "3e-3", "--batch-size", "8", "--eval-every", "8", "--max-length", "48", "--seed", "0",
                        "--out-dir", str(out), *flags]) == 0
     losses = [row["loss"] for row in read_metrics(out) if row["split"] == "train"]
@@ -317,21 +317,21 @@ def test_family_errors_are_one_line(tmp_path, capsys):
     assert not os.path.exists(tmp_path / "run")
 
 
-@pytest.mark.parametrize("stage", ["simpo", "orpo"])
-def test_reference_free_commands_never_build_a_reference(tmp_path, monkeypatch, stage):
+@pytest.mark.parametrize("command", ["simpo", "orpo"])
+def test_reference_free_commands_never_build_a_reference(tmp_path, monkeypatch, command):
     """SimPO and ORPO train without pi_ref: building one (a copy, or its log-probs) would fail this run."""
     from plumbing import commands
 
     def no_reference(*args, **kwargs):
-        raise AssertionError(f"{stage} built a reference model")
+        raise AssertionError(f"{command} built a reference model")
 
     monkeypatch.setattr(commands, "reference_model", no_reference)
     monkeypatch.setattr(commands, "dpo_reference", no_reference)
     prefs = write_preferences(tmp_path / "prefs.jsonl")
     init = str(tmp_path / "init.pt")
     save_checkpoint(init, tiny_model(), None, 0, None)
-    assert train.main([stage, "--init", init, "--data", prefs, "--steps", "2", "--batch-size", "4", "--eval-every",
-                       "2", "--max-length", "48", "--out-dir", str(tmp_path / stage)]) == 0
+    assert train.main([command, "--init", init, "--data", prefs, "--steps", "2", "--batch-size", "4", "--eval-every",
+                       "2", "--max-length", "48", "--out-dir", str(tmp_path / command)]) == 0
 
 
 def test_a_stubbed_loss_is_left_out_of_the_frontier_and_said(tmp_path, monkeypatch):
@@ -339,7 +339,7 @@ def test_a_stubbed_loss_is_left_out_of_the_frontier_and_said(tmp_path, monkeypat
     NotImplementedError, and the frontier runs its other rows and names what it left out."""
     from experiments import family_runs
     from plumbing import commands
-    from plumbing.config import stage_config
+    from plumbing.config import command_config
 
     def stub(*args, **kwargs):
         raise NotImplementedError("Assignment 1: (extra credit) SimPO")
@@ -349,12 +349,12 @@ def test_a_stubbed_loss_is_left_out_of_the_frontier_and_said(tmp_path, monkeypat
     init = str(tmp_path / "init.pt")
     save_checkpoint(init, tiny_model(), None, 0, None)
     with pytest.raises(NotImplementedError, match="Assignment 1"):  # through the training loop, unchanged
-        commands.run_stage("simpo", stage_config("simpo", init=init, data=prefs, steps=2, batch_size=4,
+        commands.run_training("simpo", command_config("simpo", init=init, data=prefs, steps=2, batch_size=4,
                                                max_length=48, out_dir=str(tmp_path / "simpo")), log=lambda *_: None)
 
     trained = []
-    monkeypatch.setattr(family_runs.points, "train_cached", lambda stage, cfg, log: stub() if stage == "simpo" else
-                        trained.append(stage))
+    monkeypatch.setattr(family_runs.points, "train_cached", lambda command, cfg, log: stub() if command == "simpo" else
+                        trained.append(command))
     monkeypatch.setattr(family_runs.points, "run_points", lambda *args, **kwargs: [])
 
     class Prepared:

@@ -40,7 +40,7 @@ def lora_cfg(tmp_path, name, base_ckpt, prefs, **overrides):
 def test_lora_dpo_trains_only_adapters_and_exports_the_merged_model(tmp_path, base_ckpt):
     prefs = write_preferences(tmp_path / "prefs.jsonl")
     cfg = lora_cfg(tmp_path, "dpo", base_ckpt, prefs, steps=12, beta=0.5)
-    model, metrics = commands.run_stage("dpo", cfg, **QUIET)
+    model, metrics = commands.run_training("dpo", cfg, **QUIET)
     base = load_model(base_ckpt)
 
     # only the adapters moved: every base weight is bit-identical to --init's
@@ -75,8 +75,8 @@ def test_lora_dpo_trains_only_adapters_and_exports_the_merged_model(tmp_path, ba
 
 def test_adapter_checkpoint_is_smaller_than_a_full_one(tmp_path, base_ckpt):
     prefs = write_preferences(tmp_path / "prefs.jsonl")
-    commands.run_stage("dpo", lora_cfg(tmp_path, "lora", base_ckpt, prefs, steps=2), **QUIET)
-    commands.run_stage("dpo", lora_cfg(tmp_path, "full", base_ckpt, prefs, steps=2, lora_rank=0), **QUIET)
+    commands.run_training("dpo", lora_cfg(tmp_path, "lora", base_ckpt, prefs, steps=2), **QUIET)
+    commands.run_training("dpo", lora_cfg(tmp_path, "full", base_ckpt, prefs, steps=2, lora_rank=0), **QUIET)
     lora_size, full_size = (os.path.getsize(tmp_path / name / "ckpt.pt") for name in ("lora", "full"))
     assert lora_size < 0.5 * full_size  # rank 4 adapters on a 16-wide model: ~ half its matrices' size
 
@@ -86,7 +86,7 @@ def test_live_and_precomputed_reference_agree_with_lora(tmp_path, base_ckpt):
     prefs = write_preferences(tmp_path / "prefs.jsonl")
     runs = []
     for mode in ("precompute", "live"):
-        commands.run_stage("dpo", lora_cfg(tmp_path, mode, base_ckpt, prefs, reference=mode), **QUIET)
+        commands.run_training("dpo", lora_cfg(tmp_path, mode, base_ckpt, prefs, reference=mode), **QUIET)
         runs.append(read_metrics(tmp_path / mode))
     assert len(runs[0]) == len(runs[1]) > 6
     for a, b in zip(*runs):
@@ -106,7 +106,7 @@ def test_fused_linear_with_lora_trains_as_the_logits_path(tmp_path, base_ckpt, m
         with monkeypatch.context() as patch:
             if fused:
                 no_logits(patch)
-            model, _ = commands.run_stage("dpo", cfg, **QUIET)
+            model, _ = commands.run_training("dpo", cfg, **QUIET)
         runs.append((read_metrics(cfg.out_dir), lora.lora_state_dict(model)))
     (rows, adapters), (rows_fused, adapters_fused) = runs
     assert len(rows) == len(rows_fused) > 6
@@ -122,13 +122,13 @@ def test_lora_resume_is_exact(tmp_path, base_ckpt, monkeypatch):
     """Interrupted at step 4, resumed from the step-3 checkpoint: same metrics and adapters (adapter dropout on)."""
     prefs = write_preferences(tmp_path / "prefs.jsonl")
     settings = dict(lora_dropout=0.1, reference="live")
-    whole, _ = commands.run_stage("dpo", lora_cfg(tmp_path, "a", base_ckpt, prefs, **settings), **QUIET)
+    whole, _ = commands.run_training("dpo", lora_cfg(tmp_path, "a", base_ckpt, prefs, **settings), **QUIET)
 
     with interrupted_at_step(monkeypatch, 4):
-        commands.run_stage("dpo", lora_cfg(tmp_path, "b", base_ckpt, prefs, **settings), **QUIET)
+        commands.run_training("dpo", lora_cfg(tmp_path, "b", base_ckpt, prefs, **settings), **QUIET)
     assert load_checkpoint(str(tmp_path / "b"))["step"] == 3
     torch.manual_seed(12345)  # resume must restore its own RNG state
-    resumed, _ = commands.run_stage("dpo", lora_cfg(tmp_path, "b", base_ckpt, prefs, resume=True, **settings),
+    resumed, _ = commands.run_training("dpo", lora_cfg(tmp_path, "b", base_ckpt, prefs, resume=True, **settings),
                                   **QUIET)
     assert read_metrics(tmp_path / "a") == read_metrics(tmp_path / "b")
     for (name, a), b in zip(lora.lora_state_dict(whole).items(), lora.lora_state_dict(resumed).values()):
@@ -138,10 +138,10 @@ def test_lora_resume_is_exact(tmp_path, base_ckpt, monkeypatch):
 def test_resume_and_loading_refuse_a_different_base(tmp_path, base_ckpt):
     prefs = write_preferences(tmp_path / "prefs.jsonl")
     cfg = lora_cfg(tmp_path, "run", base_ckpt, prefs, steps=2)
-    commands.run_stage("dpo", cfg, **QUIET)
+    commands.run_training("dpo", cfg, **QUIET)
     save_checkpoint(base_ckpt, tiny_model(seed=4), None, 0, None)  # the base changes under the adapters
     with pytest.raises(CheckpointError, match="other base weights"):
-        commands.run_stage("dpo", dataclasses.replace(cfg, resume=True, steps=4), **QUIET)
+        commands.run_training("dpo", dataclasses.replace(cfg, resume=True, steps=4), **QUIET)
     with pytest.raises(CheckpointError, match="sha256 differs"):
         load_model(cfg.out_dir)
     os.remove(base_ckpt)
@@ -158,9 +158,9 @@ def test_lora_sft_then_lora_dpo_on_its_output(tmp_path, base_ckpt):
     """A LoRA SFT checkpoint is a valid --init: load_model merges it, and DPO puts fresh adapters on top."""
     prefs = write_preferences(tmp_path / "prefs.jsonl")
     sft = lora_cfg(tmp_path, "sft", base_ckpt, prefs, steps=4)
-    sft_model, _ = commands.run_stage("sft", sft, **QUIET)
+    sft_model, _ = commands.run_training("sft", sft, **QUIET)
     dpo_cfg = lora_cfg(tmp_path, "dpo", sft.out_dir, prefs, steps=2)
-    commands.run_stage("dpo", dpo_cfg, **QUIET)
+    commands.run_training("dpo", dpo_cfg, **QUIET)
     assert read_metrics(dpo_cfg.out_dir)[0]["loss"] == pytest.approx(math.log(2), abs=1e-6)
     assert load_checkpoint(dpo_cfg.out_dir)["lora"]["base"]["sha256"] == lora.base_fingerprint(
         lora.merged_copy(sft_model))

@@ -58,12 +58,12 @@ def test_errors_are_one_line_before_any_sampling(tmp_path, capsys, monkeypatch, 
     assert "--samples-per-prompt 1: must be >= 2" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("stage", ["ppo", "rloo"])
-def test_a_run_writes_its_files(tmp_path, stage):
+@pytest.mark.parametrize("command", ["ppo", "rloo"])
+def test_a_run_writes_its_files(tmp_path, command):
     init, rm = tiny_checkpoints(tmp_path)
-    out = tmp_path / stage
-    ppo_only = ["--minibatches", "2"] if stage == "ppo" else []
-    assert train.main([stage, "--init", init, "--reward-model", rm, "--steps", "2", "--batch-size", "4",
+    out = tmp_path / command
+    ppo_only = ["--minibatches", "2"] if command == "ppo" else []
+    assert train.main([command, "--init", init, "--reward-model", rm, "--steps", "2", "--batch-size", "4",
                        "--samples-per-prompt", "2", *ppo_only, "--max-new-tokens", "8", "--eval-every", "2",
                        "--save-every", "1", "--keep-checkpoints", "--out-dir", str(out)]) == 0
     with open(out / "metrics.jsonl") as f:
@@ -89,24 +89,24 @@ def test_ppo_and_rloo_updates_raise_the_log_prob_of_well_scored_rollouts(tmp_pat
     batch = {"input_ids": torch.tensor([[5, 6, 7, 8], [5, 6, 9, 10]]),
              "labels": torch.tensor([[6, 7, 8, -100], [6, 9, 10, -100]]),
              "mask": torch.tensor([[False, True, True, False], [False, True, True, False]])}
-    for stage in ("ppo", "rloo"):
-        cfg = dataclasses.replace(config.stage_config(stage), out_dir=str(tmp_path / stage), max_length=4,
+    for command in ("ppo", "rloo"):
+        cfg = dataclasses.replace(config.command_config(command), out_dir=str(tmp_path / command), max_length=4,
                                   samples_per_prompt=2, batch_size=1, minibatches=1, ppo_epochs=1, lr=1e-2,
                                   device="cpu")
         model = tiny_model()
-        run = start_run(stage, cfg, model, log=lambda *_: None)
+        run = start_run(command, cfg, model, log=lambda *_: None)
         with torch.no_grad():
-            old = rlhf.token_logprobs(model, batch)
+            old = rlhf.rollout_logprobs(model, batch)
         rollouts = rlhf.Rollouts(batch, torch.tensor([1.0, -1.0]), torch.tensor([1.0, -1.0]), old, old.clone())
-        if stage == "ppo":
+        if command == "ppo":
             value_model = reward_model.RewardModel(tiny_model())
             rlhf.ppo_update(run, value_model, torch.optim.AdamW(value_model.parameters()), rollouts, kl_coef=0.0)
         else:
             rlhf.rloo_update(run, rollouts, kl_coef=0.0)
         with torch.no_grad():
-            new = rlhf.token_logprobs(model, batch).sum(dim=1)
+            new = rlhf.rollout_logprobs(model, batch).sum(dim=1)
         change = new - old.sum(dim=1)
-        assert change[0] > 0 > change[1], (stage, change)
+        assert change[0] > 0 > change[1], (command, change)
     del policy
 
 
@@ -147,13 +147,13 @@ def test_kl_controller_settings_that_would_not_stay_a_penalty_are_refused(tmp_pa
     assert not os.path.exists(tmp_path / "run")
 
 
-@pytest.mark.parametrize("stage", ["ppo", "rloo"])
-def test_resume_is_exact(tmp_path, stage):
+@pytest.mark.parametrize("command", ["ppo", "rloo"])
+def test_resume_is_exact(tmp_path, command):
     """3 iterations, or 1 then --resume to 3 (the adaptive KL coefficient moving): the same metrics rows, policy,
     value model, AdamW states and KL coefficient."""
     init, rm = tiny_checkpoints(tmp_path)
-    ppo_only = ["--minibatches", "2"] if stage == "ppo" else []
-    common = [stage, "--init", init, "--reward-model", rm, "--batch-size", "2", "--samples-per-prompt", "2",
+    ppo_only = ["--minibatches", "2"] if command == "ppo" else []
+    common = [command, "--init", init, "--reward-model", rm, "--batch-size", "2", "--samples-per-prompt", "2",
               *ppo_only, "--max-new-tokens", "6", "--eval-every", "1", "--save-every", "1", "--target-kl", "0.01",
               "--kl-horizon", "4", "--lr", "1e-2"]
     whole, cut = tmp_path / "whole", tmp_path / "cut"

@@ -94,7 +94,7 @@ def test_a_new_run_does_not_overwrite_a_run_without_overwrite(inputs, capsys, tm
     assert sorted(os.listdir(out)) == ["ckpt.pt", "config.json", "hf", "metrics.jsonl", "notes.txt"]  # the old
     # step_00000N.pt are gone, the user's file is kept
     with open(os.path.join(out, "config.json")) as f:
-        assert json.load(f)["stage"] == "kto"
+        assert json.load(f)["command"] == "kto"
     assert [row["step"] for row in read_metrics(out)] == [1, 1]
 
 

@@ -43,14 +43,14 @@ def encoded_pairs(path, cfg):
                                    max_prompt_length=cfg.max_prompt_length)
 
 
-def train_stage(stage, cfg, model, train_set, heldout_set, reference_model=None, log=lambda *_: None):
-    """loop.train as commands.run_stage drives it: the stage's objective (pad id 256, the byte tokenizer's EOS),
+def train_stage(command, cfg, model, train_set, heldout_set, reference_model=None, log=lambda *_: None):
+    """loop.train as commands.run_training drives it: the stage's objective (pad id 256, the byte tokenizer's EOS),
     and for dpo the reference built from `reference_model` (a table with --reference precompute)."""
     reference = None
-    if stage == "dpo":
+    if command == "dpo":
         live = Reference.frozen(reference_model, impl=cfg.impl, fused_linear=cfg.fused_linear)
         reference = commands.dpo_reference(cfg, live, (train_set, heldout_set), pad_id=256)
-    return loop.train(commands.objective(stage, cfg, 256, reference), cfg, model, train_set, heldout_set, log=log)
+    return loop.train(commands.objective(command, cfg, 256, reference), cfg, model, train_set, heldout_set, log=log)
 
 
 def read_metrics(out_dir):
@@ -137,7 +137,7 @@ def test_task_commands_write_what_they_say(tmp_path, capsys):
     capsys.readouterr()
     assert train.main(["sample", "--prompt", "The film", "--prompt", "A plot", *common]) == 0
     printed = capsys.readouterr().out
-    completions = commands.sample(TrainConfig(init=pre, max_new_tokens=24, device="cpu"), ["The film", "A plot"],
+    completions = commands.run_sample(TrainConfig(init=pre, max_new_tokens=24, device="cpu"), ["The film", "A plot"],
                                 log=lambda *_: None)  # the same seed: the same samples
     assert printed == f"The film{completions[0]}\nA plot{completions[1]}\n"
     assert all(0 < len(c.encode()) <= 24 for c in completions)  # byte tokenizer: at most 24 new bytes
@@ -180,21 +180,21 @@ def test_resume_is_exact(tmp_path, monkeypatch):
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
 
 
-@pytest.mark.parametrize("stage", ["sft", "dpo", "pretrain"])
-def test_gradient_accumulation_equals_large_batch(tmp_path, stage):
+@pytest.mark.parametrize("command", ["sft", "dpo", "pretrain"])
+def test_gradient_accumulation_equals_large_batch(tmp_path, command):
     """AdamW's first moment after one step is (1 - beta1) * gradient: compare it across grad_accum."""
     prefs = write_preferences(tmp_path / "prefs.jsonl")
     moments = []
     for grad_accum in (1, 4):
-        cfg = TrainConfig(out_dir=str(tmp_path / f"{stage}{grad_accum}"), steps=1, grad_accum=grad_accum,
+        cfg = TrainConfig(out_dir=str(tmp_path / f"{command}{grad_accum}"), steps=1, grad_accum=grad_accum,
                                 grad_clip=1e9, **{**TINY, "batch_size": 8})
-        if stage == "pretrain":
+        if command == "pretrain":
             stream = torch.randint(0, 257, (2000,))
             train_set, heldout = stream[:1500], stream[1500:]
         else:
             pairs = encoded_pairs(prefs, cfg)
             train_set, heldout = pairs[:32], pairs[32:]
-        train_stage(stage, cfg, tiny_model(), train_set, heldout, tiny_model(seed=1) if stage == "dpo" else None)
+        train_stage(command, cfg, tiny_model(), train_set, heldout, tiny_model(seed=1) if command == "dpo" else None)
         optimizer_state = load_checkpoint(cfg.out_dir)["optimizer"]["state"]
         moments.append([optimizer_state[i]["exp_avg"] for i in sorted(optimizer_state)])
     for big, accumulated in zip(*moments):
@@ -321,7 +321,7 @@ def test_early_stopping_keeps_the_best_checkpoint(tmp_path, monkeypatch):
     """Held-out accuracies 0.6, 0.7, 0.5, 0.4 with patience 2: stop at the 4th evaluation, best.pt from the 2nd."""
     prefs = write_preferences(tmp_path / "prefs.jsonl")
     scripted = iter([0.6, 0.7, 0.5, 0.4, 0.9])
-    monkeypatch.setattr(loop, "evaluate", lambda *args, **kwargs: {
+    monkeypatch.setattr(loop, "heldout_metrics", lambda *args, **kwargs: {
         "loss": 0.5, "rewards/accuracies": next(scripted)})
     cfg, model = run_dpo(tmp_path, "run", prefs, steps=20, eval_every=2, early_stop_patience=2)
     assert load_checkpoint(str(tmp_path / "run" / "best.pt"))["step"] == 4
@@ -387,7 +387,7 @@ def test_precomputed_reference_is_freed(tmp_path, monkeypatch, mode, freed):
         return real_step_batches(*args)
     monkeypatch.setattr(commands, "reference_model", tracked_reference_model)
     monkeypatch.setattr(loop, "step_batches", check_reference_freed)
-    commands.run_stage("dpo", TrainConfig(out_dir=str(tmp_path / "run"), init=init, data=prefs, heldout_fraction=0.2,
+    commands.run_training("dpo", TrainConfig(out_dir=str(tmp_path / "run"), init=init, data=prefs, heldout_fraction=0.2,
                                         steps=2, lr=3e-3, reference=mode, **TINY), log=lambda *_: None)
     assert seen == [freed, freed]
 
@@ -408,9 +408,9 @@ def test_sampling_commands_move_models_to_the_device(tmp_path, monkeypatch):
     save_checkpoint(str(tmp_path / "m" / "ckpt.pt"), tiny_model(vocab_size=257), None, 0, {})
     init = str(tmp_path / "m")
     common = dict(init=init, max_new_tokens=4, num_prompts=2, device="cpu", out_dir=str(tmp_path / "out"))
-    commands.pairs(TrainConfig(**common, min_reward_gap=0, samples_per_prompt=2), log=lambda *_: None)
-    commands.evaluate(TrainConfig(**common, reference_init=init), log=lambda *_: None)
-    commands.sample(TrainConfig(**common), ["The film"], log=lambda *_: None)
+    commands.run_pairs(TrainConfig(**common, min_reward_gap=0, samples_per_prompt=2), log=lambda *_: None)
+    commands.run_eval(TrainConfig(**common, reference_init=init), log=lambda *_: None)
+    commands.run_sample(TrainConfig(**common), ["The film"], log=lambda *_: None)
     assert moved == ["cpu"] * 4
 
 
@@ -418,7 +418,7 @@ def test_sampling_commands_move_models_to_the_device(tmp_path, monkeypatch):
 def test_sampling_commands_run_on_cuda(tmp_path):
     save_checkpoint(str(tmp_path / "m" / "ckpt.pt"), tiny_model(vocab_size=257), None, 0, {})
     cfg = TrainConfig(init=str(tmp_path / "m"), max_new_tokens=4, device="cuda")
-    completions = commands.sample(cfg, ["The film"], log=lambda *_: None)
+    completions = commands.run_sample(cfg, ["The film"], log=lambda *_: None)
     assert len(completions) == 1 and torch.cuda.max_memory_allocated() > 0
 
 
@@ -450,7 +450,7 @@ def test_dpo_reference_init(tmp_path, capsys):
         save_checkpoint(paths[seed], tiny_model(seed=seed), None, 0, None)
     common = dict(init=paths[0], data=prefs, steps=3, lr=3e-3, heldout_fraction=0.2, **TINY)
     for name, reference_init in (("default", ""), ("same", paths[0]), ("other", paths[1])):
-        commands.run_stage("dpo", TrainConfig(out_dir=str(tmp_path / name), reference_init=reference_init, **common),
+        commands.run_training("dpo", TrainConfig(out_dir=str(tmp_path / name), reference_init=reference_init, **common),
                          log=lambda *_: None)
     assert read_metrics(tmp_path / "default") == read_metrics(tmp_path / "same")
     assert read_metrics(tmp_path / "default")[0]["loss"] == pytest.approx(math.log(2), abs=1e-6)
@@ -467,9 +467,9 @@ def no_logits(monkeypatch):
     monkeypatch.setattr(GPT, "forward", forward_called)
 
 
-@pytest.mark.parametrize("stage, reference", [("pretrain", "precompute"), ("sft", "precompute"),
+@pytest.mark.parametrize("command, reference", [("pretrain", "precompute"), ("sft", "precompute"),
                                                ("dpo", "precompute"), ("dpo", "live")])
-def test_fused_linear_trains_as_the_logits_path(tmp_path, monkeypatch, stage, reference):
+def test_fused_linear_trains_as_the_logits_path(tmp_path, monkeypatch, command, reference):
     """--fused-linear (log-probs from hidden states and the LM-head weight) gives the logits path's metrics and
     weights after 4 steps (float rounding only), without ever calling the model's forward: for the policy, the
     DPO reference (precomputed or live) and the held-out evaluation."""
@@ -478,7 +478,7 @@ def test_fused_linear_trains_as_the_logits_path(tmp_path, monkeypatch, stage, re
     for fused in (False, True):
         cfg = TrainConfig(out_dir=str(tmp_path / f"fused{int(fused)}"), steps=4, lr=3e-3, fused_linear=fused,
                           reference=reference, impl="torch", device="cpu", **TINY)  # fp32: rounding only
-        if stage == "pretrain":
+        if command == "pretrain":
             stream = torch.randint(0, 257, (2000,), generator=torch.Generator().manual_seed(0))
             train_set, heldout = stream[:1500], stream[1500:]
         else:
@@ -488,7 +488,7 @@ def test_fused_linear_trains_as_the_logits_path(tmp_path, monkeypatch, stage, re
         with monkeypatch.context() as patch:
             if fused:
                 no_logits(patch)
-            train_stage(stage, cfg, model, train_set, heldout, tiny_model(seed=1) if stage == "dpo" else None)
+            train_stage(command, cfg, model, train_set, heldout, tiny_model(seed=1) if command == "dpo" else None)
         runs[fused] = (read_metrics(cfg.out_dir), model.state_dict())
     (rows, weights), (rows_fused, weights_fused) = runs[False], runs[True]
     layout = [(r["split"], r["step"], sorted(r)) for r in rows]

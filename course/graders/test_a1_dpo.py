@@ -1,4 +1,4 @@
-"""Graded tests of Assignment 1: the DPO loss family (dpo._losses_from_logits, dpo.dpo_loss, dpo._check_dpo_arguments,
+"""Graded tests of Assignment 1: the DPO loss family (dpo._losses_from_margin, dpo.dpo_loss, dpo._check_dpo_arguments,
 dpo.dpo_metrics), and its optional extra credit: simpo.simpo_loss, orpo.log1mexp and orpo.orpo_loss, kto.kto_loss.
 
 Three kinds of evidence, none of which contains a solution: literal expected values from the instructor's

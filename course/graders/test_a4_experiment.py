@@ -202,9 +202,9 @@ def test_demo_outputs(tmp_path):
         pairs = [json.loads(line) for line in f if line.strip()]
     assert pairs and all(isinstance(p.get("prompt"), str) and p["prompt"] for p in pairs)
     assert len(pairs) == s["pairs"]["heldout"]["n_pairs"]
-    for stage in ("dpo", "pretrain"):
-        hf = os.path.join(out, stage, "hf")
-        assert os.path.isdir(hf), f"{stage}/hf: the Hugging Face GPT-2 weights"
+    for command in ("dpo", "pretrain"):
+        hf = os.path.join(out, command, "hf")
+        assert os.path.isdir(hf), f"{command}/hf: the Hugging Face GPT-2 weights"
         assert {"config.json", "model.safetensors"} <= set(os.listdir(hf)), hf
 
 
