@@ -305,12 +305,9 @@ def objective(reference, *, beta: float, loss_type: str = "sigmoid", label_smoot
                      functools.partial(data.dpo_collate, pad_id=pad_id))
 
 
-def _check_dpo_arguments(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps,
-                         reference_rejected_logps, beta, loss_type, label_smoothing, rpo_alpha, chosen_lengths):
-    """dpo_loss's checks: TypeError/ValueError naming the argument at fault (tensors, then hyper-parameters)."""
-    check_logps({"policy_chosen_logps": policy_chosen_logps, "policy_rejected_logps": policy_rejected_logps,
-                 "reference_chosen_logps": reference_chosen_logps,
-                 "reference_rejected_logps": reference_rejected_logps})
+def check_settings(beta: float, loss_type: str, label_smoothing: float, rpo_alpha: float) -> None:
+    """dpo_loss's hyper-parameters, checked here once for every caller (dpo_loss, and the command line before
+    any work: plumbing/config.py names the flag): TypeError/ValueError whose message starts with the argument."""
     if loss_type not in LOSS_TYPES:
         raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got {loss_type!r}")
     check_positive("beta", beta)
@@ -320,6 +317,15 @@ def _check_dpo_arguments(policy_chosen_logps, policy_rejected_logps, reference_c
         raise ValueError(f"label_smoothing={label_smoothing} has no meaning for loss_type={loss_type!r}; "
                          f"it applies to {SMOOTHED_LOSS_TYPES}")
     check_coefficient("rpo_alpha", rpo_alpha)
+
+
+def _check_dpo_arguments(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps,
+                         reference_rejected_logps, beta, loss_type, label_smoothing, rpo_alpha, chosen_lengths):
+    """dpo_loss's checks: TypeError/ValueError naming the argument at fault (tensors, then hyper-parameters)."""
+    check_logps({"policy_chosen_logps": policy_chosen_logps, "policy_rejected_logps": policy_rejected_logps,
+                 "reference_chosen_logps": reference_chosen_logps,
+                 "reference_rejected_logps": reference_rejected_logps})
+    check_settings(beta, loss_type, label_smoothing, rpo_alpha)
     if chosen_lengths is not None:
         check_lengths("chosen_lengths", chosen_lengths, policy_chosen_logps)
     elif rpo_alpha != 0:

@@ -30,6 +30,12 @@ import data
 from plumbing import data_parallel
 from plumbing.run_dir import early_stop, record, save, start_run
 
+# The generators of a step are seeded by pure functions of (--seed, epoch or step), so that --resume needs no
+# generator state for them: seed * STRIDE + step (or seed + STRIDE * epoch). Within a run they never repeat; the
+# prime strides keep runs whose --seed differs by less than a stride from sharing a step's (or epoch's) seed.
+EPOCH_SEED_STRIDE = 7919  # the data order's permutation of each epoch (example_indices); RL: minibatch orders
+STEP_SEED_STRIDE = 100_003  # the pre-training windows of each step; RL: each iteration's rollouts
+
 
 class NonFiniteLossError(RuntimeError):
     """Training produced a NaN/inf loss or gradient; the last good checkpoint was left untouched."""
@@ -99,7 +105,7 @@ def example_indices(n_examples, batch_size, step, seed):
     indices, position = [], step * batch_size
     while len(indices) < batch_size:
         epoch, offset = divmod(position + len(indices), n_examples)
-        order = torch.randperm(n_examples, generator=torch.Generator().manual_seed(seed + 7919 * epoch))
+        order = torch.randperm(n_examples, generator=torch.Generator().manual_seed(seed + EPOCH_SEED_STRIDE * epoch))
         indices += order[offset:offset + batch_size - len(indices)].tolist()
     return indices
 
@@ -125,7 +131,7 @@ def step_batches(objective, cfg, train_set, step):
     micro = share // cfg.grad_accum
     if objective.collate is None:  # random windows of max_length tokens, drawn from a per-step generator
         windows = list(data.lm_batches(train_set, micro, cfg.max_length, num_batches=world_size * cfg.grad_accum,
-                                       generator=torch.Generator().manual_seed(cfg.seed * 100_003 + step)))
+                                       generator=torch.Generator().manual_seed(cfg.seed * STEP_SEED_STRIDE + step)))
         return [window_batch(x, y) for x, y in windows[rank * cfg.grad_accum:(rank + 1) * cfg.grad_accum]]
     indices = example_indices(len(train_set), cfg.batch_size, step, cfg.seed)[rank * share:(rank + 1) * share]
     return [example_batch(objective, train_set, indices[start:start + micro]) for start in range(0, share, micro)]

@@ -172,11 +172,3 @@ class AdaptiveKL:
         error = min(max(kl / self.target - 1, -0.2), 0.2)
         self.kl_coef = min(self.kl_coef * (1 + error * n / self.horizon), self.max_coef)
         return self.kl_coef
-
-
-def check_coefficients(kl_coef: float, clip: float, gamma: float = 1.0, lam: float = 1.0) -> None:
-    """Raise ValueError naming the coefficient unless kl_coef >= 0, clip > 0, gamma and lam in [0, 1]."""
-    for name, value, ok in (("kl_coef", kl_coef, kl_coef >= 0), ("clip", clip, clip > 0),
-                            ("gamma", gamma, 0 <= gamma <= 1), ("lam", lam, 0 <= lam <= 1)):
-        if not (math.isfinite(value) and ok):
-            raise ValueError(f"{name} = {value} is out of range (kl_coef >= 0, clip > 0, gamma and lam in [0, 1])")

@@ -25,7 +25,7 @@ import torch
 import data
 import logprob_kernels
 import sentiment
-from loop import clip_and_step, example_indices
+from loop import EPOCH_SEED_STRIDE, STEP_SEED_STRIDE, clip_and_step, example_indices
 from methods import ppo, reward_model
 from plumbing.checkpoint import CheckpointError
 from plumbing.config import MAX_KL_COEF
@@ -90,7 +90,7 @@ def ppo_update(run, value_model, value_optimizer, rollouts, kl_coef):
     run.model.train()
     value_model.train()
     n = mask.shape[0]
-    order_generator = torch.Generator().manual_seed(cfg.seed * 7_919 + run.step)
+    order_generator = torch.Generator().manual_seed(cfg.seed * EPOCH_SEED_STRIDE + run.step)
     norms = []
     for _ in range(cfg.ppo_epochs):
         order = torch.randperm(n, generator=order_generator)
@@ -188,7 +188,7 @@ def train_rl(command, cfg, policy, scorer, tokenizer, train_prompts, heldout_pro
     while run.step < cfg.steps:
         indices = example_indices(len(train_prompts), cfg.batch_size, run.step, cfg.seed)
         rollouts = collect_rollouts(run.model, reference, scorer, tokenizer, [train_prompts[i] for i in indices],
-                                    cfg, seed=cfg.seed * 100_003 + run.step, run=run)
+                                    cfg, seed=cfg.seed * STEP_SEED_STRIDE + run.step, run=run)
         if command == "ppo":
             losses = ppo_update(run, value_model, value_optimizer, rollouts, kl_coef)
         else:

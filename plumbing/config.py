@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 
 import data
-from dpo import LOSS_TYPES, SMOOTHED_LOSS_TYPES
+import dpo
 from logprob_kernels import IMPLS
 from reference import MODES as REFERENCE_MODES
 
@@ -189,7 +189,7 @@ class TrainConfig:
                               RUN_COMMANDS)
     # DPO
     loss: str = option("--loss", "sigmoid", "the DPO loss (dpo.py): sigmoid (Eq. 7; cDPO with --label-smoothing), "
-                       "ipo, hinge, robust", ("dpo",), choices=LOSS_TYPES)
+                       "ipo, hinge, robust", ("dpo",), choices=dpo.LOSS_TYPES)
     beta: float = option("--beta", 0.1, "beta: dpo, kto: the strength of the KL penalty (Eq. 3, 7); simpo: the "
                          "reward's scale; orpo: the odds-ratio term's weight (the paper's lambda)",
                          ("dpo",) + FAMILY_COMMANDS)
@@ -317,8 +317,6 @@ def check_values(cfg):
     need(0 < cfg.heldout_fraction < 1, "heldout_fraction", "must be between 0 and 1")
     need(0 <= cfg.min_lr_ratio <= 1, "min_lr_ratio", "must be between 0 and 1")
     need(0 <= cfg.dropout < 1, "dropout", "must be in [0, 1)")
-    need(0 <= cfg.label_smoothing < 0.5, "label_smoothing", "must be in [0, 0.5)")
-    need(cfg.rpo_alpha >= 0 and math.isfinite(cfg.rpo_alpha), "rpo_alpha", "must be >= 0")
     need(0 <= cfg.unlikelihood_alpha <= 1, "unlikelihood_alpha", "must be in [0, 1]")
     need(cfg.lora_rank >= 0, "lora_rank", "must be >= 0 (0 = full fine-tuning)")
     need(0 < cfg.lora_alpha < math.inf, "lora_alpha", "must be > 0")
@@ -326,8 +324,11 @@ def check_values(cfg):
     need(all(lora_targets(cfg)), "lora_targets", "must be comma-separated layer names, e.g. c_attn,c_proj,c_fc")
     need(cfg.tokenizer in data.TOKENIZER_NAMES or cfg.tokenizer.endswith(".tiktoken"), "tokenizer",
          f"must be {', '.join(data.TOKENIZER_NAMES)} or a path to a .tiktoken file")
-    need(cfg.label_smoothing == 0 or cfg.loss in SMOOTHED_LOSS_TYPES, "label_smoothing",
-         f"models label noise for --loss {' or '.join(SMOOTHED_LOSS_TYPES)} only, not {cfg.loss}")
+    try:  # DPO's loss settings, by the one check dpo_loss uses too
+        dpo.check_settings(cfg.beta, cfg.loss, cfg.label_smoothing, cfg.rpo_alpha)
+    except (TypeError, ValueError) as e:
+        argument = str(e).split()[0].split("=")[0]  # dpo names the argument first
+        raise ConfigError(f"{FLAGS.get(argument, '--loss')}: {e}") from None
     need(cfg.batch_size % cfg.grad_accum == 0, "grad_accum", f"must divide --batch-size {cfg.batch_size}")
     need(cfg.batch_size % (cfg.world_size * cfg.grad_accum) == 0, "batch_size",
          f"must be divisible by {cfg.world_size} processes x --grad-accum {cfg.grad_accum}: each process takes an "

@@ -155,10 +155,6 @@ def test_whiten_and_the_kl_controller():
     assert controller.update(kl=12.0, n=100) == pytest.approx(0.1 * (1 + 0.2 * 0.1))  # error clipped to +0.2
     assert controller.update(kl=6.0, n=100) == pytest.approx(0.1 * 1.02)  # on target: unchanged
     assert controller.update(kl=5.4, n=100) == pytest.approx(0.1 * 1.02 * (1 - 0.1 * 0.1))
-    with pytest.raises(ValueError, match="kl_coef"):
-        ppo.check_coefficients(-0.1, 0.2)
-    with pytest.raises(ValueError, match="clip"):
-        ppo.check_coefficients(0.1, 0.0)
 
 
 @settings(derandomize=True, deadline=None, max_examples=200)

@@ -1,6 +1,7 @@
-"""The reader's path stays short and stays DPO's: the README's "Read the code in this order" table states each
-file's measured length and the total of the DPO path, which must stay within PATH_BUDGET lines, and no file
-on that path imports another training method."""
+"""The reader's path stays short and stays DPO's: the README's "Read the code in this order" table lists the DPO
+path (experiments/paper_claims.METHOD_PATHS["DPO"], the one list of its files, which the frontier's cost table
+counts too) in order, with each file's measured length and the total, which must stay within PATH_BUDGET
+lines; and no file on that path imports another training method."""
 
 import ast
 import re
@@ -8,22 +9,20 @@ from pathlib import Path
 
 import pytest
 
+from experiments.paper_claims import METHOD_PATHS, code_lines
+
 REPO = Path(__file__).resolve().parents[1]
 README = (REPO / "README.md").read_text()
 PATH_BUDGET = 1250  # lines of the DPO path: provisional, until the code is re-measured at 100 columns
-FORWARD_ENDS = "    # ---- the forward pass ends here"  # model.py: what follows is sampling and checkpoints
 ROW = re.compile(r"^\| (\d+) \| `([^`]+)`[^|]* \| ([\d,]+) \| .+ \|$")
 TOTAL = re.compile(r"^\| \| \*\*the DPO path\*\* \| \*\*([\d,]+)\*\* \|")
-DPO_PATH = {"data/batches.py", "model.py", "logprob_kernels/__init__.py", "logprob_kernels/checks.py",
-            "logprob_kernels/logprobs_torch.py", "dpo.py", "tensor_checks.py", "reference.py", "loop.py"}
+ENTRIES = {entry.split(" ")[0]: entry for entry in METHOD_PATHS["DPO"]}  # "model.py": "model.py (forward)"
+DPO_PATH = list(ENTRIES)  # in reading order
 
 
 def measured_lines(path):
-    """Lines of a file of the table; of model.py, those of the forward pass (up to the marker comment)."""
-    text = (REPO / path).read_text()
-    if path == "model.py":
-        text = text[:text.index(FORWARD_ENDS)].rstrip("\n") + "\n"
-    return text.count("\n")
+    """Lines of a file of the table (paper_claims.code_lines: of model.py, its forward pass alone)."""
+    return code_lines(ENTRIES[path])
 
 
 def table():
@@ -43,7 +42,7 @@ def test_the_table_states_the_measured_lines_and_the_path_fits_its_budget():
     if any(re.search(r"NotImplementedError\(['\"]Assignment", (REPO / path).read_text()) for path in DPO_PATH):
         pytest.skip("the course's student copy: its stubbed files have other lengths than the README's")
     rows, total = table()
-    assert {path for _, path, _ in rows} == DPO_PATH, "the table's rows above the total are the DPO path"
+    assert [path for _, path, _ in rows] == DPO_PATH, "the table's rows above the total: the DPO path, in order"
     assert [order for order, _, _ in rows] == list(range(1, len(rows) + 1))
     for _, path, stated in rows:
         assert stated == measured_lines(path), f"README says {stated} lines for {path}, it has {measured_lines(path)}"
