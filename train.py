@@ -2,16 +2,19 @@
 
     python train.py                   the embedded demo, end to end on a CPU (experiments/demo.py)
     python train.py --help            the commands, a line each
-    python train.py COMMAND --help    a command's flags, each with its default and the commands that take it
-    torchrun --nproc_per_node N train.py COMMAND ...   a training command, data-parallel on N GPUs or CPUs
+    python train.py COMMAND --help    a command's flags, each with its default and the commands that
+                                      take it
+    torchrun --nproc_per_node N train.py COMMAND ...   a training command, data-parallel on N GPUs
+    or CPUs
 
-Commands: pretrain, sft, dpo, unlikelihood, reward-model, simpo, orpo, kto, ppo, rloo, pairs, eval, sample, demo,
-frontier, study (tests/test_cli.py checks this list, --help and the README against the table).
+Commands: pretrain, sft, dpo, unlikelihood, reward-model, simpo, orpo, kto, ppo, rloo, pairs, eval,
+sample, demo, frontier, study (tests/test_cli.py checks this list, --help and the README against the
+table).
 
-Every command's flags, their help and each command's defaults come from plumbing/config.py (`COMMANDS`,
-`TrainConfig`). A user error (a missing file, a bad value, a broken checkpoint) prints one line `error: ...`
-and exits with status 1, before anything is written; `--debug` (or DPO_DEBUG=1) shows the traceback instead.
-This file is the entry point only: nothing imports it.
+Every command's flags, their help and each command's defaults come from plumbing/config.py
+(`COMMANDS`, `TrainConfig`). A user error (a missing file, a bad value, a broken checkpoint) prints
+one line `error: ...` and exits with status 1, before anything is written; `--debug` (or
+DPO_DEBUG=1) shows the traceback instead. This file is the entry point only: nothing imports it.
 """
 
 import argparse
@@ -33,9 +36,12 @@ from plumbing.config import (
     command_config,
 )
 
-EXPERIMENTS = {"demo": demo, "frontier": frontier, "study": study}  # their descriptions: module docstrings
-# What a user can get wrong (files, values, checkpoints, tokenizer files, a diverging run): one line, no traceback.
-USER_ERRORS = (ValueError, OSError, TokenizerUnavailableError, NonFiniteLossError, data_parallel.LaunchError)
+# their descriptions: module docstrings
+EXPERIMENTS = {"demo": demo, "frontier": frontier, "study": study}
+# What a user can get wrong (files, values, checkpoints, tokenizer files, a diverging run): one
+# line, no traceback.
+USER_ERRORS = (ValueError, OSError, TokenizerUnavailableError, NonFiniteLossError,
+               data_parallel.LaunchError)
 
 
 class Parser(argparse.ArgumentParser):
@@ -56,24 +62,30 @@ def add_config_flags(parser, command):
         group = parser if meta["group"] is None else groups.get(meta["group"]) or groups.setdefault(
             meta["group"], parser.add_argument_group(meta["group"]))
         default = defaults.get(f.name, f.default)
-        shown = ("on" if default else "off") if isinstance(default, bool) else "none" if default == "" else default
+        shown = (("on" if default else "off") if isinstance(default, bool) else "none" if default
+                 == "" else default)
         help = f"{meta['help']} (default: {shown}; {commands_taking(meta['commands'])})"
         if isinstance(default, bool):
-            group.add_argument(meta["flag"], default=default, action=argparse.BooleanOptionalAction, help=help)
+            group.add_argument(meta["flag"], default=default, action=argparse.BooleanOptionalAction,
+                               help=help)
         else:
-            group.add_argument(meta["flag"], default=default, type=type(default), choices=meta["choices"], help=help)
+            group.add_argument(meta["flag"], default=default, type=type(default),
+                               choices=meta["choices"], help=help)
 
 
 def commands_taking(names):
-    """The commands that take a flag, for its help line: "every command", or their names in the table's order."""
+    """The commands that take a flag, for its help line: "every command", or their names in the
+    table's order."""
     if set(names) == set(COMMAND_NAMES):
         return "every command"
     return "taken by " + ", ".join(name for name in COMMAND_NAMES if name in names)
 
 
 def build_parser():
-    """The parser of `python train.py [COMMAND] [flags]`: a sub-parser for each command of the table."""
-    parser = Parser(prog="train.py", description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n")[1],
+    """The parser of `python train.py [COMMAND] [flags]`: a sub-parser for each command of the
+    table."""
+    parser = Parser(prog="train.py", description=__doc__.split("\n\n")[0],
+                    epilog=__doc__.split("\n\n")[1],
                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -89,7 +101,8 @@ def build_parser():
             add_config_flags(sub, command.name)
         if command.name == "sample":
             sub.add_argument("--prompt", action="append", default=[], metavar="TEXT",
-                             help="a prompt (repeatable; default: five held-out prompts of the sentiment task)")
+                             help="a prompt (repeatable; default: five held-out prompts of the "
+                             "sentiment task)")
         sub.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                          help="show the traceback of an error")
     return parser
@@ -97,12 +110,15 @@ def build_parser():
 
 def add_experiment_flags(parser, name):
     """--quick, --out-dir (and the study's --train-seeds) of an experiment command."""
-    parser.add_argument("--quick", action="store_true", help="a tiny configuration that runs in about a minute")
-    parser.add_argument("--out-dir", default=f"out/{name}", help=f"where it writes (default: out/{name})")
+    parser.add_argument("--quick", action="store_true",
+                        help="a tiny configuration that runs in about a minute")
+    parser.add_argument("--out-dir", default=f"out/{name}",
+                        help=f"where it writes (default: out/{name})")
     if name == "study":
-        parser.add_argument("--train-seeds", default="", metavar="N,N", help="then the study again with these "
-                            "training seeds (OUT_DIR/seedN) and each claim's numbers on every seed (seeds.json; "
-                            "default: none)")
+        parser.add_argument("--train-seeds", default="", metavar="N,N",
+                            help="then the study again with these "
+                            "training seeds (OUT_DIR/seedN) and each claim's numbers on every seed "
+                            "(seeds.json; default: none)")
 
 
 def run(args):
@@ -119,10 +135,12 @@ def run(args):
         if seeds:
             study.run_seeds(out_dir=args.out_dir, quick=args.quick, seeds=seeds)
         return
-    cfg = command_config(args.command, **{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
-                                        if hasattr(args, f.name)})
+    cfg = command_config(args.command,
+                         **{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
+                            if hasattr(args, f.name)})
     if args.command in TRAINING_COMMANDS:
-        with data_parallel.process_group(cfg.device):  # under torchrun: join the other processes (else nothing)
+        # under torchrun: join the other processes (else nothing)
+        with data_parallel.process_group(cfg.device):
             commands.run_training(args.command, cfg)
     elif args.command in RL_COMMANDS:
         commands.run_rl(args.command, cfg)
@@ -139,7 +157,8 @@ def parse_seeds(text):
     try:
         return [int(seed) for seed in text.split(",") if seed.strip()]
     except ValueError:
-        raise ValueError(f"--train-seeds {text!r}: expected comma-separated integers, e.g. 1338,1339") from None
+        raise ValueError(f"--train-seeds {text!r}: expected comma-separated "
+                         "integers, e.g. 1338,1339") from None
 
 
 def main(argv=None):
@@ -150,9 +169,11 @@ def main(argv=None):
     except USER_ERRORS as e:
         if args.debug or os.environ.get("DPO_DEBUG"):
             raise
-        rank = int(os.environ.get("RANK", "0"))  # under torchrun each process reports; rank 0 without a prefix
+        # under torchrun each process reports; rank 0 without a prefix
+        rank = int(os.environ.get("RANK", "0"))
         line = "error: " + (f"rank {rank}: " if rank else "") + " ".join(str(e).split())
-        sys.stderr.write(line + "\n")  # one write: the lines of several torchrun processes do not interleave
+        # one write: the lines of several torchrun processes do not interleave
+        sys.stderr.write(line + "\n")
         sys.stderr.flush()
         return 1
     except KeyboardInterrupt:

@@ -1,18 +1,23 @@
-"""Benchmark: one DPO training step end to end, three ways of computing log pi(y|x), side by side in one run.
+"""Benchmark: one DPO training step end to end, three ways of computing log pi(y|x), side by side in
+one run.
 
 The step is what loop.train does with a precomputed reference (reference.Reference.precomputed): the
-policy's forward over chosen + rejected rows, the sigmoid DPO loss (Eq. 7), backward, AdamW. Only the log-prob
-computation differs:
+policy's forward over chosen + rejected rows, the sigmoid DPO loss (Eq. 7), backward, AdamW. Only
+the log-prob computation differs:
 
-    naive         logits = lm_head(h) (B, T, V), then logprob_kernels.naive_sequence_logprobs (fp32 log_softmax, gather)
-    logits kernel logits = lm_head(h), then logprob_kernels.sequence_logprobs (Triton on CUDA, chunked torch on a CPU)
-    fused linear  logprob_kernels.linear_sequence_logprobs(h, lm_head.weight): the logits are never materialised
+    naive         logits = lm_head(h) (B, T, V), then logprob_kernels.naive_sequence_logprobs (fp32
+                  log_softmax, gather)
+    logits kernel logits = lm_head(h), then logprob_kernels.sequence_logprobs (Triton on CUDA,
+    chunked torch on a CPU)
+    fused linear  logprob_kernels.linear_sequence_logprobs(h, lm_head.weight): the logits are never
+                  materialised
 
-Default shapes (the issue's): GPT-2 124M (random init), 8 pairs x 512 tokens, the response = the second half of
-each row, bf16 autocast on CUDA. Reported: tokens per second (all 2 x pairs x tokens positions of the step, the
-usual convention) and peak memory (CUDA: torch.cuda.max_memory_allocated minus what was allocated before the
-step, i.e. activations, logits, gradients and optimizer state; CPU: not measured, reported as null). On a CPU
-without --quick the default shapes take minutes per step; --quick runs a tiny model in seconds (the smoke test).
+Default shapes (the issue's): GPT-2 124M (random init), 8 pairs x 512 tokens, the response = the
+second half of each row, bf16 autocast on CUDA. Reported: tokens per second (all 2 x pairs x tokens
+positions of the step, the usual convention) and peak memory (CUDA: torch.cuda.max_memory_allocated
+minus what was allocated before the step, i.e. activations, logits, gradients and optimizer state;
+CPU: not measured, reported as null). On a CPU without --quick the default shapes take minutes per
+step; --quick runs a tiny model in seconds (the smoke test).
 
     python bench/bench_dpo_step.py [--pairs 8] [--tokens 512] [--json FILE] [--md FILE]
     python bench/bench_dpo_step.py --quick
@@ -39,10 +44,12 @@ QUICK_SHAPE = dict(n_layer=2, n_head=2, n_embd=64, vocab_size=300, block_size=64
 
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="a tiny model and batch on any device (smoke test)")
+    ap.add_argument("--quick", action="store_true",
+                    help="a tiny model and batch on any device (smoke test)")
     ap.add_argument("--pairs", type=int, default=8)
     ap.add_argument("--tokens", type=int, default=512, help="tokens per row (prompt + response)")
-    ap.add_argument("--steps", type=int, default=5, help="timed steps per method (after 2 warm-up steps)")
+    ap.add_argument("--steps", type=int, default=5,
+                    help="timed steps per method (after 2 warm-up steps)")
     ap.add_argument("--json", default="", help="write the results as JSON here")
     ap.add_argument("--md", default="", help="write the results as a markdown table here")
     args = ap.parse_args(argv)
@@ -56,13 +63,15 @@ def sequence_logps(method, model, batch):
     import dpo
     import logprob_kernels
     if method == "naive":
-        return logprob_kernels.naive_sequence_logprobs(model(batch["input_ids"]), batch["labels"], batch["mask"])
+        return logprob_kernels.naive_sequence_logprobs(model(batch["input_ids"]), batch["labels"],
+                                                       batch["mask"])
     return dpo.sequence_logps(model, batch["input_ids"], batch["labels"], batch["mask"],
                               fused_linear=method == "fused linear")
 
 
 def run_method(method, args, device):
-    """Time `method`'s DPO steps; returns {"method", "step_ms", "tokens_per_s", "peak_mib", "loss"}."""
+    """Time `method`'s DPO steps; returns {"method", "step_ms", "tokens_per_s", "peak_mib",
+    "loss"}."""
     import dpo
     from model import GPT, GPTConfig
     shape = QUICK_SHAPE if args.quick else GPT2_SHAPE
@@ -70,17 +79,21 @@ def run_method(method, args, device):
     model = GPT(GPTConfig(**shape)).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6)
     g = torch.Generator().manual_seed(0)
-    ids = torch.randint(0, shape["vocab_size"], (2 * args.pairs, args.tokens + 1), generator=g)  # (2B, T+1)
+    # (2B, T+1)
+    ids = torch.randint(0, shape["vocab_size"], (2 * args.pairs, args.tokens + 1), generator=g)
     mask = torch.zeros(2 * args.pairs, args.tokens, dtype=torch.bool)  # (2B, T)
     mask[:, args.tokens // 2:] = True
-    batch = {"input_ids": ids[:, :-1].to(device), "labels": ids[:, 1:].to(device), "mask": mask.to(device)}
-    ref = torch.randn(2 * args.pairs, generator=g).to(device) - 400.0  # stand-in precomputed reference log-probs
+    batch = {"input_ids": ids[:, :-1].to(device), "labels": ids[:, 1:].to(device),
+             "mask": mask.to(device)}
+    # stand-in precomputed reference log-probs
+    ref = torch.randn(2 * args.pairs, generator=g).to(device) - 400.0
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
 
     def step():
         with autocast:
             logps = sequence_logps(method, model, batch)  # (2B,) fp32
-            losses, _, _ = dpo.dpo_loss(logps[:args.pairs], logps[args.pairs:], ref[:args.pairs], ref[args.pairs:],
+            losses, _, _ = dpo.dpo_loss(logps[:args.pairs], logps[args.pairs:], ref[:args.pairs],
+                                        ref[args.pairs:],
                                         beta=0.1)
         losses.mean().backward()
         optimizer.step()
@@ -100,21 +113,26 @@ def run_method(method, args, device):
         times.append(time.perf_counter() - start)
     ms = 1000 * statistics.median(times)
     peak = (torch.cuda.max_memory_allocated() - before) / 2**20 if device.type == "cuda" else None
-    return {"method": method, "step_ms": ms, "tokens_per_s": 2 * args.pairs * args.tokens / (ms / 1000),
-            "peak_mib": peak, "loss": loss}
+    return {"method": method, "step_ms": ms,
+            "tokens_per_s": 2 * args.pairs * args.tokens / (ms / 1000), "peak_mib": peak,
+            "loss": loss}
 
 
 def environment(device):
     import triton
-    return {"python": platform.python_version(), "torch": torch.__version__, "triton": triton.__version__,
-            "device": torch.cuda.get_device_name() if device.type == "cuda" else f"CPU ({platform.machine()})",
+    return {"python": platform.python_version(), "torch": torch.__version__,
+            "triton": triton.__version__,
+            "device": torch.cuda.get_device_name() if device.type == "cuda"
+            else f"CPU ({platform.machine()})",
             "date": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
 
 
 def markdown(result):
     c = result["config"]
-    lines = [f"DPO step, {c['shape']}, {c['pairs']} pairs x {c['tokens']} tokens, {result['environment']['device']}",
-             "", "| method | step ms | tokens/s | peak MiB | vs naive (time) |", "|---|---|---|---|---|"]
+    lines = [f"DPO step, {c['shape']}, {c['pairs']} pairs x {c['tokens']} tokens, "
+             f"{result['environment']['device']}",
+             "", "| method | step ms | tokens/s | peak MiB | vs naive (time) |",
+             "|---|---|---|---|---|"]
     naive = result["rows"][0]["step_ms"]
     for r in result["rows"]:
         peak = f"{r['peak_mib']:.0f}" if r["peak_mib"] is not None else "n/a"

@@ -1,30 +1,46 @@
-"""Benchmark: log-probs from hidden states (logprob_kernels.linear_sequence_logprobs) against materialising the logits.
+"""Benchmark: log-probs from hidden states (logprob_kernels.linear_sequence_logprobs) against
+materialising the logits.
 
 Two parts (FLOP and byte counts: the docstring of logprob_kernels/linear_logprobs.py):
-(a) CPU memory. Peak memory of one forward + backward, naive (logits = hidden @ weight.T, fp32 log_softmax,
-    gather) against the chunked torch path, at GPT-2 shapes (N = 2048 positions, d = 768, V = 50257, fp32).
-    Each method runs in a fresh subprocess (this script with --child): after a tiny warm-up call (one-time
-    library set-up) and the setup of the inputs (no temporaries), extra = peak resident set size after forward
-    + backward (ru_maxrss; see rss_bytes) minus the resident set size then. Both include the gradients (hidden
-    and weight), reported apart as "gradients alone". The chunked path's figure includes 0.1-0.16 GB of freed
-    chunks that glibc's malloc keeps resident (its mmap threshold adapts up to 32 MiB, the chunk's size);
+(a) CPU memory. Peak memory of one forward + backward, naive (logits = hidden @ weight.T, fp32
+    log_softmax, gather) against the chunked torch path, at GPT-2 shapes (N = 2048 positions, d =
+    768, V = 50257, fp32).
+    Each method runs in a fresh subprocess (this script with --child): after a tiny warm-up call
+    (one-time
+    library set-up) and the setup of the inputs (no temporaries), extra = peak resident set size
+    after forward
+    + backward (ru_maxrss; see rss_bytes) minus the resident set size then. Both include the
+    gradients (hidden
+    and weight), reported apart as "gradients alone". The chunked path's figure includes 0.1-0.16 GB
+    of freed
+    chunks that glibc's malloc keeps resident (its mmap threshold adapts up to 32 MiB, the chunk's
+    size);
     MALLOC_MMAP_THRESHOLD_=1048576 in the environment removes that.
-(b) CUDA time (skipped without CUDA). Forward, backward and forward + backward times (CUDA events, warm-up,
-    median of --repeats runs; backward is timed alone after an untimed forward) and peak extra memory of
-    forward + backward, gradients included (torch.cuda.max_memory_allocated minus what was allocated before,
-    inputs allocated), at N = 8192, d = 4096, V = 128256 in bf16 (Llama-3-8B's head) for: naive eager; ours
+(b) CUDA time (skipped without CUDA). Forward, backward and forward + backward times (CUDA events,
+    warm-up, median of --repeats runs; backward is timed alone after an untimed forward) and peak
+    extra memory of
+    forward + backward, gradients included (torch.cuda.max_memory_allocated minus what was allocated
+    before,
+    inputs allocated), at N = 8192, d = 4096, V = 128256 in bf16 (Llama-3-8B's head) for: naive
+    eager; ours
     torch (chunked); ours triton; Liger-Kernel's fused linear cross-entropy and Cut Cross-Entropy
-    (impl="cce_exact") when importable, both with reduction="sum" (a uniform upstream gradient, the case they
-    are built for); and four cuBLAS GEMMs of the same shapes (logits; then recomputed logits, dz @ weight,
-    dz.T @ hidden), the floor for any method that recomputes the logits. Forward TFLOP/s count 2 N V d and are
-    given as a share of --peak-tflops (989: H100 SXM dense bf16); fwd+bwd is given as a multiple of the four
-    GEMMs' time. Every position is unmasked (B = 8 rows); "rel diff" compares the total log-prob to naive eager.
+    (impl="cce_exact") when importable, both with reduction="sum" (a uniform upstream gradient, the
+    case they
+    are built for); and four cuBLAS GEMMs of the same shapes (logits; then recomputed logits, dz @
+    weight,
+    dz.T @ hidden), the floor for any method that recomputes the logits. Forward TFLOP/s count 2 N V
+    d and are
+    given as a share of --peak-tflops (989: H100 SXM dense bf16); fwd+bwd is given as a multiple of
+    the four
+    GEMMs' time. Every position is unmasked (B = 8 rows); "rel diff" compares the total log-prob to
+    naive eager.
 
---quick runs both parts at tiny CPU shapes in seconds (the timing part then uses time.perf_counter and runs the
-Triton kernels in the CPU interpreter): a smoke test of the script, not a measurement.
+--quick runs both parts at tiny CPU shapes in seconds (the timing part then uses time.perf_counter
+and runs the Triton kernels in the CPU interpreter): a smoke test of the script, not a measurement.
 
     python bench/bench_linear_logprobs.py [--quick] [--json FILE] [--part all|cpu-memory|cuda-time]
-        [--cpu-shape 2048 768 50257] [--cuda-shape 8192 4096 128256] [--cuda-dtype bf16] [--peak-tflops 989]
+        [--cpu-shape 2048 768 50257] [--cuda-shape 8192 4096 128256] [--cuda-dtype bf16]
+        [--peak-tflops 989]
 """
 
 import argparse
@@ -44,8 +60,9 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from a checkout without installing the project
 
-# logprob_kernels (and through it triton) is imported inside the functions that use it: main() first decides whether
-# Triton runs on the GPU or in its CPU interpreter, and TRITON_INTERPRET must be set before triton is imported.
+# logprob_kernels (and through it triton) is imported inside the functions that use it: main() first
+# decides whether Triton runs on the GPU or in its CPU interpreter, and TRITON_INTERPRET must be set
+# before triton is imported.
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 QUICK_CPU_SHAPE = (64, 32, 1000)    # N, d, V for --quick
 QUICK_TIME_SHAPE = (32, 32, 200)
@@ -55,25 +72,33 @@ def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="tiny CPU shapes, seconds; a smoke test")
     ap.add_argument("--part", choices=["all", "cpu-memory", "cuda-time"], default="all")
-    ap.add_argument("--cpu-shape", type=int, nargs=3, default=[2048, 768, 50257], metavar=("N", "D", "V"))
-    ap.add_argument("--cuda-shape", type=int, nargs=3, default=[8192, 4096, 128256], metavar=("N", "D", "V"))
+    ap.add_argument("--cpu-shape", type=int, nargs=3, default=[2048, 768, 50257],
+                    metavar=("N", "D", "V"))
+    ap.add_argument("--cuda-shape", type=int, nargs=3, default=[8192, 4096, 128256],
+                    metavar=("N", "D", "V"))
     ap.add_argument("--cuda-dtype", choices=sorted(DTYPES), default="bf16")
-    ap.add_argument("--peak-tflops", type=float, default=989.0, help="dense peak of the GPU in --cuda-dtype")
-    ap.add_argument("--repeats", type=int, default=10, help="timed runs (median) after --warmup runs")
+    ap.add_argument("--peak-tflops", type=float, default=989.0,
+                    help="dense peak of the GPU in --cuda-dtype")
+    ap.add_argument("--repeats", type=int, default=10,
+                    help="timed runs (median) after --warmup runs")
     ap.add_argument("--warmup", type=int, default=3)
-    ap.add_argument("--json", metavar="PATH", default=None, help="write all results to this JSON file")
+    ap.add_argument("--json", metavar="PATH", default=None,
+                    help="write all results to this JSON file")
     ap.add_argument("--child", nargs=5, metavar=("METHOD", "N", "D", "V", "DTYPE"), default=None,
-                    help=argparse.SUPPRESS)  # internal: one memory measurement in this fresh process
+                    # internal: one memory measurement in this fresh process
+                    help=argparse.SUPPRESS)
     return ap.parse_args(argv)
 
 
 def make_inputs(n: int, d: int, v: int, dtype: torch.dtype, device: str, rows: int = 1):
-    """hidden (rows, n // rows, d), weight (V, d) giving unit-size logits, labels, an all-ones mask; made
-    without temporaries, so that the resident set size after setup is also its peak."""
+    """hidden (rows, n // rows, d), weight (V, d) giving unit-size logits, labels, an all-ones mask;
+    made without temporaries, so that the resident set size after setup is also its peak."""
     gen = torch.Generator(device=device).manual_seed(0)
-    hidden = torch.randn(rows, n // rows, d, generator=gen, device=device, dtype=dtype).requires_grad_(True)
+    hidden = torch.randn(rows, n // rows, d, generator=gen, device=device,
+                         dtype=dtype).requires_grad_(True)
     weight = torch.randn(v, d, generator=gen, device=device, dtype=dtype)
-    weight.mul_(1 / math.sqrt(d)).requires_grad_(True)   # in place: the setup's peak is its resident size
+    # in place: the setup's peak is its resident size
+    weight.mul_(1 / math.sqrt(d)).requires_grad_(True)
     labels = torch.randint(0, v, (rows, n // rows), generator=gen, device=device)
     mask = torch.ones(rows, n // rows, dtype=torch.bool, device=device)
     return hidden, weight, labels, mask
@@ -82,9 +107,10 @@ def make_inputs(n: int, d: int, v: int, dtype: torch.dtype, device: str, rows: i
 # ----------------------------------------------------------------------------- (a) CPU memory
 
 def rss_bytes(peak: bool) -> int:
-    """Resident set size now, or its peak so far. On Linux from /proc/self/status (VmRSS, VmHWM): ru_maxrss is
-    the same peak but is carried over exec from the parent process, which makes a fresh child's peak start at
-    the parent's. Elsewhere ru_maxrss (KiB, bytes on macOS) stands for both."""
+    """Resident set size now, or its peak so far. On Linux from /proc/self/status (VmRSS, VmHWM):
+    ru_maxrss is the same peak but is carried over exec from the parent process, which makes a fresh
+    child's peak start at the parent's. Elsewhere ru_maxrss (KiB, bytes on macOS) stands for
+    both."""
     if os.path.exists("/proc/self/status"):
         with open("/proc/self/status") as f:
             fields = dict(line.split(":", 1) for line in f)
@@ -94,11 +120,14 @@ def rss_bytes(peak: bool) -> int:
 
 
 def child_memory(method: str, n: int, d: int, v: int, dtype: str) -> dict:
-    """One forward + backward of `method` in this (fresh) process: extra peak RSS over the set-up inputs."""
+    """One forward + backward of `method` in this (fresh) process: extra peak RSS over the set-up
+    inputs."""
     import logprob_kernels
     fn = {"naive": logprob_kernels.naive_linear_sequence_logprobs,
-          "ours torch": lambda *a: logprob_kernels.linear_sequence_logprobs(*a, impl="torch")}[method]
-    fn(*make_inputs(8, d, 16, DTYPES[dtype], "cpu")).sum().backward()  # one-time library and thread set-up
+          "ours torch": lambda
+          *a: logprob_kernels.linear_sequence_logprobs(*a, impl="torch")}[method]
+    # one-time library and thread set-up
+    fn(*make_inputs(8, d, 16, DTYPES[dtype], "cpu")).sum().backward()
     inputs = make_inputs(n, d, v, DTYPES[dtype], "cpu")
     base = rss_bytes(peak=False)
     start = time.perf_counter()
@@ -110,13 +139,16 @@ def child_memory(method: str, n: int, d: int, v: int, dtype: str) -> dict:
 
 
 def cpu_memory(n: int, d: int, v: int, dtype: str = "fp32") -> dict:
-    """Run child_memory for the naive and the chunked path, each in a fresh subprocess; summarise."""
+    """Run child_memory for the naive and the chunked path, each in a fresh subprocess;
+    summarise."""
     rows = []
     for method in ("naive", "ours torch"):
-        proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child", method, str(n), str(d),
-                               str(v), dtype], capture_output=True, text=True)
-        if proc.returncode != 0:  # say why: the child's own error (its last lines), not just its exit status
-            raise RuntimeError(f"--child {method!r} exited with status {proc.returncode}:\n{proc.stderr[-2000:]}")
+        proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child", method,
+                               str(n), str(d), str(v), dtype], capture_output=True, text=True)
+        # say why: the child's own error (its last lines), not just its exit status
+        if proc.returncode != 0:
+            raise RuntimeError(f"--child {method!r} exited with status "
+                               f"{proc.returncode}:\n{proc.stderr[-2000:]}")
         rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
     size = DTYPES[dtype].itemsize
     naive, chunked = rows
@@ -126,14 +158,15 @@ def cpu_memory(n: int, d: int, v: int, dtype: str = "fp32") -> dict:
 
 
 def memory_table(mem: dict) -> str:
-    lines = [f"CPU peak memory of forward + backward, N = {mem['N']}, d = {mem['d']}, V = {mem['V']}, "
-             f"{mem['dtype']} (one (N, V) tensor = {mem['logits_bytes'] / 1e6:.0f} MB)", "",
+    lines = [f"CPU peak memory of forward + backward, N = {mem['N']}, d = {mem['d']}, V = "
+             f"{mem['V']}, {mem['dtype']} (one (N, V) tensor = {mem['logits_bytes'] / 1e6:.0f} MB)",
+             "",
              "| method | peak extra MB | x (N, V) tensor | fwd+bwd s |", "|---|---|---|---|"]
     for r in mem["rows"]:
         lines.append(f"| {r['method']} | {r['extra_bytes'] / 1e6:.0f} | "
                      f"{r['extra_bytes'] / mem['logits_bytes']:.2f} | {r['seconds']:.2f} |")
-    lines.append(f"\nnaive / chunked: {mem['ratio_naive_over_chunked']:.1f}x; the gradients alone (hidden and "
-                 f"weight): {mem['gradient_bytes'] / 1e6:.0f} MB")
+    lines.append(f"\nnaive / chunked: {mem['ratio_naive_over_chunked']:.1f}x; the gradients alone "
+                 f"(hidden and weight): {mem['gradient_bytes'] / 1e6:.0f} MB")
     return "\n".join(lines)
 
 
@@ -143,8 +176,10 @@ def methods(cuda: bool):
     """name -> (fn(hidden, weight, labels, mask) -> tensor to backward with ones, or None, note)."""
     import logprob_kernels
     out = {"naive eager": (logprob_kernels.naive_linear_sequence_logprobs, ""),
-           "ours torch": (lambda *a: logprob_kernels.linear_sequence_logprobs(*a, impl="torch"), ""),
-           "ours triton": (lambda *a: logprob_kernels.linear_sequence_logprobs(*a, impl="triton"), "")}
+           "ours torch": (lambda *a: logprob_kernels.linear_sequence_logprobs(*a, impl="torch"),
+                          ""),
+           "ours triton": (lambda *a: logprob_kernels.linear_sequence_logprobs(*a, impl="triton"),
+                           "")}
     try:
         from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
         flce = LigerFusedLinearCrossEntropyLoss(reduction="sum")
@@ -159,7 +194,8 @@ def methods(cuda: bool):
         from cut_cross_entropy import linear_cross_entropy
 
         def cce(hidden, weight, labels, mask):
-            return -linear_cross_entropy(hidden.flatten(0, 1), weight, torch.where(mask, labels, -100).flatten(),
+            return -linear_cross_entropy(hidden.flatten(0, 1), weight,
+                                         torch.where(mask, labels, -100).flatten(),
                                          reduction="sum", impl="cce_exact")
         out["CCE exact (sum)"] = (cce, "") if cuda else (None, "skipped: needs CUDA")
     except ImportError:
@@ -168,7 +204,8 @@ def methods(cuda: bool):
 
 
 def median_ms(fn, prepare, cuda: bool, warmup: int, repeats: int) -> float:
-    """Median milliseconds of fn(prepare()) over `repeats` runs after `warmup`; prepare() is not timed."""
+    """Median milliseconds of fn(prepare()) over `repeats` runs after `warmup`; prepare() is not
+    timed."""
     times = []
     for i in range(warmup + repeats):
         state = prepare()
@@ -219,10 +256,12 @@ def time_method(fn, inputs, cuda: bool, warmup: int, repeats: int) -> dict:
 
 
 def time_gemms(inputs, cuda: bool, warmup: int, repeats: int) -> dict:
-    """The four GEMMs of a forward + backward that recomputes the logits, on the same shapes and dtype."""
+    """The four GEMMs of a forward + backward that recomputes the logits, on the same shapes and
+    dtype."""
     hidden = inputs[0].detach().flatten(0, 1)                                             # (N, d)
     weight = inputs[1].detach()                                                           # (V, d)
-    dz = torch.randn(hidden.shape[0], weight.shape[0], device=hidden.device, dtype=hidden.dtype)   # (N, V)
+    # (N, V)
+    dz = torch.randn(hidden.shape[0], weight.shape[0], device=hidden.device, dtype=hidden.dtype)
 
     def bwd(_):
         hidden @ weight.T                     # (N, V) recomputed logits
@@ -231,7 +270,8 @@ def time_gemms(inputs, cuda: bool, warmup: int, repeats: int) -> dict:
 
     fwd_ms = median_ms(lambda _: hidden @ weight.T, lambda: None, cuda, warmup, repeats)
     bwd_ms = median_ms(bwd, lambda: None, cuda, warmup, repeats)
-    return {"fwd_ms": fwd_ms, "bwd_ms": bwd_ms, "fwdbwd_ms": fwd_ms + bwd_ms, "note": "sum of fwd and bwd"}
+    return {"fwd_ms": fwd_ms, "bwd_ms": bwd_ms, "fwdbwd_ms": fwd_ms + bwd_ms,
+            "note": "sum of fwd and bwd"}
 
 
 def time_all(n: int, d: int, v: int, dtype: str, cuda: bool, args) -> dict:
@@ -250,17 +290,19 @@ def time_all(n: int, d: int, v: int, dtype: str, cuda: bool, args) -> dict:
                     total = fn(*inputs).sum().item()
                 row["rel_diff_vs_naive"] = abs(total - reference) / abs(reference)
                 row.update(time_method(fn, inputs, cuda, args.warmup, args.repeats))
-            except Exception as e:  # noqa: BLE001  a failing third-party method is a row note, not a crash
+            except Exception as e:  # noqa: BLE001  a failing method is a row note, not a crash
                 row["note"] = f"failed: {type(e).__name__}: {e}"[:200]
         rows.append(row)
-    rows.append({"method": "4 GEMMs (cuBLAS)", **time_gemms(inputs, cuda, args.warmup, args.repeats)})
+    rows.append({"method": "4 GEMMs (cuBLAS)",
+                 **time_gemms(inputs, cuda, args.warmup, args.repeats)})
     gemms_ms = rows[-1]["fwdbwd_ms"]
     for row in rows:
         if "fwd_ms" in row:
             row["fwd_tflops"] = flops_fwd / (row["fwd_ms"] * 1e-3) / 1e12
             row["fwd_share_of_peak"] = row["fwd_tflops"] / args.peak_tflops if cuda else None
             row["fwdbwd_over_4_gemms"] = row["fwdbwd_ms"] / gemms_ms
-    return {"N": n, "d": d, "V": v, "dtype": dtype, "device": device, "peak_tflops": args.peak_tflops,
+    return {"N": n, "d": d, "V": v, "dtype": dtype, "device": device,
+            "peak_tflops": args.peak_tflops,
             "timer": "CUDA events" if cuda else "time.perf_counter (CPU smoke run)",
             "repeats": args.repeats, "warmup": args.warmup, "rows": rows}
 
@@ -270,15 +312,17 @@ def fmt(value, spec):
 
 
 def time_table(res: dict) -> str:
-    lines = [f"Time on {res['device']}, N = {res['N']}, d = {res['d']}, V = {res['V']}, {res['dtype']} "
-             f"({res['timer']}, median of {res['repeats']})", "",
-             "| method | fwd ms | bwd ms | fwd+bwd ms | fwd TFLOP/s | fwd % of peak | fwd+bwd / 4 GEMMs "
-             "| peak extra GB | rel diff | note |", "|" + "---|" * 10]
+    lines = [f"Time on {res['device']}, N = {res['N']}, d = {res['d']}, V = {res['V']}, "
+             f"{res['dtype']} ({res['timer']}, median of {res['repeats']})", "",
+             "| method | fwd ms | bwd ms | fwd+bwd ms | fwd TFLOP/s | fwd % of peak | fwd+bwd / 4 "
+             "GEMMs | peak extra GB | rel diff | note |", "|" + "---|" * 10]
     for r in res["rows"]:
         peak = r.get("peak_extra_bytes")
-        lines.append(f"| {r['method']} | {fmt(r.get('fwd_ms'), '.2f')} | {fmt(r.get('bwd_ms'), '.2f')} | "
-                     f"{fmt(r.get('fwdbwd_ms'), '.2f')} | {fmt(r.get('fwd_tflops'), '.2f')} | "
-                     f"{fmt(r.get('fwd_share_of_peak'), '.0%')} | {fmt(r.get('fwdbwd_over_4_gemms'), '.2f')} | "
+        lines.append(f"| {r['method']} | {fmt(r.get('fwd_ms'), '.2f')} | "
+                     f"{fmt(r.get('bwd_ms'), '.2f')} | {fmt(r.get('fwdbwd_ms'), '.2f')} | "
+                     f"{fmt(r.get('fwd_tflops'), '.2f')} | "
+                     f"{fmt(r.get('fwd_share_of_peak'), '.0%')} | "
+                     f"{fmt(r.get('fwdbwd_over_4_gemms'), '.2f')} | "
                      f"{fmt(None if peak is None else peak / 1e9, '.2f')} | "
                      f"{fmt(r.get('rel_diff_vs_naive'), '.1e')} | {r.get('note', '')} |")
     return "\n".join(lines)
@@ -286,7 +330,8 @@ def time_table(res: dict) -> str:
 
 def environment(cuda: bool) -> dict:
     import triton
-    return {"python": platform.python_version(), "torch": torch.__version__, "triton": triton.__version__,
+    return {"python": platform.python_version(), "torch": torch.__version__,
+            "triton": triton.__version__,
             "device": torch.cuda.get_device_name() if cuda else f"CPU ({platform.machine()})",
             "cpu_threads": torch.get_num_threads(), "date": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
 
@@ -299,15 +344,18 @@ def main(argv=None):
         return
     cuda = torch.cuda.is_available() and not args.quick
     if not cuda:
-        os.environ["TRITON_INTERPRET"] = "1"  # the CPU interpreter; must precede the first import of triton
+        # the CPU interpreter; must precede the first import of triton
+        os.environ["TRITON_INTERPRET"] = "1"
     result = {"environment": environment(cuda)}
     if args.part in ("all", "cpu-memory"):
-        result["cpu_memory"] = cpu_memory(*(QUICK_CPU_SHAPE if args.quick else args.cpu_shape), dtype="fp32")
+        result["cpu_memory"] = cpu_memory(*(QUICK_CPU_SHAPE if args.quick else args.cpu_shape),
+                                          dtype="fp32")
         print(memory_table(result["cpu_memory"]) + "\n")
     if args.part in ("all", "cuda-time"):
         if cuda or args.quick:
             n, d, v = QUICK_TIME_SHAPE if args.quick else args.cuda_shape
-            result["time"] = time_all(n, d, v, "fp32" if args.quick else args.cuda_dtype, cuda, args)
+            result["time"] = time_all(n, d, v, "fp32" if args.quick else args.cuda_dtype, cuda,
+                                      args)
             print(time_table(result["time"]))
         else:
             print("time: skipped (no CUDA device; --quick runs a tiny CPU version)")

@@ -1,22 +1,29 @@
-"""Benchmark: peak memory and time of one DPO training step, full fine-tuning against LoRA, and against the
-reference-free losses of DPO's family (SimPO, ORPO).
+"""Benchmark: peak memory and time of one DPO training step, full fine-tuning against LoRA, and
+against the reference-free losses of DPO's family (SimPO, ORPO).
 
-Where a DPO step's memory goes, for a model of P parameters in fp32 (4 bytes each) trained with AdamW:
+Where a DPO step's memory goes, for a model of P parameters in fp32 (4 bytes each) trained with
+AdamW:
 
-    full fine-tuning, reference copy   policy 4P + reference 4P + gradients 4P + Adam moments 8P  = 20P + activations
-    full, precomputed reference        the copy exists only before training (8P then)            = 16P + activations
-    LoRA, reference = adapters off     base 4P + adapters, their gradients and moments (~16 p)    =  4P + activations
-    SimPO or ORPO, no reference        policy 4P + gradients 4P + Adam moments 8P                 = 16P + activations
+    full fine-tuning, reference copy   policy 4P + reference 4P + gradients 4P + Adam moments 8P  =
+                                       20P + activations
+    full, precomputed reference        the copy exists only before training (8P then)            =
+                                       16P + activations
+    LoRA, reference = adapters off     base 4P + adapters, their gradients and moments (~16 p)    =
+    4P + activations
+    SimPO or ORPO, no reference        policy 4P + gradients 4P + Adam moments 8P                 =
+    16P + activations
 
-with p << P the adapter parameters. Activations are the same for all three (LoRA adds its small (tokens, r) ones).
-This script measures it: each variant runs in a fresh process (model built from the seed, a batch of random
-token pairs, AdamW, three steps: the policy's forward over chosen + rejected, the reference's forward, the
-sigmoid DPO loss, backward, the optimizer step). Peak memory is, on CUDA, torch.cuda.max_memory_allocated minus
-what was allocated before the model was built; on a CPU, the process's peak resident set (ru_maxrss) minus its
-resident set before the model was built (the allocator's caching and the interpreter make this coarser; compare
-variants measured in the same run). Time: the mean of steps 2 and 3 (step 1 allocates the optimizer state).
+with p << P the adapter parameters. Activations are the same for all three (LoRA adds its small
+(tokens, r) ones). This script measures it: each variant runs in a fresh process (model built from
+the seed, a batch of random token pairs, AdamW, three steps: the policy's forward over chosen +
+rejected, the reference's forward, the sigmoid DPO loss, backward, the optimizer step). Peak memory
+is, on CUDA, torch.cuda.max_memory_allocated minus what was allocated before the model was built; on
+a CPU, the process's peak resident set (ru_maxrss) minus its resident set before the model was built
+(the allocator's caching and the interpreter make this coarser; compare variants measured in the
+same run). Time: the mean of steps 2 and 3 (step 1 allocates the optimizer state).
 
-    python bench/bench_lora_memory.py                      GPT-2 124M shapes, 2 pairs x 128 tokens (CPU: ~1 min)
+    python bench/bench_lora_memory.py                      GPT-2 124M shapes, 2 pairs x 128 tokens
+                                                           (CPU: ~1 min)
     python bench/bench_lora_memory.py --quick              tiny shapes, seconds (the smoke test)
     python bench/bench_lora_memory.py --pairs 8 --tokens 512 --json bench/results/lora_memory.json
 """
@@ -42,21 +49,23 @@ from methods import orpo, simpo  # noqa: E402
 from model import GPT, GPTConfig  # noqa: E402
 from plumbing import lora  # noqa: E402
 
-VARIANTS = ("full, reference copy (live)", "full, precomputed reference", "LoRA, adapters-off reference (live)",
-            "SimPO, no reference", "ORPO, no reference")
+VARIANTS = ("full, reference copy (live)", "full, precomputed reference",
+            "LoRA, adapters-off reference (live)", "SimPO, no reference", "ORPO, no reference")
 GPT2_SHAPE = dict(n_layer=12, n_head=12, n_embd=768, vocab_size=50257, block_size=1024)
 QUICK_SHAPE = dict(n_layer=2, n_head=2, n_embd=64, vocab_size=300, block_size=64)
 
 
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="tiny model and batch: a smoke test in seconds")
+    ap.add_argument("--quick", action="store_true",
+                    help="tiny model and batch: a smoke test in seconds")
     ap.add_argument("--pairs", type=int, default=2, help="preference pairs per step (2x rows)")
     ap.add_argument("--tokens", type=int, default=128, help="tokens per row (prompt + response)")
     ap.add_argument("--lora-rank", type=int, default=16)
     ap.add_argument("--device", default="auto", help="auto (cuda when available), cpu or cuda")
     ap.add_argument("--json", default="", help="write the results here")
-    ap.add_argument("--one", default="", help=argparse.SUPPRESS)  # internal: run one variant in this process
+    # internal: run one variant in this process
+    ap.add_argument("--one", default="", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.quick:
         args.tokens, args.lora_rank = min(args.tokens, 32), min(args.lora_rank, 4)
@@ -73,16 +82,19 @@ def resident_bytes():
 
 
 def random_pairs(n_pairs, tokens, vocab_size, device):
-    """A dpo_collate-shaped batch of random tokens: (2 n_pairs, tokens) ids, shifted labels, response = 2nd half."""
+    """A dpo_collate-shaped batch of random tokens: (2 n_pairs, tokens) ids, shifted labels,
+    response = 2nd half."""
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(0, vocab_size, (2 * n_pairs, tokens + 1), generator=g)  # (2B, T+1)
     mask = torch.zeros(2 * n_pairs, tokens, dtype=torch.bool)  # (2B, T)
     mask[:, tokens // 2:] = True
-    return {"input_ids": ids[:, :-1].to(device), "labels": ids[:, 1:].to(device), "mask": mask.to(device)}
+    return {"input_ids": ids[:, :-1].to(device), "labels": ids[:, 1:].to(device),
+            "mask": mask.to(device)}
 
 
 def run_variant(name, args):
-    """One variant in this process: {"variant", "peak_bytes", "step_ms", "trainable", "parameters"}."""
+    """One variant in this process: {"variant", "peak_bytes", "step_ms", "trainable",
+    "parameters"}."""
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if args.device == "auto" else args.device))
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
@@ -102,7 +114,8 @@ def run_variant(name, args):
         reference = lora.BaseModelView(model)
     elif not reference_free:
         reference = copy.deepcopy(model).requires_grad_(False).eval()
-    if "precomputed" in name:  # the reference's log-probs once, then the copy is gone (commands.dpo_reference)
+    # the reference's log-probs once, then the copy is gone (commands.dpo_reference)
+    if "precomputed" in name:
         with torch.no_grad(), autocast:
             ref_logps = dpo.concatenated_logps(reference, batch)
         reference = None
@@ -114,7 +127,8 @@ def run_variant(name, args):
             policy = dpo.concatenated_logps(model, batch)
             lengths = (policy.chosen_tokens, policy.rejected_tokens)
             if name.startswith("SimPO"):
-                losses, _, _ = simpo.simpo_loss(policy.chosen, policy.rejected, *lengths, beta=2.0, gamma=1.0)
+                losses, _, _ = simpo.simpo_loss(policy.chosen, policy.rejected, *lengths, beta=2.0,
+                                                gamma=1.0)
             elif name.startswith("ORPO"):
                 losses, _, _ = orpo.orpo_loss(policy.chosen, policy.rejected, *lengths, beta=0.1)
             else:
@@ -123,7 +137,8 @@ def run_variant(name, args):
                         ref = dpo.concatenated_logps(reference, batch)
                 else:
                     ref = ref_logps
-                losses, _, _ = dpo.dpo_loss(policy.chosen, policy.rejected, ref.chosen, ref.rejected, beta=0.1)
+                losses, _, _ = dpo.dpo_loss(policy.chosen, policy.rejected, ref.chosen,
+                                            ref.rejected, beta=0.1)
         losses.mean().backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -133,10 +148,11 @@ def run_variant(name, args):
     if device.type == "cuda":
         peak = torch.cuda.max_memory_allocated() - before
     else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before  # ru_maxrss: KiB on Linux
+        # ru_maxrss: KiB on Linux
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before
     return {"variant": name, "peak_bytes": peak, "step_ms": 1000 * sum(times[1:]) / 2,
-            "trainable": lora.count_trainable(model), "parameters": sum(p.numel() for p in model.parameters()),
-            "device": str(device)}
+            "trainable": lora.count_trainable(model),
+            "parameters": sum(p.numel() for p in model.parameters()), "device": str(device)}
 
 
 def main(argv=None):
@@ -147,7 +163,8 @@ def main(argv=None):
     passthrough = [a for a in (argv if argv is not None else sys.argv[1:])]
     rows = []
     for name in VARIANTS:  # each in a fresh process: ru_maxrss is a lifetime peak
-        proc = subprocess.run([sys.executable, __file__, *passthrough, "--one", name], capture_output=True,
+        proc = subprocess.run([sys.executable, __file__, *passthrough, "--one", name],
+                              capture_output=True,
                               text=True, check=False)
         if proc.returncode != 0:
             print(proc.stderr, file=sys.stderr)
@@ -155,8 +172,9 @@ def main(argv=None):
         rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
     full = rows[0]["peak_bytes"]
     shape = QUICK_SHAPE if args.quick else GPT2_SHAPE
-    print(f"one DPO step, {rows[0]['parameters'] / 1e6:.1f}M parameters {shape}, {args.pairs} pairs x "
-          f"{args.tokens} tokens, device {rows[0]['device']}, LoRA rank {args.lora_rank} on c_attn/c_proj/c_fc")
+    print(f"one DPO step, {rows[0]['parameters'] / 1e6:.1f}M parameters {shape}, {args.pairs} "
+          f"pairs x {args.tokens} tokens, device {rows[0]['device']}, LoRA rank {args.lora_rank} "
+          f"on c_attn/c_proj/c_fc")
     print("| variant | trainable parameters | peak memory MiB | vs full with copy | step ms |")
     print("|---|---|---|---|---|")
     for row in rows:
@@ -167,9 +185,11 @@ def main(argv=None):
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w") as f:
             json.dump({"config": {**vars(args), "shape": shape}, "rows": rows,
-                       "environment": {"torch": torch.__version__, "python": platform.python_version(),
+                       "environment": {"torch": torch.__version__,
+                                       "python": platform.python_version(),
                                        "machine": platform.machine(),
-                                       "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None}},
+                                       "gpu": torch.cuda.get_device_name()
+                                       if torch.cuda.is_available() else None}},
                       f, indent=2)
     return 0
 

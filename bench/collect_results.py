@@ -2,10 +2,11 @@
 
     python bench/collect_results.py LOGS_DIR OUT_PREFIX      -> OUT_PREFIX.json and OUT_PREFIX.md
 
-LOGS_DIR holds status.txt (one line per step: name, exit status, seconds), tests.xml (pytest's JUnit report)
-and each benchmark's JSON (logprobs.json, linear_logprobs.json, dpo_step.json, lora_memory.json); a step that
-failed or was skipped is reported as such, never filled in. The markdown has the device and versions, the
-steps, the test counts and one table per benchmark with every scalar column its JSON rows have.
+LOGS_DIR holds status.txt (one line per step: name, exit status, seconds), tests.xml (pytest's JUnit
+report) and each benchmark's JSON (logprobs.json, linear_logprobs.json, dpo_step.json,
+lora_memory.json); a step that failed or was skipped is reported as such, never filled in. The
+markdown has the device and versions, the steps, the test counts and one table per benchmark with
+every scalar column its JSON rows have.
 """
 
 import json
@@ -20,7 +21,8 @@ BENCHMARKS = (("logprobs", "Log-probs from logits (bench/bench_logprobs.py)"),
 
 
 def read_status(logs):
-    """[{"step", "exit_status", "seconds"}] from status.txt (exit status 124: the step's time limit)."""
+    """[{"step", "exit_status", "seconds"}] from status.txt (exit status 124: the step's time
+    limit)."""
     rows = []
     with open(os.path.join(logs, "status.txt")) as f:
         for line in f:
@@ -30,29 +32,34 @@ def read_status(logs):
 
 
 def read_tests(logs):
-    """Counts from pytest's JUnit XML: tests, failures, errors, skipped (None when the file is missing)."""
+    """Counts from pytest's JUnit XML: tests, failures, errors, skipped (None when the file is
+    missing)."""
     path = os.path.join(logs, "tests.xml")
     if not os.path.isfile(path):
         return None
     suite = ET.parse(path).getroot()
     suite = suite if suite.tag == "testsuite" else suite.find("testsuite")
     counts = {k: int(suite.get(k, 0)) for k in ("tests", "failures", "errors", "skipped")}
-    counts["failed"] = [f"{case.get('classname')}::{case.get('name')}" for case in suite.iter("testcase")
+    counts["failed"] = [f"{case.get('classname')}::{case.get('name')}"
+                        for case in suite.iter("testcase")
                         if case.find("failure") is not None or case.find("error") is not None]
     return counts
 
 
 def table_rows(result):
-    """The list of row dicts of a benchmark's JSON, whatever its layout ("rows" at the top or one level down)."""
+    """The list of row dicts of a benchmark's JSON, whatever its layout ("rows" at the top or one
+    level down)."""
     if isinstance(result.get("rows"), list):
         return [("", result["rows"])]
-    return [(key, value["rows"]) for key, value in result.items() if isinstance(value, dict) and "rows" in value]
+    return ([(key, value["rows"]) for key, value in result.items() if isinstance(value, dict)
+             and "rows" in value])
 
 
 def markdown_table(rows):
     columns = []
     for row in rows:
-        columns += [k for k, v in row.items() if k not in columns and (v is None or isinstance(v, (int, float, str)))]
+        columns += [k for k, v in row.items() if k not in columns
+                    and (v is None or isinstance(v, (int, float, str)))]
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for row in rows:
         cells = []
@@ -71,19 +78,22 @@ def main(argv=None):
         if os.path.isfile(path):
             with open(path) as f:
                 result["benchmarks"][name] = json.load(f)
-    environment = next((b["environment"] for b in result["benchmarks"].values() if "environment" in b), {})
+    environment = next((b["environment"] for b in result["benchmarks"].values()
+                        if "environment" in b), {})
     result["environment"] = environment
     with open(prefix + ".json", "w") as f:
         json.dump(result, f, indent=2)
     lines = [f"# GPU suite: {environment.get('device', 'unknown device')}", "",
-             "Versions: " + ", ".join(f"{k} {v}" for k, v in environment.items() if k != "device"), "",
-             "| step | exit status | seconds |", "|---|---|---|"]
+             "Versions: " + ", ".join(f"{k} {v}" for k, v in environment.items() if k != "device"),
+             "", "| step | exit status | seconds |", "|---|---|---|"]
     lines += [f"| {s['step']} | {s['exit_status']} | {s['seconds']} |" for s in result["steps"]]
     tests = result["tests"]
     if tests:
         failed = "; failed: " + ", ".join(tests["failed"]) if tests["failed"] else ""
-        lines += ["", f"Tests: {tests['tests']} run, {tests['failures']} failures, {tests['errors']} errors, "
-                      f"{tests['skipped']} skipped{failed}"]
+        lines += ["",
+                  f"Tests: {tests['tests']} run, {tests['failures']} failures, "
+                  f"{tests['errors']} errors, "
+                  f"{tests['skipped']} skipped{failed}"]
     for name, title in BENCHMARKS:
         if name not in result["benchmarks"]:
             lines += ["", f"## {title}", "", "no result (see the step's log)"]

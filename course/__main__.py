@@ -1,4 +1,5 @@
-"""python -m course build OUT_DIR | grade ASSIGNMENT [--repo DIR] [--json FILE]: see course/README.md."""
+"""python -m course build OUT_DIR | grade ASSIGNMENT [--repo DIR] [--json FILE]: see
+course/README.md."""
 
 import argparse
 import os
@@ -10,12 +11,16 @@ from course import build, grade
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m course", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
-    sub = commands.add_parser("build", help="write the student copy of this repository into OUT_DIR")
+    sub = commands.add_parser("build",
+                              help="write the student copy of this repository into OUT_DIR")
     sub.add_argument("out_dir")
-    sub = commands.add_parser("grade", help="run one assignment's graded tests and print the score table")
+    sub = commands.add_parser("grade",
+                              help="run one assignment's graded tests and print the score table")
     sub.add_argument("assignment", help="A1, A2, A3 or A4")
-    sub.add_argument("--repo", default=".", help="the repository to grade (default: the current directory)")
-    sub.add_argument("--json", default=None, metavar="FILE", help="also write the results to FILE as JSON")
+    sub.add_argument("--repo", default=".",
+                     help="the repository to grade (default: the current directory)")
+    sub.add_argument("--json", default=None, metavar="FILE",
+                     help="also write the results to FILE as JSON")
     args = parser.parse_args(argv)
     if args.command == "build":
         try:

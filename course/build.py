@@ -1,18 +1,18 @@
 """Build the student copy of the repository: every assignment's solutions replaced by stubs.
 
-For each (file, qualified name) of the manifest, the function's body is replaced, in place in the copied
-file, by its docstring, the comment lines of the original body (hints), the shape comments of its
-assignments as comments naming their targets ("# logits: (2B, T, V)"), and
+For each (file, qualified name) of the manifest, the function's body is replaced, in place in the
+copied file, by its docstring, the comment lines of the original body (hints), the shape comments of
+its assignments as comments naming their targets ("# logits: (2B, T, V)"), and
 
     raise NotImplementedError("Assignment N: <what to write>")
 
-Signatures, decorators (so a `@triton.jit` kernel stays a kernel) and everything outside the stubbed bodies
-are kept byte for byte. The files in manifest.REMOVED are not copied; the handouts go to handouts/ and the
-A4 answer sheet to answers/A4.md; tests/conftest.py registers `course.plugin`, which turns an ungraded test
-that reaches a stub into a skip naming the assignment it waits for.
+Signatures, decorators (so a `@triton.jit` kernel stays a kernel) and everything outside the stubbed
+bodies are kept byte for byte. The files in manifest.REMOVED are not copied; the handouts go to
+handouts/ and the A4 answer sheet to answers/A4.md; tests/conftest.py registers `course.plugin`,
+which turns an ungraded test that reaches a stub into a skip naming the assignment it waits for.
 
-`solution_lines()` lists the distinctive lines of every stubbed body (code lines of at least 25 characters),
-so a check can assert that none of them is left in the copy.
+`solution_lines()` lists the distinctive lines of every stubbed body (code lines of at least 25
+characters), so a check can assert that none of them is left in the copy.
 """
 
 import ast
@@ -42,8 +42,9 @@ def find_function(tree, qualname):
 def body_span(node):
     """(first line, last line) of a function's body after its docstring, 1-based, inclusive."""
     body = node.body
-    if body and isinstance(body[0], ast.Expr) and isinstance(getattr(body[0], "value", None), ast.Constant) \
-            and isinstance(body[0].value.value, str):
+    first = body[0] if body else None
+    if isinstance(first, ast.Expr) and isinstance(getattr(first, "value", None), ast.Constant) \
+            and isinstance(first.value.value, str):
         if len(body) == 1:
             return body[0].end_lineno + 1, body[0].end_lineno
         body = body[1:]
@@ -54,16 +55,20 @@ SHAPE_COMMENT = re.compile(r"^(\s*)([A-Za-z_][\w, ]*?)\s*=[^=].*#\s*(\(.*\).*)$"
 
 
 def kept_comment(line):
-    """What a stubbed body keeps of one line: a comment line as it is, and the shape comment of an assignment
-    as a comment naming its target ("    logits = model(x)  # (B, T, V)" -> "    # logits: (B, T, V)")."""
+    """What a stubbed body keeps of one line: a comment line as it is, and the shape comment of an
+    assignment
+    as a comment naming its target ("    logits = model(x)  # (B, T, V)" -> "    # logits: (B, T,
+    V)")."""
     if line.strip().startswith("#"):
         return line
     match = SHAPE_COMMENT.match(line)
-    return f"{match.group(1)}# {match.group(2).strip()}: {match.group(3).strip()}\n" if match else None
+    return (f"{match.group(1)}# {match.group(2).strip()}: {match.group(3).strip()}\n" if match
+            else None)
 
 
 def stub_source(source, stubs):
-    """`source` with the bodies of `stubs` [(qualname, message)] replaced; returns (new source, removed lines)."""
+    """`source` with the bodies of `stubs` [(qualname, message)] replaced; returns (new source,
+    removed lines)."""
     lines = source.splitlines(keepends=True)
     tree = ast.parse(source)
     spans = []
@@ -81,7 +86,8 @@ def stub_source(source, stubs):
 
 
 def stubs_by_file(solved=()):
-    """{file: [(qualname, "Assignment N: what to write")]} over every assignment but those named in `solved`."""
+    """{file: [(qualname, "Assignment N: what to write")]} over every assignment but those named in
+    `solved`."""
     out = {}
     for name, a in ASSIGNMENTS.items():
         if name in solved:
@@ -92,14 +98,15 @@ def stubs_by_file(solved=()):
 
 
 def solution_lines(repo=REPO):
-    """The distinctive code lines of the stubbed bodies: stripped, >= 25 characters, not comments, and found
-    nowhere else in the repository's Python files (a line such as `return grad, None, None, None` that other
-    code also has gives nothing away)."""
+    """The distinctive code lines of the stubbed bodies: stripped, >= 25 characters, not comments,
+    and found nowhere else in the repository's Python files (a line such as `return grad, None,
+    None, None` that other code also has gives nothing away)."""
     found, stubbed = set(), {}
     for path, stubs in stubs_by_file().items():
         with open(os.path.join(repo, path)) as f:
             stubbed[path], removed = stub_source(f.read(), stubs)
-        found |= {line.strip() for line in removed if len(line.strip()) >= 25 and not line.strip().startswith("#")}
+        found |= {line.strip() for line in removed if len(line.strip()) >= 25
+                  and not line.strip().startswith("#")}
     for path in repository_files(repo):
         if path.endswith(".py") and path not in REMOVED and not path.startswith("course/"):
             text = stubbed.get(path) or open(os.path.join(repo, path), errors="replace").read()
@@ -108,9 +115,11 @@ def solution_lines(repo=REPO):
 
 
 def repository_files(repo=REPO):
-    """The files to copy: what git tracks (and untracked files it does not ignore), or a walk without caches."""
+    """The files to copy: what git tracks (and untracked files it does not ignore), or a walk
+    without caches."""
     try:
-        listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=repo,
+        listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+                                cwd=repo,
                                 capture_output=True, text=True, check=True).stdout.splitlines()
         return [p for p in listed if os.path.isfile(os.path.join(repo, p))]
     except (OSError, subprocess.CalledProcessError):
@@ -124,8 +133,8 @@ def repository_files(repo=REPO):
 def build(out_dir, repo=REPO, log=print, solved=()):
     """Write the student copy of `repo` into `out_dir` (which must not exist, or be empty).
 
-    `solved`: assignments ("A1", ...) whose solutions stay in the copy, as if a student had done them (the kit's
-    self-test grades each assignment with only its own solution in place)."""
+    `solved`: assignments ("A1", ...) whose solutions stay in the copy, as if a student had done
+    them (the kit's self-test grades each assignment with only its own solution in place)."""
     if os.path.exists(out_dir) and os.listdir(out_dir):
         raise FileExistsError(f"{out_dir}: exists and is not empty; give a new directory")
     stubs = stubs_by_file(solved)
@@ -145,12 +154,13 @@ def build(out_dir, repo=REPO, log=print, solved=()):
         n_files += 1
     os.makedirs(os.path.join(out_dir, "handouts"), exist_ok=True)
     for a in ASSIGNMENTS.values():
-        shutil.copy2(os.path.join(repo, a.handout), os.path.join(out_dir, "handouts", os.path.basename(a.handout)))
+        shutil.copy2(os.path.join(repo, a.handout),
+                     os.path.join(out_dir, "handouts", os.path.basename(a.handout)))
     os.makedirs(os.path.join(out_dir, "answers"), exist_ok=True)
     shutil.copy2(os.path.join(repo, ANSWERS), os.path.join(out_dir, "answers", "A4.md"))
     with open(os.path.join(out_dir, "tests", "conftest.py"), "a") as f:
-        f.write("\n# The course kit: ungraded tests that reach an assignment's stub skip, naming the assignment.\n"
-                "pytest_plugins = [\"course.plugin\"]\n")
+        f.write("\n# The course kit: ungraded tests that reach an assignment's stub skip, naming "
+                "the assignment.\npytest_plugins = [\"course.plugin\"]\n")
     n_stubs = sum(len(s) for s in stubs.values())
     log(f"wrote {out_dir}: {n_files} files, {n_stubs} functions stubbed in {len(stubs)} files, "
         f"{len(REMOVED)} files left out, {len(ASSIGNMENTS)} handouts")

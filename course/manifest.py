@@ -1,9 +1,11 @@
-"""The course's one source of truth: each assignment's functions to write, its grader, handout and points.
+"""The course's one source of truth: each assignment's functions to write, its grader, handout and
+points.
 
-A stub is (file, qualified name, what to write): `build.py` replaces that function's body with its docstring
-and `raise NotImplementedError("Assignment N: <what to write>")`. REMOVED lists the files of the repository
-that give solutions away (a naive reference, tests that re-implement a solution); they are not copied.
-Points: each graded test counts `@pytest.mark.points(n)` points (1 without the marker).
+A stub is (file, qualified name, what to write): `build.py` replaces that function's body with its
+docstring and `raise NotImplementedError("Assignment N: <what to write>")`. REMOVED lists the files
+of the repository that give solutions away (a naive reference, tests that re-implement a solution);
+they are not copied. Points: each graded test counts `@pytest.mark.points(n)` points (1 without the
+marker).
 """
 
 import dataclasses
@@ -22,13 +24,18 @@ class Assignment:
 ASSIGNMENTS = {
     "A1": Assignment(
         1, "The DPO loss family", "3-4 hours",
-        stubs=(("dpo.py", "_losses_from_margin", "the per-pair loss of h for sigmoid/cDPO, IPO, hinge and robust"),
-               ("dpo.py", "dpo_loss", "dpo_loss: checks, pi/ref log-ratios, the loss, detached rewards, RPO"),
-               ("dpo.py", "_check_dpo_arguments", "the checks of dpo_loss's arguments, errors naming the argument"),
+        stubs=(("dpo.py", "_losses_from_margin",
+                "the per-pair loss of h for sigmoid/cDPO, IPO, hinge and robust"),
+               ("dpo.py", "dpo_loss",
+                "dpo_loss: checks, pi/ref log-ratios, the loss, detached rewards, RPO"),
+               ("dpo.py", "_check_dpo_arguments",
+                "the checks of dpo_loss's arguments, errors naming the argument"),
                ("dpo.py", "dpo_metrics", "dpo_metrics: the batch means every DPO run logs"),
                # extra credit (optional; the frontier leaves out the rows of a loss not written yet)
-               ("methods/simpo.py", "simpo_loss", "(extra credit) SimPO: length-normalised rewards, a target margin"),
-               ("methods/orpo.py", "log1mexp", "(extra credit) log(1 - e^x), accurate near 0 and far below"),
+               ("methods/simpo.py", "simpo_loss",
+                "(extra credit) SimPO: length-normalised rewards, a target margin"),
+               ("methods/orpo.py", "log1mexp",
+                "(extra credit) log(1 - e^x), accurate near 0 and far below"),
                ("methods/orpo.py", "orpo_loss",
                 "(extra credit) ORPO: the NLL of the chosen response plus the odds-ratio term"),
                ("methods/kto.py", "kto_loss",
@@ -39,33 +46,39 @@ ASSIGNMENTS = {
         stubs=(("logprob_kernels/logprobs_torch.py", "TorchTokenLogprobs.backward",
                 "the backward of the chunked torch path: g * (onehot - softmax), chunk by chunk"),
                ("logprob_kernels/logprobs_triton.py", "_logprobs_fwd_kernel",
-                "the Triton forward kernel: streaming logsumexp over the vocabulary, the label's logit"),
+                "the Triton forward kernel: streaming logsumexp over the vocabulary, "
+                "the label's logit"),
                ("logprob_kernels/logprobs_triton.py", "_logprobs_bwd_kernel",
                 "the Triton backward kernel: g * (onehot - softmax) from the saved statistics"),
-               # the same gradient on the path without logits: stubbed so it does not give the answer away
+               # the same gradient on the path without logits: stubbed so it does not give the
+               # answer away
                ("logprob_kernels/linear_logprobs.py", "LinearTokenLogprobs.backward",
-                "(optional, ungraded) the backward without logits: recompute each chunk, dz = g * (onehot - "
-                "softmax), dhidden = dz @ W, dW += dz.T @ h"),
+                "(optional, ungraded) the backward without logits: recompute each chunk, dz = g * "
+                "(onehot - softmax), dhidden = dz @ W, dW += dz.T @ h"),
                ("logprob_kernels/linear_logprobs_triton.py", "_dlogits_kernel",
-                "(optional, ungraded) the Triton kernel of dz = g * (onehot - softmax) for a tile of positions")),
+                "(optional, ungraded) the Triton kernel of dz = g * (onehot - softmax) for a "
+                "tile of positions")),
         grader="course/graders/test_a2_kernels.py", handout="course/handouts/A2.md"),
     "A3": Assignment(
         3, "The data path: truncation, collate, concatenated forward", "3-4 hours",
         stubs=(("data/encoding.py", "truncate_pair", "the truncation policy of a too-long pair"),
-               ("data/batches.py", "collate_responses", "the collate: input_ids, pre-shifted labels, response mask"),
-               ("dpo.py", "concatenated_logps", "the concatenated forward over chosen and rejected rows")),
+               ("data/batches.py", "collate_responses",
+                "the collate: input_ids, pre-shifted labels, response mask"),
+               ("dpo.py", "concatenated_logps",
+                "the concatenated forward over chosen and rejected rows")),
         grader="course/graders/test_a3_data.py", handout="course/handouts/A3.md"),
     "A4": Assignment(
         4, "The experiment: the demo, the reward-KL frontier, and what they mean", "4-6 hours",
-        stubs=(("experiments/frontier.py", "best_of_n_kl", "the exact KL of best-of-n from the reward levels"),),
+        stubs=(("experiments/frontier.py", "best_of_n_kl",
+                "the exact KL of best-of-n from the reward levels"),),
         grader="course/graders/test_a4_experiment.py", handout="course/handouts/A4.md"),
 }
 
-# Files that give solutions away: the naive float references of the DPO losses and of SimPO, ORPO and KTO and
-# the tests built on them, and the tests that check the data path against a re-implementation. The graders
-# replace them.
-REMOVED = ("tests/naive_dpo.py", "tests/test_dpo.py", "tests/naive_family.py", "tests/test_family.py",
-           "tests/test_data_batches.py", "course/make_fixtures.py")
+# Files that give solutions away: the naive float references of the DPO losses and of SimPO, ORPO
+# and KTO and the tests built on them, and the tests that check the data path against a
+# re-implementation. The graders replace them.
+REMOVED = ("tests/naive_dpo.py", "tests/test_dpo.py", "tests/naive_family.py",
+           "tests/test_family.py", "tests/test_data_batches.py", "course/make_fixtures.py")
 
 # Written into the student copy beside the handouts: the answer sheet of A4.
 ANSWERS = "course/handouts/A4_answers.md"

@@ -1,9 +1,10 @@
-"""The course's pytest plugin: the `points` marker, and skips for ungraded tests that wait for an assignment.
+"""The course's pytest plugin: the `points` marker, and skips for ungraded tests that wait for an
+assignment.
 
-In the student copy many ordinary tests (training end to end, the demo, the kernels' own tests) reach a
-function that is still a stub. They are not graded; instead of erroring, they are reported as skipped with
-the assignment they wait for: "waits for Assignment 2: the Triton forward kernel ...". Graded tests (those
-under course/graders/) fail as usual, which is what the score counts.
+In the student copy many ordinary tests (training end to end, the demo, the kernels' own tests)
+reach a function that is still a stub. They are not graded; instead of erroring, they are reported
+as skipped with the assignment they wait for: "waits for Assignment 2: the Triton forward kernel
+...". Graded tests (those under course/graders/) fail as usual, which is what the score counts.
 """
 
 import re
@@ -14,14 +15,16 @@ STUB = re.compile(r"Assignment \d+: [^\n'\"\\]*")
 
 
 def pytest_configure(config):
-    config.addinivalue_line("markers", "points(n): how many points a graded test is worth (default 1)")
-    config.addinivalue_line("markers", "extra_credit: an optional graded test, its points not in the total")
+    config.addinivalue_line("markers",
+                            "points(n): how many points a graded test is worth (default 1)")
+    config.addinivalue_line("markers",
+                            "extra_credit: an optional graded test, its points not in the total")
 
 
 def waiting_for(excinfo):
-    """The "Assignment N: ..." message of a stub anywhere in the exception: its chain (a stub raised inside a
-    Triton kernel comes wrapped by the interpreter) and the members of an exception group (hypothesis
-    reports several failing examples as one)."""
+    """The "Assignment N: ..." message of a stub anywhere in the exception: its chain (a stub raised
+    inside a Triton kernel comes wrapped by the interpreter) and the members of an exception group
+    (hypothesis reports several failing examples as one)."""
     return _stub_message(excinfo.value, set())
 
 
@@ -43,7 +46,8 @@ def _stub_message(error, seen):
 def pytest_runtest_makereport(item, call):
     outcome = yield
     report = outcome.get_result()
-    if call.excinfo is None or report.outcome != "failed" or "course/graders" in str(item.path).replace("\\", "/"):
+    if (call.excinfo is None or report.outcome != "failed"
+        or "course/graders" in str(item.path).replace("\\", "/")):
         return
     stub = waiting_for(call.excinfo)
     if stub:

@@ -1,17 +1,21 @@
 """data: preference datasets in general, tokenization, pair encoding/truncation and padded batches.
 
-    records.py   PreferenceRecord, load_preferences (JSONL/JSON/.gz, Anthropic HH, conversational, datasets)
-    tokenizer.py get_tokenizer("gpt2" | "bytes" | "path.tiktoken"), all tiktoken.Encoding; tokenizer_description
-    encoding.py  encode_preferences: separate tokenization, EOS, the truncation policy -> EncodedPair
-    batches.py   dpo_collate / sft_collate / collate_responses (input_ids, pre-shifted labels, response mask),
-                 lm_batches (windows of a token stream)
-    unpaired.py  KTO's unpaired examples: load_unpaired (TRL's format, or pairs split), encode_unpaired,
-                 kto_collate
+    records.py   PreferenceRecord, load_preferences (JSONL/JSON/.gz, Anthropic HH, conversational,
+                 datasets)
+    tokenizer.py get_tokenizer("gpt2" | "bytes" | "path.tiktoken"), all tiktoken.Encoding;
+    tokenizer_description
+    encoding.py  encode_preferences: separate tokenization, EOS, the truncation policy ->
+                 EncodedPair
+    batches.py   dpo_collate / sft_collate / collate_responses (input_ids, pre-shifted labels,
+                 response mask), lm_batches (windows of a token stream)
+    unpaired.py  KTO's unpaired examples: load_unpaired (TRL's format, or pairs split),
+                 encode_unpaired, kto_collate
 
 The embedded sentiment task, which makes its own preference pairs, lives in `sentiment/`.
 
-The modules log their reports (skips, truncation) to the "data" logger, which has a NullHandler, as libraries
-do: nothing prints unless the application configures logging; callers get the counts with return_report=True.
+The modules log their reports (skips, truncation) to the "data" logger, which has a NullHandler, as
+libraries do: nothing prints unless the application configures logging; callers get the counts with
+return_report=True.
 """
 
 import logging
@@ -37,16 +41,28 @@ from data.records import (
     render_messages,
     save_preferences,
 )
-from data.tokenizer import TOKENIZER_NAMES, TokenizerUnavailableError, get_tokenizer, tokenizer_description
-from data.unpaired import EncodedExample, UnpairedRecord, encode_unpaired, kto_collate, load_unpaired
+from data.tokenizer import (
+    TOKENIZER_NAMES,
+    TokenizerUnavailableError,
+    get_tokenizer,
+    tokenizer_description,
+)
+from data.unpaired import (
+    EncodedExample,
+    UnpairedRecord,
+    encode_unpaired,
+    kto_collate,
+    load_unpaired,
+)
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 __all__ = [
-    "IGNORE_INDEX", "TOKENIZER_NAMES", "EncodeReport", "EncodedPair", "LoadReport", "PreferenceFormatError",
-    "PreferenceRecord", "TokenizerUnavailableError", "collate_responses", "dataset_name_and_split", "dataset_splits",
-    "dpo_collate", "encode_preferences", "get_tokenizer", "last_masked_position", "lm_batches", "load_preferences",
-    "missing_local_path",
-    "render_messages", "response_batches", "save_preferences", "sft_collate", "tokenizer_description", "truncate_pair",
-    "EncodedExample", "UnpairedRecord", "encode_unpaired", "kto_collate", "load_unpaired",
+    "IGNORE_INDEX", "TOKENIZER_NAMES", "EncodeReport", "EncodedPair", "LoadReport",
+    "PreferenceFormatError", "PreferenceRecord", "TokenizerUnavailableError", "collate_responses",
+    "dataset_name_and_split", "dataset_splits", "dpo_collate", "encode_preferences",
+    "get_tokenizer", "last_masked_position", "lm_batches", "load_preferences", "missing_local_path",
+    "render_messages", "response_batches", "save_preferences", "sft_collate",
+    "tokenizer_description", "truncate_pair", "EncodedExample", "UnpairedRecord", "encode_unpaired",
+    "kto_collate", "load_unpaired",
 ]

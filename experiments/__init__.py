@@ -1,1 +1,2 @@
-"""Experiments built on the training stages: the embedded demo (`demo.py`) and its plots (`plots.py`)."""
+"""Experiments built on the training stages: the embedded demo (`demo.py`) and its plots
+(`plots.py`)."""

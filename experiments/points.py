@@ -1,9 +1,12 @@
-"""The frontier's and the study's building blocks: a run's configuration on the base, a cached run, and a
-policy's point on the reward-KL plane (its samples on disk, cached).
+"""The frontier's and the study's building blocks: a run's configuration on the base, a cached run,
+and a policy's point on the reward-KL plane (its samples on disk, cached).
 
-    training_config  the TrainConfig of a run on the base model and pairs (experiments/base.py), checkpoints kept
-    train_cached     train it, unless its directory holds the finished run (its wall time in wall_seconds.json)
-    evaluate_point   reward, KL(pi || pi_ref) and fluency of one checkpoint from held-out samples (95% CIs)
+    training_config  the TrainConfig of a run on the base model and pairs (experiments/base.py),
+                     checkpoints kept
+    train_cached     train it, unless its directory holds the finished run (its wall time in
+                     wall_seconds.json)
+    evaluate_point   reward, KL(pi || pi_ref) and fluency of one checkpoint from held-out samples
+                     (95% CIs)
     run_points       evaluate_point for every kept checkpoint of a run
 """
 
@@ -20,35 +23,41 @@ from plumbing.config import RL_COMMANDS, command_config
 
 
 def training_config(command, out_dir, prepared, run_settings, checkpoints, **changes):
-    """The TrainConfig of one frontier run of command `command` on the base model and pairs that base.prepare
-    returned (`prepared`): the command's defaults, changed by `run_settings` (lr, steps, batch_size), a constant
-    learning rate, `checkpoints` evenly spaced checkpoints kept, then `changes` (TrainConfig fields by name, e.g.
-    beta, or init and data for a run from another model)."""
+    """The TrainConfig of one frontier run of command `command` on the base model and pairs that
+    base.prepare returned (`prepared`): the command's defaults, changed by `run_settings` (lr,
+    steps, batch_size), a constant learning rate, `checkpoints` evenly spaced checkpoints kept, then
+    `changes` (TrainConfig fields by name, e.g. beta, or init and data for a run from another
+    model)."""
     steps = run_settings["steps"]
-    block = prepared.settings["block_size"]  # lengths given, not left to default, so the saved config is this one
+    # lengths given, not left to default, so the saved config is this one
+    block = prepared.settings["block_size"]
     return command_config(command, **{
         "out_dir": out_dir, "init": prepared.reference_path, "data": prepared.pairs_train,
-        "heldout_data": prepared.pairs_heldout, "tokenizer": prepared.settings["tokenizer"], "max_length": block,
-        "max_prompt_length": block // 2, "steps": steps, "batch_size": run_settings["batch_size"],
-        "lr": run_settings["lr"], "schedule": "constant", "warmup_steps": min(5, steps),
-        "eval_every": max(1, steps // checkpoints), "save_every": max(1, steps // checkpoints),
-        "keep_checkpoints": True, "seed": prepared.settings["seed"], **changes})
+        "heldout_data": prepared.pairs_heldout, "tokenizer": prepared.settings["tokenizer"],
+        "max_length": block, "max_prompt_length": block // 2, "steps": steps,
+        "batch_size": run_settings["batch_size"], "lr": run_settings["lr"], "schedule": "constant",
+        "warmup_steps": min(5, steps), "eval_every": max(1, steps // checkpoints),
+        "save_every": max(1, steps // checkpoints), "keep_checkpoints": True,
+        "seed": prepared.settings["seed"], **changes})
 
 
 def train_cached(command, cfg, log):
-    """commands.run_training (commands.run_rl for ppo, rloo), unless OUT_DIR already holds a finished run with exactly
-    this configuration (KTO's automatic desirable weight, 0, matches the weight the run resolved it to).
-    Returns True when it trained (and then writes its wall time to wall_seconds.json), False when it reused a
-    finished run."""
+    """commands.run_training (commands.run_rl for ppo, rloo), unless OUT_DIR already holds a
+    finished run with exactly this configuration (KTO's automatic desirable weight, 0, matches the
+    weight the run resolved it to). Returns True when it trained (and then writes its wall time to
+    wall_seconds.json), False when it reused a finished run."""
     try:
         with open(os.path.join(cfg.out_dir, "config.json")) as f:
             saved = json.load(f)
         wanted = {"command": command, **json.loads(json.dumps(dataclasses.asdict(cfg)))}
-        if command == "kto" and not cfg.desirable_weight:  # 0 = balanced: the run saved the weight it resolved
+        # 0 = balanced: the run saved the weight it resolved
+        if command == "kto" and not cfg.desirable_weight:
             wanted["desirable_weight"] = saved.get("desirable_weight")
-        actions = ("resume", "overwrite")  # what the run was told to do with its directory, not its settings
-        done = ({k: v for k, v in saved.items() if k not in actions} == {k: v for k, v in wanted.items()
-                                                                         if k not in actions}
+        # what the run was told to do with its directory, not its settings
+        actions = ("resume", "overwrite")
+        done = ({k: v for k, v in saved.items() if k not in actions}
+                == {k: v for k, v in wanted.items()
+                    if k not in actions}
                 and os.path.isfile(os.path.join(cfg.out_dir, f"step_{cfg.steps:06d}.pt")))
     except (OSError, ValueError):
         done = False
@@ -70,40 +79,46 @@ def wall_seconds(cfg):
 
 
 def write_samples(path, prompts, scored):
-    """One JSON line per sample: prompt, completion, reward and log pi/pi_ref (enough to re-measure a point)."""
+    """One JSON line per sample: prompt, completion, reward and log pi/pi_ref (enough to re-measure
+    a point)."""
     with open(path, "w") as f:
-        for i, text, reward, logratio in zip(scored["prompt_index"], scored["texts"], scored["rewards"],
+        for i, text, reward, logratio in zip(scored["prompt_index"], scored["texts"],
+                                             scored["rewards"],
                                              scored["logratios"]):
             f.write(json.dumps({"prompt": prompts[i], "completion": text, "reward": reward,
                                 "logratio": logratio}) + "\n")
 
 
-def evaluate_point(name, method, setting, policy_path, prepared, frontier_settings, out_dir, log, step=None,
+def evaluate_point(name, method, setting, policy_path, prepared, frontier_settings, out_dir, log,
+                   step=None,
                    train_seed=None, prompts="heldout", temperature=1.0):
-    """Score one policy (a checkpoint path, or None for the reference) on the held-out prompts of `prepared`
-    (what base.prepare returned; prompts="train": its training prompts, to choose settings without looking at
-    the held-out ones) with the sampling of `frontier_settings`, at a temperature; cached. train_seed: the
-    training run's seed, recorded in the point."""
+    """Score one policy (a checkpoint path, or None for the reference) on the held-out prompts of
+    `prepared` (what base.prepare returned; prompts="train": its training prompts, to choose
+    settings without looking at the held-out ones) with the sampling of `frontier_settings`, at a
+    temperature; cached. train_seed: the training run's seed, recorded in the point."""
     cache = os.path.join(out_dir, "points", f"{name}.json")
     prompt_list = prepared.heldout_prompts if prompts == "heldout" else prepared.train_prompts[:len(
         prepared.heldout_prompts)]
     key = {"policy": policy_path, "samples_per_prompt": frontier_settings["samples_per_prompt"],
-           "seed": frontier_settings["seed"],
-           "max_new_tokens": prepared.settings["max_new_tokens"], "n_prompts": len(prepared.heldout_prompts)}
+           "seed": frontier_settings["seed"], "max_new_tokens": prepared.settings["max_new_tokens"],
+           "n_prompts": len(prepared.heldout_prompts)}
     if prompts != "heldout" or temperature != 1.0:
         key.update(prompts=prompts, temperature=temperature)
     if os.path.isfile(cache):
         with open(cache) as f:
             point = json.load(f)
-        if point.pop("key") == key and (policy_path is None or os.path.getmtime(policy_path) <= point["time"]):
+        if point.pop("key") == key and (policy_path is None or os.path.getmtime(policy_path)
+                                        <= point["time"]):
             return point
     policy = prepared.reference if policy_path is None else load_model(policy_path).eval()
     scored = sentiment.score_policy(policy, prepared.reference, prepared.tokenizer, prompt_list,
-                                    sentiment.sentiment_reward, max_new_tokens=prepared.settings["max_new_tokens"],
+                                    sentiment.sentiment_reward,
+                                    max_new_tokens=prepared.settings["max_new_tokens"],
                                     samples_per_prompt=frontier_settings["samples_per_prompt"],
                                     seed=frontier_settings["seed"], temperature=temperature)
     point = {"name": name, "method": method, "setting": setting, "step": step,
-             **{k: v for k, v in scored.items() if isinstance(v, (int, float))}, "time": time.time()}
+             **{k: v for k, v in scored.items() if isinstance(v, (int, float))},
+             "time": time.time()}
     if train_seed is not None:
         point["train_seed"] = train_seed
     if prompts != "heldout" or temperature != 1.0:
@@ -111,18 +126,23 @@ def evaluate_point(name, method, setting, policy_path, prepared, frontier_settin
     write_samples(os.path.join(out_dir, "samples", f"{name}.jsonl"), prompt_list, scored)
     with open(cache, "w") as f:
         json.dump({**point, "key": key}, f)
-    log(f"{name:>24}: reward {point['reward']:+.3f} +- {point['reward_ci95']:.3f}   KL {point['kl']:6.2f} +- "
-        f"{point['kl_ci95']:.2f}   fluency {point['fluency']:.3f} / {point['bigram_fluency']:.3f}")
+    log(f"{name:>24}: reward {point['reward']:+.3f} +- {point['reward_ci95']:.3f}   KL "
+        f"{point['kl']:6.2f} +- {point['kl_ci95']:.2f}   fluency {point['fluency']:.3f} / "
+        f"{point['bigram_fluency']:.3f}")
     return point
 
 
-def run_points(method, setting, run_dir, prepared, frontier_settings, out_dir, log, train_seed=None, steps=None):
-    """Evaluate every kept checkpoint (step_NNNNNN.pt) of a run, or those at `steps`, in step order."""
+def run_points(method, setting, run_dir, prepared, frontier_settings, out_dir, log, train_seed=None,
+               steps=None):
+    """Evaluate every kept checkpoint (step_NNNNNN.pt) of a run, or those at `steps`, in step
+    order."""
     points = []
     for path in sorted(glob.glob(os.path.join(run_dir, "step_*.pt"))):
         step = int(os.path.basename(path)[5:11])
         if steps is not None and step not in steps:
             continue
-        points.append(evaluate_point(f"{os.path.basename(run_dir)}-step{step}", method, setting, path, prepared,
-                                     frontier_settings, out_dir, log, step=step, train_seed=train_seed))
+        points.append(evaluate_point(f"{os.path.basename(run_dir)}-step{step}", method, setting,
+                                     path, prepared,
+                                     frontier_settings, out_dir, log, step=step,
+                                     train_seed=train_seed))
     return points

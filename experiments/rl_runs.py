@@ -1,12 +1,16 @@
-"""The frontier's RLHF rows: what DPO replaces, trained on the same base, pairs and prompts (experiments/base.py).
+"""The frontier's RLHF rows: what DPO replaces, trained on the same base, pairs and prompts
+(experiments/base.py).
 
-    reward model   Bradley-Terry on the DPO train pairs (methods/reward_model.py), best.pt by held-out accuracy
-    PPO            on the reward model's scores, at several KL coefficients (methods/ppo.py, methods/rlhf.py)
-    PPO-GT         on the ground-truth reward itself: the paper's oracle, which no method trained on pairs sees
+    reward model   Bradley-Terry on the DPO train pairs (methods/reward_model.py), best.pt by
+                   held-out accuracy
+    PPO            on the reward model's scores, at several KL coefficients (methods/ppo.py,
+                   methods/rlhf.py)
+    PPO-GT         on the ground-truth reward itself: the paper's oracle, which no method trained on
+                   pairs sees
     RLOO           REINFORCE leave-one-out on the reward model, k samples a prompt, no value model
 
-Every run keeps its checkpoints and every checkpoint becomes a frontier point with its samples on disk
-(experiments/points.py). Runs and points are cached like the DPO rows.
+Every run keeps its checkpoints and every checkpoint becomes a frontier point with its samples on
+disk (experiments/points.py). Runs and points are cached like the DPO rows.
 """
 
 import json
@@ -19,15 +23,22 @@ RL_METHODS = {"PPO": "ppo", "PPO-GT": "ppo", "RLOO": "rloo"}  # frontier method 
 
 
 def reward_model_config(prepared, run_settings, out_dir):
-    """The reward model's TrainConfig on the DPO train and held-out pairs of `prepared` (base.prepare)."""
+    """The reward model's TrainConfig on the DPO train and held-out pairs of `prepared`
+    (base.prepare)."""
     block = prepared.settings["block_size"]
-    return command_config("reward-model", out_dir=out_dir, init=prepared.reference_path, data=prepared.pairs_train,
-                        heldout_data=prepared.pairs_heldout, tokenizer=prepared.settings["tokenizer"],
-                        max_length=block, max_prompt_length=block // 2, steps=run_settings["steps"],
-                        batch_size=run_settings["batch_size"], lr=run_settings["lr"], warmup_steps=5,
-                        eval_every=max(1, run_settings["steps"] // 8), save_every=run_settings["steps"],
-                        keep_checkpoints=True, eval_samples=0, max_new_tokens=prepared.settings["max_new_tokens"],
-                        seed=prepared.settings["seed"])
+    return command_config("reward-model", out_dir=out_dir, init=prepared.reference_path,
+                          data=prepared.pairs_train,
+                          heldout_data=prepared.pairs_heldout,
+                          tokenizer=prepared.settings["tokenizer"],
+                          max_length=block, max_prompt_length=block // 2,
+                          steps=run_settings["steps"],
+                          batch_size=run_settings["batch_size"], lr=run_settings["lr"],
+                          warmup_steps=5,
+                          eval_every=max(1, run_settings["steps"] // 8),
+                          save_every=run_settings["steps"],
+                          keep_checkpoints=True, eval_samples=0,
+                          max_new_tokens=prepared.settings["max_new_tokens"],
+                          seed=prepared.settings["seed"])
 
 
 def train_reward_model(prepared, run_settings, runs_dir, log):
@@ -39,12 +50,15 @@ def train_reward_model(prepared, run_settings, runs_dir, log):
     return os.path.join(cfg.out_dir, "best.pt"), rows
 
 
-def rl_config(method, prepared, run_settings, checkpoints, out_dir, reward_model_path, kl_coef, seed):
-    """The TrainConfig of one RL run: the command's defaults, changed by `run_settings` (lr, steps, batch_size,
-    and k for RLOO), its reward (the reward model, or the ground truth for PPO-GT) and `checkpoints` kept. The
-    lengths are given (the run would resolve them to the block size) so that config.json is this config."""
+def rl_config(method, prepared, run_settings, checkpoints, out_dir, reward_model_path, kl_coef,
+              seed):
+    """The TrainConfig of one RL run: the command's defaults, changed by `run_settings` (lr, steps,
+    batch_size, and k for RLOO), its reward (the reward model, or the ground truth for PPO-GT) and
+    `checkpoints` kept. The lengths are given (the run would resolve them to the block size) so that
+    config.json is this config."""
     steps, block = run_settings["steps"], prepared.settings["block_size"]
-    changes = dict(out_dir=out_dir, init=prepared.reference_path, tokenizer=prepared.settings["tokenizer"],
+    changes = dict(out_dir=out_dir, init=prepared.reference_path,
+                   tokenizer=prepared.settings["tokenizer"],
                    max_length=block, max_prompt_length=block // 2, steps=steps,
                    batch_size=run_settings["batch_size"], lr=run_settings["lr"], kl_coef=kl_coef,
                    max_new_tokens=prepared.settings["max_new_tokens"], eval_every=steps,
@@ -63,7 +77,8 @@ def rl_run_name(method, kl_coef, seed, base_seed):
     return f"{method.lower()}-kl{kl_coef}" + ("" if seed == base_seed else f"-seed{seed}")
 
 
-def train_rl(method, kl_coef, seed, prepared, frontier_settings, reward_model_path, runs_dir, out_dir, log,
+def train_rl(method, kl_coef, seed, prepared, frontier_settings, reward_model_path, runs_dir,
+             out_dir, log,
              steps=None):
     """Train (or reuse) one RL run and evaluate its kept checkpoints (all, or those at `steps`).
 
@@ -73,16 +88,19 @@ def train_rl(method, kl_coef, seed, prepared, frontier_settings, reward_model_pa
     cfg = rl_config(method, prepared, run_settings, frontier_settings["rl_checkpoints"],
                     os.path.join(runs_dir, name), reward_model_path, kl_coef, seed)
     points.train_cached(RL_METHODS[method], cfg, log)
-    return cfg, points.run_points(method, {"kl_coef": kl_coef}, cfg.out_dir, prepared, frontier_settings, out_dir,
+    return cfg, points.run_points(method, {"kl_coef": kl_coef}, cfg.out_dir, prepared,
+                                  frontier_settings, out_dir,
                                   log, train_seed=seed, steps=steps)
 
 
 def rl_sweeps(prepared, frontier_settings, reward_model_path, runs_dir, out_dir, log):
-    """Every RL method at each of its KL coefficients, seed = the base's: {method: [(cfg, points)]}."""
+    """Every RL method at each of its KL coefficients, seed = the base's: {method: [(cfg,
+    points)]}."""
     sweeps = {}
     for method in RL_METHODS:
         run_settings = frontier_settings[method.lower().replace("-", "_")]
-        sweeps[method] = [train_rl(method, kl_coef, prepared.settings["seed"], prepared, frontier_settings,
+        sweeps[method] = [train_rl(method, kl_coef, prepared.settings["seed"], prepared,
+                                   frontier_settings,
                                    reward_model_path, runs_dir, out_dir, log)
                           for kl_coef in run_settings["kl_coefs"]]
     return sweeps

@@ -1,27 +1,34 @@
-"""Checkpoints: atomic save, exact resume, and loading a model from any of the places `--init` accepts.
+"""Checkpoints: atomic save, exact resume, and loading a model from any of the places `--init`
+accepts.
 
-A checkpoint is one file, `ckpt.pt`, holding everything a run needs to continue exactly where it stopped:
+A checkpoint is one file, `ckpt.pt`, holding everything a run needs to continue exactly where it
+stopped:
 
     model      the GPT's state_dict and its GPTConfig
     optimizer  AdamW's state (moments, step counts)
-    step       optimizer steps taken; the learning-rate schedule and the data order are pure functions of
-               the step (see loop.py), so they need no state of their own
+    step       optimizer steps taken; the learning-rate schedule and the data order are pure
+               functions of the step (see loop.py), so they need no state of their own
     rng        the torch (CPU and CUDA), numpy and python generator states (dropout, sampling)
-    rng_by_rank  data-parallel runs (torchrun): every rank's generator states, in rank order (rank 0's = rng)
-    config     the command ("command") and its resolved training config: --resume checks the command against it
-    extra      what else a method needs to continue (methods/rlhf.py: the value model and its optimizer, the KL
-               coefficient); absent when there is nothing
+    rng_by_rank  data-parallel runs (torchrun): every rank's generator states, in rank order (rank
+                 0's = rng)
+    config     the command ("command") and its resolved training config: --resume checks the command
+               against it
+    extra      what else a method needs to continue (methods/rlhf.py: the value model and its
+               optimizer, the KL coefficient); absent when there is nothing
     early_stopping  the best held-out score so far, its step, and the evaluations since it
                     (run_dir.EarlyStopping as a dict)
-    kind       what the weights are: "language model" (a GPT), or "reward model" (reward_model.RewardModel)
-    lora       LoRA runs only: then "model" holds the adapters alone (lora.lora_state_dict, a few MB), and
-               this entry holds their settings (rank, alpha, dropout, targets) and the frozen base they belong
-               to: its --init path (as given and absolute) and the sha256 of its weights. Loading rebuilds the
-               base from that path, checks the hash and applies the adapters (load_model merges them).
+    kind       what the weights are: "language model" (a GPT), or "reward model"
+               (reward_model.RewardModel)
+    lora       LoRA runs only: then "model" holds the adapters alone (lora.lora_state_dict, a few
+               MB), and this entry holds their settings (rank, alpha, dropout, targets) and the
+               frozen base they belong
+               to: its --init path (as given and absolute) and the sha256 of its weights. Loading
+               rebuilds the base from that path, checks the hash and applies the adapters
+               (load_model merges them).
 
-It is written to a temporary file in the same directory and renamed over the old one (`os.replace` is atomic
-on POSIX and Windows), so a crash mid-write leaves the previous checkpoint intact. Weights for other tools are
-exported separately in the Hugging Face layout with `GPT.save_pretrained`.
+It is written to a temporary file in the same directory and renamed over the old one (`os.replace`
+is atomic on POSIX and Windows), so a crash mid-write leaves the previous checkpoint intact. Weights
+for other tools are exported separately in the Hugging Face layout with `GPT.save_pretrained`.
 """
 
 import os
@@ -35,7 +42,8 @@ from data import missing_local_path
 from model import GPT, GPTConfig
 from plumbing import lora
 
-LANGUAGE_MODEL = "language model"  # the kind of a GPT's checkpoint (reward models say reward_model.KIND)
+# the kind of a GPT's checkpoint (reward models say reward_model.KIND)
+LANGUAGE_MODEL = "language model"
 
 
 class CheckpointError(ValueError):
@@ -43,14 +51,16 @@ class CheckpointError(ValueError):
 
 
 def describe_lora_base(init, model):
-    """The `lora_base` argument of save_checkpoint for adapters trained on the model loaded from `init` (a path
-    or hub name): {"init", "path" (absolute, for a local path), "sha256" (lora.base_fingerprint)}."""
+    """The `lora_base` argument of save_checkpoint for adapters trained on the model loaded from
+    `init` (a path or hub name): {"init", "path" (absolute, for a local path), "sha256"
+    (lora.base_fingerprint)}."""
     path = os.path.abspath(init) if os.path.exists(init) else None
     return {"init": init, "path": path, "sha256": lora.base_fingerprint(model)}
 
 
 def rng_state():
-    """This process's generator states: torch (CPU and every visible CUDA device), numpy and python."""
+    """This process's generator states: torch (CPU and every visible CUDA device), numpy and
+    python."""
     return {
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
@@ -60,24 +70,28 @@ def rng_state():
 
 
 def seed_generators(seed):
-    """Seed every generator rng_state() saves (torch on every device, numpy, python): a run's generator states
-    are a function of its seed, so a resumed run ends with the uninterrupted run's states."""
+    """Seed every generator rng_state() saves (torch on every device, numpy, python): a run's
+    generator states are a function of its seed, so a resumed run ends with the uninterrupted run's
+    states."""
     torch.manual_seed(seed)
     np.random.seed(seed % 2**32)
     random.seed(seed)
 
 
-def save_checkpoint(path, model, optimizer, step, config, early_stopping=None, lora_base=None, rng_by_rank=None,
+def save_checkpoint(path, model, optimizer, step, config, early_stopping=None, lora_base=None,
+                    rng_by_rank=None,
                     extra=None):
     """Write `path` (a `ckpt.pt` file) atomically. `model` may be wrapped by torch.compile.
 
-    A model with LoRA adapters needs `lora_base` (see `describe_lora_base`): only its adapters are written.
-    `rng_by_rank`: a data-parallel run's rng_state() of every rank, in rank order (stored as given).
-    `extra`: a dict of anything else the run needs to resume (stored as given)."""
-    model = getattr(model, "_orig_mod", model)  # torch.compile wraps the module; save the original's weights
+    A model with LoRA adapters needs `lora_base` (see `describe_lora_base`): only its adapters are
+    written. `rng_by_rank`: a data-parallel run's rng_state() of every rank, in rank order (stored
+    as given). `extra`: a dict of anything else the run needs to resume (stored as given)."""
+    # torch.compile wraps the module; save the original's weights
+    model = getattr(model, "_orig_mod", model)
     has_adapters = bool(lora.lora_layers(model))
     if has_adapters and lora_base is None:
-        raise ValueError("save_checkpoint: a model with LoRA adapters needs lora_base (where its base comes from)")
+        raise ValueError("save_checkpoint: a model with LoRA adapters needs lora_base (where its "
+                         "base comes from)")
     state = {
         "model": lora.lora_state_dict(model) if has_adapters else model.state_dict(),
         "model_config": vars(model.config).copy(),
@@ -102,7 +116,8 @@ def save_checkpoint(path, model, optimizer, step, config, early_stopping=None, l
             torch.save(state, f)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp_path, path)  # atomic: readers see the old file or the new one, never half of one
+        # atomic: readers see the old file or the new one, never half of one
+        os.replace(tmp_path, path)
     except BaseException:
         if os.path.exists(tmp_path):
             os.remove(tmp_path)
@@ -110,8 +125,9 @@ def save_checkpoint(path, model, optimizer, step, config, early_stopping=None, l
 
 
 def load_checkpoint(path, map_location="cpu", mmap=False):
-    """Read a `ckpt.pt` written by `save_checkpoint` (or the directory holding one). Returns the state dict.
-    mmap: map the tensors from the file instead of reading them (for a look at the metadata)."""
+    """Read a `ckpt.pt` written by `save_checkpoint` (or the directory holding one). Returns the
+    state dict. mmap: map the tensors from the file instead of reading them (for a look at the
+    metadata)."""
     if os.path.isdir(path):
         path = os.path.join(path, "ckpt.pt")
     if not os.path.isfile(path):
@@ -120,13 +136,16 @@ def load_checkpoint(path, map_location="cpu", mmap=False):
         state = torch.load(path, map_location=map_location, weights_only=False, mmap=mmap)
     except Exception as e:  # a truncated or foreign file
         raise CheckpointError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})") from e
-    if not isinstance(state, dict) or "model" not in state or not isinstance(state.get("model_config"), dict):
-        raise CheckpointError(f"{path}: not a checkpoint written by this project (no 'model'/'model_config')")
+    if (not isinstance(state, dict) or "model" not in state
+        or not isinstance(state.get("model_config"), dict)):
+        raise CheckpointError(f"{path}: not a checkpoint written by this project (no "
+                              "'model'/'model_config')")
     return state
 
 
 def restore_rng(rng_state):
-    """Put back the generator states saved by `save_checkpoint`, so dropout and sampling continue exactly."""
+    """Put back the generator states saved by `save_checkpoint`, so dropout and sampling continue
+    exactly."""
     torch.set_rng_state(rng_state["torch"])
     if rng_state.get("cuda") is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(rng_state["cuda"])
@@ -135,22 +154,26 @@ def restore_rng(rng_state):
 
 
 def load_model(path, map_location="cpu"):
-    """Build a GPT from `path`: our `ckpt.pt` (or a directory holding one), or a Hugging Face GPT-2 directory
-    (`config.json` + weights), or a hub name such as "gpt2" (see `GPT.from_pretrained`).
+    """Build a GPT from `path`: our `ckpt.pt` (or a directory holding one), or a Hugging Face GPT-2
+    directory (`config.json` + weights), or a hub name such as "gpt2" (see `GPT.from_pretrained`).
 
-    Raises CheckpointError for a local path that does not exist (rather than asking the hub for it)."""
+    Raises CheckpointError for a local path that does not exist (rather than asking the hub for
+    it)."""
     if missing_local_path(path):
         raise CheckpointError(f"{path}: no such file or directory")
     if os.path.isfile(path) and not path.endswith(".pt"):
-        raise CheckpointError(f"{path}: a file, but not a checkpoint (a .pt); pass {not_a_checkpoint_hint(path)}")
+        raise CheckpointError(f"{path}: a file, but not a checkpoint (a .pt); pass "
+                              f"{not_a_checkpoint_hint(path)}")
     is_ours = path.endswith(".pt") or os.path.isfile(os.path.join(path, "ckpt.pt"))
     if is_ours:
         state = load_checkpoint(path, map_location)
         if state.get("kind", LANGUAGE_MODEL) != LANGUAGE_MODEL:
             raise CheckpointError(f"{path}: holds a {state['kind']}, not a language model")
-        if "lora" in state:  # adapters: rebuild the base, check it is theirs, return the merged model
+        # adapters: rebuild the base, check it is theirs, return the merged model
+        if "lora" in state:
             model = load_lora_base(state, path, map_location)
-            lora.apply_lora(model, state["lora"]["rank"], state["lora"]["alpha"], state["lora"]["dropout"],
+            lora.apply_lora(model, state["lora"]["rank"], state["lora"]["alpha"],
+                            state["lora"]["dropout"],
                             state["lora"]["targets"])
             lora.load_lora_state_dict(model, state["model"])
             return lora.merged_copy(model)
@@ -162,36 +185,38 @@ def load_model(path, map_location="cpu"):
                                   f"{' '.join(str(e).split())[:300]}") from None
         return model
     if os.path.isdir(path) and not os.path.isfile(os.path.join(path, "config.json")):
-        raise CheckpointError(f"{path}: neither a ckpt.pt of ours nor a Hugging Face GPT-2 directory (config.json); "
-                              f"pass a run's directory or its ckpt.pt, or a directory with config.json and "
-                              f"model.safetensors")
+        raise CheckpointError(f"{path}: neither a ckpt.pt of ours nor a Hugging Face GPT-2 "
+                              f"directory (config.json); pass a run's directory or its ckpt.pt, or "
+                              f"a directory with config.json and model.safetensors")
     return GPT.from_pretrained(path)
 
 
 def not_a_checkpoint_hint(path):
-    """What to pass instead of the file `path`: its run's directory when it sits beside a ckpt.pt, a Hugging Face
-    directory when it is one's config.json, else the kinds of model this code loads."""
+    """What to pass instead of the file `path`: its run's directory when it sits beside a ckpt.pt, a
+    Hugging Face directory when it is one's config.json, else the kinds of model this code loads."""
     directory = os.path.dirname(path) or "."
     if os.path.isfile(os.path.join(directory, "ckpt.pt")):
         return f"the run's directory {directory} (it holds ckpt.pt)"
     if os.path.basename(path) == "config.json":
         return f"the directory {directory} (a Hugging Face GPT-2 model is a directory)"
-    return "a ckpt.pt of ours (or its directory), a Hugging Face GPT-2 directory or a hub name such as gpt2"
+    return ("a ckpt.pt of ours (or its directory), a Hugging Face GPT-2 directory or a hub "
+            "name such as gpt2")
 
 
 def load_lora_base(state, path, map_location="cpu"):
-    """The frozen base model of the LoRA checkpoint `state` (read from `path`), loaded from where the run found
-    it (its absolute path first, then the --init value as given). Raises CheckpointError when it is not there
-    or its weights are not the ones the adapters were trained on."""
+    """The frozen base model of the LoRA checkpoint `state` (read from `path`), loaded from where
+    the run found it (its absolute path first, then the --init value as given). Raises
+    CheckpointError when it is not there or its weights are not the ones the adapters were trained
+    on."""
     base = state["lora"]["base"]
     where = base["path"] if base["path"] and os.path.exists(base["path"]) else base["init"]
     try:
         model = load_model(where, map_location)
     except Exception as e:
-        raise CheckpointError(f"{path}: a LoRA checkpoint whose base model {base['init']!r} cannot be loaded "
-                              f"({type(e).__name__}: {e})") from e
+        raise CheckpointError(f"{path}: a LoRA checkpoint whose base model {base['init']!r} cannot "
+                              f"be loaded ({type(e).__name__}: {e})") from e
     if lora.base_fingerprint(model) != base["sha256"]:
-        raise CheckpointError(f"{path}: its adapters were trained on other base weights than those now at "
-                              f"{where!r} (sha256 differs): the base changed since the run")
+        raise CheckpointError(f"{path}: its adapters were trained on other base weights than those "
+                              f"now at {where!r} (sha256 differs): the base changed since the run")
     return model
 

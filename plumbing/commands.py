@@ -1,17 +1,21 @@
-"""The commands' work: each command builds the model, the data and the objective it needs from a `TrainConfig`,
-then runs (the commands are the table COMMANDS of plumbing/config.py).
+"""The commands' work: each command builds the model, the data and the objective it needs from a
+`TrainConfig`, then runs (the commands are the table COMMANDS of plumbing/config.py).
 
-    run_training(command, cfg)  a command of TRAINING_COMMANDS: model + data + objective -> loop.train
-    run_rl(command, cfg)        ppo or rloo: policy + reward (model or ground truth) -> methods/rlhf.py
-    run_pairs(cfg)  sample completions of --init on the sentiment task's prompts, write preference pairs
-    run_eval(cfg)   --init (policy) against --reference-init on held-out prompts: reward, win rate, KL
+    run_training(command, cfg)  a command of TRAINING_COMMANDS: model + data + objective ->
+                                loop.train
+    run_rl(command, cfg)        ppo or rloo: policy + reward (model or ground truth) ->
+                                methods/rlhf.py
+    run_pairs(cfg)  sample completions of --init on the sentiment task's prompts, write preference
+                    pairs
+    run_eval(cfg)   --init (policy) against --reference-init on held-out prompts: reward, win rate,
+                    KL
     run_sample(cfg, prompts)  one completion of --init per prompt
 
-Each validates its whole configuration first (`config.check_config`) and loads everything it needs before
-it writes anything, so a run that cannot start leaves no files behind. This is the one module that knows every
-training method (`objective`): the loop (loop.py) and each method's file know only their own. `train.py` is
-the command line. Under torchrun (plumbing/data_parallel.py) every process runs run_training alike; rank 0
-alone writes.
+Each validates its whole configuration first (`config.check_config`) and loads everything it needs
+before it writes anything, so a run that cannot start leaves no files behind. This is the one module
+that knows every training method (`objective`): the loop (loop.py) and each method's file know only
+their own. `train.py` is the command line. Under torchrun (plumbing/data_parallel.py) every process
+runs run_training alike; rank 0 alone writes.
 """
 
 import copy
@@ -44,47 +48,58 @@ from reference import Reference
 
 
 def build_model(cfg, tokenizer):
-    """The --init model (our checkpoint or a HF GPT-2 dir), or a fresh GPT sized by the config's fields."""
+    """The --init model (our checkpoint or a HF GPT-2 dir), or a fresh GPT sized by the config's
+    fields."""
     if cfg.init:
         model = load_model(cfg.init)
     else:
-        # exactly the tokenizer's vocabulary: a padded one would let sampling emit ids that cannot be decoded
+        # exactly the tokenizer's vocabulary: a padded one would let sampling emit ids that cannot
+        # be decoded
         check_fresh_model_fits(cfg, tokenizer.n_vocab)
-        model = GPT(GPTConfig(block_size=cfg.block_size, vocab_size=tokenizer.n_vocab, n_layer=cfg.n_layer,
+        model = GPT(GPTConfig(block_size=cfg.block_size, vocab_size=tokenizer.n_vocab,
+                              n_layer=cfg.n_layer,
                               n_head=cfg.n_head, n_embd=cfg.n_embd, dropout=cfg.dropout))
     if tokenizer.n_vocab > model.config.vocab_size:
-        raise ConfigError(f"--tokenizer {cfg.tokenizer}: it has {tokenizer.n_vocab} tokens but the model "
-                          f"{cfg.init or '(fresh)'} has vocab_size {model.config.vocab_size}: use the "
-                          f"tokenizer the model was trained with")
+        raise ConfigError(f"--tokenizer {cfg.tokenizer}: it has {tokenizer.n_vocab} tokens but the "
+                          f"model {cfg.init or '(fresh)'} has vocab_size "
+                          f"{model.config.vocab_size}: use the tokenizer the model "
+                          "was trained with")
     return model
 
 
 def check_fresh_model_fits(cfg, vocab_size):
-    """ConfigError naming the shape flags when a fresh model's float32 training state (weights, gradients and
-    AdamW's two moments: 16 bytes a parameter) exceeds the memory of --device, before anything is allocated."""
-    n_params = 12 * cfg.n_layer * cfg.n_embd ** 2 + (vocab_size + cfg.block_size) * cfg.n_embd  # blocks, embeddings
+    """ConfigError naming the shape flags when a fresh model's float32 training state (weights,
+    gradients and AdamW's two moments: 16 bytes a parameter) exceeds the memory of --device, before
+    anything is allocated."""
+    # blocks, embeddings
+    n_params = 12 * cfg.n_layer * cfg.n_embd ** 2 + (vocab_size + cfg.block_size) * cfg.n_embd
     device = resolve_device(cfg)[0]
     memory = memory_of(device)
     if memory is not None and 16 * n_params > memory:
-        raise ConfigError(f"--n-layer {cfg.n_layer} --n-embd {cfg.n_embd} --block-size {cfg.block_size}: a fresh "
-                          f"model of {n_params:.3g} parameters needs {16 * n_params / 2**30:,.0f} GiB for its weights, "
-                          f"gradients and AdamW state; {device.type} has {memory / 2**30:,.0f} GiB")
+        raise ConfigError(f"--n-layer {cfg.n_layer} --n-embd {cfg.n_embd} --block-size "
+                          f"{cfg.block_size}: a fresh model of {n_params:.3g} parameters needs "
+                          f"{16 * n_params / 2**30:,.0f} GiB for its weights, gradients and AdamW "
+                          f"state; {device.type} has {memory / 2**30:,.0f} GiB")
 
 
 def check_batch_fits(command, cfg):
-    """ConfigError naming --batch-size when one micro-batch's token ids alone (input ids and labels, int64: 16
-    bytes a token; two rows a pair) would not fit in the memory of --device: a floor, the activations come on top."""
+    """ConfigError naming --batch-size when one micro-batch's token ids alone (input ids and labels,
+    int64: 16 bytes a token; two rows a pair) would not fit in the memory of --device: a floor, the
+    activations come on top."""
     rows = cfg.batch_size // (cfg.world_size * cfg.grad_accum) * (1 if command == "pretrain" else 2)
     device = resolve_device(cfg)[0]
     memory = memory_of(device)
     if memory is not None and 16 * rows * cfg.max_length > memory:
-        raise ConfigError(f"--batch-size {cfg.batch_size}: a micro-batch of {rows:,} rows of {cfg.max_length} tokens "
-                          f"needs {16 * rows * cfg.max_length / 2**30:,.0f} GiB for its token ids alone; {device.type} "
-                          f"has {memory / 2**30:,.0f} GiB (--grad-accum splits a step into micro-batches)")
+        raise ConfigError(f"--batch-size {cfg.batch_size}: a micro-batch of {rows:,} rows of "
+                          f"{cfg.max_length} tokens needs "
+                          f"{16 * rows * cfg.max_length / 2**30:,.0f} GiB for its token ids alone; "
+                          f"{device.type} has {memory / 2**30:,.0f} GiB (--grad-accum splits a "
+                          f"step into micro-batches)")
 
 
 def memory_of(device):
-    """Bytes of memory of `device` (a GPU's, or the machine's RAM for the CPU); None when unknown."""
+    """Bytes of memory of `device` (a GPU's, or the machine's RAM for the CPU); None when
+    unknown."""
     if device.type == "cuda":
         return torch.cuda.get_device_properties(device).total_memory
     try:
@@ -94,20 +109,23 @@ def memory_of(device):
 
 
 def preference_splits(cfg, tokenizer, log=print, unpaired=False):
-    """Encoded (train, held-out) preference pairs from --data and --heldout-data; with `unpaired`, KTO's unpaired
-    examples (data.unpaired: pairs are split in two; --desirable-fraction applies to the training examples).
+    """Encoded (train, held-out) preference pairs from --data and --heldout-data; with `unpaired`,
+    KTO's unpaired examples (data.unpaired: pairs are split in two; --desirable-fraction applies to
+    the training examples).
 
-    Without --heldout-data: the test split of a dataset that has one, else a seeded --heldout-fraction of
-    --data. Raises ConfigError when a source yields no usable pair."""
+    Without --heldout-data: the test split of a dataset that has one, else a seeded
+    --heldout-fraction of --data. Raises ConfigError when a source yields no usable pair."""
     def encode(source, flag):
         try:
             if unpaired:
                 fraction = cfg.desirable_fraction if flag == "--data" else 1.0
-                records, load_report = data.load_unpaired(source, desirable_fraction=fraction, seed=cfg.seed,
+                records, load_report = data.load_unpaired(source, desirable_fraction=fraction,
+                                                          seed=cfg.seed,
                                                           return_report=True)
             else:
                 records, load_report = data.load_preferences(source, return_report=True)
-        except (ValueError, OSError) as e:  # a file or dataset that cannot be read: name the flag too
+        # a file or dataset that cannot be read: name the flag too
+        except (ValueError, OSError) as e:
             raise ConfigError(f"{flag}: {e}") from e
         encoder = data.encode_unpaired if unpaired else data.encode_preferences
         pairs, encode_report = encoder(records, tokenizer, max_length=cfg.max_length,
@@ -116,10 +134,11 @@ def preference_splits(cfg, tokenizer, log=print, unpaired=False):
         if not pairs:
             lost_to_truncation = records and sum(encode_report.dropped.values()) == len(records)
             advice = (f": truncation to --max-length {cfg.max_length} tokens (--max-prompt-length "
-                      f"{cfg.max_prompt_length}) left none; raise --max-length or lower --max-prompt-length"
+                      f"{cfg.max_prompt_length}) left none; raise --max-length or lower "
+                      f"--max-prompt-length"
                       if lost_to_truncation else "")
-            raise ConfigError(f"{flag} {source}: no usable preference pair{advice} ({load_report.summary()}; "
-                              f"{encode_report.summary()})")
+            raise ConfigError(f"{flag} {source}: no usable preference pair{advice} "
+                              f"({load_report.summary()}; {encode_report.summary()})")
         return pairs
 
     pairs = encode(cfg.data, "--data")
@@ -131,12 +150,14 @@ def preference_splits(cfg, tokenizer, log=print, unpaired=False):
     order = torch.randperm(len(pairs), generator=torch.Generator().manual_seed(cfg.seed)).tolist()
     n_heldout = max(1, int(len(pairs) * cfg.heldout_fraction))
     if len(pairs) - n_heldout < 1:
-        raise ConfigError(f"--data {cfg.data}: {len(pairs)} usable pairs are too few to hold out {n_heldout}")
+        raise ConfigError(f"--data {cfg.data}: {len(pairs)} usable pairs are too few to hold "
+                          f"out {n_heldout}")
     return [pairs[i] for i in order[n_heldout:]], [pairs[i] for i in order[:n_heldout]]
 
 
 def text_splits(cfg, tokenizer):
-    """(train, held-out) token streams for pre-training: --data (a text file) or the embedded reviews."""
+    """(train, held-out) token streams for pre-training: --data (a text file) or the embedded
+    reviews."""
     if cfg.data:
         with open(cfg.data, encoding="utf-8") as f:
             stream = torch.tensor(tokenizer.encode_ordinary(f.read()), dtype=torch.long)  # (N,)
@@ -144,19 +165,23 @@ def text_splits(cfg, tokenizer):
         stream = sentiment.corpus_tokens(tokenizer, seed=cfg.seed)  # (N,)
     n_heldout = max(cfg.max_length + 1, int(len(stream) * cfg.heldout_fraction))
     if len(stream) < n_heldout + cfg.max_length + 1:
-        raise ConfigError(f"--data {cfg.data or '(embedded reviews)'}: {len(stream)} tokens are too few for "
-                          f"windows of --max-length {cfg.max_length} and a held-out part")
+        raise ConfigError(f"--data {cfg.data or '(embedded reviews)'}: {len(stream)} "
+                          f"tokens are too few for windows of --max-length "
+                          f"{cfg.max_length} and a held-out part")
     return stream[:-n_heldout], stream[-n_heldout:]
 
 
 def add_adapters(model, cfg, log=print):
-    """apply_lora with the --lora-* settings (cfg.lora_rank > 0); ConfigError for targets the model lacks, or a
-    rank above the model's width (every target maps n_embd features in or out: a larger rank adds nothing)."""
+    """apply_lora with the --lora-* settings (cfg.lora_rank > 0); ConfigError for targets the model
+    lacks, or a rank above the model's width (every target maps n_embd features in or out: a larger
+    rank adds nothing)."""
     if cfg.lora_rank > model.config.n_embd:
-        raise ConfigError(f"--lora-rank {cfg.lora_rank}: must be at most the model's width n_embd "
-                          f"{model.config.n_embd} (LoRA's update B A has rank <= min(in, out) of each layer)")
+        raise ConfigError(f"--lora-rank {cfg.lora_rank}: must be at most the model's width "
+                          f"n_embd {model.config.n_embd} (LoRA's update B A has rank <= min(in, "
+                          f"out) of each layer)")
     try:
-        names = lora.apply_lora(model, cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout, lora_targets(cfg))
+        names = lora.apply_lora(model, cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout,
+                                lora_targets(cfg))
     except ValueError as e:
         raise ConfigError(f"--lora-targets {cfg.lora_targets!r}: {e}") from None
     total = sum(p.numel() for p in model.parameters())
@@ -167,69 +192,78 @@ def add_adapters(model, cfg, log=print):
 
 
 def objective(command, cfg, pad_id, reference=None):
-    """What loop.train optimises for command `command`, built by the method's own file from the settings:
-    dpo.objective, or methods/*.objective. `reference`: pi_ref (reference.Reference) for dpo and kto."""
+    """What loop.train optimises for command `command`, built by the method's own file from the
+    settings: dpo.objective, or methods/*.objective. `reference`: pi_ref (reference.Reference) for
+    dpo and kto."""
     kernel = dict(pad_id=pad_id, impl=cfg.impl)
     if command in ("pretrain", "sft"):
         return next_token.objective(command, fused_linear=cfg.fused_linear, **kernel)
     if command == "dpo":
-        return dpo.objective(reference, beta=cfg.beta, loss_type=cfg.loss, label_smoothing=cfg.label_smoothing,
+        return dpo.objective(reference, beta=cfg.beta, loss_type=cfg.loss,
+                             label_smoothing=cfg.label_smoothing,
                              rpo_alpha=cfg.rpo_alpha, fused_linear=cfg.fused_linear, **kernel)
     if command == "simpo":
-        return simpo.objective(beta=cfg.beta, gamma=cfg.simpo_gamma, fused_linear=cfg.fused_linear, **kernel)
+        return simpo.objective(beta=cfg.beta, gamma=cfg.simpo_gamma, fused_linear=cfg.fused_linear,
+                               **kernel)
     if command == "orpo":
         return orpo.objective(beta=cfg.beta, fused_linear=cfg.fused_linear, **kernel)
     if command == "kto":
         return kto.objective(reference, beta=cfg.beta, desirable_weight=cfg.desirable_weight,
-                             undesirable_weight=cfg.undesirable_weight, fused_linear=cfg.fused_linear, **kernel)
+                             undesirable_weight=cfg.undesirable_weight,
+                             fused_linear=cfg.fused_linear, **kernel)
     if command == "reward-model":
         return reward_model.objective(pad_id=pad_id)
     return unlikelihood.objective(alpha=cfg.unlikelihood_alpha, **kernel)
 
 
 def reference_model(cfg, policy, use_lora):
-    """pi_ref as a network run on every batch, on --device: the policy with its adapters off (LoRA), the
-    --reference-init model, or a frozen copy of the policy. Raises ConfigError for a --reference-init whose
-    vocabulary or block size does not fit the policy's data."""
+    """pi_ref as a network run on every batch, on --device: the policy with its adapters off (LoRA),
+    the --reference-init model, or a frozen copy of the policy. Raises ConfigError for a
+    --reference-init whose vocabulary or block size does not fit the policy's data."""
     device, kernel = resolve_device(cfg)[0], dict(impl=cfg.impl, fused_linear=cfg.fused_linear)
     if use_lora:
         return Reference.adapters_off(policy.to(device), **kernel)
     if not cfg.reference_init:
         return Reference.frozen(copy.deepcopy(policy).to(device), **kernel)
     frozen = load_model(cfg.reference_init)
-    if frozen.config.vocab_size != policy.config.vocab_size or frozen.config.block_size < cfg.max_length:
-        raise ConfigError(f"--reference-init {cfg.reference_init}: vocab_size {frozen.config.vocab_size} and "
-                          f"block_size {frozen.config.block_size} do not fit the policy's (vocab_size "
-                          f"{policy.config.vocab_size}, rows of {cfg.max_length} tokens)")
+    if (frozen.config.vocab_size != policy.config.vocab_size or frozen.config.block_size
+        < cfg.max_length):
+        raise ConfigError(f"--reference-init {cfg.reference_init}: vocab_size "
+                          f"{frozen.config.vocab_size} and block_size {frozen.config.block_size} "
+                          f"do not fit the policy's (vocab_size {policy.config.vocab_size}, rows "
+                          f"of {cfg.max_length} tokens)")
     return Reference.frozen(frozen.to(device), **kernel)
 
 
 def dpo_reference(cfg, live, pair_sets, pad_id, collate=data.dpo_collate):
-    """The Reference DPO (or KTO) trains with: `live` itself (--reference live), or its table over `pair_sets`
-    (the training pairs, then the held-out ones), computed under the policy's autocast (--reference precompute).
-    collate: the stage's (data.dpo_collate, or data.kto_collate for KTO's examples and their mismatched rows)."""
+    """The Reference DPO (or KTO) trains with: `live` itself (--reference live), or its table over
+    `pair_sets` (the training pairs, then the held-out ones), computed under the policy's autocast
+    (--reference precompute). collate: the stage's (data.dpo_collate, or data.kto_collate for KTO's
+    examples and their mismatched rows)."""
     if cfg.reference == "live":
         return live
     device, autocast, _ = resolve_device(cfg)
-    return Reference.precomputed(live, pair_sets, batch_size=cfg.batch_size, device=device, autocast=autocast,
+    return Reference.precomputed(live, pair_sets, batch_size=cfg.batch_size, device=device,
+                                 autocast=autocast,
                                  collate=functools.partial(collate, pad_id=pad_id))
 
 
 def kto_weights(cfg, examples, log=print):
-    """cfg with --desirable-weight 0 resolved: the weight that balances the desirable against the undesirable
-    training examples (kto.balanced_weights). Raises ConfigError when one kind is missing."""
+    """cfg with --desirable-weight 0 resolved: the weight that balances the desirable against the
+    undesirable training examples (kto.balanced_weights). Raises ConfigError when one kind is
+    missing."""
     n_desirable = sum(example.desirable for example in examples)
     try:
         weights = kto.balanced_weights(n_desirable, len(examples) - n_desirable)
     except ValueError as e:
         if cfg.desirable_fraction < 1 and not n_desirable:
-            raise ConfigError(f"--desirable-fraction {cfg.desirable_fraction:g}: left no desirable training example "
-                              f"({e}); raise it") from None
+            raise ConfigError(f"--desirable-fraction {cfg.desirable_fraction:g}: left no desirable "
+                              f"training example ({e}); raise it") from None
         raise ConfigError(f"--data {cfg.data}: {e}") from None
     if not cfg.desirable_weight:
         cfg = dataclasses.replace(cfg, desirable_weight=weights[0])
-    log(f"kto: {n_desirable} desirable and {len(examples) - n_desirable} undesirable training examples; weights "
-        f"{cfg.desirable_weight:.3g} and {cfg.undesirable_weight:.3g}")
+    log(f"kto: {n_desirable} desirable and {len(examples) - n_desirable} undesirable training "
+        f"examples; weights {cfg.desirable_weight:.3g} and {cfg.undesirable_weight:.3g}")
     return cfg
 
 
@@ -238,9 +272,11 @@ def run_training(command, cfg, log=print):
 
     Writes OUT_DIR/{config.json, metrics.jsonl, ckpt.pt} (loop.train) and OUT_DIR/hf/ (Hugging Face
     layout). For dpo the reference is a frozen copy of the --init model (or --reference-init); with
-    --lora-rank it is the same network with its adapters off (no copy), ckpt.pt holds the adapters and hf/
-    the merged model. In a process group (torchrun) each process trains its share; rank 0 writes and logs."""
-    cfg = dataclasses.replace(cfg, world_size=data_parallel.world_size())  # --batch-size is checked against it
+    --lora-rank it is the same network with its adapters off (no copy), ckpt.pt holds the adapters
+    and hf/ the merged model. In a process group (torchrun) each process trains its share; rank 0
+    writes and logs."""
+    # --batch-size is checked against it
+    cfg = dataclasses.replace(cfg, world_size=data_parallel.world_size())
     check_config(command, cfg)
     log = data_parallel.main_only(log)
     tokenizer = data.get_tokenizer(cfg.tokenizer)
@@ -248,10 +284,12 @@ def run_training(command, cfg, log=print):
     model = build_model(cfg, tokenizer)
     cfg = resolve_lengths(cfg, model.config.block_size)
     check_batch_fits(command, cfg)
-    eval_prompts = sentiment.make_prompts(seed=0)[1] if command == "reward-model" and cfg.eval_samples else []
+    eval_prompts = (sentiment.make_prompts(seed=0)[1] if command == "reward-model"
+                    and cfg.eval_samples else [])
     check_sampling_fits(eval_prompts, cfg, tokenizer, model.config.block_size, cfg.init,
-                        because=f"--eval-samples {cfg.eval_samples} samples --init after training to check the reward "
-                                f"model (pass --eval-samples 0 to skip that check)",
+                        because=f"--eval-samples {cfg.eval_samples} samples --init after training "
+                        "to check the reward "
+                        f"model (pass --eval-samples 0 to skip that check)",
                         sequences=len(eval_prompts) * cfg.eval_samples,
                         count_flags=f"--eval-samples {cfg.eval_samples}")
     use_lora = bool(cfg.lora_rank) and command in LORA_COMMANDS
@@ -262,39 +300,48 @@ def run_training(command, cfg, log=print):
         log(f"{command}: {len(train_set):,} training tokens, {len(heldout_set):,} held-out tokens")
     else:
         train_set, heldout_set = preference_splits(cfg, tokenizer, log, unpaired=command == "kto")
-        log(f"{command}: {len(train_set)} training {'examples' if command == 'kto' else 'pairs'}, {len(heldout_set)} "
-            f"held-out")
+        log(f"{command}: {len(train_set)} training {'examples' if command == 'kto' else 'pairs'}, "
+            f"{len(heldout_set)} held-out")
     if command == "kto":
         cfg = kto_weights(cfg, train_set, log)
     log(f"{command}: model with {model.num_params() / 1e6:.2f}M parameters (non-embedding), "
-        f"vocab {model.config.vocab_size}, block {model.config.block_size}, rows of {cfg.max_length} tokens")
+        f"vocab {model.config.vocab_size}, block {model.config.block_size}, rows of "
+        f"{cfg.max_length} tokens")
     if command == "reward-model":
         model = reward_model.RewardModel(model)
-    run_dir.claim_directory(command, cfg, model, log=lambda *_: None, mmap=True)  # before the reference's work
+    # before the reference's work
+    run_dir.claim_directory(command, cfg, model, log=lambda *_: None, mmap=True)
     pad_id, reference = tokenizer.eot_token, None
-    if command in REFERENCE_COMMANDS:  # precomputed, a frozen copy lives only while its table is computed
-        reference = dpo_reference(cfg, reference_model(cfg, model, use_lora), (train_set, heldout_set), pad_id,
+    # precomputed, a frozen copy lives only while its table is computed
+    if command in REFERENCE_COMMANDS:
+        reference = dpo_reference(cfg, reference_model(cfg, model, use_lora),
+                                  (train_set, heldout_set), pad_id,
                                   data.kto_collate if command == "kto" else data.dpo_collate)
-    metrics = train(objective(command, cfg, pad_id, reference), cfg, model, train_set, heldout_set, log=log)
+    metrics = train(objective(command, cfg, pad_id, reference), cfg, model, train_set, heldout_set,
+                    log=log)
     if command == "reward-model":
         if cfg.eval_samples and data_parallel.is_main():
             reward_model_against_ground_truth(cfg, tokenizer, eval_prompts, log)
         data_parallel.barrier()
         return model, metrics
     if data_parallel.is_main():
-        exported = lora.merged_copy(model) if use_lora else model  # LoRA: W0 + (alpha/r) B A, plain GPT-2
-        exported.save_pretrained(os.path.join(cfg.out_dir, "hf"))  # for transformers and other tools
+        # LoRA: W0 + (alpha/r) B A, plain GPT-2
+        exported = lora.merged_copy(model) if use_lora else model
+        # for transformers and other tools
+        exported.save_pretrained(os.path.join(cfg.out_dir, "hf"))
         if use_lora:
-            log(f"LoRA: ckpt.pt {os.path.getsize(os.path.join(cfg.out_dir, 'ckpt.pt')) / 2**20:.2f} MiB (adapters "
-                f"and their optimizer state); hf/ holds the merged model")
+            log(f"LoRA: ckpt.pt "
+                f"{os.path.getsize(os.path.join(cfg.out_dir, 'ckpt.pt')) / 2**20:.2f} MiB "
+                f"(adapters and their optimizer state); hf/ holds the merged model")
     data_parallel.barrier()  # hf/ is written before any process returns
     return model, metrics
 
 
 def run_rl(command, cfg, log=print):
-    """PPO or RLOO of --init on the sentiment task's training prompts (methods/rlhf.py); returns (policy, the last
-    held-out metrics). The reward is --reward-model's score, or the ground truth with --ground-truth-reward.
-    Everything is checked and loaded before any sampling. Writes what run_training writes, hf/ included."""
+    """PPO or RLOO of --init on the sentiment task's training prompts (methods/rlhf.py); returns
+    (policy, the last held-out metrics). The reward is --reward-model's score, or the ground truth
+    with --ground-truth-reward. Everything is checked and loaded before any sampling. Writes what
+    run_training writes, hf/ included."""
     check_config(command, cfg)
     tokenizer = data.get_tokenizer(cfg.tokenizer)
     policy = load_model(cfg.init)
@@ -303,53 +350,67 @@ def run_rl(command, cfg, log=print):
     if cfg.reward_model:
         scorer = reward_model.load_reward_model(cfg.reward_model)
         if scorer.config.vocab_size != policy.config.vocab_size:
-            raise ConfigError(f"--reward-model {cfg.reward_model}: vocab_size {scorer.config.vocab_size} differs from "
-                              f"the policy's {policy.config.vocab_size}: train it on the same tokenizer")
+            raise ConfigError(f"--reward-model {cfg.reward_model}: vocab_size "
+                              f"{scorer.config.vocab_size} differs from the policy's "
+                              f"{policy.config.vocab_size}: train it on the same tokenizer")
     train_prompts, heldout_prompts = sentiment.make_prompts(seed=0)
     for model, path in ((policy, cfg.init), (scorer, cfg.reward_model)):
         if model is not None:
-            check_sampling_fits(train_prompts + heldout_prompts, cfg, tokenizer, model.config.block_size, path)
+            check_sampling_fits(train_prompts + heldout_prompts, cfg, tokenizer,
+                                model.config.block_size, path)
     check_sampling_fits(train_prompts, cfg, tokenizer, policy.config.block_size, cfg.init,
                         sequences=cfg.batch_size * cfg.samples_per_prompt,
-                        count_flags=f"--batch-size {cfg.batch_size} x --samples-per-prompt {cfg.samples_per_prompt}")
-    log(f"{command}: {len(train_prompts)} training prompts, {cfg.batch_size} x {cfg.samples_per_prompt} rollouts an "
-        f"iteration, reward: {cfg.reward_model or 'the ground truth (oracle)'}")
-    metrics = rlhf.train_rl(command, cfg, policy, scorer, tokenizer, train_prompts, heldout_prompts, log=log)
+                        count_flags=f"--batch-size {cfg.batch_size} x --samples-per-prompt "
+                        f"{cfg.samples_per_prompt}")
+    log(f"{command}: {len(train_prompts)} training prompts, {cfg.batch_size} x "
+        f"{cfg.samples_per_prompt} rollouts an iteration, reward: "
+        f"{cfg.reward_model or 'the ground truth (oracle)'}")
+    metrics = rlhf.train_rl(command, cfg, policy, scorer, tokenizer, train_prompts, heldout_prompts,
+                            log=log)
     policy.save_pretrained(os.path.join(cfg.out_dir, "hf"))
     return policy, metrics
 
 
-def check_sampling_fits(prompts, cfg, tokenizer, block_size, path, because="", sequences=None, count_flags=""):
-    """ConfigError if the longest of `prompts` plus --max-new-tokens would not fit the model's block size, or
-    `sequences` samples (default one a prompt; sampled at once and kept as token lists: 16 bytes a token at
-    least) would not fit in the machine's memory. because: why the command samples, when a user may not expect
-    it; count_flags: the flags that set `sequences` (both named in the errors)."""
+def check_sampling_fits(prompts, cfg, tokenizer, block_size, path, because="", sequences=None,
+                        count_flags=""):
+    """ConfigError if the longest of `prompts` plus --max-new-tokens would not fit the model's block
+    size, or `sequences` samples (default one a prompt; sampled at once and kept as token lists: 16
+    bytes a token at least) would not fit in the machine's memory. because: why the command samples,
+    when a user may not expect it; count_flags: the flags that set `sequences` (both named in the
+    errors)."""
     longest = max((len(tokenizer.encode_ordinary(p)) for p in prompts), default=0)
     if prompts and longest + cfg.max_new_tokens > block_size:
-        raise ConfigError(f"--max-new-tokens {cfg.max_new_tokens}: the longest prompt ({longest} tokens) plus "
-                          f"{cfg.max_new_tokens} exceeds the block size {block_size} of {path}"
+        raise ConfigError(f"--max-new-tokens {cfg.max_new_tokens}: the longest prompt ({longest} "
+                          f"tokens) plus {cfg.max_new_tokens} exceeds the block size "
+                          f"{block_size} of {path}"
                           + (f"; {because}" if because else ""))
     sequences = len(prompts) if sequences is None else sequences
     needed, memory = 16 * sequences * (longest + cfg.max_new_tokens), memory_of(torch.device("cpu"))
     if memory is not None and needed > memory:
-        raise ConfigError(f"{count_flags}: {sequences:,} samples of up to {longest + cfg.max_new_tokens} tokens need "
-                          f"{needed / 2**30:,.0f} GiB at least; this machine has {memory / 2**30:,.0f} GiB")
+        raise ConfigError(f"{count_flags}: {sequences:,} samples of up to "
+                          f"{longest + cfg.max_new_tokens} tokens need {needed / 2**30:,.0f} GiB "
+                          f"at least; this machine has {memory / 2**30:,.0f} GiB")
 
 
 def load_for_sampling(path, cfg, tokenizer, prompts, k=1):
-    """load_model(path) in eval mode on --device; ConfigError if a prompt + --max-new-tokens would not fit, or `k`
-    samples of each prompt would not fit in memory (check_sampling_fits)."""
+    """load_model(path) in eval mode on --device; ConfigError if a prompt + --max-new-tokens would
+    not fit, or `k` samples of each prompt would not fit in memory (check_sampling_fits)."""
     model = load_model(path)
-    check_sampling_fits(prompts, cfg, tokenizer, model.config.block_size, path, sequences=len(prompts) * k,
-                        count_flags=f"--samples-per-prompt {k} x {len(prompts)} prompts (--num-prompts)")
+    check_sampling_fits(prompts, cfg, tokenizer, model.config.block_size, path,
+                        sequences=len(prompts) * k,
+                        count_flags=f"--samples-per-prompt {k} x {len(prompts)} prompts "
+                        "(--num-prompts)")
     return model.to(resolve_device(cfg)[0]).eval()
 
 
 def reward_model_against_ground_truth(cfg, tokenizer, prompts, log=print):
-    """Fresh samples of --init on the sentiment task's held-out `prompts` (--eval-samples each), scored by the
-    kept reward model (best.pt, else ckpt.pt) and by the ground truth: their Pearson and Spearman correlation.
-    Writes OUT_DIR/reward_eval.json (with every sample's two scores) and returns its dict."""
-    kept = os.path.join(cfg.out_dir, "best.pt" if os.path.isfile(os.path.join(cfg.out_dir, "best.pt")) else "ckpt.pt")
+    """Fresh samples of --init on the sentiment task's held-out `prompts` (--eval-samples each),
+    scored by the kept reward model (best.pt, else ckpt.pt) and by the ground truth: their Pearson
+    and Spearman correlation. Writes OUT_DIR/reward_eval.json (with every sample's two scores) and
+    returns its dict."""
+    kept = os.path.join(cfg.out_dir,
+                        "best.pt" if os.path.isfile(os.path.join(cfg.out_dir, "best.pt"))
+                        else "ckpt.pt")
     device = resolve_device(cfg)[0]
     scorer = reward_model.load_reward_model(kept).to(device)
     policy = load_model(cfg.init).to(device)
@@ -360,21 +421,26 @@ def reward_model_against_ground_truth(cfg, tokenizer, prompts, log=print):
     completion_ids = [ids for group in samples.token_ids for ids in group]
     scores = reward_model.score_texts(scorer, prompt_ids, completion_ids, tokenizer.eot_token)
     truth = sentiment.sentiment_reward(texts)
-    correlations = {"pearson": sentiment.pearson(scores, truth), "spearman": sentiment.spearman(scores, truth)}
-    correlations = {name: None if math.isnan(value) else value for name, value in correlations.items()}  # constant
+    correlations = {"pearson": sentiment.pearson(scores, truth),
+                    "spearman": sentiment.spearman(scores, truth)}
+    correlations = {name: None if math.isnan(value) else value
+                    for name, value in correlations.items()}  # constant
     result = {"reward_model": kept, "n_samples": len(texts), **correlations, "samples": [
                   {"completion": text, "score": score, "ground_truth": reward}
                   for text, score, reward in zip(texts, scores, truth)]}
     with open(os.path.join(cfg.out_dir, "reward_eval.json"), "w") as f:
         json.dump(result, f, indent=2)
-    log(f"reward model {kept} on {len(texts)} fresh samples of --init, correlation with the ground-truth reward: "
-        + ", ".join(f"{name} {value:.3f}" if value is not None else f"{name} undefined (a constant score)"
+    log(f"reward model {kept} on {len(texts)} fresh samples of --init, correlation with the "
+        "ground-truth reward: "
+        + ", ".join(f"{name} {value:.3f}" if value is not None
+                    else f"{name} undefined (a constant score)"
                     for name, value in correlations.items()))
     return result
 
 
 def run_pairs(cfg, log=print):
-    """Preference pairs from --init's samples on the sentiment task's training prompts -> OUT_DIR/pairs.jsonl.
+    """Preference pairs from --init's samples on the sentiment task's training prompts ->
+    OUT_DIR/pairs.jsonl.
 
     Returns (records, sentiment.PairReport)."""
     check_config("pairs", cfg)
@@ -384,7 +450,8 @@ def run_pairs(cfg, log=print):
     os.makedirs(cfg.out_dir, exist_ok=True)
     path = os.path.join(cfg.out_dir, "pairs.jsonl")
     records, report = sentiment.build_preference_pairs(
-        model, tokenizer, train_prompts, k=cfg.samples_per_prompt, min_reward_gap=cfg.min_reward_gap,
+        model, tokenizer, train_prompts, k=cfg.samples_per_prompt,
+                                                       min_reward_gap=cfg.min_reward_gap,
         max_new_tokens=cfg.max_new_tokens, seed=cfg.seed, path=path, return_report=True)
     log(f"{report.summary()}\nwrote {path}")
     return records, report
@@ -399,8 +466,10 @@ def run_eval(cfg, log=print):
     heldout_prompts = sentiment.make_prompts(seed=0)[1][:cfg.num_prompts or None]
     policy = load_for_sampling(cfg.init, cfg, tokenizer, heldout_prompts)
     reference = load_for_sampling(cfg.reference_init, cfg, tokenizer, heldout_prompts)
-    report = sentiment.sample_report(policy, reference, tokenizer, heldout_prompts, sentiment.sentiment_reward,
-                                     max_new_tokens=cfg.max_new_tokens, seed=cfg.seed, impl=cfg.impl)
+    report = sentiment.sample_report(policy, reference, tokenizer, heldout_prompts,
+                                     sentiment.sentiment_reward,
+                                     max_new_tokens=cfg.max_new_tokens, seed=cfg.seed,
+                                     impl=cfg.impl)
     numbers = {k: v for k, v in report.items() if isinstance(v, float)}
     os.makedirs(cfg.out_dir, exist_ok=True)
     with open(os.path.join(cfg.out_dir, "eval.json"), "w") as f:
@@ -410,12 +479,14 @@ def run_eval(cfg, log=print):
 
 
 def run_sample(cfg, prompts=(), log=print):
-    """One completion of --init for each prompt (default: the first 5 held-out prompts); returns the texts."""
+    """One completion of --init for each prompt (default: the first 5 held-out prompts); returns the
+    texts."""
     check_config("sample", cfg)
     tokenizer = data.get_tokenizer(cfg.tokenizer)
     prompts = list(prompts) or sentiment.make_prompts(seed=0)[1][:5]
     model = load_for_sampling(cfg.init, cfg, tokenizer, prompts)
-    samples = sentiment.sample_completions(model, tokenizer, prompts, k=1, max_new_tokens=cfg.max_new_tokens,
+    samples = sentiment.sample_completions(model, tokenizer, prompts, k=1,
+                                           max_new_tokens=cfg.max_new_tokens,
                                            seed=cfg.seed)
     completions = [group[0] for group in samples.texts]
     for prompt, completion in zip(prompts, completions):

@@ -1,30 +1,39 @@
-"""Data-parallel training over several processes started by torchrun: the process group, who does what, and
-the few collectives the training loop needs.
+"""Data-parallel training over several processes started by torchrun: the process group, who does
+what, and the few collectives the training loop needs.
 
-    torchrun --nproc_per_node N train.py dpo ...     N processes ("ranks"), one per GPU, or N on a CPU
+    torchrun --nproc_per_node N train.py dpo ...     N processes ("ranks"), one per GPU, or N on a
+    CPU
 
-torchrun starts N copies of the command with RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT in their
-environment; `process_group` joins them (NCCL on CUDA, each rank on cuda:LOCAL_RANK; gloo on the CPU) for the
-duration of a training command. Without WORLD_SIZE (or with WORLD_SIZE=1) nothing is initialised, this process
-is rank 0 of 1 and every collective here is the identity: a single process runs exactly the code it always ran.
+torchrun starts N copies of the command with RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and
+MASTER_PORT in their environment; `process_group` joins them (NCCL on CUDA, each rank on
+cuda:LOCAL_RANK; gloo on the CPU) for the duration of a training command. Without WORLD_SIZE (or
+with WORLD_SIZE=1) nothing is initialised, this process is rank 0 of 1 and every collective here is
+the identity: a single process runs exactly the code it always ran.
 
 How loop.py uses them:
-  * Examples. Every rank computes the step's example indices, or pre-training windows (a pure function of seed
-    and step), and takes a contiguous 1/N of them, rank 0 the first: together, the single-process batch.
-  * Gradients. Each rank's loss is already divided by the size of the whole step (its pairs, or its target
-    tokens summed over the ranks with `all_reduce_sum`), so the step's gradient is the SUM of the ranks'
-    gradients: `sum_gradients` all-reduces each trainable tensor once, after the last micro-batch. Clipping
-    then sees the global gradient, the same on every rank, and every rank takes the same AdamW step.
-    Why not DistributedDataParallel: it averages (the loss would need a factor N), wraps the model (its
+  * Examples. Every rank computes the step's example indices, or pre-training windows (a pure
+    function of seed and step), and takes a contiguous 1/N of them, rank 0 the first: together, the
+    single-process batch.
+  * Gradients. Each rank's loss is already divided by the size of the whole step (its pairs, or its
+    target tokens summed over the ranks with `all_reduce_sum`), so the step's gradient is the SUM of
+    the ranks'
+    gradients: `sum_gradients` all-reduces each trainable tensor once, after the last micro-batch.
+    Clipping then sees the global gradient, the same on every rank, and every rank takes the same
+    AdamW step.
+    Why not DistributedDataParallel: it averages (the loss would need a factor N), wraps the model
+    (its
     state_dict keys change; the LoRA reference view and torch.compile would see a wrapper) and needs
-    no_sync() around all but the last micro-batch. What it adds, overlapping the all-reduce with the backward
+    no_sync() around all but the last micro-batch. What it adds, overlapping the all-reduce with the
+    backward
     pass, is speed at scale; one readable loop after backward is enough here.
-  * Numbers every rank needs: the per-pair values of a step (`all_gather_cat`) for its metrics, the DPO
-    reference log-probs and the held-out evaluation (batch j on rank j % N: `in_turn`, then `gather_in_turn`).
-    Every rank computes the same metrics from the same gathered values, so every rank decides alike (early
+  * Numbers every rank needs: the per-pair values of a step (`all_gather_cat`) for its metrics, the
+    DPO reference log-probs and the held-out evaluation (batch j on rank j % N: `in_turn`, then
+    `gather_in_turn`).
+    Every rank computes the same metrics from the same gathered values, so every rank decides alike
+    (early
     stopping).
-  * Files and output. Rank 0 alone writes and prints (`is_main`); `barrier` keeps the others from going on
-    before its files exist.
+  * Files and output. Rank 0 alone writes and prints (`is_main`); `barrier` keeps the others from
+    going on before its files exist.
 """
 
 import contextlib
@@ -35,7 +44,8 @@ import torch.distributed as dist
 
 
 class LaunchError(RuntimeError):
-    """The processes of a torchrun launch cannot form their group (a missing variable, a missing GPU)."""
+    """The processes of a torchrun launch cannot form their group (a missing variable, a missing
+    GPU)."""
 
 
 def world_size():
@@ -60,18 +70,21 @@ def main_only(log):
 
 @contextlib.contextmanager
 def process_group(device="auto"):
-    """Join the process group torchrun set up in the environment, for the duration of the `with` block.
+    """Join the process group torchrun set up in the environment, for the duration of the `with`
+    block.
 
-    `device`: the --device value; CUDA (cuda, or auto with a GPU) uses NCCL with this rank on cuda:LOCAL_RANK,
-    the CPU gloo. A no-op without WORLD_SIZE or with WORLD_SIZE=1. Raises LaunchError when it cannot join."""
+    `device`: the --device value; CUDA (cuda, or auto with a GPU) uses NCCL with this rank on
+    cuda:LOCAL_RANK, the CPU gloo. A no-op without WORLD_SIZE or with WORLD_SIZE=1. Raises
+    LaunchError when it cannot join."""
     if int(os.environ.get("WORLD_SIZE", "1")) == 1:
         yield
         return
     cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if cuda and local_rank >= torch.cuda.device_count():
-        raise LaunchError(f"--device {device!r}: this process has LOCAL_RANK {local_rank} but the machine has "
-                          f"{torch.cuda.device_count()} CUDA devices: start one process per GPU at most")
+        raise LaunchError(f"--device {device!r}: this process has LOCAL_RANK {local_rank} but the "
+                          f"machine has {torch.cuda.device_count()} CUDA devices: start one "
+                          f"process per GPU at most")
     try:
         if cuda:
             torch.cuda.set_device(local_rank)  # "cuda" now means cuda:LOCAL_RANK for this process
@@ -79,8 +92,9 @@ def process_group(device="auto"):
         else:
             dist.init_process_group("gloo")
     except (RuntimeError, ValueError) as e:  # e.g. MASTER_ADDR not set: launched without torchrun
-        raise LaunchError(f"cannot join the torchrun process group (WORLD_SIZE={os.environ['WORLD_SIZE']}, "
-                          f"launch with torchrun): {e}") from e
+        raise LaunchError(f"cannot join the torchrun process group "
+                          f"(WORLD_SIZE={os.environ['WORLD_SIZE']}, launch "
+                          f"with torchrun): {e}") from e
     try:
         yield
     finally:
@@ -92,7 +106,8 @@ def process_group(device="auto"):
 
 def _device():
     """Where collectives take their tensors: the current GPU for NCCL, the CPU for gloo."""
-    return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    return (torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl"
+            else torch.device("cpu"))
 
 
 def barrier():
@@ -105,7 +120,8 @@ def all_reduce_sum(number):
     """A Python int or float summed over the ranks (the same result on every rank)."""
     if world_size() == 1:
         return number
-    total = torch.tensor(number, dtype=torch.int64 if isinstance(number, int) else torch.float64, device=_device())
+    total = torch.tensor(number, dtype=torch.int64 if isinstance(number, int) else torch.float64,
+                         device=_device())
     dist.all_reduce(total)
     return total.item()
 
@@ -113,8 +129,8 @@ def all_reduce_sum(number):
 def sum_gradients(model):
     """Replace the gradient of each trainable parameter of `model` by its sum over the ranks.
 
-    Frozen parameters (LoRA's base weights) are skipped; a trainable one without a gradient on this rank takes
-    part with zeros, so that every rank issues the same all-reduces."""
+    Frozen parameters (LoRA's base weights) are skipped; a trainable one without a gradient on this
+    rank takes part with zeros, so that every rank issues the same all-reduces."""
     if world_size() == 1:
         return
     for p in model.parameters():
@@ -146,12 +162,14 @@ def gather_objects(obj):
 
 
 def in_turn(items):
-    """This rank's share of `items` when the ranks take turns: item j goes to rank j % world_size()."""
+    """This rank's share of `items` when the ranks take turns: item j goes to rank j %
+    world_size()."""
     return items[rank()::world_size()]
 
 
 def gather_in_turn(results):
-    """Every rank's `results` for its in_turn(items), put back in the order of `items`: the same list everywhere.
+    """Every rank's `results` for its in_turn(items), put back in the order of `items`: the same
+    list everywhere.
 
     Results are tensors, dicts of tensors or numbers; from other ranks they arrive on the CPU."""
     if world_size() == 1:
@@ -161,7 +179,8 @@ def gather_in_turn(results):
 
 
 def _to_cpu(value):
-    """`value` with its tensors on the CPU (a tensor, a dict of them, or anything else unchanged)."""
+    """`value` with its tensors on the CPU (a tensor, a dict of them, or anything else
+    unchanged)."""
     if isinstance(value, dict):
         return {k: _to_cpu(v) for k, v in value.items()}
     return value.cpu() if isinstance(value, torch.Tensor) else value

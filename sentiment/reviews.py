@@ -1,61 +1,70 @@
-"""A seeded generator of short English movie reviews: the offline stand-in for IMDb in the sentiment task.
+"""A seeded generator of short English movie reviews: the offline stand-in for IMDb in the sentiment
+task.
 
-The paper's controlled-sentiment experiment (Rafailov et al., 2023, section 6.1) fine-tunes GPT-2 on IMDb
-reviews, prompts it with review openings and rewards positive continuations. IMDb cannot be downloaded here,
-and a model small enough to pre-train on a laptop CPU in a minute needs a simpler language, so this module
-writes reviews from a small grammar instead:
+The paper's controlled-sentiment experiment (Rafailov et al., 2023, section 6.1) fine-tunes GPT-2 on
+IMDb reviews, prompts it with review openings and rewards positive continuations. IMDb cannot be
+downloaded here, and a model small enough to pre-train on a laptop CPU in a minute needs a simpler
+language, so this module writes reviews from a small grammar instead:
 
     opening (neutral, <= 64 bytes, ends in "and")  +  body (carries the sentiment, 40-90 bytes)
     "I watched this film with my sister and"    +  " the acting was really superb. The pacing was a
                                                      little slow, but the ending was wonderful."
 
-Bodies mix many aspects (acting, plot, music, pacing, dialogue, ending, ...), several sentence templates,
-strongly scored positive and negative adjectives (for VADER, the reward), intensifiers ("really", "so"),
-negation ("not bad at all", "not good at all"), contrast clauses ("X was a little slow, but Y was great";
-"Although ..., ...") and neutral filler sentences. Sentiment is positive or negative in equal shares, with
-a few neutral reviews, so a model pre-trained on the corpus continues a prompt with either sentiment.
-Everything is drawn from `random.Random(seed)`: the same seed gives the same reviews and prompts.
+Bodies mix many aspects (acting, plot, music, pacing, dialogue, ending, ...), several sentence
+templates, strongly scored positive and negative adjectives (for VADER, the reward), intensifiers
+("really", "so"), negation ("not bad at all", "not good at all"), contrast clauses ("X was a little
+slow, but Y was great"; "Although ..., ...") and neutral filler sentences. Sentiment is positive or
+negative in equal shares, with a few neutral reviews, so a model pre-trained on the corpus continues
+a prompt with either sentiment. Everything is drawn from `random.Random(seed)`: the same seed gives
+the same reviews and prompts.
 
-Measured (seed 0, 1.5 MB = ~14k reviews, VADER on the body): positive reviews score +0.84 +- 0.09, negative
--0.80 +- 0.10, neutral 0.00; 100% of a 4000-review sample on the intended side of +-0.05; mean +0.02.
-A 0.8M-parameter byte-level GPT (4 layers, 128 wide) pre-trained for 450-550 steps of 16 x 160 tokens (~75 s
-on 2 CPU cores, loss ~0.4 nats/byte) writes mostly well-formed bodies of either sentiment (held-out mean
-reward +0.03..+0.09); 3 epochs of DPO (beta 0.1, lr 1e-4..2e-4, batch 32) on ~500 best-vs-worst pairs of
-its own samples (k=4, 96 new tokens) raised the held-out mean reward by +0.49..+0.58 in three runs.
+Measured (seed 0, 1.5 MB = ~14k reviews, VADER on the body): positive reviews score +0.84 +- 0.09,
+negative -0.80 +- 0.10, neutral 0.00; 100% of a 4000-review sample on the intended side of +-0.05;
+mean +0.02. A 0.8M-parameter byte-level GPT (4 layers, 128 wide) pre-trained for 450-550 steps of 16
+x 160 tokens (~75 s on 2 CPU cores, loss ~0.4 nats/byte) writes mostly well-formed bodies of either
+sentiment (held-out mean reward +0.03..+0.09); 3 epochs of DPO (beta 0.1, lr 1e-4..2e-4, batch 32)
+on ~500 best-vs-worst pairs of its own samples (k=4, 96 new tokens) raised the held-out mean reward
+by +0.49..+0.58 in three runs.
 """
 
 import dataclasses
 import random
 
-# ---------------------------------------------------------------------------------------------- vocabulary
+# --------------------------------------------------------------------------------------- vocabulary
 # (aspect, is_plural); VADER gives every one of them a neutral score.
-ASPECTS = (("acting", False), ("plot", False), ("story", False), ("music", False), ("ending", False),
-           ("cast", False), ("dialogue", False), ("pacing", False), ("script", False), ("visuals", True),
-           ("characters", True), ("camera work", False), ("effects", True), ("direction", False),
-           ("songs", True), ("lead actor", False))
-# A small vocabulary of words VADER scores strongly (lexicon valence 2.0-3.1), so that a tiny model learns to
-# spell them quickly and every review carries a clear reward.
-POSITIVE = ("great", "superb", "wonderful", "excellent", "brilliant", "beautiful", "amazing", "perfect")
+ASPECTS = (("acting", False), ("plot", False), ("story", False), ("music", False),
+           ("ending", False), ("cast", False), ("dialogue", False), ("pacing", False),
+           ("script", False), ("visuals", True), ("characters", True), ("camera work", False),
+           ("effects", True), ("direction", False), ("songs", True), ("lead actor", False))
+# A small vocabulary of words VADER scores strongly (lexicon valence 2.0-3.1), so that a tiny model
+# learns to spell them quickly and every review carries a clear reward.
+POSITIVE = ("great", "superb", "wonderful", "excellent", "brilliant", "beautiful", "amazing",
+            "perfect")
 NEGATIVE = ("bad", "awful", "terrible", "horrible", "poor", "stupid", "ugly", "pathetic")
 NEUTRAL = ("long", "slow", "quiet", "loud", "simple", "dark", "short")
 INTENSIFIERS = ("", "", "really ", "very ", "so ", "absolutely ", "quite ")
 # A mild word of the opposite sentiment, for the weak side of a contrast clause.
 MILD = {+1: ("a little slow", "a bit weak", "a little long"), -1: ("nice", "fine", "good")}
-NEGATED = {+1: ("not bad at all", "not bad", "not terrible"), -1: ("not good at all", "not great", "not good")}
+NEGATED = {+1: ("not bad at all", "not bad", "not terrible"),
+           -1: ("not good at all", "not great", "not good")}
 VERBS = {+1: ("loved", "enjoyed"), -1: ("hated", "disliked")}
 FILM = ("film", "movie")
-CLOSINGS = {+1: ("I loved it.", "Highly recommended.", "What a great film!", "A real joy.", "A perfect night out."),
-            -1: ("I hated it.", "What a waste of time.", "Avoid it.", "A total mess.", "A real disaster.")}
+CLOSINGS = {+1: ("I loved it.", "Highly recommended.", "What a great film!", "A real joy.",
+                 "A perfect night out."),
+            -1: ("I hated it.", "What a waste of time.", "Avoid it.", "A total mess.",
+                 "A real disaster.")}
 
 # Openings: "[{premise}, ]{subject} {verb} {object} {context} and", at most MAX_OPENING_BYTES long.
 SUBJECTS = (("I", "watched"), ("I", "saw"), ("We", "watched"), ("We", "saw"), ("I", "rented"),
-            ("My dad and I", "watched"), ("My mom and I", "saw"), ("I", "finally saw"), ("I", "caught"),
-            ("My wife and I", "watched"), ("My son and I", "saw"), ("I", "went to see"))
+            ("My dad and I", "watched"), ("My mom and I", "saw"), ("I", "finally saw"),
+            ("I", "caught"), ("My wife and I", "watched"), ("My son and I", "saw"),
+            ("I", "went to see"))
 OBJECTS = ("this film", "this movie", "the film", "the movie")
-CONTEXTS = ("last night", "with my sister", "on a Sunday", "at the cinema", "on a flight", "after work",
-            "over the weekend", "on TV", "with my cousin", "at a small theater", "on a train", "for a class",
-            "in the morning", "with my kids", "on my laptop", "after dinner", "at home", "on a Tuesday",
-            "in a hotel", "with my uncle", "at noon", "on DVD", "in the park", "at school")
+CONTEXTS = ("last night", "with my sister", "on a Sunday", "at the cinema", "on a flight",
+            "after work", "over the weekend", "on TV", "with my cousin", "at a small theater",
+            "on a train", "for a class", "in the morning", "with my kids", "on my laptop",
+            "after dinner", "at home", "on a Tuesday", "in a hotel", "with my uncle", "at noon",
+            "on DVD", "in the park", "at school")
 PREMISES = ("Yesterday", "Last year", "At last", "Once again", "On a whim")
 MAX_OPENING_BYTES = 64
 
@@ -76,15 +85,17 @@ class Review:
 def make_opening(rng: random.Random) -> str:
     """A sentiment-neutral review opening that ends in "and" (no trailing space)."""
     while True:
-        (subject, verb), obj, context = rng.choice(SUBJECTS), rng.choice(OBJECTS), rng.choice(CONTEXTS)
+        (subject, verb), obj, context = (rng.choice(SUBJECTS), rng.choice(OBJECTS),
+                                         rng.choice(CONTEXTS))
         opening = f"{subject} {verb} {obj} {context} and"
         if rng.random() < 0.3:
-            opening = f"{rng.choice(PREMISES)}, {opening if subject == 'I' else opening[0].lower() + opening[1:]}"
+            opening = (f"{rng.choice(PREMISES)}, "
+                       f"{opening if subject == 'I' else opening[0].lower() + opening[1:]}")
         if len(opening.encode()) <= MAX_OPENING_BYTES:
             return opening
 
 
-# ---------------------------------------------------------------------------------------------------- body
+# --------------------------------------------------------------------------------------------- body
 
 
 def _aspect(rng, exclude=()):
@@ -129,9 +140,11 @@ def _second_sentence(rng, sentiment: int, used: list) -> str:
     if kind == 0:
         return f"The {a} {was} {_adjective(rng, sentiment)}."
     if kind == 1:  # the strong side after "but" (VADER weighs the clause after "but" more)
-        return f"The {a} {was} {rng.choice(MILD[sentiment])}, but the {b} {were} {_adjective(rng, sentiment)}."
+        return (f"The {a} {was} {rng.choice(MILD[sentiment])}, but the {b} {were} "
+                f"{_adjective(rng, sentiment)}.")
     if kind == 2:
-        return f"Although the {a} {was} {rng.choice(MILD[sentiment])}, the {b} {were} {_adjective(rng, sentiment)}."
+        return (f"Although the {a} {was} {rng.choice(MILD[sentiment])}, the {b} {were} "
+                f"{_adjective(rng, sentiment)}.")
     if kind == 3:
         return f"The {a} {was} {rng.choice(NEGATED[sentiment])}."
     if kind == 4:
@@ -149,7 +162,8 @@ def _neutral_body(rng) -> str:
 
 
 def make_body(rng: random.Random, sentiment: int, min_bytes: int = 40, max_bytes: int = 90) -> str:
-    """A review body with the given sentiment (+1, -1, 0), starting with a space, min..max bytes long."""
+    """A review body with the given sentiment (+1, -1, 0), starting with a space, min..max bytes
+    long."""
     while True:
         if sentiment == 0:
             text = _neutral_body(rng)
@@ -166,8 +180,9 @@ def make_body(rng: random.Random, sentiment: int, min_bytes: int = 40, max_bytes
 
 
 def _sentiment_blocks(rng: random.Random, p_neutral: float):
-    """Endless sentiments in shuffled blocks of 20 with exact shares: as many positive as negative reviews,
-    round(20 * p_neutral) neutral ones, so any corpus longer than a few blocks is balanced."""
+    """Endless sentiments in shuffled blocks of 20 with exact shares: as many positive as negative
+    reviews, round(20 * p_neutral) neutral ones, so any corpus longer than a few blocks is
+    balanced."""
     n_neutral = round(20 * p_neutral)
     if not 0 <= n_neutral <= 20 or (20 - n_neutral) % 2:
         raise ValueError(f"p_neutral={p_neutral} must be k/20 with 20 - k even (e.g. 0.1)")
@@ -178,14 +193,16 @@ def _sentiment_blocks(rng: random.Random, p_neutral: float):
 
 
 def make_reviews(n: int, seed: int = 0, p_neutral: float = 0.1) -> list[Review]:
-    """`n` reviews drawn from `random.Random(seed)`: equal numbers of positive and negative, p_neutral neutral."""
+    """`n` reviews drawn from `random.Random(seed)`: equal numbers of positive and negative,
+    p_neutral neutral."""
     rng = random.Random(seed)
     sentiments = _sentiment_blocks(rng, p_neutral)
     return [Review(make_opening(rng), make_body(rng, s), s) for s, _ in zip(sentiments, range(n))]
 
 
 def make_corpus(n_bytes: int = 1_500_000, seed: int = 0, p_neutral: float = 0.1) -> list[Review]:
-    """Reviews drawn from `random.Random(seed)` until their texts total at least `n_bytes` UTF-8 bytes."""
+    """Reviews drawn from `random.Random(seed)` until their texts total at least `n_bytes` UTF-8
+    bytes."""
     rng, reviews, total = random.Random(seed), [], 0
     sentiments = _sentiment_blocks(rng, p_neutral)
     while total < n_bytes:
@@ -195,18 +212,20 @@ def make_corpus(n_bytes: int = 1_500_000, seed: int = 0, p_neutral: float = 0.1)
     return reviews
 
 
-def make_prompts(n_train: int = 512, n_heldout: int = 128, seed: int = 0) -> tuple[list[str], list[str]]:
+def make_prompts(n_train: int = 512, n_heldout: int = 128,
+                 seed: int = 0) -> tuple[list[str], list[str]]:
     """Distinct review openings, split into (train, held_out) prompt lists with no prompt in both.
 
-    The held-out prompts are never used to build preference pairs; the reward measured on them tells how well
-    a policy generalizes to new prompts. (Openings are short and compositional, so the pre-training corpus
-    may contain any of them, as IMDb-trained GPT-2 in the paper has seen reviews like its test prompts.)
+    The held-out prompts are never used to build preference pairs; the reward measured on them tells
+    how well a policy generalizes to new prompts. (Openings are short and compositional, so the
+    pre-training corpus may contain any of them, as IMDb-trained GPT-2 in the paper has seen reviews
+    like its test prompts.)
     """
     rng, seen, prompts = random.Random(seed + 1_000_003), set(), []
     n_possible = len(SUBJECTS) * len(OBJECTS) * len(CONTEXTS) * (1 + len(PREMISES))
     if n_train + n_heldout > n_possible // 2:
-        raise ValueError(f"asked for {n_train + n_heldout} distinct prompts; the grammar makes at most "
-                         f"~{n_possible}, ask for at most half of that")
+        raise ValueError(f"asked for {n_train + n_heldout} distinct prompts; the grammar makes at "
+                         f"most ~{n_possible}, ask for at most half of that")
     while len(prompts) < n_train + n_heldout:
         opening = make_opening(rng)
         if opening not in seen:

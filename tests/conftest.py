@@ -7,8 +7,10 @@
 
 import os
 
-if os.environ.get("PYTEST_XDIST_WORKER"):  # pytest -n N: N workers share the cores, one thread each (and their
-    os.environ.setdefault("OMP_NUM_THREADS", "1")  # subprocesses): threads beside a busy process wait on each other
+# pytest -n N: N workers share the cores, one thread each (and their
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # subprocesses): threads beside a busy process wait on each other
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 if "TRITON_INTERPRET" not in os.environ:
     import torch  # importing torch does not import triton

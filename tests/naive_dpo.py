@@ -1,4 +1,5 @@
-"""A naive, obviously-correct DPO loss: one pair at a time, in Python floats (float64), from the formulas.
+"""A naive, obviously-correct DPO loss: one pair at a time, in Python floats (float64), from the
+formulas.
 
 It shares no code with dpo.py; tests/test_dpo.py checks that the vectorised float32 version agrees.
 log sigma(x) is written in the standard piecewise form so that exp() only ever sees a non-positive
@@ -25,8 +26,10 @@ def sigmoid(x: float) -> float:
     return e / (1.0 + e)
 
 
-def naive_pair_loss(pc: float, pr: float, rc: float, rr: float, beta: float, loss_type: str, eps: float) -> float:
-    """The loss of one pair from its four log-probs (policy chosen/rejected, reference chosen/rejected)."""
+def naive_pair_loss(pc: float, pr: float, rc: float, rr: float, beta: float, loss_type: str,
+                    eps: float) -> float:
+    """The loss of one pair from its four log-probs (policy chosen/rejected, reference
+    chosen/rejected)."""
     h = (pc - pr) - (rc - rr)
     x = beta * h
     if loss_type == "sigmoid":
@@ -40,7 +43,8 @@ def naive_pair_loss(pc: float, pr: float, rc: float, rr: float, beta: float, los
     raise ValueError(loss_type)
 
 
-def naive_pair_dloss_dh(pc: float, pr: float, rc: float, rr: float, beta: float, loss_type: str, eps: float) -> float:
+def naive_pair_dloss_dh(pc: float, pr: float, rc: float, rr: float, beta: float, loss_type: str,
+                        eps: float) -> float:
     """d loss / d h of one pair, differentiated by hand (d/dx log sigma(x) = sigma(-x))."""
     h = (pc - pr) - (rc - rr)
     x = beta * h
@@ -59,10 +63,12 @@ def naive_dpo_loss(policy_chosen, policy_rejected, reference_chosen, reference_r
                    beta: float, loss_type: str = "sigmoid", eps: float = 0.0,
                    rpo_alpha: float = 0.0, chosen_lengths=None):
     """Lists of floats in, lists of floats out: (losses, chosen_rewards, rejected_rewards).
-    With rpo_alpha, each loss gets + rpo_alpha * (-pc / n): RPO's per-token NLL of the chosen response."""
+    With rpo_alpha, each loss gets + rpo_alpha * (-pc / n): RPO's per-token NLL of the chosen
+    response."""
     losses, chosen_rewards, rejected_rewards = [], [], []
     lengths = chosen_lengths if chosen_lengths is not None else [1] * len(policy_chosen)
-    for pc, pr, rc, rr, n in zip(policy_chosen, policy_rejected, reference_chosen, reference_rejected, lengths,
+    for pc, pr, rc, rr, n in zip(policy_chosen, policy_rejected, reference_chosen,
+                                 reference_rejected, lengths,
                                  strict=True):
         losses.append(naive_pair_loss(pc, pr, rc, rr, beta, loss_type, eps) + rpo_alpha * (-pc / n))
         chosen_rewards.append(beta * (pc - rc))
@@ -70,21 +76,26 @@ def naive_dpo_loss(policy_chosen, policy_rejected, reference_chosen, reference_r
     return losses, chosen_rewards, rejected_rewards
 
 
-def naive_unlikelihood_loss(chosen, chosen_lengths, rejected_token_logps, rejected_mask, alpha: float,
+def naive_unlikelihood_loss(chosen, chosen_lengths, rejected_token_logps, rejected_mask,
+                            alpha: float,
                             clamp: float = -1e-6):
-    """The Unlikelihood baseline, one pair at a time: lists in, list of losses out. rejected_token_logps and
-    rejected_mask are lists of rows; each unmasked log-prob x is first clamped to <= clamp, then
-    -log(1 - p) = -log(1 - e^x) is taken as written (float64 keeps 1 - e^x accurate to ~1e-10 for x <= -1e-6)."""
+    """The Unlikelihood baseline, one pair at a time: lists in, list of losses out.
+    rejected_token_logps and rejected_mask are lists of rows; each unmasked log-prob x is first
+    clamped to <= clamp, then -log(1 - p) = -log(1 - e^x) is taken as written (float64 keeps 1 - e^x
+    accurate to ~1e-10 for x <= -1e-6)."""
     losses = []
-    for c, n, xs, mask in zip(chosen, chosen_lengths, rejected_token_logps, rejected_mask, strict=True):
+    for c, n, xs, mask in zip(chosen, chosen_lengths, rejected_token_logps, rejected_mask,
+                              strict=True):
         terms = [-math.log(1 - math.exp(min(x, clamp))) for x, m in zip(xs, mask, strict=True) if m]
         losses.append(-c / n + alpha * sum(terms) / len(terms))
     return losses
 
 
-def naive_unlikelihood_dloss_dx(rejected_token_logps, rejected_mask, alpha: float, clamp: float = -1e-6):
-    """d loss / d x for every rejected token, by hand: alpha / |y_l| * p / (1 - p) for unmasked x <= clamp,
-    0 past the clamp (constant there) and at masked positions. Rows of lists in, rows of lists out."""
+def naive_unlikelihood_dloss_dx(rejected_token_logps, rejected_mask, alpha: float,
+                                clamp: float = -1e-6):
+    """d loss / d x for every rejected token, by hand: alpha / |y_l| * p / (1 - p) for unmasked x <=
+    clamp, 0 past the clamp (constant there) and at masked positions. Rows of lists in, rows of
+    lists out."""
     grads = []
     for xs, mask in zip(rejected_token_logps, rejected_mask, strict=True):
         k = sum(mask)

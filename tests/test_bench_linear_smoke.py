@@ -1,5 +1,6 @@
-"""Smoke tests of bench/bench_linear_logprobs.py: importable without side effects, and --quick runs, prints its
-tables and writes its JSON (tiny CPU shapes; no number is asserted beyond its type and the agreement of methods).
+"""Smoke tests of bench/bench_linear_logprobs.py: importable without side effects, and --quick runs,
+prints its tables and writes its JSON (tiny CPU shapes; no number is asserted beyond its type and
+the agreement of methods).
 """
 
 import importlib.util
@@ -15,8 +16,8 @@ SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "bench_linear_logprobs.
 
 
 def test_import_has_no_side_effects(monkeypatch):
-    # Importing must not parse sys.argv (here an argument argparse rejects), select the Triton interpreter or
-    # import triton: main() does all of that.
+    # Importing must not parse sys.argv (here an argument argparse rejects), select the Triton
+    # interpreter or import triton: main() does all of that.
     monkeypatch.setattr(sys, "argv", ["pytest", "--definitely-not-a-flag"])
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     had_triton = "triton" in sys.modules
@@ -37,11 +38,13 @@ def test_quick_run_prints_tables_and_writes_json(tmp_path):
     out_json = tmp_path / "results" / "quick.json"
     env = dict(os.environ, TRITON_CACHE_DIR=str(tmp_path / "triton-cache"))
     env.pop("TRITON_INTERPRET", None)
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--repeats", "2", "--warmup", "1",
-                           "--json", str(out_json)], cwd=tmp_path, env=env, capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--repeats", "2", "--warmup",
+                           "1", "--json", str(out_json)], cwd=tmp_path, env=env,
+                          capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "| method | peak extra MB |" in proc.stdout and "| method | fwd ms | bwd ms |" in proc.stdout
+    assert ("| method | peak extra MB |" in proc.stdout
+            and "| method | fwd ms | bwd ms |" in proc.stdout)
     result = json.loads(out_json.read_text())
     mem = result["cpu_memory"]
     assert [r["method"] for r in mem["rows"]] == ["naive", "ours torch"]
@@ -50,10 +53,10 @@ def test_quick_run_prints_tables_and_writes_json(tmp_path):
     assert abs(naive_logp - chunked_logp) < 1e-3 * abs(naive_logp)
     assert mem["gradient_bytes"] == (64 * 32 + 1000 * 32) * 4
     rows = {r["method"]: r for r in result["time"]["rows"]}
-    assert set(rows) == {"naive eager", "ours torch", "ours triton", "liger FLCE (sum)", "CCE exact (sum)",
-                         "4 GEMMs (cuBLAS)"}
+    assert set(rows) == {"naive eager", "ours torch", "ours triton", "liger FLCE (sum)",
+                         "CCE exact (sum)", "4 GEMMs (cuBLAS)"}
     for name in ("naive eager", "ours torch", "ours triton"):
-        assert rows[name]["fwd_ms"] > 0 and rows[name]["bwd_ms"] > 0 and rows[name]["fwdbwd_ms"] > 0, name
+        assert all(rows[name][key] > 0 for key in ("fwd_ms", "bwd_ms", "fwdbwd_ms")), name
         assert rows[name]["rel_diff_vs_naive"] < 1e-5, (name, rows[name])
     assert rows["liger FLCE (sum)"]["note"].startswith("skipped")  # no CUDA in --quick
     assert result["environment"]["torch"] and result["time"]["device"] == "cpu"

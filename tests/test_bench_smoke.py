@@ -1,9 +1,11 @@
-"""Smoke tests of bench/bench_logprobs.py: it runs, prints its table and writes its results (no timing asserted).
+"""Smoke tests of bench/bench_logprobs.py: it runs, prints its table and writes its results (no
+timing asserted).
 
-The AOT test compiles the Triton kernels for an H100 (sm_90) without a GPU and checks what the compiler made of
-them, in terms that survive a change of Triton's code generation: no register spills, registers within the
-hardware limit, and vector loads/stores of the logits when rows are 16-byte aligned. It is skipped where this
-Triton cannot compile for CUDA (the script then exits with EXIT_AOT_UNAVAILABLE).
+The AOT test compiles the Triton kernels for an H100 (sm_90) without a GPU and checks what the
+compiler made of them, in terms that survive a change of Triton's code generation: no register
+spills, registers within the hardware limit, and vector loads/stores of the logits when rows are
+16-byte aligned. It is skipped where this Triton cannot compile for CUDA (the script then exits with
+EXIT_AOT_UNAVAILABLE).
 """
 
 import importlib.util
@@ -17,22 +19,25 @@ from pathlib import Path
 import pytest
 
 SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "bench_logprobs.py"
-EXIT_AOT_UNAVAILABLE = 3  # bench_logprobs.EXIT_AOT_UNAVAILABLE (checked in test_import_has_no_side_effects)
+# bench_logprobs.EXIT_AOT_UNAVAILABLE (checked in test_import_has_no_side_effects)
+EXIT_AOT_UNAVAILABLE = 3
 
 
 def run_script(args, tmp_path, interpret: bool):
-    """Run the script in a fresh process; returns the CompletedProcess (stdout, stderr, returncode)."""
+    """Run the script in a fresh process; returns the CompletedProcess (stdout, stderr,
+    returncode)."""
     env = dict(os.environ, TRITON_CACHE_DIR=str(tmp_path / "triton-cache"))
     env.pop("TRITON_INTERPRET", None)
     if interpret:
         env["TRITON_INTERPRET"] = "1"
-    return subprocess.run([sys.executable, str(SCRIPT), *args], cwd=tmp_path, env=env, capture_output=True,
+    return subprocess.run([sys.executable, str(SCRIPT), *args], cwd=tmp_path, env=env,
+                          capture_output=True,
                           text=True, timeout=300)
 
 
 def test_import_has_no_side_effects(monkeypatch):
-    # Importing the script must not parse sys.argv (here, arguments argparse would reject), select the Triton
-    # interpreter, or import triton: main() does all of that.
+    # Importing the script must not parse sys.argv (here, arguments argparse would reject), select
+    # the Triton interpreter, or import triton: main() does all of that.
     monkeypatch.setattr(sys, "argv", ["pytest", "--definitely-not-a-flag"])
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     had_triton = "triton" in sys.modules
@@ -53,13 +58,14 @@ def test_import_has_no_side_effects(monkeypatch):
 
 def test_tiny_benchmark_runs_and_writes_results(tmp_path):
     out_json, out_md = tmp_path / "results" / "tiny.json", tmp_path / "results" / "tiny.md"
-    proc = run_script(["--tiny", "--out", str(out_json), "--out", str(out_md)], tmp_path, interpret=True)
+    proc = run_script(["--tiny", "--out", str(out_json), "--out", str(out_md)], tmp_path,
+                      interpret=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "| V | method | fwd ms |" in proc.stdout
     result = json.loads(out_json.read_text())
     rows = {row["method"]: row for row in result["rows"]}
-    assert set(rows) == {"naive eager", "naive compiled", "liger CE (none)", "ours torch", "ours triton",
-                         "ours triton in-place"}
+    assert set(rows) == {"naive eager", "naive compiled", "liger CE (none)", "ours torch",
+                         "ours triton", "ours triton in-place"}
     for name in ("naive eager", "ours torch", "ours triton", "ours triton in-place"):
         assert rows[name]["fwd_ms"] > 0 and rows[name]["fwdbwd_ms"] > 0
         assert rows[name]["max_abs_diff_vs_ours"] < 1e-3, (name, rows[name]["max_abs_diff_vs_ours"])
@@ -69,16 +75,19 @@ def test_tiny_benchmark_runs_and_writes_results(tmp_path):
 
 
 def is_vector(opcode):
-    """A 64- or 128-bit global access of any element type: ld.global.v4.b32, st.global.L1::no_allocate.v2.f32..."""
+    """A 64- or 128-bit global access of any element type: ld.global.v4.b32,
+    st.global.L1::no_allocate.v2.f32..."""
     return re.fullmatch(r"(ld|st)\.global(\.[\w:]+)*\.v[24]\.\w+", opcode) is not None
 
 
 def test_kernels_compile_for_h100_without_spills(tmp_path):
     out_json = tmp_path / "aot.json"
-    proc = run_script(["--aot", "sm_90", "--vocab", "128256", "50257", "--out", str(out_json)], tmp_path,
+    proc = run_script(["--aot", "sm_90", "--vocab", "128256", "50257", "--out", str(out_json)],
+                      tmp_path,
                       interpret=False)
     if proc.returncode == EXIT_AOT_UNAVAILABLE:
-        pytest.skip(f"this Triton cannot compile for sm_90 ahead of time: {proc.stderr.strip().splitlines()[-1]}")
+        pytest.skip("this Triton cannot compile for sm_90 ahead of time: "
+                    f"{proc.stderr.strip().splitlines()[-1]}")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "| bf16 | 128256 | fwd | 8192 | 16 |" in proc.stdout
     rows = json.loads(out_json.read_text())["rows"]
@@ -86,32 +95,40 @@ def test_kernels_compile_for_h100_without_spills(tmp_path):
     for row in rows:
         assert row["stack_bytes"] == 0, row           # no spills
         assert row["registers"] <= 255, row           # the hardware limit per thread
-        # Vector access needs rows known to start 16-byte aligned: Triton specialises integer arguments divisible
-        # by 16, so only then does the row stride V tell the compiler (V % 8 == 0 alone does not vectorise).
+        # Vector access needs rows known to start 16-byte aligned: Triton specialises integer
+        # arguments divisible by 16, so only then does the row stride V tell the compiler (V % 8 ==
+        # 0 alone does not vectorise).
         if row["V"] % 16 == 0:
             assert any(is_vector(op) for op in row["global_loads"]), row
-            if row["kernel"] == "bwd":                 # the backward kernel stores nothing but the gradient
-                assert row["global_stores"] and all(is_vector(op) for op in row["global_stores"]), row
+            # the backward kernel stores nothing but the gradient
+            if row["kernel"] == "bwd":
+                stores = row["global_stores"]
+                assert stores and all(is_vector(op) for op in stores), row
 
 
 def test_lora_memory_benchmark_runs(tmp_path):
-    """bench/bench_lora_memory.py --quick: three variants, each measured in its own process, written as JSON."""
+    """bench/bench_lora_memory.py --quick: three variants, each measured in its own process, written
+    as JSON."""
     script = SCRIPT.parent / "bench_lora_memory.py"
     out = tmp_path / "lora.json"
-    proc = subprocess.run([sys.executable, str(script), "--quick", "--json", str(out)], cwd=tmp_path,
+    proc = subprocess.run([sys.executable, str(script), "--quick", "--json", str(out)],
+                          cwd=tmp_path,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "| variant | trainable parameters | peak memory MiB |" in proc.stdout
     rows = {row["variant"]: row for row in json.loads(out.read_text())["rows"]}
-    full, lora_row = rows["full, reference copy (live)"], rows["LoRA, adapters-off reference (live)"]
+    full, lora_row = (rows["full, reference copy (live)"],
+                      rows["LoRA, adapters-off reference (live)"])
     assert full["trainable"] == full["parameters"] > lora_row["trainable"] > 0
     assert all(row["peak_bytes"] > 0 and row["step_ms"] > 0 for row in rows.values())
 
 
 def test_dpo_step_benchmark_methods_agree(tmp_path):
-    """bench/bench_dpo_step.py --quick: the three ways of computing log pi train the same model to the same loss."""
+    """bench/bench_dpo_step.py --quick: the three ways of computing log pi train the same model to
+    the same loss."""
     out = tmp_path / "step.json"
-    proc = subprocess.run([sys.executable, str(SCRIPT.parent / "bench_dpo_step.py"), "--quick", "--json", str(out)],
+    proc = subprocess.run([sys.executable, str(SCRIPT.parent / "bench_dpo_step.py"), "--quick",
+                           "--json", str(out)],
                           cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     rows = json.loads(out.read_text())["rows"]
@@ -122,22 +139,27 @@ def test_dpo_step_benchmark_methods_agree(tmp_path):
 
 @pytest.mark.slow
 def test_gpu_suite_runs_in_its_quick_form(tmp_path):
-    """bash bench/gpu_suite.sh --quick OUT: every step runs (on a CPU: interpreter, smoke shapes) and the collected
-    report says so; on a GPU machine the same script without --quick writes bench/results/<gpu>.{json,md}."""
+    """bash bench/gpu_suite.sh --quick OUT: every step runs (on a CPU: interpreter, smoke shapes)
+    and the collected report says so; on a GPU machine the same script without --quick writes
+    bench/results/<gpu>.{json,md}."""
     suite = SCRIPT.parent / "gpu_suite.sh"
     env = dict(os.environ, TRITON_CACHE_DIR=str(tmp_path / "triton-cache"))
-    proc = subprocess.run(["bash", str(suite), "--quick", str(tmp_path / "results")], cwd=SCRIPT.parents[1], env=env,
+    proc = subprocess.run(["bash", str(suite), "--quick", str(tmp_path / "results")],
+                          cwd=SCRIPT.parents[1], env=env,
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     name = "cpu" if not torch_cuda_available() else None
     if name is None:
         pytest.skip("a CUDA machine names its results after the GPU")
     report = json.loads((tmp_path / "results" / "cpu.json").read_text())
-    assert [s["step"] for s in report["steps"]] == ["tests", "logprobs", "linear_logprobs", "dpo_step", "lora_memory"]
-    for s in report["steps"]:  # a failing step's own log says why (in the course's student copy: which stub)
+    assert [s["step"] for s in report["steps"]] == ["tests", "logprobs", "linear_logprobs",
+                                                    "dpo_step", "lora_memory"]
+    # a failing step's own log says why (in the course's student copy: which stub)
+    for s in report["steps"]:
         log = tmp_path / "results" / "cpu.logs" / f"{s['step']}.log"
         assert s["exit_status"] == 0, (s, log.read_text()[-3000:] if log.exists() else "no log")
-    assert report["tests"]["tests"] > 50 and report["tests"]["failures"] == report["tests"]["errors"] == 0
+    assert (report["tests"]["tests"] > 50 and report["tests"]["failures"]
+            == report["tests"]["errors"] == 0)
     assert set(report["benchmarks"]) == {"logprobs", "linear_logprobs", "dpo_step", "lora_memory"}
     md = (tmp_path / "results" / "cpu.md").read_text()
     assert "| tests | 0 |" in md and "## One DPO step" in md

@@ -1,8 +1,8 @@
 """The course kit's self-test: build the student copy, grade it, and grade the full repository.
 
 In the student copy every graded test must fail with the stub's NotImplementedError (none passes by
-accident), every ungraded test must pass or skip naming the assignment it waits for, and no line of any
-solution may be left; in this repository every graded test passes.
+accident), every ungraded test must pass or skip naming the assignment it waits for, and no line of
+any solution may be left; in this repository every graded test passes.
 """
 
 import json
@@ -20,10 +20,12 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def grade(repo, assignment, tmp_path):
-    """`python -m course grade` in a fresh process (the copy's modules must not mix with this one's)."""
+    """`python -m course grade` in a fresh process (the copy's modules must not mix with this
+    one's)."""
     out = tmp_path / f"{assignment}-{repo.name}.json"
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    proc = subprocess.run([sys.executable, "-m", "course", "grade", assignment, "--json", str(out)], cwd=repo,
+    proc = subprocess.run([sys.executable, "-m", "course", "grade", assignment, "--json", str(out)],
+                          cwd=repo,
                           env=env, capture_output=True, text=True, timeout=900)
     assert out.exists(), proc.stdout[-3000:] + proc.stderr[-3000:]
     return json.loads(out.read_text()), proc.stdout
@@ -43,7 +45,8 @@ def test_student_copy_has_no_solution(student_copy):
         if path.is_file() and path.suffix in (".py", ".md", ".json", ".txt"):
             text = path.read_text(errors="replace")
             left = [line for line in solutions if line in text]
-            assert not left, f"{path.relative_to(student_copy)} still holds solution lines: {left[:3]}"
+            assert not left, (
+                f"{path.relative_to(student_copy)} still holds solution lines: {left[:3]}")
     for removed in REMOVED:
         assert not (student_copy / removed).exists(), removed
     for a in ASSIGNMENTS.values():
@@ -54,25 +57,29 @@ def test_student_copy_has_no_solution(student_copy):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("assignment", list(ASSIGNMENTS))
-def test_graded_tests_fail_on_the_stubs_and_pass_on_the_solutions(student_copy, tmp_path, assignment):
+def test_graded_tests_fail_on_the_stubs_and_pass_on_the_solutions(student_copy, tmp_path,
+                                                                  assignment):
     results, table = grade(student_copy, assignment, tmp_path)
     assert results["tests"] and results["points"] == 0, table
     for nodeid, result in results["tests"].items():
-        assert result["outcome"] == "failed" and "NotImplementedError" in result["reason"], (nodeid, result)
+        assert result["outcome"] == "failed" and "NotImplementedError" in result["reason"], (nodeid,
+                                                                                             result)
     results, table = grade(REPO, assignment, tmp_path)
     assert results["points"] == results["total"] > 0, table
-    assert results["extra_credit_points"] == results["extra_credit_total"] == (6 if assignment == "A1" else 0), table
+    extra_credit = 6 if assignment == "A1" else 0
+    assert results["extra_credit_points"] == results["extra_credit_total"] == extra_credit, table
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("assignment", ["A1", "A2", "A3"])
 def test_each_assignment_grades_fully_with_only_its_own_solution(tmp_path, assignment):
-    """A1, A2 and A3 are independent (course/README.md): a copy in which only this one is written, the others
-    still stubs, scores full marks on it."""
+    """A1, A2 and A3 are independent (course/README.md): a copy in which only this one is written,
+    the others still stubs, scores full marks on it."""
     copy = tmp_path / f"only-{assignment}"
     build.build(str(copy), log=lambda *_: None, solved=(assignment,))
     others = [a for a in ASSIGNMENTS if a != assignment]
-    assert all(f"Assignment {ASSIGNMENTS[a].number}: " in (copy / ASSIGNMENTS[a].stubs[0][0]).read_text()
+    assert all(f"Assignment {ASSIGNMENTS[a].number}: " in (copy
+                                                           / ASSIGNMENTS[a].stubs[0][0]).read_text()
                for a in others)
     results, table = grade(copy, assignment, tmp_path)
     assert results["points"] == results["total"] > 0, table
@@ -81,9 +88,10 @@ def test_each_assignment_grades_fully_with_only_its_own_solution(tmp_path, assig
 @pytest.mark.slow
 def test_ungraded_tests_pass_or_wait_in_the_student_copy(student_copy):
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rs", "-x",
-                           "--ignore=tests/test_course.py"], cwd=student_copy, env=env,
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rs",
+                           "-x", "--ignore=tests/test_course.py"], cwd=student_copy, env=env,
                           capture_output=True, text=True, timeout=1800)
     assert proc.returncode == 0, proc.stdout[-4000:]
-    for n in (2, 3, 4):  # (training reaches A3's truncation before A1's loss, so A1 shows up in the graders only)
+    # (training reaches A3's truncation before A1's loss, so A1 shows up in the graders only)
+    for n in (2, 3, 4):
         assert f"waits for Assignment {n}" in proc.stdout, proc.stdout[-4000:]

@@ -1,4 +1,5 @@
-"""Tests for data.tokenizer, data.encoding and data.batches: tokenization, truncation, masks and labels."""
+"""Tests for data.tokenizer, data.encoding and data.batches: tokenization, truncation, masks and
+labels."""
 
 import pytest
 import tiktoken
@@ -14,7 +15,7 @@ ENC = data.get_tokenizer("bytes")
 EOS = ENC.eot_token
 EOT_TEXT = "<|endoftext|>"
 
-# ------------------------------------------------------------------------------------------------ tokenizer
+# ---------------------------------------------------------------------------------------- tokenizer
 
 
 def test_byte_tokenizer_vocabulary():
@@ -27,21 +28,24 @@ def test_byte_tokenizer_vocabulary():
 @given(st.text())
 def test_byte_tokenizer_round_trip_matches_utf8(text):
     ids = ENC.encode_ordinary(text)
-    assert ids == list(text.encode("utf-8"))  # independent implementation: the UTF-8 bytes themselves
+    # independent implementation: the UTF-8 bytes themselves
+    assert ids == list(text.encode("utf-8"))
     assert ENC.decode(ids) == text
 
 
 def test_endoftext_literal_is_ordinary_text():
     text = f"a{EOT_TEXT}b"
     assert ENC.encode_ordinary(text) == list(text.encode())
-    pairs = data.encode_preferences([data.PreferenceRecord(text, text + "!", "no")], ENC, max_length=64,
+    pairs = data.encode_preferences([data.PreferenceRecord(text, text + "!", "no")], ENC,
+                                    max_length=64,
                                     max_prompt_length=32)
     assert EOS not in pairs[0].prompt_ids
     assert pairs[0].chosen_ids.count(EOS) == 1 and pairs[0].chosen_ids[-1] == EOS
 
 
 def test_gpt2_unavailable_gives_clear_error(monkeypatch):
-    def offline(name):  # what tiktoken raises with no network (requests' ConnectionError is an OSError)
+    # what tiktoken raises with no network (requests' ConnectionError is an OSError)
+    def offline(name):
         raise OSError("Failed to resolve 'openaipublic.blob.core.windows.net'")
 
     monkeypatch.setattr(tiktoken, "get_encoding", offline)
@@ -52,7 +56,7 @@ def test_gpt2_unavailable_gives_clear_error(monkeypatch):
         data.get_tokenizer("gpt3")
 
 
-# --------------------------------------------------------------------------------------- encoding/truncation
+# ------------------------------------------------------------------------------ encoding/truncation
 
 
 def test_truncation_worked_example_from_docstring():
@@ -66,13 +70,17 @@ def test_truncation_worked_example_from_docstring():
 
 
 def test_no_truncation_when_it_fits():
-    (pair,) = data.encode_preferences([data.PreferenceRecord("Hello", "Hi", "no")], ENC, max_length=8,
+    (pair,) = data.encode_preferences([data.PreferenceRecord("Hello", "Hi", "no")], ENC,
+                                      max_length=8,
                                       max_prompt_length=2)
-    assert pair == data.EncodedPair([72, 101, 108, 108, 111], [72, 105, EOS], [110, 111, EOS])  # 5 + 3 = 8
+    # 5 + 3 = 8
+    assert pair == data.EncodedPair([72, 101, 108, 108, 111], [72, 105, EOS], [110, 111, EOS])
 
 
-@given(prompt=st.lists(st.integers(0, 255), max_size=40), chosen=st.lists(st.integers(0, 255), min_size=1, max_size=40),
-       rejected=st.lists(st.integers(0, 255), min_size=1, max_size=40), max_length=st.integers(2, 60),
+@given(prompt=st.lists(st.integers(0, 255), max_size=40),
+       chosen=st.lists(st.integers(0, 255), min_size=1, max_size=40),
+       rejected=st.lists(st.integers(0, 255), min_size=1, max_size=40),
+       max_length=st.integers(2, 60),
        max_prompt_length=st.integers(1, 60))
 def test_truncation_policy_properties(prompt, chosen, rejected, max_length, max_prompt_length):
     p, c, r = data.truncate_pair(prompt, chosen, rejected, max_length=max_length,
@@ -88,8 +96,12 @@ def test_truncation_policy_properties(prompt, chosen, rejected, max_length, max_
         assert (c, r) == (chosen, rejected)  # prompt truncation was enough
     else:
         assert max(len(c), len(r)) == max(room, 0)  # responses cut exactly to fit
-        assert len(c) == min(len(chosen), max(room, 0)) and len(r) == min(len(rejected), max(room, 0))
-    assert len(p) + len(c) <= max_length and len(p) + len(r) <= max_length
+        assert len(c) == min(len(chosen), max(room, 0))
+        assert len(r) == min(len(rejected), max(room, 0))
+    if len(p) >= max_length:  # max_prompt_length >= max_length: the prompt alone fills the budget
+        assert c == [] and r == []  # (encode_preferences then drops the pair and counts it)
+    else:
+        assert len(p) + len(c) <= max_length and len(p) + len(r) <= max_length
 
 
 @given(prompt=st.text(max_size=30), chosen=st.text(max_size=30), rejected=st.text(max_size=30),
@@ -100,7 +112,8 @@ def test_encode_preferences_unicode(prompt, chosen, rejected, max_length, max_pr
                                             max_prompt_length=max_prompt_length, return_report=True)
     full_p = list(prompt.encode()) or [EOS]
     full_c, full_r = list(chosen.encode()) + [EOS], list(rejected.encode()) + [EOS]
-    expect = data.truncate_pair(full_p, full_c, full_r, max_length=max_length, max_prompt_length=max_prompt_length)
+    expect = data.truncate_pair(full_p, full_c, full_r, max_length=max_length,
+                                max_prompt_length=max_prompt_length)
     assert report.n_records == 1 and report.empty_prompt_given_eos == (prompt == "")
     if not expect[1] or not expect[2] or expect[1] == expect[2]:
         assert pairs == [] and sum(report.dropped.values()) == 1
@@ -109,10 +122,13 @@ def test_encode_preferences_unicode(prompt, chosen, rejected, max_length, max_pr
 
 
 def test_encode_drops_and_counts():
-    records = [data.PreferenceRecord("x" * 10, "a", "b"),  # prompt fills max_length: no response token left
-               data.PreferenceRecord("p", "same start A", "same start B"),  # identical after truncation
+    # prompt fills max_length: no response token left
+    records = [data.PreferenceRecord("x" * 10, "a", "b"),
+               # identical after truncation
+               data.PreferenceRecord("p", "same start A", "same start B"),
                data.PreferenceRecord("", "yes", "no")]  # empty prompt -> [EOS]
-    pairs, report = data.encode_preferences(records, ENC, max_length=6, max_prompt_length=6, return_report=True)
+    pairs, report = data.encode_preferences(records, ENC, max_length=6, max_prompt_length=6,
+                                            return_report=True)
     assert pairs == [data.EncodedPair([EOS], list(b"yes") + [EOS], list(b"no") + [EOS])]
     assert report.dropped == {"no response token left after truncation": 1,
                               "chosen == rejected after tokenization/truncation": 1}
@@ -123,7 +139,7 @@ def test_encode_drops_and_counts():
         data.encode_preferences(records, ENC, max_length=6.0, max_prompt_length=2)
 
 
-# ---------------------------------------------------------------------------------------------------- collate
+# ------------------------------------------------------------------------------------------ collate
 
 
 def test_collate_worked_example_from_docstring():
@@ -132,11 +148,13 @@ def test_collate_worked_example_from_docstring():
     batch = data.dpo_collate([data.EncodedPair([5, 6], [7, 8], [9, 10, 8])], pad_id=0)
     assert batch["input_ids"].tolist() == [[5, 6, 7, 8, 0], [5, 6, 9, 10, 8]]
     assert batch["labels"].tolist() == [[6, 7, 8, -100, -100], [6, 9, 10, 8, -100]]
-    assert batch["mask"].tolist() == [[False, True, True, False, False], [False, True, True, True, False]]
+    assert batch["mask"].tolist() == [[False, True, True, False, False],
+                                      [False, True, True, True, False]]
 
 
 token_lists = st.lists(st.integers(0, 256), min_size=1, max_size=12)
-pair_lists = st.lists(st.builds(data.EncodedPair, token_lists, token_lists, token_lists), min_size=1, max_size=5)
+pair_lists = st.lists(st.builds(data.EncodedPair, token_lists, token_lists, token_lists),
+                      min_size=1, max_size=5)
 
 
 @given(pairs=pair_lists, pad_id=st.integers(0, 300))
@@ -149,18 +167,21 @@ def test_dpo_collate_marks_response_in_both_halves(pairs, pad_id):
     assert (input_ids.dtype, labels.dtype, mask.dtype) == (torch.int64, torch.int64, torch.bool)
     for row in range(2 * B):
         pair = pairs[row % B]
-        response = pair.chosen_ids if row < B else pair.rejected_ids  # the rejected half is masked too
+        # the rejected half is masked too
+        response = pair.chosen_ids if row < B else pair.rejected_ids
         seq = pair.prompt_ids + response
         L = len(seq)
         assert input_ids[row, :L].tolist() == seq and (input_ids[row, L:] == pad_id).all()
         assert labels[row, :L - 1].tolist() == seq[1:]  # labels are the inputs shifted by one
         assert (labels[row, L - 1:] == IGNORE_INDEX).all()
         assert labels[row][mask[row]].tolist() == response  # exactly the response tokens ...
-        expected = [len(pair.prompt_ids) - 1 <= t < L - 1 for t in range(T)]  # ... at exactly these positions
+        # ... at exactly these positions
+        expected = [len(pair.prompt_ids) - 1 <= t < L - 1 for t in range(T)]
         assert mask[row].tolist() == expected
 
 
-@given(texts=st.lists(st.tuples(st.text(min_size=1, max_size=15), st.text(max_size=15), st.text(max_size=15)),
+@given(texts=st.lists(st.tuples(st.text(min_size=1, max_size=15), st.text(max_size=15),
+                                st.text(max_size=15)),
                       min_size=1, max_size=4))
 def test_decoded_masked_labels_are_response_plus_eos(texts):
     records = [data.PreferenceRecord(*t) for t in texts]
@@ -193,15 +214,18 @@ def test_sft_collate_is_the_chosen_half():
 
 
 def test_collate_logprobs_match_unpadded_model_rows():
-    """Padded batch + pre-shifted labels + mask give the same log pi(y|x) as each row alone (tiny GPT)."""
+    """Padded batch + pre-shifted labels + mask give the same log pi(y|x) as each row alone (tiny
+    GPT)."""
     from model import GPT, GPTConfig
 
     torch.manual_seed(0)
     model = GPT(GPTConfig(block_size=32, vocab_size=257, n_layer=1, n_head=2, n_embd=16)).eval()
-    pairs = [data.EncodedPair([1, 2, 3], [4, 5, EOS], [6, EOS]), data.EncodedPair([7], [8, 9, 10, 11, EOS], [EOS])]
+    pairs = [data.EncodedPair([1, 2, 3], [4, 5, EOS], [6, EOS]),
+             data.EncodedPair([7], [8, 9, 10, 11, EOS], [EOS])]
     batch = data.dpo_collate(pairs, pad_id=0)
     with torch.no_grad():
-        batched = naive_sequence_logprobs(model(batch["input_ids"]), batch["labels"], batch["mask"])  # (4,)
+        # (4,)
+        batched = naive_sequence_logprobs(model(batch["input_ids"]), batch["labels"], batch["mask"])
         expected = []
         for prompt, response in [(p.prompt_ids, p.chosen_ids) for p in pairs] + \
                                 [(p.prompt_ids, p.rejected_ids) for p in pairs]:
@@ -211,13 +235,15 @@ def test_collate_logprobs_match_unpadded_model_rows():
     torch.testing.assert_close(batched.double(), torch.stack(expected), atol=1e-5, rtol=1e-5)
 
 
-# --------------------------------------------------------------------------------------------------- lm_batches
+# --------------------------------------------------------------------------------------- lm_batches
 
 
 def test_lm_batches_windows_and_determinism():
     stream = torch.arange(1000)  # (N,) token i has value i, so a window's first token is its start
-    batches = list(data.lm_batches(stream, 4, 16, generator=torch.Generator().manual_seed(3), num_batches=5))
-    again = list(data.lm_batches(stream.tolist(), 4, 16, generator=torch.Generator().manual_seed(3), num_batches=5))
+    batches = list(data.lm_batches(stream, 4, 16, generator=torch.Generator().manual_seed(3),
+                                   num_batches=5))
+    again = list(data.lm_batches(stream.tolist(), 4, 16, generator=torch.Generator().manual_seed(3),
+                                 num_batches=5))
     assert len(batches) == 5
     for (x, y), (x2, y2) in zip(batches, again):
         assert x.shape == y.shape == (4, 16) and x.dtype == y.dtype == torch.int64

@@ -1,4 +1,5 @@
-"""Tests for data.records: the preference loaders, their error messages and their skip/adjust report."""
+"""Tests for data.records: the preference loaders, their error messages and their skip/adjust
+report."""
 
 import gzip
 import json
@@ -38,21 +39,25 @@ def test_save_then_load_round_trip(tmp_path, name):
 EMPTY_RESPONSE = "empty or whitespace-only chosen/rejected response"
 NO_PREFERENCE = "chosen == rejected (no preference)"
 BLANKS = ["", " ", "\n", "\t \r\n", "\u3000", "\xa0\x85"]  # all `not text.strip()`
-texts = st.one_of(st.text(), st.sampled_from(BLANKS), st.text(" \t\n\r\x0b\x0c"), st.sampled_from(["a", "b"]))
+texts = st.one_of(st.text(), st.sampled_from(BLANKS), st.text(" \t\n\r\x0b\x0c"),
+                  st.sampled_from(["a", "b"]))
 
 
 @settings(max_examples=60)
 @given(st.lists(st.builds(R, texts, texts, texts), max_size=6))
 def test_loader_keeps_exactly_the_pairs_with_nonblank_distinct_responses(tmp_path_factory, records):
-    """The skip rule as a property, through a JSONL round trip (any unicode): loaded == the records with
-    non-blank responses and chosen != rejected, and every record read is either loaded or counted as skipped."""
+    """The skip rule as a property, through a JSONL round trip (any unicode): loaded == the records
+    with non-blank responses and chosen != rejected, and every record read is either loaded or
+    counted as skipped."""
     path = tmp_path_factory.mktemp("rt") / "p.jsonl"
     data.save_preferences(records, path)
     loaded, report = data.load_preferences(path, return_report=True)
-    assert loaded == [r for r in records if r.chosen.strip() and r.rejected.strip() and r.chosen != r.rejected]
+    assert loaded == [r for r in records if r.chosen.strip() and r.rejected.strip() and r.chosen
+                      != r.rejected]
     assert report.n_read == len(records) == report.n_loaded + sum(report.skipped.values())
     assert set(report.skipped) <= {EMPTY_RESPONSE, NO_PREFERENCE}
-    assert report.skipped[EMPTY_RESPONSE] == sum(not r.chosen.strip() or not r.rejected.strip() for r in records)
+    assert report.skipped[EMPTY_RESPONSE] == sum(not r.chosen.strip() or not r.rejected.strip()
+                                                 for r in records)
 
 
 def hh(response):
@@ -63,15 +68,18 @@ def conv(response):  # an explicit-prompt conversational record's response, rend
     return [{"role": "assistant", "content": response}]
 
 
-# a row of each format whose chosen (or rejected) response is `blank`; the response of HH and conversational
-# records is what follows the prompt: "...Assistant:" + "" / " " + "" (the rendered message) are blank too
+# a row of each format whose chosen (or rejected) response is `blank`; the response of HH and
+# conversational records is what follows the prompt: "...Assistant:" + "" / " " + "" (the rendered
+# message) are blank too
 FORMATS = {
     "standard": lambda c, r: {"prompt": "Q", "chosen": c, "rejected": r},
     "anthropic_hh": lambda c, r: {"chosen": hh(c), "rejected": hh(r)},
-    "conversational": lambda c, r: {"prompt": [{"role": "user", "content": "Hi"}], "chosen": conv(c),
-                                    "rejected": conv(r)},
-    "conversational, implicit prompt": lambda c, r: {"chosen": [{"role": "user", "content": "Hi"}, *conv(c)],
-                                                     "rejected": [{"role": "user", "content": "Hi"}, *conv(r)]},
+    "conversational": lambda c, r: {"prompt": [{"role": "user", "content": "Hi"}],
+                                    "chosen": conv(c), "rejected": conv(r)},
+    "conversational, implicit prompt": lambda c, r: {"chosen": [{"role": "user", "content": "Hi"},
+                                                                *conv(c)],
+                                                     "rejected": [{"role": "user", "content": "Hi"},
+                                                                  *conv(r)]},
 }
 
 
@@ -83,58 +91,70 @@ def test_blank_chosen_or_rejected_is_skipped_and_counted_in_every_format(tmp_pat
             make(" same", " same"), make(" yes", " no")]
     path = write_lines(tmp_path / "p.jsonl", [json.dumps(row) for row in rows])
     records, report = data.load_preferences(path, return_report=True)
-    assert [(r.chosen.strip(), r.rejected.strip()) for r in records] == [("good", "bad"), ("yes", "no")]
-    assert report.skipped == {EMPTY_RESPONSE: 3, NO_PREFERENCE: 1}  # both blank: counted once, as blank
+    assert [(r.chosen.strip(), r.rejected.strip()) for r in records] == [("good", "bad"),
+                                                                         ("yes", "no")]
+    # both blank: counted once, as blank
+    assert report.skipped == {EMPTY_RESPONSE: 3, NO_PREFERENCE: 1}
     assert (report.n_read, report.n_loaded) == (6, 2)
     assert f"skipped 3: {EMPTY_RESPONSE}" in report.summary()
 
 
 def test_an_empty_prompt_is_allowed():
     records, report = data.load_preferences([{"prompt": "", "chosen": "a", "rejected": "b"},
-                                             {"prompt": " ", "chosen": "a", "rejected": "b"}], return_report=True)
+                                             {"prompt": " ", "chosen": "a", "rejected": "b"}],
+                                            return_report=True)
     assert records == [R("", "a", "b"), R(" ", "a", "b")] and not report.skipped
 
 
 def test_the_data_logger_prints_nothing_unless_logging_is_configured(tmp_path):
-    """Skips are logged at WARNING; without a NullHandler on "data", Python's last-resort handler would print
-    them to stderr of a program (e.g. the command line) that never configured logging."""
-    path = write_lines(tmp_path / "p.jsonl", [json.dumps({"prompt": "Q", "chosen": c, "rejected": r})
-                                              for c, r in (("", "b"), ("a", "a"), ("a", "b"))])
-    code = ("import logging, sys, data; records, report = data.load_preferences(sys.argv[1], return_report=True); "
-            "assert len(records) == 1 and sum(report.skipped.values()) == 2; "
+    """Skips are logged at WARNING; without a NullHandler on "data", Python's last-resort handler
+    would print them to stderr of a program (e.g. the command line) that never configured
+    logging."""
+    path = write_lines(tmp_path / "p.jsonl",
+                       [json.dumps({"prompt": "Q", "chosen": c, "rejected": r})
+                        for c, r in (("", "b"), ("a", "a"), ("a", "b"))])
+    code = ("import logging, sys, data; records, report = data.load_preferences(sys.argv[1], "
+            "return_report=True); assert len(records) == 1 and sum(report.skipped.values()) == 2; "
             "logging.getLogger('data.records').warning('reaches handlers'); print('ok')")
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    done = subprocess.run([sys.executable, "-c", code, str(path)], cwd=repo, capture_output=True, text=True,
+    done = subprocess.run([sys.executable, "-c", code, str(path)], cwd=repo, capture_output=True,
+                          text=True,
                           timeout=120)
     assert done.returncode == 0, done.stderr
     assert (done.stdout, done.stderr) == ("ok\n", "")
-    configured = subprocess.run([sys.executable, "-c", "import logging; logging.basicConfig(); " + code,
-                                 str(path)], cwd=repo, capture_output=True, text=True, timeout=120)
-    assert "WARNING:data.records:" in configured.stderr and "skipped 1: " + EMPTY_RESPONSE in configured.stderr
+    configured = subprocess.run([sys.executable, "-c",
+                                 "import logging; logging.basicConfig(); " + code, str(path)],
+                                cwd=repo, capture_output=True, text=True, timeout=120)
+    assert ("WARNING:data.records:" in configured.stderr and "skipped 1: "
+            + EMPTY_RESPONSE in configured.stderr)
 
 
 def test_json_array_file_and_its_line_numbers(tmp_path):
     path = tmp_path / "prefs.json"
-    path.write_text('[\n  {"prompt": "a", "chosen": "b", "rejected": "c"},\n\n  {"prompt": "d", "chosen": 5,'
-                    ' "rejected": "f"}\n]\n')
-    with pytest.raises(PreferenceFormatError, match=r"prefs\.json, line 4, field 'chosen': must be a string") as e:
+    path.write_text('[\n  {"prompt": "a", "chosen": "b", "rejected": "c"},\n\n  {"prompt": "d", '
+                    '"chosen": 5, "rejected": "f"}\n]\n')
+    with pytest.raises(PreferenceFormatError, match=r"prefs\.json, line 4, field 'chosen': "
+                       r"must be a string") as e:
         data.load_preferences(path)
     assert e.value.field == "chosen"
-    path.write_text('[{"prompt": "a", "chosen": "b", "rejected": "c"},\n {"prompt": "x", "chosen": "y" "rejected"}]')
+    path.write_text('[{"prompt": "a", "chosen": "b", "rejected": "c"},\n {"prompt": "x", "chosen": '
+                    '"y" "rejected"}]')
     with pytest.raises(PreferenceFormatError, match=r"line 2: invalid JSON"):
         data.load_preferences(path)
 
 
 def test_bad_jsonl_names_file_line_and_field(tmp_path):
     ok = json.dumps({"prompt": "p", "chosen": "c", "rejected": "r"})
-    path = write_lines(tmp_path / "bad.jsonl", [ok, ok, '{"prompt": "p", "chosen": "c", "rejected": '])
+    path = write_lines(tmp_path / "bad.jsonl",
+                       [ok, ok, '{"prompt": "p", "chosen": "c", "rejected": '])
     with pytest.raises(PreferenceFormatError, match=r"bad\.jsonl, line 3: invalid JSON"):
         data.load_preferences(path)
     write_lines(path, [ok, json.dumps({"prompt": "p", "rejected": "r"})])
     with pytest.raises(PreferenceFormatError, match=r"bad\.jsonl, line 2, field 'chosen': missing"):
         data.load_preferences(path)
     write_lines(path, [json.dumps({"prompt": None, "chosen": "c", "rejected": "r"})])
-    with pytest.raises(PreferenceFormatError, match=r"line 1, field 'prompt': must be a string .* got NoneType"):
+    with pytest.raises(PreferenceFormatError,
+                       match=r"line 1, field 'prompt': must be a string .* got NoneType"):
         data.load_preferences(path)
     write_lines(path, [json.dumps(["p", "c", "r"])])
     with pytest.raises(PreferenceFormatError, match=r"line 1: expected an object"):
@@ -165,8 +185,10 @@ def test_identical_pairs_and_blank_lines_are_skipped_counted_and_logged_once(tmp
 
 
 def test_anthropic_hh_transcripts(tmp_path):
-    rows = [{"chosen": "\n\nHuman: Hi\n\nAssistant: Hello!", "rejected": "\n\nHuman: Hi\n\nAssistant: Go away."},
-            {"chosen": "\n\nHuman: A\n\nAssistant: B\n\nHuman: C\n\nAssistant: D",  # multi-turn, shared history
+    rows = [{"chosen": "\n\nHuman: Hi\n\nAssistant: Hello!",
+             "rejected": "\n\nHuman: Hi\n\nAssistant: Go away."},
+            # multi-turn, shared history
+            {"chosen": "\n\nHuman: A\n\nAssistant: B\n\nHuman: C\n\nAssistant: D",
              "rejected": "\n\nHuman: A\n\nAssistant: B\n\nHuman: C\n\nAssistant: E"},
             {"chosen": "\n\nHuman: A\n\nAssistant: B\n\nHuman: C\n\nAssistant: D",  # differ earlier
              "rejected": "\n\nHuman: A\n\nAssistant: X"}]
@@ -179,8 +201,11 @@ def test_anthropic_hh_transcripts(tmp_path):
         assert (r.prompt + r.chosen, r.prompt + r.rejected) == (row["chosen"], row["rejected"])
     assert report.formats == {"anthropic_hh": 3} and sum(report.adjusted.values()) == 1
 
-    write_lines(path, [json.dumps(rows[0]), json.dumps({"chosen": "\n\nHuman: Hi", "rejected": "\n\nHuman: Yo"})])
-    with pytest.raises(PreferenceFormatError, match=r"hh\.jsonl, line 2, field 'chosen': HH transcript has no"):
+    write_lines(path,
+                [json.dumps(rows[0]),
+                 json.dumps({"chosen": "\n\nHuman: Hi", "rejected": "\n\nHuman: Yo"})])
+    with pytest.raises(PreferenceFormatError,
+                       match=r"hh\.jsonl, line 2, field 'chosen': HH transcript has no"):
         data.load_preferences(path)
     write_lines(path, [json.dumps({"chosen": "\n\nHuman: A\n\nAssistant: B",
                                    "rejected": "\n\nHuman: Z\n\nAssistant: B"})])
@@ -196,22 +221,26 @@ def test_conversational_records_use_the_hh_template():
     implicit = {"chosen": [user, {"role": "assistant", "content": "Hello!"}],
                 "rejected": [user, {"role": "assistant", "content": "Go away."}]}
     records, report = data.load_preferences([explicit, implicit], return_report=True)
-    assert records[0] == R("\n\nSystem: Be kind.\n\nHuman: Hi\n\nAssistant:", " Hello!", " Go away.")
+    assert records[0] == R("\n\nSystem: Be kind.\n\nHuman: Hi\n\nAssistant:", " Hello!",
+                           " Go away.")
     assert records[1] == R("\n\nHuman: Hi\n\nAssistant:", " Hello!", " Go away.")
     assert records[1].prompt + records[1].chosen == data.render_messages(implicit["chosen"])
     assert report.formats == {"conversational": 2}
 
     bad_role = dict(explicit, chosen=[{"role": "robot", "content": "x"}])
-    with pytest.raises(PreferenceFormatError, match=r"list, row 0, field 'chosen\[0\]\.role': unknown role"):
+    with pytest.raises(PreferenceFormatError,
+                       match=r"list, row 0, field 'chosen\[0\]\.role': unknown role"):
         data.load_preferences([bad_role])
     bad_content = dict(explicit, rejected=[{"role": "assistant"}])
-    with pytest.raises(PreferenceFormatError, match=r"field 'rejected\[0\]\.content': must be a string, got missing"):
+    with pytest.raises(PreferenceFormatError,
+                       match=r"field 'rejected\[0\]\.content': must be a string, got missing"):
         data.load_preferences([bad_content])
     not_assistant = dict(explicit, chosen=[user])
     with pytest.raises(PreferenceFormatError, match="must start with an assistant message"):
         data.load_preferences([not_assistant])
     mixed = dict(explicit, chosen="Hello!")
-    with pytest.raises(PreferenceFormatError, match=r"field 'prompt': must be a string like 'chosen', got list"):
+    with pytest.raises(PreferenceFormatError,
+                       match=r"field 'prompt': must be a string like 'chosen', got list"):
         data.load_preferences([mixed])
     same = {"chosen": implicit["chosen"], "rejected": implicit["chosen"]}
     records, report = data.load_preferences([same], return_report=True)
@@ -225,12 +254,14 @@ def test_datasets_dataset_conversion():
     dataset = datasets.Dataset.from_dict(rows)
     records, report = data.load_preferences(dataset, return_report=True)
     assert records == [R("p1", "a", "x"), R("p3", "c", "z")]
-    assert report.skipped == {"chosen == rejected (no preference)": 1} and report.source == "Dataset"
+    assert report.skipped == {"chosen == rejected "
+                              "(no preference)": 1} and report.source == "Dataset"
     split = datasets.DatasetDict({"train": dataset, "test": dataset.select([0])})
     assert data.load_preferences(split, split="test") == [R("p1", "a", "x")]
     with pytest.raises(KeyError, match="no split 'validation'"):
         data.load_preferences(split, split="validation")
-    hh = datasets.Dataset.from_dict({"chosen": ["\n\nHuman: Q\n\nAssistant: A"], "rejected": ["\n\nHuman: Q"]})
+    hh = datasets.Dataset.from_dict({"chosen": ["\n\nHuman: Q\n\nAssistant: A"],
+                                     "rejected": ["\n\nHuman: Q"]})
     with pytest.raises(PreferenceFormatError, match=r"Dataset, row 0, field 'rejected'"):
         data.load_preferences(hh)
 
@@ -254,12 +285,15 @@ def test_dataset_names_with_a_split_and_dataset_directories(tmp_path, monkeypatc
     odd.write_text(json.dumps({"prompt": "p", "chosen": "a", "rejected": "b"}) + "\n")
     assert data.dataset_name_and_split(str(odd)) == (str(odd), None)
     assert data.load_preferences(str(odd)) == [R("p", "a", "b")]
-    directory = tmp_path / "dataset"  # a local dataset: one file per split, read by `datasets` offline
+    # a local dataset: one file per split, read by `datasets` offline
+    directory = tmp_path / "dataset"
     directory.mkdir()
     for split, n in (("train", 3), ("test", 2)):
-        rows = [json.dumps({"prompt": f"{split} {i}", "chosen": "a", "rejected": "b"}) for i in range(n)]
+        rows = [json.dumps({"prompt": f"{split} {i}", "chosen": "a", "rejected": "b"})
+                for i in range(n)]
         (directory / f"{split}.jsonl").write_text("\n".join(rows) + "\n")
     assert sorted(data.dataset_splits(str(directory))) == ["test", "train"]
     assert data.dataset_splits(str(odd)) is None
-    assert [r.prompt for r in data.load_preferences(str(directory))] == ["train 0", "train 1", "train 2"]
+    assert [r.prompt for r in data.load_preferences(str(directory))] == ["train 0", "train 1",
+                                                                         "train 2"]
     assert [r.prompt for r in data.load_preferences(f"{directory}:test")] == ["test 0", "test 1"]

@@ -1,4 +1,5 @@
-"""Tests for BPE-file tokenizers (data.tokenizer) and the sentiment task's shipped vocabulary (sentiment.tokenizer)."""
+"""Tests for BPE-file tokenizers (data.tokenizer) and the sentiment task's shipped vocabulary
+(sentiment.tokenizer)."""
 
 import pytest
 import tiktoken
@@ -12,7 +13,8 @@ from sentiment.tokenizer import SETTINGS, TOKENIZER_FILE, train_reviews_bpe
 
 ENC = data.get_tokenizer(TOKENIZER_FILE)
 EOT_TEXT = "<|endoftext|>"
-SAMPLE = "I watched this film last night and the acting was really superb. Avoid it! 123 <|endoftext|> é"
+SAMPLE = ("I watched this film last night and the acting was really superb. Avoid it! 123 "
+          "<|endoftext|> é")
 
 
 def test_pattern_is_tiktokens_gpt2_pattern():
@@ -33,9 +35,11 @@ def test_shipped_ranks_are_consistent():
     ranks = load_ranks(TOKENIZER_FILE)
     assert len(ranks) == SETTINGS["vocab_size"]
     assert list(ranks.values()) == list(range(len(ranks)))  # file order = rank order, 0..n-1
-    assert list(ranks)[:256] == [bytes([b]) for b in range(256)]  # the single bytes first, id = byte value
+    # the single bytes first, id = byte value
+    assert list(ranks)[:256] == [bytes([b]) for b in range(256)]
     for token in list(ranks)[256:]:  # every merge joins two tokens that already had a (lower) rank
-        assert any(token[:i] in ranks and token[i:] in ranks and max(ranks[token[:i]], ranks[token[i:]]) <
+        assert any(token[:i] in ranks and token[i:] in ranks
+                   and max(ranks[token[:i]], ranks[token[i:]]) <
                    ranks[token] for i in range(1, len(token)))
 
 
@@ -50,8 +54,8 @@ def test_endoftext_literal_is_ordinary_text():
     assert ENC.decode(ids) == f"a{EOT_TEXT}b"
 
 
-@pytest.mark.parametrize("word", [" great", " awful", " film", " acting", " the", " wonderful", " terrible",
-                                  " recommended", "I", "Yesterday"])
+@pytest.mark.parametrize("word", [" great", " awful", " film", " acting", " the", " wonderful",
+                                  " terrible", " recommended", "I", "Yesterday"])
 def test_corpus_words_are_single_tokens(word):
     assert len(ENC.encode_ordinary(word)) == 1
 
@@ -64,7 +68,8 @@ def test_missing_file_names_the_path(tmp_path):
 
 @pytest.mark.parametrize("content", [b"not base64! 0\n", b"QQ== zero\n", b"QQ== 0 1\n", b"",
                                      b"QQ== 0\nQg== 0\n",  # repeated rank
-                                     b"QQ== 0\nQg== 1\n"])  # ranks fine, but most single bytes missing
+                                     # ranks fine, but most single bytes missing
+                                     b"QQ== 0\nQg== 1\n"])
 def test_corrupt_file_names_the_path(tmp_path, content):
     path = tmp_path / "corrupt.tiktoken"
     path.write_bytes(content)
@@ -83,7 +88,8 @@ def test_description_rebuilds_the_same_encoding_with_tiktoken_alone(monkeypatch)
     description = tokenizer_description(ENC)
     assert description == {"name": "reviews_bpe", "pat_str": GPT2_PATTERN, "n_vocab": ENC.n_vocab,
                            "eot_token": ENC.eot_token}
-    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", "")  # "": tiktoken reads the file itself, no cached copy
+    # "": tiktoken reads the file itself, no cached copy
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", "")
     rebuilt = tiktoken.Encoding(description["name"], pat_str=description["pat_str"],
                                 mergeable_ranks=tiktoken.load.load_tiktoken_bpe(TOKENIZER_FILE),
                                 special_tokens={EOT_TEXT: description["eot_token"]})

@@ -1,6 +1,6 @@
-"""Tests for dpo.py: the loss family (with RPO) and the Unlikelihood baseline against a naive float64 reference,
-properties from the DPO paper's math, the docstrings' worked examples, input errors, the metrics, and the
-concatenated forward pass."""
+"""Tests for dpo.py: the loss family (with RPO) and the Unlikelihood baseline against a naive
+float64 reference, properties from the DPO paper's math, the docstrings' worked examples, input
+errors, the metrics, and the concatenated forward pass."""
 
 import copy
 import math
@@ -29,11 +29,11 @@ betas = st.floats(0.01, 10.0)
 smoothings = st.floats(0.0, 0.45)
 rpo_alphas = st.floats(0.0, 10.0)
 
-# ----------------------------------------------------------------------------------------------------------------
-# Hypothesis strategies. Log-probs are drawn on a grid (multiples of 2^-10 up to |x| = 4 or 64, or multiples of 1/4
-# up to |x| = 2^20 ~ 1e6), one scale per batch, so every value and every difference h = (a - b) - (c - d) is exact
-# in float32: the float32 code and the float64 naive reference then see the very same h, and any disagreement
-# is the loss function's own error, not input rounding.
+# --------------------------------------------------------------------------------------------------
+# Hypothesis strategies. Log-probs are drawn on a grid (multiples of 2^-10 up to |x| = 4 or 64, or
+# multiples of 1/4 up to |x| = 2^20 ~ 1e6), one scale per batch, so every value and every difference
+# h = (a - b) - (c - d) is exact in float32: the float32 code and the float64 naive reference then
+# see the very same h, and any disagreement is the loss function's own error, not input rounding.
 SCALES = [(2**12, 2**10), (2**16, 2**10), (2**22, 4)]  # (largest integer numerator, denominator)
 
 
@@ -57,10 +57,11 @@ def as_f64(xs):
 def token_counts(data, n):
     """n response lengths in [1, 64] as a list of ints, and as a (n,) int64 or float32 tensor."""
     lengths = data.draw(st.lists(st.integers(1, 64), min_size=n, max_size=n))
-    return lengths, torch.tensor(lengths, dtype=data.draw(st.sampled_from([torch.int64, torch.float32])))
+    return lengths, torch.tensor(lengths,
+                                 dtype=data.draw(st.sampled_from([torch.int64, torch.float32])))
 
 
-# ----------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # The vectorised float32 loss against the naive per-pair float64 reference.
 
 
@@ -71,28 +72,32 @@ def test_matches_naive_reference(loss_type, cols, beta, eps):
     inputs = tensors(cols, requires_grad=True)
     losses, chosen_rewards, rejected_rewards = dpo.dpo_loss(*inputs, beta=beta, loss_type=loss_type,
                                                             label_smoothing=eps)
-    ref_losses, ref_chosen, ref_rejected = naive_dpo_loss(*cols, beta=beta, loss_type=loss_type, eps=eps)
+    ref_losses, ref_chosen, ref_rejected = naive_dpo_loss(*cols, beta=beta, loss_type=loss_type,
+                                                          eps=eps)
     assert losses.dtype == torch.float32
     torch.testing.assert_close(losses.double(), as_f64(ref_losses), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(chosen_rewards.double(), as_f64(ref_chosen), rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(rejected_rewards.double(), as_f64(ref_rejected), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(rejected_rewards.double(), as_f64(ref_rejected), rtol=1e-5,
+                               atol=1e-5)
     assert not chosen_rewards.requires_grad and not rejected_rewards.requires_grad
 
-    # Gradients: d loss / d h from the hand-differentiated reference; h = pc - pr - rc + rr gives the signs.
+    # Gradients: d loss / d h from the hand-differentiated reference; h = pc - pr - rc + rr gives
+    # the signs.
     losses.sum().backward()
     dh = as_f64([naive_pair_dloss_dh(*pair, beta, loss_type, eps) for pair in zip(*cols)])
     for t, sign in zip(inputs, (1, -1, -1, 1)):
         torch.testing.assert_close(t.grad.double(), sign * dh, rtol=1e-5, atol=1e-5)
 
 
-# ----------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Properties from the math.
 
 
 @given(cols=grid_columns(k=2), beta=betas)
 def test_policy_equal_to_reference_gives_log2_and_half_beta_gradient(cols, beta):
     chosen, rejected = tensors(cols, requires_grad=True)
-    losses, chosen_rewards, rejected_rewards = dpo.dpo_loss(chosen, rejected, chosen.detach(), rejected.detach(),
+    losses, chosen_rewards, rejected_rewards = dpo.dpo_loss(chosen, rejected, chosen.detach(),
+                                                            rejected.detach(),
                                                             beta=beta)
     assert torch.equal(losses, torch.full_like(losses, math.log(2)))  # -log sigma(0), exactly
     assert torch.equal(chosen_rewards, torch.zeros_like(chosen_rewards))
@@ -105,21 +110,23 @@ def test_policy_equal_to_reference_gives_log2_and_half_beta_gradient(cols, beta)
 def test_gradient_weight_is_beta_sigmoid_of_reward_gap(cols, beta):
     """Section 4: |dL/dh| = beta * sigma(-beta h) = beta * sigma(r_hat(y_l) - r_hat(y_w))."""
     pc, pr, rc, rr = tensors(cols)
-    h = torch.tensor([(a - b) - (c - d) for a, b, c, d in zip(*cols)], requires_grad=True)  # (B,) exact
+    # (B,) exact
+    h = torch.tensor([(a - b) - (c - d) for a, b, c, d in zip(*cols)], requires_grad=True)
     zeros = torch.zeros_like(h)
     losses, _, _ = dpo.dpo_loss(h, zeros, zeros, zeros, beta=beta)
     losses.sum().backward()
     expected = torch.tensor([beta * sigmoid(-beta * float(x)) for x in h.detach()])
     torch.testing.assert_close(h.grad.abs(), expected)
     _, chosen_rewards, rejected_rewards = dpo.dpo_loss(pc, pr, rc, rr, beta=beta)
-    torch.testing.assert_close(h.grad.abs(), beta * torch.sigmoid(rejected_rewards - chosen_rewards),
+    torch.testing.assert_close(h.grad.abs(),
+                               beta * torch.sigmoid(rejected_rewards - chosen_rewards),
                                rtol=1e-4, atol=1e-6)
 
 
 @given(cols=grid_columns(), beta=betas, eps=smoothings)
 def test_swapping_chosen_and_rejected_flips_the_smoothing(cols, beta, eps):
-    """cDPO: swapped pairs with smoothing eps = unswapped pairs with 1 - eps (outside the public range, so
-    compared with the loss function of h and with the naive reference)."""
+    """cDPO: swapped pairs with smoothing eps = unswapped pairs with 1 - eps (outside the public
+    range, so compared with the loss function of h and with the naive reference)."""
     pc, pr, rc, rr = tensors(cols)
     swapped, _, _ = dpo.dpo_loss(pr, pc, rr, rc, beta=beta, label_smoothing=eps)
     h = (pc - pr) - (rc - rr)  # (B,) exact on the grid
@@ -131,7 +138,8 @@ def test_swapping_chosen_and_rejected_flips_the_smoothing(cols, beta, eps):
 @pytest.mark.parametrize("loss_type", LOSS_TYPES)
 @given(cols=grid_columns(k=6), beta=betas)
 def test_loss_depends_only_on_h(loss_type, cols, beta):
-    """Adding a per-pair constant to both chosen log-probs, or to both policy log-probs, keeps h and the loss."""
+    """Adding a per-pair constant to both chosen log-probs, or to both policy log-probs, keeps h and
+    the loss."""
     pc, pr, rc, rr, c1, c2 = tensors(cols)
     base, _, _ = dpo.dpo_loss(pc, pr, rc, rr, beta=beta, loss_type=loss_type)
     shifted_chosen, _, _ = dpo.dpo_loss(pc + c1, pr, rc + c1, rr, beta=beta, loss_type=loss_type)
@@ -142,10 +150,12 @@ def test_loss_depends_only_on_h(loss_type, cols, beta):
 
 @given(cols=grid_columns(), beta=betas, eps=smoothings)
 def test_sigmoid_loss_is_binary_cross_entropy_on_beta_h(cols, beta, eps):
-    """Eq. 7 is BCE with label 1 on the Bradley-Terry score beta * h; cDPO is BCE with the soft label 1 - eps."""
+    """Eq. 7 is BCE with label 1 on the Bradley-Terry score beta * h; cDPO is BCE with the soft
+    label 1 - eps."""
     pc, pr, rc, rr = tensors(cols)
-    # the reference in float64: in float32, BCE's max(s, 0) - s * (1 - eps) cancels catastrophically at large
-    # |s| (4.5e-5 off at s = 3445), while the loss, a weighted sum of log-sigmoids, does not
+    # the reference in float64: in float32, BCE's max(s, 0) - s * (1 - eps) cancels catastrophically
+    # at large |s| (4.5e-5 off at s = 3445), while the loss, a weighted sum of log-sigmoids, does
+    # not
     score = beta * ((pc.double() - pr.double()) - (rc.double() - rr.double()))  # (B,) float64
     losses, _, _ = dpo.dpo_loss(pc, pr, rc, rr, beta=beta)
     torch.testing.assert_close(losses.double(), F.binary_cross_entropy_with_logits(
@@ -164,7 +174,8 @@ def test_ipo_minimum_is_at_h_equal_one_over_two_beta(beta):
     losses, _, _ = dpo.dpo_loss(h, zeros, zeros, zeros, beta=beta, loss_type="ipo")
     assert int(losses.argmin()) == 100
     at_min = torch.tensor([target], requires_grad=True)
-    loss_at_min, _, _ = dpo.dpo_loss(at_min, zeros[:1], zeros[:1], zeros[:1], beta=beta, loss_type="ipo")
+    loss_at_min, _, _ = dpo.dpo_loss(at_min, zeros[:1], zeros[:1], zeros[:1], beta=beta,
+                                     loss_type="ipo")
     loss_at_min.backward()
     assert loss_at_min.item() == 0.0 and at_min.grad.item() == 0.0
 
@@ -184,15 +195,18 @@ def test_hinge_is_zero_once_beta_h_reaches_one(k, h_num):
 
 @given(cols=grid_columns(), beta=betas, eps=smoothings)
 def test_robust_loss_is_unbiased_under_label_flips(cols, beta, eps):
-    """Chowdhury et al.: if each label flips with probability eps, the expected robust loss is the clean DPO loss:
-    (1 - eps) * L_robust(h) + eps * L_robust(-h) = -log sigma(beta h). With eps = 0 it is plain DPO."""
+    """Chowdhury et al.: if each label flips with probability eps, the expected robust loss is the
+    clean DPO loss: (1 - eps) * L_robust(h) + eps * L_robust(-h) = -log sigma(beta h). With eps = 0
+    it is plain DPO."""
     pc, pr, rc, rr = tensors(cols)
     kept, _, _ = dpo.dpo_loss(pc, pr, rc, rr, beta=beta, loss_type="robust", label_smoothing=eps)
     flipped, _, _ = dpo.dpo_loss(pr, pc, rr, rc, beta=beta, loss_type="robust", label_smoothing=eps)
     clean, _, _ = dpo.dpo_loss(pc, pr, rc, rr, beta=beta)
-    expected_loss = (1 - eps) * kept.double() + eps * flipped.double()  # (B,) cancels for large |h|: scale atol
+    # (B,) cancels for large |h|: scale atol
+    expected_loss = (1 - eps) * kept.double() + eps * flipped.double()
     scale = kept.double().abs() + flipped.double().abs()
-    assert ((expected_loss - clean.double()).abs() <= 1e-5 * scale + 1e-6).all(), (expected_loss, clean)
+    assert ((expected_loss - clean.double()).abs() <= 1e-5 * scale + 1e-6).all(), (expected_loss,
+                                                                                   clean)
     robust_no_noise, _, _ = dpo.dpo_loss(pc, pr, rc, rr, beta=beta, loss_type="robust")
     torch.testing.assert_close(robust_no_noise, clean)
 
@@ -206,7 +220,8 @@ def test_reference_free_dpo_is_zero_reference_logps(cols, beta):
     torch.testing.assert_close(chosen_rewards, beta * pc)
     torch.testing.assert_close(rejected_rewards, beta * pr)
     naive, _, _ = naive_dpo_loss(*cols, [0.0] * len(pc), [0.0] * len(pc), beta=beta)
-    torch.testing.assert_close(losses.double(), torch.tensor(naive, dtype=torch.float64), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(losses.double(), torch.tensor(naive, dtype=torch.float64), rtol=1e-5,
+                               atol=1e-5)
 
 
 @pytest.mark.parametrize("loss_type", LOSS_TYPES)
@@ -214,7 +229,8 @@ def test_reference_free_dpo_is_zero_reference_logps(cols, beta):
 def test_finite_loss_and_gradients_for_huge_h(loss_type, dtype):
     h = torch.tensor([-1e6, -1e3, -1.0, 0.0, 1.0, 1e3, 1e6])
     eps = 0.1 if loss_type in ("sigmoid", "robust") else 0.0
-    inputs = [x.to(dtype).requires_grad_(True) for x in (h, torch.zeros_like(h), -h, torch.full_like(h, -1e6))]
+    inputs = [x.to(dtype).requires_grad_(True) for x in (h, torch.zeros_like(h), -h,
+                                                         torch.full_like(h, -1e6))]
     losses, chosen_rewards, rejected_rewards = dpo.dpo_loss(*inputs, beta=0.5, loss_type=loss_type,
                                                             label_smoothing=eps)
     assert losses.dtype == chosen_rewards.dtype == rejected_rewards.dtype == torch.float32
@@ -224,15 +240,15 @@ def test_finite_loss_and_gradients_for_huge_h(loss_type, dtype):
 
 
 def test_half_precision_inputs_are_computed_in_float32():
-    pc, pr, rc, rr = (torch.tensor(v, dtype=torch.float16) for v in ([-7.5, -3.25], [-9.0, -2.5], [-8.0, -3.0],
-                                                                     [-8.5, -2.75]))
+    pc, pr, rc, rr = (torch.tensor(v, dtype=torch.float16) for v in ([-7.5, -3.25], [-9.0, -2.5],
+                                                                     [-8.0, -3.0], [-8.5, -2.75]))
     losses, chosen_rewards, _ = dpo.dpo_loss(pc, pr, rc, rr, beta=0.3)
     expected, _, _ = dpo.dpo_loss(pc.float(), pr.float(), rc.float(), rr.float(), beta=0.3)
     assert losses.dtype == chosen_rewards.dtype == torch.float32
     assert torch.equal(losses, expected)
 
 
-# ----------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # RPO: every loss_type plus rpo_alpha * the per-token NLL of the chosen response.
 
 
@@ -243,34 +259,43 @@ def test_rpo_matches_naive_reference(loss_type, cols, beta, eps, rpo_alpha, data
     lengths, n = token_counts(data, len(cols[0]))
     inputs = tensors(cols, requires_grad=True)
     losses, chosen_rewards, rejected_rewards = dpo.dpo_loss(*inputs, beta=beta, loss_type=loss_type,
-                                                            label_smoothing=eps, rpo_alpha=rpo_alpha,
+                                                            label_smoothing=eps,
+                                                            rpo_alpha=rpo_alpha,
                                                             chosen_lengths=n)
-    ref_losses, ref_chosen, ref_rejected = naive_dpo_loss(*cols, beta=beta, loss_type=loss_type, eps=eps,
-                                                          rpo_alpha=rpo_alpha, chosen_lengths=lengths)
-    # The DPO term and the NLL term may have opposite signs (robust < 0; grid log-probs may be > 0) and cancel
-    # up to |h| ~ 1e6: the float32 error scales with their sizes, not with their sum.
+    ref_losses, ref_chosen, ref_rejected = naive_dpo_loss(*cols, beta=beta, loss_type=loss_type,
+                                                          eps=eps,
+                                                          rpo_alpha=rpo_alpha,
+                                                          chosen_lengths=lengths)
+    # The DPO term and the NLL term may have opposite signs (robust < 0; grid log-probs may be > 0)
+    # and cancel up to |h| ~ 1e6: the float32 error scales with their sizes, not with their sum.
     dpo_term = as_f64([naive_pair_loss(*pair, beta, loss_type, eps) for pair in zip(*cols)])
     nll_term = as_f64([-rpo_alpha * pc / k for pc, k in zip(cols[0], lengths)])
     scale = dpo_term.abs() + nll_term.abs()
     assert losses.dtype == torch.float32
-    assert ((losses.double() - as_f64(ref_losses)).abs() <= 1e-5 * scale + 1e-5).all(), (losses, ref_losses)
+    assert ((losses.double() - as_f64(ref_losses)).abs() <= 1e-5 * scale + 1e-5).all(), (losses,
+                                                                                         ref_losses)
     torch.testing.assert_close(chosen_rewards.double(), as_f64(ref_chosen), rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(rejected_rewards.double(), as_f64(ref_rejected), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(rejected_rewards.double(), as_f64(ref_rejected), rtol=1e-5,
+                               atol=1e-5)
 
-    # By hand: d loss / d pc = dloss/dh - rpo_alpha / n; the other three only through h, as without RPO.
+    # By hand: d loss / d pc = dloss/dh - rpo_alpha / n; the other three only through h, as without
+    # RPO.
     losses.sum().backward()
     dh = as_f64([naive_pair_dloss_dh(*pair, beta, loss_type, eps) for pair in zip(*cols)])
     d_nll = as_f64([-rpo_alpha / k for k in lengths])
-    assert ((inputs[0].grad.double() - (dh + d_nll)).abs() <= 1e-5 * (dh.abs() + d_nll.abs()) + 1e-5).all()
+    assert ((inputs[0].grad.double() - (dh + d_nll)).abs() <= 1e-5 * (dh.abs() + d_nll.abs())
+            + 1e-5).all()
     for t, sign in zip(inputs[1:], (-1, -1, 1)):
         torch.testing.assert_close(t.grad.double(), sign * dh, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("loss_type", LOSS_TYPES)
 @given(cols=grid_columns(), beta=betas, rpo_alpha=rpo_alphas, data=st.data())
-def test_rpo_only_adds_minus_alpha_over_length_to_the_chosen_gradient(loss_type, cols, beta, rpo_alpha, data):
-    """rpo_alpha = 0 is exactly plain DPO; any rpo_alpha leaves the rewards and the gradients of the other three
-    inputs bit-identical and moves d loss / d policy_chosen_logps by -rpo_alpha / chosen_lengths."""
+def test_rpo_only_adds_minus_alpha_over_length_to_the_chosen_gradient(loss_type, cols, beta,
+                                                                      rpo_alpha, data):
+    """rpo_alpha = 0 is exactly plain DPO; any rpo_alpha leaves the rewards and the gradients of the
+    other three inputs bit-identical and moves d loss / d policy_chosen_logps by -rpo_alpha /
+    chosen_lengths."""
     lengths, n = token_counts(data, len(cols[0]))
 
     def run(**kwargs):
@@ -290,20 +315,24 @@ def test_rpo_only_adds_minus_alpha_over_length_to_the_chosen_gradient(loss_type,
         assert torch.equal(a, b)
     shift = as_f64([-rpo_alpha / k for k in lengths])  # (B,) by hand
     g = plain_grads[0].double()
-    assert ((rpo_grads[0].double() - g - shift).abs() <= 1e-6 * (g.abs() + shift.abs()) + 1e-7).all()
+    assert ((rpo_grads[0].double() - g - shift).abs() <= 1e-6 * (g.abs() + shift.abs())
+            + 1e-7).all()
 
 
-# ----------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # The Unlikelihood baseline: NLL of y_w + alpha * per-token mean of -log(1 - p) over y_l.
 
-CLAMP32 = float(torch.tensor(unlikelihood.UNLIKELIHOOD_CLAMP))  # the clamp bound as float32 log-probs meet it
-NEAR_ZERO = [0.0, -1e-9, -1e-7, -5e-7, -2e-6, -1e-4, -math.log(2), -0.5]  # the clamp, p ~ 1, the log1mexp switch
+# the clamp bound as float32 log-probs meet it
+CLAMP32 = float(torch.tensor(unlikelihood.UNLIKELIHOOD_CLAMP))
+# the clamp, p ~ 1, the log1mexp switch
+NEAR_ZERO = [0.0, -1e-9, -1e-7, -5e-7, -2e-6, -1e-4, -math.log(2), -0.5]
 
 
 @st.composite
 def unlikelihood_inputs(draw, max_b=6, max_t=8):
-    """(chosen (B,), lengths (B,), token log-probs (B, T), mask (B, T)) as lists; >= 1 True per mask row and
-    0 at masked positions, as logprob_kernels.token_logprobs returns them; log-probs are float32 values."""
+    """(chosen (B,), lengths (B,), token log-probs (B, T), mask (B, T)) as lists; >= 1 True per mask
+    row and 0 at masked positions, as logprob_kernels.token_logprobs returns them; log-probs are
+    float32 values."""
     B, T = draw(st.integers(1, max_b)), draw(st.integers(1, max_t))
     logp = st.one_of(st.floats(-30.0, 0.0, width=32), st.sampled_from(NEAR_ZERO))
     mask = [draw(st.lists(st.booleans(), min_size=T, max_size=T)) for _ in range(B)]
@@ -316,8 +345,8 @@ def unlikelihood_inputs(draw, max_b=6, max_t=8):
 
 
 def unlikelihood_tensors(chosen, lengths, x, mask):
-    return (torch.tensor(chosen, requires_grad=True), torch.tensor(lengths), torch.tensor(x, requires_grad=True),
-            torch.tensor(mask))
+    return (torch.tensor(chosen, requires_grad=True), torch.tensor(lengths),
+            torch.tensor(x, requires_grad=True), torch.tensor(mask))
 
 
 @given(inputs=unlikelihood_inputs(), alpha=st.floats(0.0, 1.0))
@@ -325,17 +354,19 @@ def test_unlikelihood_matches_naive_reference(inputs, alpha):
     c, n, x, mask = unlikelihood_tensors(*inputs)
     losses = unlikelihood.unlikelihood_loss(c, n, x, mask, alpha=alpha)
     assert losses.dtype == torch.float32 and losses.shape == c.shape
-    naive = naive_unlikelihood_loss(inputs[0], inputs[1], x.tolist(), inputs[3], alpha, clamp=CLAMP32)
+    naive = naive_unlikelihood_loss(inputs[0], inputs[1], x.tolist(), inputs[3], alpha,
+                                    clamp=CLAMP32)
     torch.testing.assert_close(losses.double(), as_f64(naive), rtol=1e-5, atol=1e-5)
 
-    # Gradients by hand: -1/|y_w| for the chosen; alpha/|y_l| * p/(1 - p) for unmasked rejected tokens up to the
-    # clamp, 0 past it and exactly 0 (never NaN) at masked positions.
+    # Gradients by hand: -1/|y_w| for the chosen; alpha/|y_l| * p/(1 - p) for unmasked rejected
+    # tokens up to the clamp, 0 past it and exactly 0 (never NaN) at masked positions.
     losses.sum().backward()
     torch.testing.assert_close(c.grad.double(), as_f64([-1 / k for k in inputs[1]]))
     assert torch.isfinite(x.grad).all()
     assert torch.equal(x.grad[~mask], torch.zeros_like(x.grad[~mask]))
-    torch.testing.assert_close(x.grad.double(), as_f64(naive_unlikelihood_dloss_dx(x.tolist(), inputs[3], alpha,
-                                                                                   clamp=CLAMP32)),
+    torch.testing.assert_close(x.grad.double(),
+                               as_f64(naive_unlikelihood_dloss_dx(x.tolist(), inputs[3], alpha,
+                                                                  clamp=CLAMP32)),
                                rtol=1e-5, atol=1e-6)
 
 
@@ -361,8 +392,10 @@ def test_unlikelihood_with_alpha_zero_is_the_chosen_per_token_nll(inputs):
 
 
 def test_unlikelihood_hand_gradient_is_the_derivative_of_the_naive_loss():
-    """Central differences of the naive float64 loss agree with the hand-derived gradient the tests use."""
-    xs, mask, alpha, h = [[-20.0, -3.0, -math.log(2), -0.1, -1e-3, 0.0]], [[True] * 5 + [False]], 0.7, 1e-7
+    """Central differences of the naive float64 loss agree with the hand-derived gradient the tests
+    use."""
+    xs, mask, alpha, h = ([[-20.0, -3.0, -math.log(2), -0.1, -1e-3, 0.0]], [[True] * 5 + [False]],
+                          0.7, 1e-7)
     grads = naive_unlikelihood_dloss_dx(xs, mask, alpha)[0]
     for t in range(5):
         up, down = ([[v + s * (i == t) for i, v in enumerate(xs[0])]] for s in (h, -h))
@@ -373,25 +406,29 @@ def test_unlikelihood_hand_gradient_is_the_derivative_of_the_naive_loss():
 
 
 def test_unlikelihood_is_finite_at_p_equal_one():
-    """x = 0 (p = 1) is clamped to -1e-6: penalty -log(1 - e^-1e-6) = 13.8155, finite, with zero gradient."""
+    """x = 0 (p = 1) is clamped to -1e-6: penalty -log(1 - e^-1e-6) = 13.8155, finite, with zero
+    gradient."""
     x = torch.tensor([[0.0, 0.0]], requires_grad=True)
-    loss = unlikelihood.unlikelihood_loss(torch.tensor([0.0]), torch.tensor([1]), x, torch.tensor([[True, True]]))
+    loss = unlikelihood.unlikelihood_loss(torch.tensor([0.0]), torch.tensor([1]), x,
+                                          torch.tensor([[True, True]]))
     loss.backward()
     torch.testing.assert_close(loss, torch.tensor([-math.log(-math.expm1(-1e-6))]))
     assert torch.equal(x.grad, torch.zeros_like(x))
 
 
 def test_unlikelihood_computes_in_float32():
-    c, n, x = torch.tensor([-3.0, -5.5]), torch.tensor([3, 4]), torch.tensor([[-0.5, -2.0], [-1e-3, -0.25]])
+    c, n, x = torch.tensor([-3.0, -5.5]), torch.tensor([3, 4]), torch.tensor([[-0.5, -2.0],
+                                                                              [-1e-3, -0.25]])
     mask = torch.tensor([[True, False], [True, True]])
     expected = unlikelihood.unlikelihood_loss(c, n, x, mask, alpha=0.5)
     for dtype in (torch.float64, torch.bfloat16):
         out = unlikelihood.unlikelihood_loss(c.to(dtype), n, x.to(dtype), mask, alpha=0.5)
         assert out.dtype == torch.float32
-        torch.testing.assert_close(out, expected, rtol=1e-2 if dtype == torch.bfloat16 else 1e-6, atol=1e-6)
+        torch.testing.assert_close(out, expected, rtol=1e-2 if dtype == torch.bfloat16 else 1e-6,
+                                   atol=1e-6)
 
 
-# ----------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # The worked examples of the docstrings, derived by hand there.
 
 
@@ -417,8 +454,10 @@ def test_worked_example():
 
 def test_worked_example_rpo():
     pc = torch.tensor([-10.0], requires_grad=True)
-    losses, chosen_rewards, rejected_rewards = dpo.dpo_loss(pc, torch.tensor([-12.0]), torch.tensor([-11.0]),
-                                                            torch.tensor([-11.0]), beta=0.5, rpo_alpha=1.0,
+    losses, chosen_rewards, rejected_rewards = dpo.dpo_loss(pc, torch.tensor([-12.0]),
+                                                            torch.tensor([-11.0]),
+                                                            torch.tensor([-11.0]), beta=0.5,
+                                                            rpo_alpha=1.0,
                                                             chosen_lengths=torch.tensor([5]))
     torch.testing.assert_close(losses, torch.tensor([2.3132617]))
     torch.testing.assert_close(chosen_rewards, torch.tensor([0.5]))
@@ -429,24 +468,29 @@ def test_worked_example_rpo():
 
 def test_worked_example_unlikelihood():
     chosen = torch.tensor([-2.0], requires_grad=True)
-    x = torch.tensor([[math.log(0.5), 0.0, math.log(0.25)]], requires_grad=True)  # middle position masked
-    losses = unlikelihood.unlikelihood_loss(chosen, torch.tensor([4]), x, torch.tensor([[True, False, True]]),
+    # middle position masked
+    x = torch.tensor([[math.log(0.5), 0.0, math.log(0.25)]], requires_grad=True)
+    losses = unlikelihood.unlikelihood_loss(chosen, torch.tensor([4]), x,
+                                            torch.tensor([[True, False, True]]),
                                             alpha=1.0)
     torch.testing.assert_close(losses, torch.tensor([0.9904146]))
-    torch.testing.assert_close(losses - 0.5, torch.tensor([-math.log(0.375) / 2]))  # the unlikelihood term
+    # the unlikelihood term
+    torch.testing.assert_close(losses - 0.5, torch.tensor([-math.log(0.375) / 2]))
     losses.backward()
     torch.testing.assert_close(x.grad, torch.tensor([[0.5, 0.0, 0.1666667]]))
     torch.testing.assert_close(chosen.grad, torch.tensor([-0.25]))
 
 
 def test_worked_example_metrics():
-    """The docstring pair plus its mirror image (policy prefers the rejected response by the same margin)."""
+    """The docstring pair plus its mirror image (policy prefers the rejected response by the same
+    margin)."""
     pc, pr = torch.tensor([-10.0, -8.0]), torch.tensor([-12.0, -6.0])
     rc, rr = torch.tensor([-11.0, -7.0]), torch.tensor([-11.0, -7.0])
     out = dpo.dpo_loss(pc, pr, rc, rr, beta=0.5)
     metrics = dpo.dpo_metrics(*out, pc, pr)
     expected = {"loss": (0.3132617 + 1.3132617) / 2, "rewards/chosen": 0.0, "rewards/rejected": 0.0,
-                "rewards/accuracies": 0.5, "rewards/margins": 0.0, "logps/chosen": -9.0, "logps/rejected": -9.0}
+                "rewards/accuracies": 0.5, "rewards/margins": 0.0, "logps/chosen": -9.0,
+                "logps/rejected": -9.0}
     assert set(metrics) == set(expected)
     for key, value in expected.items():
         assert isinstance(metrics[key], float)
@@ -455,12 +499,13 @@ def test_worked_example_metrics():
 
 def test_metric_accuracy_is_strict():
     ties = torch.tensor([0.25, 0.25, 1.0])
-    metrics = dpo.dpo_metrics(torch.zeros(3), ties, torch.tensor([0.25, 0.5, 0.0]), torch.zeros(3), torch.zeros(3))
+    metrics = dpo.dpo_metrics(torch.zeros(3), ties, torch.tensor([0.25, 0.5, 0.0]), torch.zeros(3),
+                              torch.zeros(3))
     assert metrics["rewards/accuracies"] == pytest.approx(1 / 3)
     assert metrics["rewards/margins"] == pytest.approx((0 - 0.25 + 1) / 3)
 
 
-# ----------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Input errors name the argument at fault.
 
 
@@ -479,12 +524,17 @@ def test_metric_accuracy_is_strict():
     (dict(rpo_alpha=float("inf"), chosen_lengths=torch.ones(3)), ValueError, "rpo_alpha"),
     (dict(rpo_alpha=float("nan"), chosen_lengths=torch.ones(3)), ValueError, "rpo_alpha"),
     (dict(rpo_alpha="1", chosen_lengths=torch.ones(3)), TypeError, "rpo_alpha"),
-    (dict(rpo_alpha=1.0, chosen_lengths=torch.tensor([4, 0, 2])), ValueError, "chosen_lengths must be > 0"),
-    (dict(rpo_alpha=1.0, chosen_lengths=torch.tensor([4.0, -1.0, 2.0])), ValueError, "chosen_lengths must be > 0"),
+    (dict(rpo_alpha=1.0, chosen_lengths=torch.tensor([4, 0, 2])), ValueError,
+     "chosen_lengths must be > 0"),
+    (dict(rpo_alpha=1.0, chosen_lengths=torch.tensor([4.0, -1.0, 2.0])), ValueError,
+     "chosen_lengths must be > 0"),
     (dict(chosen_lengths=torch.zeros(3)), ValueError, "chosen_lengths must be > 0"),
-    (dict(rpo_alpha=1.0, chosen_lengths=torch.ones(4)), ValueError, r"chosen_lengths must have shape \(B,\) = \(3,\)"),
-    (dict(rpo_alpha=1.0, chosen_lengths=torch.ones(3, dtype=torch.bool)), TypeError, "chosen_lengths"),
-    (dict(rpo_alpha=1.0, chosen_lengths=[1, 1, 1]), TypeError, "chosen_lengths must be a torch.Tensor"),
+    (dict(rpo_alpha=1.0, chosen_lengths=torch.ones(4)), ValueError,
+     r"chosen_lengths must have shape \(B,\) = \(3,\)"),
+    (dict(rpo_alpha=1.0, chosen_lengths=torch.ones(3, dtype=torch.bool)), TypeError,
+     "chosen_lengths"),
+    (dict(rpo_alpha=1.0, chosen_lengths=[1, 1, 1]), TypeError,
+     "chosen_lengths must be a torch.Tensor"),
 ])
 def test_bad_hyperparameters_raise(kwargs, error, match):
     x = torch.zeros(3)
@@ -510,10 +560,11 @@ def test_bad_tensors_raise_naming_the_argument():
         dpo.dpo_metrics(x, x, x, x, torch.zeros(2))
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# The concatenated forward pass, on a tiny GPT. Batches are built here by hand, following the data.dpo_collate
-# contract (chosen rows first, right-padded, pre-shifted labels with -100 where no next token, bool mask on the
-# positions whose label is a response token), so that these tests do not depend on data/.
+# --------------------------------------------------------------------------------------------------
+# The concatenated forward pass, on a tiny GPT. Batches are built here by hand, following the
+# data.dpo_collate contract (chosen rows first, right-padded, pre-shifted labels with -100 where no
+# next token, bool mask on the positions whose label is a response token), so that these tests do
+# not depend on data/.
 
 VOCAB, PAD = 50, 0
 
@@ -524,7 +575,8 @@ def tiny_gpt(seed=0):
 
 
 def collate_rows(rows):
-    """rows: list of (prompt, response) token lists -> dict input_ids/labels (N, T) int64, mask (N, T) bool."""
+    """rows: list of (prompt, response) token lists -> dict input_ids/labels (N, T) int64, mask (N,
+    T) bool."""
     T = max(len(p) + len(y) for p, y in rows)
     input_ids = torch.full((len(rows), T), PAD, dtype=torch.int64)
     labels = torch.full((len(rows), T), -100, dtype=torch.int64)
@@ -560,7 +612,8 @@ def test_concatenated_forward_equals_two_separate_forwards(pairs):
     separate = {}
     for name, column in (("chosen", 1), ("rejected", 2)):  # each half padded only to its own length
         half = collate_rows([(pair[0], pair[column]) for pair in pairs])
-        separate[name] = naive_sequence_logprobs(model(half["input_ids"]), half["labels"], half["mask"])  # (B,)
+        separate[name] = naive_sequence_logprobs(model(half["input_ids"]), half["labels"],
+                                                 half["mask"])  # (B,)
     torch.testing.assert_close(out.chosen, separate["chosen"])
     torch.testing.assert_close(out.rejected, separate["rejected"])
     separate_grads = torch.autograd.grad(separate["chosen"].sum() - separate["rejected"].sum(),
@@ -570,8 +623,10 @@ def test_concatenated_forward_equals_two_separate_forwards(pairs):
     assert out.chosen_tokens.tolist() == [len(c) for _, c, _ in pairs]
     assert out.rejected_tokens.tolist() == [len(r) for _, _, r in pairs]
     chosen_means, rejected_means = out.mean_per_token()
-    torch.testing.assert_close(chosen_means, out.chosen / torch.tensor([float(len(c)) for _, c, _ in pairs]))
-    torch.testing.assert_close(rejected_means, out.rejected / torch.tensor([float(len(r)) for _, _, r in pairs]))
+    torch.testing.assert_close(chosen_means,
+                               out.chosen / torch.tensor([float(len(c)) for _, c, _ in pairs]))
+    torch.testing.assert_close(rejected_means,
+                               out.rejected / torch.tensor([float(len(r)) for _, _, r in pairs]))
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -586,7 +641,8 @@ def test_one_sgd_step_on_the_dpo_loss_raises_the_chosen_minus_rejected_log_ratio
 
     policy = dpo.concatenated_logps(model, batch)
     losses, _, _ = dpo.dpo_loss(policy.chosen, policy.rejected, ref.chosen, ref.rejected, beta=0.1)
-    torch.testing.assert_close(losses, torch.full_like(losses, math.log(2)))  # policy == reference at the start
+    # policy == reference at the start
+    torch.testing.assert_close(losses, torch.full_like(losses, math.log(2)))
     before = (policy.chosen - policy.rejected).detach()  # (B,)
     losses.mean().backward()
     torch.optim.SGD(model.parameters(), lr=0.1).step()  # small: first-order regime
@@ -602,14 +658,19 @@ def test_one_sgd_step_on_the_dpo_loss_raises_the_chosen_minus_rejected_log_ratio
 
 
 def test_concatenated_logps_passes_impl_to_the_kernel():
-    """The fused Triton path (on CUDA, or its CPU interpreter, see conftest.py) gives the torch path's numbers."""
+    """The fused Triton path (on CUDA, or its CPU interpreter, see conftest.py) gives the torch
+    path's numbers."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = tiny_gpt().to(device)
-    batch = {k: v.to(device) for k, v in collate_pairs([([1, 2, 3], [4, 5], [6, 7, 8]), ([9], [10, 11], [12])]).items()}
-    by_impl = {impl: dpo.concatenated_logps(model, batch, impl=impl) for impl in ("torch", "triton")}
+    pairs = collate_pairs([([1, 2, 3], [4, 5], [6, 7, 8]), ([9], [10, 11], [12])])
+    batch = {k: v.to(device) for k, v in pairs.items()}
+    by_impl = {impl: dpo.concatenated_logps(model, batch, impl=impl) for impl in ("torch",
+                                                                                  "triton")}
     for field in dpo.PairLogps._fields:
-        torch.testing.assert_close(getattr(by_impl["triton"], field), getattr(by_impl["torch"], field))
-    grads = {impl: torch.autograd.grad(out.chosen.sum() - out.rejected.sum(), model.transformer.wte.weight)[0]
+        torch.testing.assert_close(getattr(by_impl["triton"], field),
+                                   getattr(by_impl["torch"], field))
+    grads = {impl: torch.autograd.grad(out.chosen.sum() - out.rejected.sum(),
+                                       model.transformer.wte.weight)[0]
              for impl, out in by_impl.items()}
     torch.testing.assert_close(grads["triton"], grads["torch"])
     with pytest.raises(ValueError, match="impl"):
@@ -628,18 +689,21 @@ def test_concatenated_logps_rejects_malformed_batches():
 
 
 def test_unlikelihood_bad_inputs_raise_naming_the_argument():
-    c, n, x, mask = torch.zeros(2), torch.ones(2), -torch.ones(2, 3), torch.ones(2, 3, dtype=torch.bool)
-    for alpha, error in ((-0.1, ValueError), (1.5, ValueError), (math.nan, ValueError), (math.inf, ValueError),
-                         ("1", TypeError), (True, TypeError)):
+    c, n, x, mask = torch.zeros(2), torch.ones(2), -torch.ones(2, 3), torch.ones(2, 3,
+                                                                                 dtype=torch.bool)
+    for alpha, error in ((-0.1, ValueError), (1.5, ValueError), (math.nan, ValueError),
+                         (math.inf, ValueError), ("1", TypeError), (True, TypeError)):
         with pytest.raises(error, match="alpha"):
             unlikelihood.unlikelihood_loss(c, n, x, mask, alpha=alpha)
     with pytest.raises(ValueError, match=r"rows \[1\] have none"):
-        unlikelihood.unlikelihood_loss(c, n, x, torch.tensor([[True, False, False], [False, False, False]]))
+        unlikelihood.unlikelihood_loss(c, n, x,
+                                       torch.tensor([[True, False, False], [False, False, False]]))
     with pytest.raises(ValueError, match="rows"):
         unlikelihood.unlikelihood_loss(c, n, x[:, :0], mask[:, :0])
     with pytest.raises(ValueError, match=r"rejected_mask has shape \(2, 4\)"):
         unlikelihood.unlikelihood_loss(c, n, x, torch.ones(2, 4, dtype=torch.bool))
-    with pytest.raises(ValueError, match=r"rejected_token_logps must have shape \(B, T\) with B = 2"):
+    with pytest.raises(ValueError,
+                       match=r"rejected_token_logps must have shape \(B, T\) with B = 2"):
         unlikelihood.unlikelihood_loss(c, n, -torch.ones(3, 3), mask)
     with pytest.raises(ValueError, match=r"rejected_token_logps must have shape \(B, T\)"):
         unlikelihood.unlikelihood_loss(c, n, -torch.ones(2), mask)

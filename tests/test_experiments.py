@@ -1,5 +1,6 @@
-"""Tests of the experiments: the frontier's pieces (Best-of-N selection and its KL, cached runs) and the quick
-frontier end to end; the Unlikelihood stage and kept checkpoints through the command line."""
+"""Tests of the experiments: the frontier's pieces (Best-of-N selection and its KL, cached runs) and
+the quick frontier end to end; the Unlikelihood stage and kept checkpoints through the command
+line."""
 
 import json
 import math
@@ -16,15 +17,20 @@ from experiments import family_runs, frontier
 
 def test_best_of_n_kl_hand_derived():
     # rewards [0, 0, 1, 1], n = 2: p = (1/2, 1/2), q = (1/4, 3/4)
-    assert frontier.best_of_n_kl([0, 0, 1, 1], 2) == pytest.approx(0.25 * math.log(0.5) + 0.75 * math.log(1.5))
-    assert frontier.best_of_n_kl([0.3, -0.2, 0.9], 1) == pytest.approx(0.0)  # best-of-1 is the reference
+    assert frontier.best_of_n_kl([0, 0, 1, 1], 2) == pytest.approx(0.25 * math.log(0.5) + 0.75
+                                                                   * math.log(1.5))
+    # best-of-1 is the reference
+    assert frontier.best_of_n_kl([0.3, -0.2, 0.9], 1) == pytest.approx(0.0)
     assert frontier.best_of_n_kl([0.5] * 8, 16) == pytest.approx(0.0)  # all tied: nothing to select
     rng = random.Random(0)
-    distinct = [rng.random() for _ in range(4000)]  # no ties: the analytic log N - (N-1)/N, as M grows
+    # no ties: the analytic log N - (N-1)/N, as M grows
+    distinct = [rng.random() for _ in range(4000)]
     for n in (2, 4, 8, 32):
         exact = frontier.best_of_n_kl(distinct, n)
-        assert exact <= math.log(n) - (n - 1) / n and exact == pytest.approx(math.log(n) - (n - 1) / n, rel=1e-2)
-    ties = [1.0] * 50 + [rng.random() for _ in range(50)]  # half the samples tie at the top: far below the bound
+        assert exact <= math.log(n) - (n - 1) / n and exact == pytest.approx(math.log(n) - (n - 1)
+                                                                             / n, rel=1e-2)
+    # half the samples tie at the top: far below the bound
+    ties = [1.0] * 50 + [rng.random() for _ in range(50)]
     assert 0 < frontier.best_of_n_kl(ties, 8) < math.log(8) - 7 / 8 - 0.1
 
 
@@ -32,7 +38,8 @@ def test_best_of_n_selection():
     rewards = [0.1, 0.5, 0.9, -1.0, 0.7, 0.7]  # two draws of three samples
     assert frontier.best_of_n_choices(rewards, 2, 3) == [1, 4]
     assert frontier.best_of_n_choices(rewards, 3, 3) == [2, 4]  # ties: the first
-    assert frontier.best_of_n_choices(rewards, 1, 3) == [0, 3]  # best-of-1: the first sample of each draw
+    # best-of-1: the first sample of each draw
+    assert frontier.best_of_n_choices(rewards, 1, 3) == [0, 3]
     rng = random.Random(3)
     pool = [rng.choice([-1.0, 0.0, 0.5, 1.0]) for _ in range(32 * 50)]
     for n in (1, 2, 8, 32):  # the chosen reward is the max of the draw's first n
@@ -41,7 +48,8 @@ def test_best_of_n_selection():
 
 
 def test_best_of_n_kl_matches_simulation():
-    """Monte Carlo: draw n of the rewards with replacement, keep the max level; KL of that level distribution."""
+    """Monte Carlo: draw n of the rewards with replacement, keep the max level; KL of that level
+    distribution."""
     rewards = [0, 0, 0, 1, 1, 2]
     rng, n, trials = random.Random(2), 3, 200_000
     counts = {0: 0, 1: 0, 2: 0}
@@ -53,17 +61,20 @@ def test_best_of_n_kl_matches_simulation():
 
 
 def test_unlikelihood_stage_and_kept_checkpoints(tmp_path):
-    """train.py unlikelihood: the chosen log-prob rises, and more than the rejected one; every checkpoint is kept."""
+    """train.py unlikelihood: the chosen log-prob rises, and more than the rejected one; every
+    checkpoint is kept."""
     torch.manual_seed(0)
     prefs = tmp_path / "prefs.jsonl"
-    data.save_preferences([data.PreferenceRecord(f"Q{i}: how was it? ", "great, great!", "awful, awful.")
+    data.save_preferences([data.PreferenceRecord(f"Q{i}: how was it? ", "great, great!",
+                                                 "awful, awful.")
                            for i in range(24)], prefs)
     common = ["--n-layer", "1", "--n-head", "2", "--n-embd", "16", "--block-size", "48"]
-    assert train.main(["sft", "--data", str(prefs), "--out-dir", str(tmp_path / "sft"), "--steps", "2",
-                       "--batch-size", "4", *common]) == 0
-    assert train.main(["unlikelihood", "--init", str(tmp_path / "sft"), "--data", str(prefs), "--steps", "12",
-                       "--lr", "3e-3", "--batch-size", "8", "--eval-every", "4", "--save-every", "4",
-                       "--keep-checkpoints", "--out-dir", str(tmp_path / "ul")]) == 0
+    assert train.main(["sft", "--data", str(prefs), "--out-dir", str(tmp_path / "sft"), "--steps",
+                       "2", "--batch-size", "4", *common]) == 0
+    assert train.main(["unlikelihood", "--init", str(tmp_path / "sft"), "--data", str(prefs),
+                       "--steps", "12", "--lr", "3e-3", "--batch-size", "8", "--eval-every", "4",
+                       "--save-every", "4", "--keep-checkpoints",
+                       "--out-dir", str(tmp_path / "ul")]) == 0
     rows = [json.loads(line) for line in open(tmp_path / "ul" / "metrics.jsonl")]
     evals = [r for r in rows if r["split"] == "eval"]
     assert set(evals[0]) == {"split", "step", "loss", "logps/chosen", "logps/rejected"}
@@ -75,15 +86,17 @@ def test_unlikelihood_stage_and_kept_checkpoints(tmp_path):
 
 @pytest.mark.slow
 def test_frontier_quick(tmp_path):
-    """frontier --quick end to end: the structure of frontier.json, the methods, and a rerun from the caches."""
+    """frontier --quick end to end: the structure of frontier.json, the methods, and a rerun from
+    the caches."""
     log = []
     result = frontier.run(out_dir=str(tmp_path), quick=True, log=log.append)
     points = result["points"]
     methods = {p["method"] for p in points}
-    assert methods == {"reference", "DPO", "Preferred-FT", "Unlikelihood", "Best-of-N (oracle)", "BoN-RM", "PPO",
-                       "PPO-GT", "RLOO", "SimPO", "ORPO", "KTO", "KTO 10%"}
+    assert methods == {"reference", "DPO", "Preferred-FT", "Unlikelihood", "Best-of-N (oracle)",
+                       "BoN-RM", "PPO", "PPO-GT", "RLOO", "SimPO", "ORPO", "KTO", "KTO 10%"}
     for p in points:
-        for key in ("reward", "reward_ci95", "kl", "kl_ci95", "fluency", "fluency_ci95", "bigram_fluency"):
+        for key in ("reward", "reward_ci95", "kl", "kl_ci95", "fluency", "fluency_ci95",
+                    "bigram_fluency"):
             assert math.isfinite(p[key]), (p["name"], key)
         assert p["n_samples"] >= 128 and -1 <= p["reward"] <= 1
     reference = [p for p in points if p["method"] == "reference"][0]
@@ -96,7 +109,8 @@ def test_frontier_quick(tmp_path):
     final = {p["setting"]["beta"]: p for p in points if p["method"] == "DPO" and p["step"] == max(
         q["step"] for q in points if q["method"] == "DPO")}
     betas = sorted(final)
-    assert final[betas[-1]]["kl"] < final[betas[0]]["kl"] + final[betas[0]]["kl_ci95"]  # larger beta, smaller KL
+    # larger beta, smaller KL
+    assert final[betas[-1]]["kl"] < final[betas[0]]["kl"] + final[betas[0]]["kl_ci95"]
     for name in ("frontier.png", "family.png", "frontier.json", "temperature.png"):
         assert os.path.isfile(tmp_path / name), name
     for p in points:  # every point's samples are on disk
@@ -107,19 +121,25 @@ def test_frontier_quick(tmp_path):
     with open(tmp_path / "samples" / f"{points[1]['name']}.jsonl") as f:
         assert set(json.loads(f.readline())) == {"prompt", "completion", "reward", "logratio"}
     ppo_runs = {p["setting"]["kl_coef"] for p in points if p["method"] == "PPO"}
-    assert len(ppo_runs) == 2 and all(p["step"] for p in points if p["method"] in ("PPO", "PPO-GT", "RLOO"))
+    assert len(ppo_runs) == 2 and all(p["step"] for p in points if p["method"] in ("PPO", "PPO-GT",
+                                                                                   "RLOO"))
     runs = tmp_path / "runs"
-    for method, run_name in (("SimPO", "simpo-beta8.0"), ("ORPO", "orpo-beta1.0"), ("KTO", "kto-beta0.1"),
-                             ("KTO 10%", "kto-10pct-beta0.1")):  # one beta each, checkpoints on the frontier
-        assert {p["step"] for p in points if p["method"] == method and p["train_seed"] == 1337} == {12, 24}, method
+    for method, run_name in (("SimPO", "simpo-beta8.0"), ("ORPO", "orpo-beta1.0"),
+                             # one beta each, checkpoints on the frontier
+                             ("KTO", "kto-beta0.1"), ("KTO 10%", "kto-10pct-beta0.1")):
+        steps = {p["step"] for p in points if p["method"] == method and p["train_seed"] == 1337}
+        assert steps == {12, 24}, method
         saved = json.load(open(runs / run_name / "config.json"))
         assert saved["command"] == family_runs.FAMILY_METHODS[method]
-    assert json.load(open(runs / "simpo-beta8.0" / "config.json"))["simpo_gamma"] == 4.0  # gamma / beta = 0.5
+    # gamma / beta = 0.5
+    assert json.load(open(runs / "simpo-beta8.0" / "config.json"))["simpo_gamma"] == 4.0
     unpaired = json.load(open(runs / "kto-10pct-beta0.1" / "config.json"))
-    assert unpaired["desirable_fraction"] == 0.1 and unpaired["desirable_weight"] > 1  # rebalanced, resolved
+    # rebalanced, resolved
+    assert unpaired["desirable_fraction"] == 0.1 and unpaired["desirable_weight"] > 1
     claims = result["claims"]
     assert {row["method"] for row in claims["temperature"]} == {"DPO", "PPO", "PPO-GT", "RLOO"}
-    assert len(claims["temperature"]) == 4 * 2 * len(frontier.QUICK["temperatures"])  # methods x seeds x T
+    # methods x seeds x T
+    assert len(claims["temperature"]) == 4 * 2 * len(frontier.QUICK["temperatures"])
     assert [row["method"] for row in claims["cost"]] == ["DPO", "PPO"]
     assert claims["cost"][1]["tokens_sampled"] > 0 == claims["cost"][0]["tokens_sampled"]
     assert len(claims["secretly_a_reward_model"]) == 1 + len(frontier.QUICK["betas"])
@@ -130,25 +150,31 @@ def test_frontier_quick(tmp_path):
     log.clear()
     again = frontier.run(out_dir=str(tmp_path), quick=True, log=log.append)  # everything cached
     assert [p["reward"] for p in again["points"]] == [p["reward"] for p in points]
-    assert any("reusing the base model" in line for line in log) and any("reusing the finished run" in line
+    assert any("reusing the base model" in line for line in log) and any("reusing "
+                                                                         "the finished run" in line
                                                                          for line in log)
 
 
 @pytest.mark.slow
 def test_study_quick(tmp_path):
-    """study --quick end to end: every question's rows, their numbers re-measured from the files the study wrote,
-    the properties the settings guarantee, and a rerun from the caches."""
+    """study --quick end to end: every question's rows, their numbers re-measured from the files the
+    study wrote, the properties the settings guarantee, and a rerun from the caches."""
     from experiments import study
     log = []
     result = study.run(out_dir=str(tmp_path), quick=True, log=log.append)
     a = {row["name"]: row for row in result["a_lora"]}
     full, lora_run = a["full"], [row for name, row in a.items() if name.startswith("lora")][0]
-    assert lora_run["trainable"] < full["trainable"] / 5 and lora_run["state_bytes"] < full["state_bytes"] / 2
-    assert lora_run["ckpt_bytes"] < full["ckpt_bytes"] / 2  # adapters and their optimizer state only
+    assert (lora_run["trainable"] < full["trainable"] / 5 and lora_run["state_bytes"]
+            < full["state_bytes"] / 2)
+    # adapters and their optimizer state only
+    assert lora_run["ckpt_bytes"] < full["ckpt_bytes"] / 2
     for row in result["a_lora"] + result["c_forgetting"] + result["d_early_stopping"]["rows"]:
-        assert 0 <= row["win_rate"] <= 1 and math.isfinite(row["reward"]) and 0 <= row["heldout_accuracy"] <= 1
-        rewards = [json.loads(line)["reward"] for line in open(tmp_path / "samples" / f"{row['name']}.jsonl")]
-        assert sum(rewards) / len(rewards) == pytest.approx(row["reward"])  # the samples file re-measures it
+        assert (0 <= row["win_rate"] <= 1 and math.isfinite(row["reward"]) and 0
+                <= row["heldout_accuracy"] <= 1)
+        rewards = [json.loads(line)["reward"]
+                   for line in open(tmp_path / "samples" / f"{row['name']}.jsonl")]
+        # the samples file re-measures it
+        assert sum(rewards) / len(rewards) == pytest.approx(row["reward"])
     gap = result["b_precision"]
     assert 0 < gap["max_train_loss_gap"] < 0.05  # bf16 rounding: visible but small
     c = result["c_forgetting"]
@@ -157,20 +183,24 @@ def test_study_quick(tmp_path):
         rise = [p - q for p, q in zip(lm["policy"], lm["base"])]
         assert sum(rise) / len(rise) == pytest.approx(row["nll_rise"])
     d = result["d_early_stopping"]
-    assert [r["step"] for r in d["rows"]] == sorted(r["step"] for r in d["rows"]) and len(d["rows"]) >= 2
+    assert ([r["step"] for r in d["rows"]] == sorted(r["step"] for r in d["rows"])
+            and len(d["rows"]) >= 2)
     e = result["e_base_quality"]
     assert e[1]["pretrain_steps"] < e[0]["pretrain_steps"]
     assert e[1]["base_heldout_lm_loss"] > e[0]["base_heldout_lm_loss"]
     f = result["f_self_labelling"]
-    assert [r["method"] for r in f][:3] == ["round 1 (the run of (a))", "round 2, reference = round-1 policy",
+    assert [r["method"] for r in f][:3] == ["round 1 (the run of (a))",
+                                            "round 2, reference = round-1 policy",
                                             "round 2, reference = base"]
-    assert all(r["kl_to_round1"] < r["kl"] for r in f[1:3])  # round 2 stays nearer round 1 than the base
+    # round 2 stays nearer round 1 than the base
+    assert all(r["kl_to_round1"] < r["kl"] for r in f[1:3])
     assert os.path.isfile(tmp_path / "study.png")
     log.clear()
     again = study.run(out_dir=str(tmp_path), quick=True, log=log.append)
     assert [r["reward"] for r in again["c_forgetting"]] == [r["reward"] for r in c]
     assert not any("== pre-training" in line for line in log)  # both bases and every run reused
-    # another training seed: the same bases (not pre-trained again), other runs, each claim's numbers per seed
+    # another training seed: the same bases (not pre-trained again), other runs, each claim's
+    # numbers per seed
     log.clear()
     seeds = study.run_seeds(out_dir=str(tmp_path), quick=True, seeds=(1338,), log=log.append)
     assert not any("== pre-training" in line for line in log)
@@ -178,5 +208,6 @@ def test_study_quick(tmp_path):
     assert seeds["claims"][0].keys() == seeds["claims"][1].keys()
     with open(tmp_path / "seed1338" / "runs" / "full" / "config.json") as f:
         assert json.load(f)["seed"] == 1338
-    assert seeds["claims"][1]["b: largest train-loss gap fp32 / bf16"] != gap["max_train_loss_gap"]  # another run
+    # another run
+    assert seeds["claims"][1]["b: largest train-loss gap fp32 / bf16"] != gap["max_train_loss_gap"]
     assert os.path.isfile(tmp_path / "seeds.json")

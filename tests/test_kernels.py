@@ -1,9 +1,10 @@
-"""Tests for logprob_kernels/: the Triton kernel (interpreted on CPU) and the torch path against the naive fp64
-reference.
+"""Tests for logprob_kernels/: the Triton kernel (interpreted on CPU) and the torch path against the
+naive fp64 reference.
 
-Shapes stay small because the Triton interpreter costs about a millisecond per loop step; block_v=64/128 forces
-several vocabulary blocks so the streaming logsumexp is exercised. Tensors are made on the CPU from seeded
-generators and moved to DEVICE, so on a CUDA machine the same tests run the compiled kernel.
+Shapes stay small because the Triton interpreter costs about a millisecond per loop step;
+block_v=64/128 forces several vocabulary blocks so the streaming logsumexp is exercised. Tensors are
+made on the CPU from seeded generators and moved to DEVICE, so on a CUDA machine the same tests run
+the compiled kernel.
 """
 
 import math
@@ -21,7 +22,8 @@ from logprob_kernels.naive import naive_sequence_logprobs, naive_token_logprobs
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 IMPLS = ["triton", "torch"]
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # without CUDA, conftest runs Triton interpreted
+# without CUDA, conftest runs Triton interpreted
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def on(*tensors):
@@ -71,7 +73,8 @@ def problems(draw, max_positions=16, max_vocab=300):
     return dict(B=B, T=T, V=V, dtype=draw(st.sampled_from(DTYPES)),
                 mask_kind=draw(st.sampled_from(["random", "none", "all", "span"])),
                 layout=draw(st.sampled_from(["contiguous", "shifted", "vocab_strided"])),
-                scale=draw(st.sampled_from([1.0, 8.0, 100.0])), seed=draw(st.integers(0, 2**31 - 1)))
+                scale=draw(st.sampled_from([1.0, 8.0, 100.0])),
+                seed=draw(st.integers(0, 2**31 - 1)))
 
 
 def build(p):
@@ -80,7 +83,8 @@ def build(p):
     mask = make_mask(p["mask_kind"], p["B"], p["T"], gen)
     labels = torch.randint(0, p["V"], (p["B"], p["T"]), generator=gen)
     labels[~mask] = -100  # anything is allowed where mask is 0
-    grad_tok = torch.randn(p["B"], p["T"], generator=gen)  # upstream gradient on the token log-probs
+    # upstream gradient on the token log-probs
+    grad_tok = torch.randn(p["B"], p["T"], generator=gen)
     return on(values, labels, mask, grad_tok)
 
 
@@ -94,14 +98,16 @@ def reference(values, labels, mask, grad_tok):
 
 def run(impl, view, labels, mask, grad_tok, block_v=None, inplace=False):
     if impl == "triton" and block_v is not None:
-        tok = triton_token_logprobs(view, labels, check_inputs(view, labels, mask), inplace, block_v)
+        tok = triton_token_logprobs(view, labels, check_inputs(view, labels, mask), inplace,
+                                    block_v)
     else:
-        tok = logprob_kernels.token_logprobs(view, labels, mask, impl=impl, inplace_backward=inplace)
+        tok = logprob_kernels.token_logprobs(view, labels, mask, impl=impl,
+                                             inplace_backward=inplace)
     tok.backward(grad_tok)
     return tok.detach()
 
 
-# ----------------------------------------------------------------------------- agreement (hypothesis)
+# --------------------------------------------------------------------------- agreement (hypothesis)
 
 @settings(max_examples=40)
 @given(problems(), st.sampled_from(IMPLS), st.sampled_from([64, 128]))
@@ -128,13 +134,15 @@ def test_triton_and_torch_agree_on_sequence_sums(p):
     seq_triton = logprob_kernels.sequence_logprobs(values, labels, mask, impl="triton")
     seq_torch = logprob_kernels.sequence_logprobs(values, labels, mask, impl="torch")
     torch.testing.assert_close(seq_triton, seq_torch, rtol=1e-6, atol=1e-5)
-    torch.testing.assert_close(seq_torch.double(), naive_sequence_logprobs(values.double(), labels, mask),
+    torch.testing.assert_close(seq_torch.double(),
+                               naive_sequence_logprobs(values.double(), labels, mask),
                                rtol=1e-5, atol=1e-4)
 
 
 def test_torch_path_chunks_rows(monkeypatch):
     """Several row chunks (CHUNK_ELEMENTS forced small) give the same numbers as one chunk."""
-    values, labels, mask, grad_tok = build(dict(B=3, T=7, V=50, dtype=torch.float32, mask_kind="random",
+    values, labels, mask, grad_tok = build(dict(B=3, T=7, V=50, dtype=torch.float32,
+                                                mask_kind="random",
                                                 layout="contiguous", scale=4.0, seed=3))
     ref_tok, ref_grad = reference(values, labels, mask, grad_tok)
     monkeypatch.setattr(logprobs_torch, "CHUNK_ELEMENTS", 120)  # 2 rows per chunk
@@ -156,8 +164,10 @@ def test_torch_path_gradcheck_fp64(layout):
     values, labels, mask = on(values, labels, mask)
     _, view, _ = make_leaf(values, layout)
     view = view.detach().requires_grad_(True)
-    assert torch.autograd.gradcheck(lambda x: logprob_kernels.sequence_logprobs(x, labels, mask, impl="torch"), (view,))
-    assert torch.autograd.gradcheck(lambda x: logprob_kernels.token_logprobs(x, labels, mask, impl="torch"), (view,))
+    assert torch.autograd.gradcheck(
+        lambda x: logprob_kernels.sequence_logprobs(x, labels, mask, impl="torch"), (view,))
+    assert torch.autograd.gradcheck(
+        lambda x: logprob_kernels.token_logprobs(x, labels, mask, impl="torch"), (view,))
 
 
 @pytest.mark.parametrize("impl", IMPLS)
@@ -179,14 +189,17 @@ def test_sequence_gradient_formula_by_hand(impl):
 @pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("layout", ["contiguous", "shifted"])
 def test_inplace_backward_gives_the_same_gradient(impl, layout):
-    values, labels, mask, grad_tok = build(dict(B=2, T=5, V=70, dtype=torch.bfloat16, mask_kind="random",
+    values, labels, mask, grad_tok = build(dict(B=2, T=5, V=70, dtype=torch.bfloat16,
+                                                mask_kind="random",
                                                 layout=layout, scale=3.0, seed=7))
     leaf, view, view_grad = make_leaf(values, layout)
     run(impl, view, labels, mask, grad_tok)
     expected = view_grad(leaf.grad).clone()
-    # In place: logits must be a non-leaf tensor whose buffer nobody else needs; here a fresh product.
+    # In place: logits must be a non-leaf tensor whose buffer nobody else needs; here a fresh
+    # product.
     leaf2, _, _ = make_leaf(values, layout)
-    logits_full = leaf2 * 1.0                         # non-leaf; MulBackward by a scalar saves no tensor
+    # non-leaf; MulBackward by a scalar saves no tensor
+    logits_full = leaf2 * 1.0
     logits = logits_full[:, :-1] if layout == "shifted" else logits_full
     run(impl, logits, labels, mask, grad_tok, inplace=True)
     assert torch.equal(view_grad(leaf2.grad), expected)
@@ -199,7 +212,8 @@ def test_inplace_backward_gives_the_same_gradient(impl, layout):
 @given(problems(max_positions=8, max_vocab=150), st.sampled_from(IMPLS))
 def test_adding_a_constant_to_a_row_changes_nothing(p, impl):
     values, labels, mask, _ = build({**p, "dtype": torch.float32})
-    shift = 50.0 * torch.randn(p["B"], p["T"], 1, device=DEVICE)   # one constant per (b, t) row of logits
+    # one constant per (b, t) row of logits
+    shift = 50.0 * torch.randn(p["B"], p["T"], 1, device=DEVICE)
     a = logprob_kernels.sequence_logprobs(values, labels, mask, impl=impl)
     b = logprob_kernels.sequence_logprobs(values + shift, labels, mask, impl=impl)
     torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-4 * p["T"])
@@ -209,9 +223,11 @@ def test_adding_a_constant_to_a_row_changes_nothing(p, impl):
 @given(problems(max_positions=10, max_vocab=120), st.sampled_from(IMPLS), st.integers(0, 2**16))
 def test_sum_over_disjoint_spans_equals_the_whole(p, impl, cut_seed):
     values, labels, mask, _ = build({**p, "mask_kind": "random"})
-    cut, = on(torch.randint(0, 3, mask.shape, generator=torch.Generator().manual_seed(cut_seed)))  # span id
+    # span id
+    cut, = on(torch.randint(0, 3, mask.shape, generator=torch.Generator().manual_seed(cut_seed)))
     whole = logprob_kernels.sequence_logprobs(values, labels, mask, impl=impl)
-    parts = sum(logprob_kernels.sequence_logprobs(values, labels, mask & (cut == k), impl=impl) for k in range(3))
+    parts = sum(logprob_kernels.sequence_logprobs(values, labels, mask & (cut == k), impl=impl)
+                for k in range(3))
     torch.testing.assert_close(parts, whole, rtol=1e-6, atol=1e-5)
 
 
@@ -220,7 +236,8 @@ def test_token_logprobs_sum_to_sequence_logprobs(impl):
     values, labels, mask, _ = build(dict(B=3, T=5, V=40, dtype=torch.float16, mask_kind="random",
                                          layout="contiguous", scale=2.0, seed=11))
     tok = logprob_kernels.token_logprobs(values, labels, mask, impl=impl)
-    assert torch.equal(tok.sum(-1), logprob_kernels.sequence_logprobs(values, labels, mask, impl=impl))
+    assert torch.equal(tok.sum(-1),
+                       logprob_kernels.sequence_logprobs(values, labels, mask, impl=impl))
     assert torch.all(tok[~mask] == 0) and torch.all(tok[mask] < 0)
 
 
@@ -232,7 +249,8 @@ def test_reference_worked_example():
     expected = torch.tensor([math.log(0.5) + math.log(0.75)])
     logits, labels, mask, expected = on(logits, labels, mask, expected)
     for impl in IMPLS:
-        torch.testing.assert_close(logprob_kernels.sequence_logprobs(logits, labels, mask, impl=impl), expected)
+        got = logprob_kernels.sequence_logprobs(logits, labels, mask, impl=impl)
+        torch.testing.assert_close(got, expected)
     torch.testing.assert_close(naive_sequence_logprobs(logits, labels, mask), expected)
 
 
@@ -251,19 +269,22 @@ def test_empty_mask_rows_give_exact_zero_and_zero_gradient(impl, mask_dtype):
     out = logprob_kernels.sequence_logprobs(x, labels, mask, impl=impl)
     out.backward(torch.ones(3, device=DEVICE))
     assert out[0].item() == 0.0 and out[2].item() == 0.0 and out[1].item() < 0
-    assert torch.all(x.grad[0] == 0) and torch.all(x.grad[2] == 0) and torch.all(x.grad[1, [0, 3]] == 0)
+    assert torch.all(x.grad[0] == 0) and torch.all(x.grad[2] == 0) and torch.all(x.grad[1, [0, 3]]
+                                                                                 == 0)
     torch.testing.assert_close(out, naive_sequence_logprobs(values, labels, mask))
 
 
 @pytest.mark.parametrize("impl", IMPLS)
-@pytest.mark.parametrize("dtype,big", [(torch.float32, 1e4), (torch.float16, 6.0e4), (torch.bfloat16, 1.6e38)])
+@pytest.mark.parametrize("dtype,big",
+                         [(torch.float32, 1e4), (torch.float16, 6.0e4), (torch.bfloat16, 1.6e38)])
 def test_extreme_logits_are_stable(impl, dtype, big):
-    """Logits up to +-1e4 in fp32 and across the fp16/bf16 ranges (for bf16 up to the size where a log-prob,
-    a difference of two logits, still fits in the fp32 output: |x| <= 1.7e38)."""
+    """Logits up to +-1e4 in fp32 and across the fp16/bf16 ranges (for bf16 up to the size where a
+    log-prob, a difference of two logits, still fits in the fp32 output: |x| <= 1.7e38)."""
     gen = torch.Generator().manual_seed(5)
     values = (big * (2 * torch.rand(2, 3, 90, generator=gen) - 1)).to(dtype)
     values[0, 0, 7] = big                        # the target is the maximum: logp ~ 0
-    values[0, 1, 3] = values[0, 1, 4] = big      # a tie at the top: p = 1/2 each, however large the logits
+    # a tie at the top: p = 1/2 each, however large the logits
+    values[0, 1, 3] = values[0, 1, 4] = big
     labels = torch.randint(0, 90, (2, 3), generator=gen)
     labels[0, 0], labels[0, 1] = 7, 3
     mask = torch.ones(2, 3, dtype=torch.bool)
@@ -284,8 +305,10 @@ def test_extreme_logits_are_stable(impl, dtype, big):
 def test_minus_inf_logits_outside_the_target(impl, dtype):
     gen = torch.Generator().manual_seed(9)
     values = torch.randn(2, 4, 150, generator=gen).to(dtype)
-    values[:, :, 100:] = float("-inf")          # a masked-out vocabulary tail, spanning whole blocks
-    values[0, 1, :99] = float("-inf")           # a row whose only finite entries are 99 (the target) and 100+
+    # a masked-out vocabulary tail, spanning whole blocks
+    values[:, :, 100:] = float("-inf")
+    # a row whose only finite entries are 99 (the target) and 100+
+    values[0, 1, :99] = float("-inf")
     labels = torch.randint(0, 100, (2, 4), generator=gen)
     labels[0, 1] = 99
     mask = torch.ones(2, 4, dtype=torch.bool)
@@ -310,14 +333,17 @@ def test_out_of_range_labels_at_unmasked_positions_raise(impl):
     labels[1, 1] = -1
     with pytest.raises(ValueError, match=r"labels\[1, 1\] = -1"):
         logprob_kernels.token_logprobs(values, labels, mask, impl=impl)
-    # With the check off, the bad position reads no memory out of bounds and yields NaN; the rest is intact.
+    # With the check off, the bad position reads no memory out of bounds and yields NaN; the rest is
+    # intact.
     tok = logprob_kernels.token_logprobs(values, labels, mask, impl=impl, check_labels=False)
-    assert torch.isnan(tok[1, 1]) and torch.isfinite(tok[0]).all() and torch.isfinite(tok[1, [0, 2]]).all()
+    assert (torch.isnan(tok[1, 1]) and torch.isfinite(tok[0]).all()
+            and torch.isfinite(tok[1, [0, 2]]).all())
 
 
 @pytest.mark.parametrize("impl", IMPLS)
 def test_bad_arguments_raise_typed_errors(impl):
-    values, labels, mask = on(torch.randn(2, 3, 8), torch.zeros(2, 3, dtype=torch.long), torch.ones(2, 3))
+    values, labels, mask = on(torch.randn(2, 3, 8), torch.zeros(2, 3, dtype=torch.long),
+                              torch.ones(2, 3))
     with pytest.raises(ValueError, match="mask must hold only 0 and 1"):
         logprob_kernels.sequence_logprobs(values, labels, 2 * mask, impl=impl)
     with pytest.raises(ValueError, match="labels must have shape"):
@@ -339,7 +365,8 @@ def test_int32_labels_and_empty_time_axis(impl):
     values, labels, mask, _ = build(dict(B=2, T=3, V=20, dtype=torch.float32, mask_kind="random",
                                          layout="contiguous", scale=1.0, seed=6))
     expected = logprob_kernels.sequence_logprobs(values, labels, mask, impl=impl)
-    assert torch.equal(logprob_kernels.sequence_logprobs(values, labels.int(), mask, impl=impl), expected)
+    assert torch.equal(logprob_kernels.sequence_logprobs(values, labels.int(), mask, impl=impl),
+                       expected)
     empty = torch.zeros(2, 0, 20, device=DEVICE, requires_grad=True)
     out = logprob_kernels.sequence_logprobs(empty, labels[:, :0], mask[:, :0], impl=impl)
     out.sum().backward()
@@ -355,11 +382,12 @@ def test_auto_picks_triton_for_cuda_tensors_and_torch_otherwise():
     assert logprob_kernels.sequence_logprobs(values.double(), labels, mask).dtype == torch.float64
 
 
-# ----------------------------------------------------------------------------- determinism, launch config
+# ----------------------------------------------------------------------- determinism, launch config
 
 @pytest.mark.parametrize("impl", IMPLS)
 def test_repeated_runs_are_bit_identical(impl):
-    values, labels, mask, grad_tok = build(dict(B=2, T=4, V=130, dtype=torch.bfloat16, mask_kind="random",
+    values, labels, mask, grad_tok = build(dict(B=2, T=4, V=130, dtype=torch.bfloat16,
+                                                mask_kind="random",
                                                 layout="shifted", scale=3.0, seed=4))
     results = []
     for _ in range(2):

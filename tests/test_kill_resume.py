@@ -1,10 +1,12 @@
-"""Killed at any moment, nothing lost: a small DPO run and a small RLOO run are killed with SIGKILL at random
-moments (and as a checkpoint is being written), resumed with --resume each time, and end with the weights,
-AdamW state, generator states, metrics.jsonl and hf/ of the same run done in one go.
+"""Killed at any moment, nothing lost: a small DPO run and a small RLOO run are killed with SIGKILL
+at random moments (and as a checkpoint is being written), resumed with --resume each time, and end
+with the weights, AdamW state, generator states, metrics.jsonl and hf/ of the same run done in one
+go.
 
-What this checks is the guarantee docs/tutorial.md states: every file of a run is replaced atomically or appended
-to, --resume continues from the last checkpoint and drops the metrics rows written after it (a row cut short
-included), and a run killed before its first checkpoint starts again from step 0.
+What this checks is the guarantee docs/tutorial.md states: every file of a run is replaced
+atomically or appended to, --resume continues from the last checkpoint and drops the metrics rows
+written after it (a row cut short included), and a run killed before its first checkpoint starts
+again from step 0.
 """
 
 import os
@@ -28,10 +30,12 @@ KILLS = 10  # per command
 
 def start(argv, out, env):
     """`python train.py argv --out-dir out`, with --resume when out already holds a run."""
-    resume = ["--resume"] if any(os.path.exists(os.path.join(out, name)) for name in ("config.json", "ckpt.pt")) \
-        else []
-    return subprocess.Popen([sys.executable, str(REPO / "train.py"), *argv, "--out-dir", out, *resume], cwd=REPO,
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    holds_a_run = any(os.path.exists(os.path.join(out, name))
+                      for name in ("config.json", "ckpt.pt"))
+    resume = ["--resume"] if holds_a_run else []
+    command = [sys.executable, str(REPO / "train.py"), *argv, "--out-dir", out, *resume]
+    return subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
 
 
 def writing_a_checkpoint(out):
@@ -40,8 +44,9 @@ def writing_a_checkpoint(out):
 
 
 def kill_at(process, out, moment):
-    """SIGKILL `process` `moment` seconds after its start, or (moment None) as soon as a checkpoint is being
-    written. Returns where it was killed ("checkpoint write", "at N s"), or None if it ended first."""
+    """SIGKILL `process` `moment` seconds after its start, or (moment None) as soon as a checkpoint
+    is being written. Returns where it was killed ("checkpoint write", "at N s"), or None if it
+    ended first."""
     started = time.monotonic()
     while process.poll() is None:
         if moment is None and writing_a_checkpoint(out):
@@ -57,18 +62,21 @@ def kill_at(process, out, moment):
 
 
 def final_state(out):
-    """What must be identical: the checkpoint (but --resume and --out-dir in its config), metrics.jsonl, hf/."""
+    """What must be identical: the checkpoint (but --resume and --out-dir in its config),
+    metrics.jsonl, hf/."""
     state = torch.load(os.path.join(out, "ckpt.pt"), weights_only=False)
     state["config"].pop("resume")
     state["config"].pop("out_dir")
-    files = {name: (Path(out) / name).read_bytes() for name in ("metrics.jsonl", "hf/model.safetensors",
+    files = {name: (Path(out) / name).read_bytes() for name in ("metrics.jsonl",
+                                                                "hf/model.safetensors",
                                                                 "hf/config.json")}
     return state, files
 
 
 def killed_and_resumed(argv, out, seed, env):
-    """Run argv into out, killing it KILLS times (every other kill during a checkpoint write, the others at a
-    random moment of the run), resuming each time; then to the end. Returns where each kill landed."""
+    """Run argv into out, killing it KILLS times (every other kill during a checkpoint write, the
+    others at a random moment of the run), resuming each time; then to the end. Returns where each
+    kill landed."""
     rng = random.Random(seed)
     reference = time.monotonic()
     whole = start(argv, out + "-whole", env)
@@ -100,7 +108,8 @@ def assert_identical(a, b, where):
         for i, (x, y) in enumerate(zip(a, b)):
             assert_identical(x, y, f"{where}[{i}]")
     elif isinstance(a, (torch.Tensor, np.ndarray)):
-        torch.testing.assert_close(torch.as_tensor(a), torch.as_tensor(b), rtol=0, atol=0, equal_nan=True,
+        torch.testing.assert_close(torch.as_tensor(a), torch.as_tensor(b), rtol=0, atol=0,
+                                   equal_nan=True,
                                    msg=where)
     else:
         assert a == b, where
@@ -122,8 +131,9 @@ def env():
 def test_dpo_killed_ten_times_ends_as_the_uninterrupted_run(tmp_path, env):
     _init, _ = tiny_checkpoints(tmp_path)
     prefs = write_preferences(tmp_path / "prefs.jsonl", n=40)
-    argv = ["dpo", "--init", _init, "--data", prefs, "--steps", "16", "--batch-size", "4", "--eval-every", "3",
-            "--save-every", "1", "--keep-best", "--max-length", "64", "--heldout-fraction", "0.2", "--seed", "0"]
+    argv = ["dpo", "--init", _init, "--data", prefs, "--steps", "16", "--batch-size", "4",
+            "--eval-every", "3", "--save-every", "1", "--keep-best", "--max-length", "64",
+            "--heldout-fraction", "0.2", "--seed", "0"]
     landed = killed_and_resumed(argv, str(tmp_path / "run"), seed=0, env=env)
     assert len(landed) >= KILLS and landed.count("checkpoint write") >= KILLS // 2, landed
     assert_same(str(tmp_path / "run-whole"), str(tmp_path / "run"))
@@ -134,8 +144,8 @@ def test_dpo_killed_ten_times_ends_as_the_uninterrupted_run(tmp_path, env):
 def test_rloo_killed_ten_times_ends_as_the_uninterrupted_run(tmp_path, env):
     init, rm = tiny_checkpoints(tmp_path)
     argv = ["rloo", "--init", init, "--reward-model", rm, "--steps", "8", "--batch-size", "2",
-            "--samples-per-prompt", "2", "--max-new-tokens", "6", "--eval-every", "3", "--save-every", "1",
-            "--target-kl", "0.01", "--kl-horizon", "4", "--lr", "1e-2"]
+            "--samples-per-prompt", "2", "--max-new-tokens", "6", "--eval-every", "3",
+            "--save-every", "1", "--target-kl", "0.01", "--kl-horizon", "4", "--lr", "1e-2"]
     landed = killed_and_resumed(argv, str(tmp_path / "run"), seed=1, env=env)
     assert len(landed) >= KILLS and landed.count("checkpoint write") >= KILLS // 2, landed
     assert_same(str(tmp_path / "run-whole"), str(tmp_path / "run"))

@@ -1,10 +1,12 @@
-"""Tests for logprob_kernels/linear_logprobs*.py: log-probs from hidden states against the naive path in float64.
+"""Tests for logprob_kernels/linear_logprobs*.py: log-probs from hidden states against the naive
+path in float64.
 
-The yardstick is naive_linear_sequence_logprobs on the same (quantized) inputs cast to float64, with autograd's
-gradients w.r.t. hidden and weight. Shapes stay small because the Triton interpreter costs ~2 ms per loop step;
-SMALL tiles (16) and short backward chunks force several position, vocabulary and hidden-size tiles, several
-vocabulary splits in forward and several chunks in backward. TRITON_INTERPRET is set by tests/conftest.py
-before triton is imported (as for tests/test_kernels.py); on a CUDA machine the same tests run compiled.
+The yardstick is naive_linear_sequence_logprobs on the same (quantized) inputs cast to float64, with
+autograd's gradients w.r.t. hidden and weight. Shapes stay small because the Triton interpreter
+costs ~2 ms per loop step; SMALL tiles (16) and short backward chunks force several position,
+vocabulary and hidden-size tiles, several vocabulary splits in forward and several chunks in
+backward. TRITON_INTERPRET is set by tests/conftest.py before triton is imported (as for
+tests/test_kernels.py); on a CUDA machine the same tests run compiled.
 """
 
 import math
@@ -17,13 +19,19 @@ from hypothesis import strategies as st
 import logprob_kernels
 from logprob_kernels import linear_logprobs
 from logprob_kernels.linear_logprobs import check_linear_inputs, naive_linear_sequence_logprobs
-from logprob_kernels.linear_logprobs_triton import LaunchConfig, launch_config, triton_linear_token_logprobs
+from logprob_kernels.linear_logprobs_triton import (
+    LaunchConfig,
+    launch_config,
+    triton_linear_token_logprobs,
+)
 
 IMPLS = ["torch", "triton"]
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 SMALL = LaunchConfig(block_n=16, block_v=16, block_d=16, v_splits=3, chunk_rows=8)
-TORCH_CHUNK_ELEMENTS = 100  # torch path in run(): V = 17 -> 5 rows per chunk, V = 50 -> 2, V = 130 -> 1
-SEQ_GRAD = torch.tensor([0.3, -2.0, 1.7])  # a non-uniform per-sequence upstream gradient, as DPO's sigma terms
+# torch path in run(): V = 17 -> 5 rows per chunk, V = 50 -> 2, V = 130 -> 1
+TORCH_CHUNK_ELEMENTS = 100
+# a non-uniform per-sequence upstream gradient, as DPO's sigma terms
+SEQ_GRAD = torch.tensor([0.3, -2.0, 1.7])
 
 
 def on(*tensors):
@@ -31,12 +39,14 @@ def on(*tensors):
 
 
 def make_problem(B, T, d, V, dtype, seed, mask_kind="random", scale=2.0):
-    """hidden (B, T, d), weight (V, d) with logits of size ~scale, labels (B, T), mask (B, T) with an empty row."""
+    """hidden (B, T, d), weight (V, d) with logits of size ~scale, labels (B, T), mask (B, T) with
+    an empty row."""
     gen = torch.Generator().manual_seed(seed)
     hidden = torch.randn(B, T, d, generator=gen).to(dtype)
     weight = (scale / math.sqrt(d) * torch.randn(V, d, generator=gen)).to(dtype)
     labels = torch.randint(0, V, (B, T), generator=gen)
-    mask = torch.rand(B, T, generator=gen) < 0.6 if mask_kind == "random" else torch.ones(B, T, dtype=torch.bool)
+    mask = (torch.rand(B, T, generator=gen) < 0.6 if mask_kind == "random"
+            else torch.ones(B, T, dtype=torch.bool))
     if mask_kind == "random" and B > 1:
         mask[1] = False  # an empty row: exactly 0, zero gradient
     if mask_kind == "none":
@@ -46,7 +56,8 @@ def make_problem(B, T, d, V, dtype, seed, mask_kind="random", scale=2.0):
 
 
 def reference(hidden, weight, labels, mask, seq_grad):
-    """Naive float64 forward (B,) and its gradients w.r.t. hidden and weight for upstream seq_grad (B,)."""
+    """Naive float64 forward (B,) and its gradients w.r.t. hidden and weight for upstream seq_grad
+    (B,)."""
     h = hidden.double().requires_grad_(True)
     w = weight.double().requires_grad_(True)
     out = naive_linear_sequence_logprobs(h, w, labels, mask)
@@ -55,8 +66,9 @@ def reference(hidden, weight, labels, mask, seq_grad):
 
 
 def run(impl, hidden, weight, labels, mask, seq_grad, config=SMALL):
-    """Our forward (B,) and gradients w.r.t. fresh leaf copies of hidden and weight. With a config, Triton runs
-    with its tiles and the torch path with TORCH_CHUNK_ELEMENTS (several chunks); config=None: the defaults."""
+    """Our forward (B,) and gradients w.r.t. fresh leaf copies of hidden and weight. With a config,
+    Triton runs with its tiles and the torch path with TORCH_CHUNK_ELEMENTS (several chunks);
+    config=None: the defaults."""
     h = hidden.detach().clone().requires_grad_(True)
     w = weight.detach().clone().requires_grad_(True)
     with pytest.MonkeyPatch.context() as patch:
@@ -75,23 +87,27 @@ def assert_matches_reference(impl, hidden, weight, labels, mask, seq_grad, confi
     out, dh, dw = run(impl, hidden, weight, labels, mask, seq_grad, config)
     ref, ref_dh, ref_dw = reference(hidden, weight, labels, mask, seq_grad)
     B, T = labels.shape
-    assert out.shape == (B,) and out.dtype == (torch.float64 if hidden.dtype == torch.float64 else torch.float32)
+    assert out.shape == (B,) and out.dtype == (torch.float64 if hidden.dtype == torch.float64
+                                               else torch.float32)
     assert dh.dtype == hidden.dtype and dw.dtype == weight.dtype
     if hidden.dtype in (torch.float32, torch.float64):
         torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-4)
         torch.testing.assert_close(dh.double(), ref_dh, rtol=1e-4, atol=1e-5)
         torch.testing.assert_close(dw.double(), ref_dw, rtol=1e-4, atol=1e-5)
     else:
-        # 16-bit: the torch path rounds the logits to the input dtype (as the naive path does; ~0.4% of |z|),
-        # both paths round dz and the gradients once. Tolerances scale with the size of what is compared.
+        # 16-bit: the torch path rounds the logits to the input dtype (as the naive path does; ~0.4%
+        # of |z|), both paths round dz and the gradients once. Tolerances scale with the size of
+        # what is compared.
         torch.testing.assert_close(out.double(), ref, rtol=2e-2, atol=3e-2 * T)
         for ours, theirs in ((dh, ref_dh), (dw, ref_dw)):
-            torch.testing.assert_close(ours.double(), theirs, rtol=2e-2, atol=2e-2 * theirs.abs().max().item())
+            torch.testing.assert_close(ours.double(), theirs, rtol=2e-2,
+                                       atol=2e-2 * theirs.abs().max().item())
     empty = ~mask.any(-1)                                       # (B,) rows with nothing to count
-    assert torch.all(out[empty] == 0) and torch.all(dh[~mask] == 0), "masked positions: exactly zero"
+    assert torch.all(out[empty] == 0) and torch.all(dh[~mask] == 0), (
+        "masked positions: exactly zero")
 
 
-# ----------------------------------------------------------------------------- agreement with the naive path
+# -------------------------------------------------------------------- agreement with the naive path
 
 @pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -102,8 +118,10 @@ def test_matches_naive_fp64_values_and_gradients(impl, dtype, d, V):
 
 
 @settings(max_examples=15)
-@given(B=st.integers(1, 3), T=st.integers(1, 8), d=st.sampled_from([16, 24, 40]), V=st.integers(1, 90),
-       dtype=st.sampled_from([torch.float32, torch.bfloat16, torch.float16]), impl=st.sampled_from(IMPLS),
+@given(B=st.integers(1, 3), T=st.integers(1, 8), d=st.sampled_from([16, 24, 40]),
+       V=st.integers(1, 90),
+       dtype=st.sampled_from([torch.float32, torch.bfloat16, torch.float16]),
+       impl=st.sampled_from(IMPLS),
        mask_kind=st.sampled_from(["random", "all", "none"]), seed=st.integers(0, 2**31 - 1))
 def test_random_problems_match_naive(B, T, d, V, dtype, impl, mask_kind, seed):
     hidden, weight, labels, mask = make_problem(B, T, d, V, dtype, seed, mask_kind)
@@ -113,22 +131,26 @@ def test_random_problems_match_naive(B, T, d, V, dtype, impl, mask_kind, seed):
 
 @pytest.mark.parametrize("impl", IMPLS)
 def test_non_uniform_sequence_gradient(impl):
-    """(out * c).sum().backward() with c = [0.3, -2.0, 1.7]: each sequence's gradient scaled by its own c."""
-    hidden, weight, labels, mask = make_problem(3, 6, 24, 50, torch.float32, seed=5, mask_kind="all")
+    """(out * c).sum().backward() with c = [0.3, -2.0, 1.7]: each sequence's gradient scaled by its
+    own c."""
+    hidden, weight, labels, mask = make_problem(3, 6, 24, 50, torch.float32, seed=5,
+                                                mask_kind="all")
     c, = on(SEQ_GRAD)
     h, w = hidden.clone().requires_grad_(True), weight.clone().requires_grad_(True)
     (logprob_kernels.linear_sequence_logprobs(h, w, labels, mask, impl=impl) * c).sum().backward()
     _, ref_dh, ref_dw = reference(hidden, weight, labels, mask, c)
     torch.testing.assert_close(h.grad.double(), ref_dh, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(w.grad.double(), ref_dw, rtol=1e-4, atol=1e-5)
-    # A uniform gradient scaled afterwards would be wrong: the sequences' contributions to dweight differ.
+    # A uniform gradient scaled afterwards would be wrong: the sequences' contributions to dweight
+    # differ.
     _, _, uniform_dw = reference(hidden, weight, labels, mask, torch.ones_like(c))
     assert not torch.allclose(ref_dw, c.mean().double() * uniform_dw, atol=1e-3)
 
 
 @pytest.mark.parametrize("impl", IMPLS)
 def test_worked_example(impl):
-    """d = V = 2 and weight = identity: the logits are the hidden states; log(1/2) + log(3/4) = -0.98083."""
+    """d = V = 2 and weight = identity: the logits are the hidden states; log(1/2) + log(3/4) =
+    -0.98083."""
     hidden = torch.tensor([[[0.0, 0.0], [math.log(3.0), 0.0], [5.0, -5.0]]])
     weight = torch.eye(2)
     labels, mask = torch.tensor([[1, 0, -100]]), torch.tensor([[1, 1, 0]])
@@ -145,10 +167,12 @@ def test_torch_path_gradcheck_fp64_over_several_chunks(monkeypatch):
     mask = torch.tensor([[1, 1, 0, 1], [0, 0, 0, 0], [0, 1, 1, 1]], dtype=torch.bool)
     labels = torch.randint(0, 5, (3, 4), generator=gen).masked_fill(~mask, -100)
     hidden, weight, labels, mask = on(hidden, weight, labels, mask)
-    view = torch.cat([hidden, hidden[:, :1]], dim=1)[:, :-1].detach().requires_grad_(True)  # (3, 4, 6)
+    # (3, 4, 6)
+    view = torch.cat([hidden, hidden[:, :1]], dim=1)[:, :-1].detach().requires_grad_(True)
     weight.requires_grad_(True)
     assert torch.autograd.gradcheck(
-        lambda h, w: logprob_kernels.linear_sequence_logprobs(h, w, labels, mask, impl="torch"), (view, weight))
+        lambda h, w: logprob_kernels.linear_sequence_logprobs(h, w, labels, mask, impl="torch"),
+                                    (view, weight))
 
 
 # ----------------------------------------------------------------------------- layouts and graphs
@@ -156,13 +180,15 @@ def test_torch_path_gradcheck_fp64_over_several_chunks(monkeypatch):
 @pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("layout", ["shifted", "transposed"])
 def test_strided_hidden_and_weight(impl, layout):
-    """hidden = big[:, :-1] (the usual shift) or a (d, T, B) buffer permuted; weight stored transposed."""
+    """hidden = big[:, :-1] (the usual shift) or a (d, T, B) buffer permuted; weight stored
+    transposed."""
     hidden, weight, labels, mask = make_problem(2, 7, 24, 50, torch.float32, seed=8)
     if layout == "shifted":
         big = torch.cat([hidden, torch.randn_like(hidden[:, :1])], dim=1)   # (B, T+1, d)
         view = big[:, :-1]
     else:
-        view = hidden.permute(2, 1, 0).contiguous().permute(2, 1, 0)         # (B, T, d), stride (1, B, B*T)
+        # (B, T, d), stride (1, B, B*T)
+        view = hidden.permute(2, 1, 0).contiguous().permute(2, 1, 0)
     w_view = weight.T.contiguous().T                                         # (V, d), stride (1, V)
     assert not view.is_contiguous() and not w_view.is_contiguous()
     h, w = view.detach().requires_grad_(True), w_view.detach().requires_grad_(True)
@@ -176,7 +202,8 @@ def test_strided_hidden_and_weight(impl, layout):
 
 @pytest.mark.parametrize("impl", IMPLS)
 def test_tied_embeddings_gradients_add_up(impl):
-    """The weight is both the embedding table and the head: its gradient is the sum over both uses."""
+    """The weight is both the embedding table and the head: its gradient is the sum over both
+    uses."""
     B, T, d, V = 2, 5, 16, 30
     gen = torch.Generator().manual_seed(3)
     table = torch.randn(V, d, generator=gen) / 2
@@ -188,11 +215,13 @@ def test_tied_embeddings_gradients_add_up(impl):
 
     def forward(weight, mix, fn):
         hidden = torch.tanh(weight[ids[:, :-1]] @ mix)            # (B, T, d) a one-layer "model"
-        labels = ids[:, 1:]                                       # (B, T) next tokens: the caller shifts
+        # (B, T) next tokens: the caller shifts
+        labels = ids[:, 1:]
         return (fn(hidden, weight, labels, mask) * c).sum()
 
     ours = table.clone().requires_grad_(True)
-    forward(ours, mix, lambda h, w, y, m: logprob_kernels.linear_sequence_logprobs(h, w, y, m, impl=impl)).backward()
+    forward(ours, mix, lambda h, w, y, m: logprob_kernels.linear_sequence_logprobs(
+        h, w, y, m, impl=impl)).backward()
     ref = table.double().requires_grad_(True)
     forward(ref, mix.double(), naive_linear_sequence_logprobs).backward()
     torch.testing.assert_close(ours.grad.double(), ref.grad, rtol=1e-4, atol=1e-5)
@@ -214,19 +243,23 @@ def test_frozen_weight_or_frozen_hidden(impl):
 @pytest.mark.parametrize("impl", IMPLS)
 def test_saves_no_logits_for_backward(impl):
     """Nothing of size N * V (or N_keep * V) is kept between forward and backward."""
-    hidden, weight, labels, mask = make_problem(2, 16, 16, 64, torch.float32, seed=4, mask_kind="all")
+    hidden, weight, labels, mask = make_problem(2, 16, 16, 64, torch.float32, seed=4,
+                                                mask_kind="all")
     saved = []
-    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel()) or t, lambda t: t):
-        out = logprob_kernels.linear_sequence_logprobs(hidden.requires_grad_(True), weight, labels, mask, impl=impl)
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel()) or t,
+                                                  lambda t: t):
+        out = logprob_kernels.linear_sequence_logprobs(hidden.requires_grad_(True), weight, labels,
+                                                       mask, impl=impl)
     out.sum().backward()
     assert saved and max(saved) == max(hidden.numel(), weight.numel()) < 2 * 16 * 64, saved
 
 
-# ----------------------------------------------------------------------------- edge cases and errors
+# ---------------------------------------------------------------------------- edge cases and errors
 
 @pytest.mark.parametrize("impl", IMPLS)
 def test_all_masked_batch_gives_exact_zeros(impl):
-    hidden, weight, labels, mask = make_problem(3, 4, 16, 20, torch.bfloat16, seed=1, mask_kind="none")
+    hidden, weight, labels, mask = make_problem(3, 4, 16, 20, torch.bfloat16, seed=1,
+                                                mask_kind="none")
     out, dh, dw = run(impl, hidden, weight, labels, mask, on(SEQ_GRAD)[0])
     assert torch.equal(out, torch.zeros(3, device=DEVICE))
     assert torch.equal(dh, torch.zeros_like(hidden)) and torch.equal(dw, torch.zeros_like(weight))
@@ -237,16 +270,22 @@ def test_triton_is_deterministic_and_default_tiles_agree():
     g, = on(SEQ_GRAD)
     first, second = (run("triton", hidden, weight, labels, mask, g) for _ in range(2))
     assert all(torch.equal(a, b) for a, b in zip(first, second)), "bit-identical runs"
-    default = run("triton", hidden, weight, labels, mask, g, config=None)   # launch_config(bf16): one tile
-    assert launch_config(torch.bfloat16).block_n == 128 and launch_config(torch.float32).block_d == 32
+    # launch_config(bf16): one tile
+    default = run("triton", hidden, weight, labels, mask, g, config=None)
+    assert (launch_config(torch.bfloat16).block_n == 128 and launch_config(torch.float32).block_d
+            == 32)
     torch.testing.assert_close(default[0], first[0], rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("config", [LaunchConfig(16, 16, 16, v_splits=1, chunk_rows=20),   # 2 tiles, then 1
-                                    LaunchConfig(32, 16, 32, v_splits=9, chunk_rows=27),   # one chunk
-                                    LaunchConfig(16, 32, 16, v_splits=2, chunk_rows=5)])   # 6 short chunks
+# 2 tiles, then 1
+@pytest.mark.parametrize("config", [LaunchConfig(16, 16, 16, v_splits=1, chunk_rows=20),
+                                    # one chunk
+                                    LaunchConfig(32, 16, 32, v_splits=9, chunk_rows=27),
+                                    # 6 short chunks
+                                    LaunchConfig(16, 32, 16, v_splits=2, chunk_rows=5)])
 def test_triton_tiles_splits_and_chunks_do_not_change_the_result(config):
-    hidden, weight, labels, mask = make_problem(3, 9, 40, 130, torch.float32, seed=7, mask_kind="all")
+    hidden, weight, labels, mask = make_problem(3, 9, 40, 130, torch.float32, seed=7,
+                                                mask_kind="all")
     assert_matches_reference("triton", hidden, weight, labels, mask, on(SEQ_GRAD)[0], config)
 
 
@@ -269,7 +308,8 @@ def test_bad_inputs_raise_typed_errors(impl):
     labels[1, 2] = 8                                              # == V at a kept position
     with pytest.raises(ValueError, match=r"labels\[1, 2\] = 8 is outside the vocabulary \[0, 8\)"):
         f(hidden, weight, labels, mask, impl=impl)
-    mask[1, 2] = False                                            # the same label at a masked position: fine
+    # the same label at a masked position: fine
+    mask[1, 2] = False
     assert torch.isfinite(f(hidden, weight, labels, mask, impl=impl)).all()
     with pytest.raises(ValueError, match="impl must be one of"):
         f(hidden, weight, labels, mask, impl="naive")
@@ -282,6 +322,9 @@ def test_float64_needs_the_torch_path_and_auto_picks_torch_on_cpu():
     out = logprob_kernels.linear_sequence_logprobs(hidden, weight, labels, mask)
     assert out.dtype == torch.float64
     if not hidden.is_cuda:
-        assert torch.equal(out, logprob_kernels.linear_sequence_logprobs(hidden, weight, labels, mask, impl="torch"))
+        assert torch.equal(out,
+                           logprob_kernels.linear_sequence_logprobs(hidden, weight, labels, mask,
+                                                                    impl="torch"))
     with pytest.raises(ValueError, match="power of two >= 16"):
-        triton_linear_token_logprobs(hidden.float(), weight.float(), labels, mask, LaunchConfig(block_d=8))
+        triton_linear_token_logprobs(hidden.float(), weight.float(), labels, mask,
+                                     LaunchConfig(block_d=8))

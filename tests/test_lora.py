@@ -1,7 +1,7 @@
-"""Tests of plumbing/lora.py: LoRALinear against the dense formula x (W0 + (alpha/r) B A)^T + b, a fresh adapter
-model and the adapters-off model against the base model, gradients and optimizer steps, merging, merged
-checkpoints loaded by transformers, adapter state round trips, the trainable parameter count, and the errors bad
-input gets."""
+"""Tests of plumbing/lora.py: LoRALinear against the dense formula x (W0 + (alpha/r) B A)^T + b, a
+fresh adapter model and the adapters-off model against the base model, gradients and optimizer
+steps, merging, merged checkpoints loaded by transformers, adapter state round trips, the trainable
+parameter count, and the errors bad input gets."""
 
 import copy
 
@@ -30,7 +30,8 @@ from plumbing.lora import (
 from test_model import perturbed  # noise on every parameter
 
 TINY = dict(block_size=16, vocab_size=50, n_layer=2, n_head=2, n_embd=16)
-TARGET_SHAPES = {"attn.c_attn": (16, 48), "attn.c_proj": (16, 16), "mlp.c_fc": (16, 64), "mlp.c_proj": (64, 16)}
+TARGET_SHAPES = {"attn.c_attn": (16, 48), "attn.c_proj": (16, 16), "mlp.c_fc": (16, 64),
+                 "mlp.c_proj": (64, 16)}
 
 
 @pytest.fixture
@@ -45,7 +46,8 @@ def idx():
 
 
 def randomize_adapters(model, seed=1):
-    """Give every B (zero after apply_lora) and A random values, so that the adapters change the output."""
+    """Give every B (zero after apply_lora) and A random values, so that the adapters change the
+    output."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for _, m in lora_layers(model):
@@ -55,7 +57,8 @@ def randomize_adapters(model, seed=1):
 
 
 def train_steps(model, idx, steps=3):
-    """A few AdamW steps on next-token cross-entropy over all of model.parameters() (frozen ones included)."""
+    """A few AdamW steps on next-token cross-entropy over all of model.parameters() (frozen ones
+    included)."""
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1)
     for _ in range(steps):
         logits = model(idx[:, :-1])  # (B, T - 1, V)
@@ -73,8 +76,10 @@ def model_of(base, rank=3, alpha=6, seed=1):
 
 # ---- LoRALinear against the dense formula ----
 
-@given(in_f=st.integers(1, 12), out_f=st.integers(1, 12), rank=st.integers(1, 8), bias=st.booleans(),
-       alpha=st.floats(0.1, 64.0), lead=st.lists(st.integers(1, 3), min_size=0, max_size=2), seed=st.integers(0, 99))
+@given(in_f=st.integers(1, 12), out_f=st.integers(1, 12), rank=st.integers(1, 8),
+       bias=st.booleans(),
+       alpha=st.floats(0.1, 64.0), lead=st.lists(st.integers(1, 3), min_size=0, max_size=2),
+       seed=st.integers(0, 99))
 def test_forward_matches_dense_formula(in_f, out_f, rank, bias, alpha, lead, seed):
     torch.manual_seed(seed)
     layer = LoRALinear(nn.Linear(in_f, out_f, bias=bias), rank, alpha)
@@ -87,7 +92,8 @@ def test_forward_matches_dense_formula(in_f, out_f, rank, bias, alpha, lead, see
         expected = expected + layer.base.bias
     assert_close(layer(x), expected, atol=1e-5, rtol=1e-5)
     layer.enabled = False
-    assert torch.equal(layer(x), layer.base(x))  # adapters off: the base layer's output, bit for bit
+    # adapters off: the base layer's output, bit for bit
+    assert torch.equal(layer(x), layer.base(x))
 
 
 def test_forward_bf16_base():
@@ -159,7 +165,8 @@ def test_gradients_only_reach_adapters(base, idx):
     train_steps(model, idx)
     for k, v in model.state_dict().items():
         if "lora_" not in k:
-            assert torch.equal(v, frozen[k]), k  # bit-identical base weights (AdamW's weight decay included)
+            # bit-identical base weights (AdamW's weight decay included)
+            assert torch.equal(v, frozen[k]), k
 
 
 # ---- merging ----
@@ -188,7 +195,8 @@ def test_merge_unmerge_round_trip(base, idx):
 
 @pytest.fixture
 def offline(monkeypatch):
-    """Hub offline mode: huggingface_hub reads HF_HUB_OFFLINE at import, so its constant is patched too."""
+    """Hub offline mode: huggingface_hub reads HF_HUB_OFFLINE at import, so its constant is patched
+    too."""
     import huggingface_hub.constants
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
@@ -218,7 +226,8 @@ def test_merged_copy_saves_plain_gpt2(base, idx, tmp_path, offline):
 def test_lora_state_dict_round_trip(base, idx):
     model = model_of(base, seed=3)
     state = lora_state_dict(model)
-    assert sorted(state) == sorted(f"transformer.h.{i}.{t}.lora_{ab}" for i in range(2) for t in TARGET_SHAPES
+    assert sorted(state) == sorted(f"transformer.h.{i}.{t}.lora_{ab}" for i in range(2)
+                                   for t in TARGET_SHAPES
                                    for ab in "AB")
     fresh = copy.deepcopy(base)
     apply_lora(fresh, rank=3, alpha=6)
@@ -228,7 +237,8 @@ def test_lora_state_dict_round_trip(base, idx):
 
 
 @pytest.mark.parametrize("edit, match", [
-    (lambda s: s.pop("transformer.h.0.attn.c_attn.lora_A"), r"missing keys \['transformer.h.0.attn.c_attn.lora_A'\]"),
+    (lambda s: s.pop("transformer.h.0.attn.c_attn.lora_A"),
+     r"missing keys \['transformer.h.0.attn.c_attn.lora_A'\]"),
     (lambda s: s.update(extra=torch.zeros(1)), r"unexpected keys \['extra'\]"),
     (lambda s: s.update({"transformer.h.1.mlp.c_fc.lora_B": torch.zeros(64, 5)}),
      r"mlp.c_fc.lora_B' has shape \(64, 5\)"),
@@ -242,7 +252,8 @@ def test_load_lora_state_dict_is_strict(base, edit, match):
     before = lora_state_dict(fresh)
     with pytest.raises(ValueError, match=match):
         load_lora_state_dict(fresh, state)
-    assert all(torch.equal(v, lora_state_dict(fresh)[k]) for k, v in before.items())  # nothing copied
+    # nothing copied
+    assert all(torch.equal(v, lora_state_dict(fresh)[k]) for k, v in before.items())
 
 
 # ---- counts, targets and errors ----
@@ -251,7 +262,8 @@ def test_load_lora_state_dict_is_strict(base, edit, match):
 def test_count_trainable_by_hand(base, rank):
     model = copy.deepcopy(base)
     apply_lora(model, rank=rank, alpha=1)
-    per_layer = sum(rank * (i + o) for i, o in TARGET_SHAPES.values())  # r * (in + out) per adapted Linear
+    # r * (in + out) per adapted Linear
+    per_layer = sum(rank * (i + o) for i, o in TARGET_SHAPES.values())
     assert count_trainable(model) == 2 * per_layer == 2 * rank * (64 + 32 + 80 + 80)
     assert count_trainable(base) == base.num_params(non_embedding=False)
 

@@ -1,5 +1,6 @@
-"""Tests of model.py: logits and checkpoints against transformers' GPT-2, causality, left padding, KV-cache
-generation against a naive recompute-everything loop, sampling, and the errors bad input gets."""
+"""Tests of model.py: logits and checkpoints against transformers' GPT-2, causality, left padding,
+KV-cache generation against a naive recompute-everything loop, sampling, and the errors bad input
+gets."""
 
 import json
 
@@ -16,7 +17,8 @@ TINY = dict(block_size=64, vocab_size=97, n_layer=2, n_head=2, n_embd=32)
 
 
 def perturbed(module, seed=0, scale=0.1):
-    """Add noise to every parameter (biases and LayerNorms included), so that no parameter is trivially 0 or 1."""
+    """Add noise to every parameter (biases and LayerNorms included), so that no parameter is
+    trivially 0 or 1."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in module.parameters():
@@ -31,7 +33,8 @@ def tiny():
 
 
 def left_pad(rows, pad_id=5):
-    """rows: list of 1-D int64 tensors -> idx (B, T) padded on the left with pad_id, mask (B, T) bool."""
+    """rows: list of 1-D int64 tensors -> idx (B, T) padded on the left with pad_id, mask (B, T)
+    bool."""
     T = max(len(r) for r in rows)
     idx = torch.full((len(rows), T), pad_id, dtype=torch.long)
     mask = torch.zeros(len(rows), T, dtype=torch.bool)
@@ -44,7 +47,8 @@ def left_pad(rows, pad_id=5):
 
 @pytest.fixture
 def offline(monkeypatch):
-    """Hub offline mode: huggingface_hub reads HF_HUB_OFFLINE at import, so its constant is patched too."""
+    """Hub offline mode: huggingface_hub reads HF_HUB_OFFLINE at import, so its constant is patched
+    too."""
     import huggingface_hub.constants
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
@@ -61,9 +65,11 @@ def hf_model():
 @pytest.mark.parametrize("fmt", ["safetensors", "legacy_bin"])
 def test_from_pretrained_matches_transformers(hf_model, fmt, tmp_path, offline):
     hf_model.save_pretrained(tmp_path)
-    if fmt == "legacy_bin":  # an old-style checkpoint: GPT2Model keys (no prefix), mask buffers, lm_head stored
+    # an old-style checkpoint: GPT2Model keys (no prefix), mask buffers, lm_head stored
+    if fmt == "legacy_bin":
         (tmp_path / "model.safetensors").unlink()
-        state = {k.removeprefix("transformer."): v.clone() for k, v in hf_model.state_dict().items()}
+        state = {k.removeprefix("transformer."): v.clone()
+                 for k, v in hf_model.state_dict().items()}
         for i in range(2):
             state[f"h.{i}.attn.bias"] = torch.ones(1, 1, 64, 64).tril()
             state[f"h.{i}.attn.masked_bias"] = torch.tensor(-1e4)
@@ -73,7 +79,8 @@ def test_from_pretrained_matches_transformers(hf_model, fmt, tmp_path, offline):
     idx = torch.randint(0, 97, (3, 20), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         assert_close(ours(idx), hf_model(idx).logits, atol=1e-5, rtol=1e-5)
-        # left padding: transformers given the same mask and the same position ids (cumsum(mask) - 1)
+        # left padding: transformers given the same mask and the same position ids (cumsum(mask) -
+        # 1)
         mask = torch.ones_like(idx, dtype=torch.bool)
         mask[0, :7], mask[2, :3] = False, False
         position_ids = (mask.long().cumsum(1) - 1).clamp(min=0)
@@ -103,7 +110,8 @@ def test_init_and_sizes():
     torch.manual_seed(0)
     m = GPT(GPTConfig(**TINY))
     C, V, L, P = 32, 97, 2, 64
-    per_block = 2 * 2 * C + (C * 3 * C + 3 * C) + (C * C + C) + (C * 4 * C + 4 * C) + (4 * C * C + C)
+    per_block = 2 * 2 * C + (C * 3 * C + 3 * C) + (C * C + C) + (C * 4 * C + 4 * C) + (4 * C * C
+                                                                                       + C)
     assert m.num_params(non_embedding=False) == V * C + P * C + L * per_block + 2 * C
     assert m.num_params() == m.num_params(non_embedding=False) - P * C
     assert m.lm_head.weight is m.transformer.wte.weight
@@ -117,7 +125,8 @@ def test_init_and_sizes():
 @settings(max_examples=15)
 @given(st.data())
 def test_causality(tiny, data):
-    """Changing tokens after position t never changes the logits at positions <= t (with and without padding)."""
+    """Changing tokens after position t never changes the logits at positions <= t (with and without
+    padding)."""
     T = data.draw(st.integers(2, 24), label="T")
     t = data.draw(st.integers(0, T - 2), label="t")
     n_pad = data.draw(st.integers(0, t), label="n_pad")
@@ -192,17 +201,20 @@ def test_eos_stops_each_row(tiny):
         hits = (row == eos).nonzero()
         return int(hits[0]) + 1 if len(hits) else len(row)
 
-    # an eos that row 0 emits and then would emit past, and that some row never emits: a test with teeth
+    # an eos that row 0 emits and then would emit past, and that some row never emits: a test with
+    # teeth
     eos = next(int(e) for e in free[0] if (free[0, first_stop(free[0], e):] != e).any()
                and any(first_stop(r, e) == 12 and r[-1] != e for r in free))
     out = tiny.generate(idx, 12, temperature=0, eos_token=eos)[:, 6:]
-    completions = tiny.complete([r.tolist() for r in idx], 12, temperature=0, eos_token=eos, batch_size=3)
+    completions = tiny.complete([r.tolist() for r in idx], 12, temperature=0, eos_token=eos,
+                                batch_size=3)
     for i in range(4):
         stop = first_stop(free[i], eos)
         assert torch.equal(out[i, :stop], free[i, :stop])
         assert (out[i, stop:] == eos).all()
         assert completions[i] == free[i, :stop].tolist()
-    assert completions[0][-1] == eos and min(map(len, completions)) < 12 == max(map(len, completions))
+    assert completions[0][-1] == eos and min(map(len, completions)) < 12 == max(map(len,
+                                                                                    completions))
 
 
 def test_sampling_is_seeded_and_respects_top_k(tiny):
@@ -215,7 +227,8 @@ def test_sampling_is_seeded_and_respects_top_k(tiny):
     c = tiny.generate(idx, 16, temperature=1.5, top_k=5)
     assert torch.equal(a, b) and not torch.equal(a, c)
     with torch.no_grad():
-        top5 = tiny(a[:, :-1]).topk(5, dim=-1).indices[:, 4:]  # (B, 16, 5): allowed tokens at each new position
+        # (B, 16, 5): allowed tokens at each new position
+        top5 = tiny(a[:, :-1]).topk(5, dim=-1).indices[:, 4:]
     assert (top5 == a[:, 5:, None]).any(-1).all()
     assert torch.equal(tiny.generate(idx, 6, top_k=1), tiny.generate(idx, 6, temperature=0))
 
@@ -285,7 +298,8 @@ def test_from_pretrained_rejects_bad_checkpoints(tmp_path):
     save_file(bad, tmp_path / "model.safetensors")
     with pytest.raises(ValueError, match=r"transformer\.h\.1\.mlp\.c_fc\.weight"):
         GPT.from_pretrained(tmp_path)
-    save_file({k: v for k, v in tensors.items() if k != "transformer.ln_f.bias"}, tmp_path / "model.safetensors")
+    save_file({k: v for k, v in tensors.items() if k != "transformer.ln_f.bias"},
+              tmp_path / "model.safetensors")
     with pytest.raises(ValueError, match=r"missing tensors \['transformer\.ln_f\.bias'\]"):
         GPT.from_pretrained(tmp_path)
     save_file({**tensors, "lm_head.weight": torch.zeros(97, 32)}, tmp_path / "model.safetensors")
@@ -294,7 +308,8 @@ def test_from_pretrained_rejects_bad_checkpoints(tmp_path):
 
 
 def test_hub_name_without_network_says_what_to_download(monkeypatch, tmp_path):
-    """No test touches the network: the Hub download is replaced by a failure, then made unimportable."""
+    """No test touches the network: the Hub download is replaced by a failure, then made
+    unimportable."""
     import huggingface_hub
 
     def offline(*args, **kwargs):
@@ -307,8 +322,10 @@ def test_hub_name_without_network_says_what_to_download(monkeypatch, tmp_path):
     for needle in ("'gpt2'", "simulated: no network", "config.json", "model.safetensors",
                    "https://huggingface.co/gpt2", "checkpoints/gpt2"):
         assert needle in str(err.value)
-    monkeypatch.setitem(__import__("sys").modules, "huggingface_hub", None)  # import now raises ImportError
-    with pytest.raises(FileNotFoundError, match="huggingface_hub is not installed.*model.safetensors"):
+    # import now raises ImportError
+    monkeypatch.setitem(__import__("sys").modules, "huggingface_hub", None)
+    with pytest.raises(FileNotFoundError,
+                       match="huggingface_hub is not installed.*model.safetensors"):
         GPT.from_pretrained("gpt2")
     (tmp_path / "config.json").write_text("{}")
     with pytest.raises(FileNotFoundError, match="not a local directory"):

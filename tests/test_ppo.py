@@ -1,7 +1,7 @@
-"""Tests of methods/ppo.py against naive Python loops (hypothesis; masks with holes and empty rows), the docstring's
-worked example, and properties of the math: the rewards sum to the score minus the KL penalty, returns are
-advantages plus values, the clipped loss has no gradient where the ratio is clipped on the side of the
-advantage, and RLOO's baseline leaves the sample itself out."""
+"""Tests of methods/ppo.py against naive Python loops (hypothesis; masks with holes and empty rows),
+the docstring's worked example, and properties of the math: the rewards sum to the score minus the
+KL penalty, returns are advantages plus values, the clipped loss has no gradient where the ratio is
+clipped on the side of the advantage, and RLOO's baseline leaves the sample itself out."""
 
 import math
 
@@ -20,13 +20,15 @@ SETTINGS = settings(derandomize=True, deadline=None, max_examples=60)
 def rollouts(draw, max_rows=4, max_len=6):
     """(mask (B, T) bool with holes and maybe empty rows, and a float (B, T) tensor generator)."""
     B, T = draw(st.integers(1, max_rows)), draw(st.integers(1, max_len))
-    mask = torch.tensor(draw(st.lists(st.lists(st.booleans(), min_size=T, max_size=T), min_size=B, max_size=B)))
+    mask = torch.tensor(draw(st.lists(st.lists(st.booleans(), min_size=T, max_size=T), min_size=B,
+                                      max_size=B)))
     seed = draw(st.integers(0, 2**16))
     return mask, torch.Generator().manual_seed(seed)
 
 
 def naive_gae(rewards, values, mask, gamma, lam):
-    """The textbook backward recursion, one row and one position at a time, over the unmasked positions."""
+    """The textbook backward recursion, one row and one position at a time, over the unmasked
+    positions."""
     B, T = len(mask), len(mask[0])
     advantages = [[0.0] * T for _ in range(B)]
     for b in range(B):
@@ -36,7 +38,8 @@ def naive_gae(rewards, values, mask, gamma, lam):
             delta = rewards[b][t] + gamma * next_value - values[b][t]
             next_advantage = delta + gamma * lam * next_advantage
             advantages[b][t], next_value = next_advantage, values[b][t]
-    returns = [[advantages[b][t] + values[b][t] if mask[b][t] else 0.0 for t in range(T)] for b in range(B)]
+    returns = [[advantages[b][t] + values[b][t] if mask[b][t] else 0.0 for t in range(T)]
+               for b in range(B)]
     return advantages, returns
 
 
@@ -50,10 +53,13 @@ def test_worked_example():
     torch.testing.assert_close(advantages, torch.tensor([[0.460875, 0.4325, 0.35]]))
     torch.testing.assert_close(returns, torch.tensor([[0.960875, 1.0325, 1.05]]))
     new = old + torch.tensor([[0.3, 0.0, -0.3]])
-    assert ppo.policy_loss(new, old, advantages, mask, clip=0.2).item() == pytest.approx(-0.4149454, abs=1e-6)
+    assert ppo.policy_loss(new, old, advantages, mask, clip=0.2).item() == pytest.approx(-0.4149454,
+                                                                                         abs=1e-6)
     new_values = torch.tensor([[0.6, 0.6, 1.0]])
-    assert ppo.value_loss(new_values, values, returns, mask, clip=0.2).item() == pytest.approx(0.0566311, abs=1e-6)
-    torch.testing.assert_close(ppo.rloo_advantages(torch.tensor([[1.0, 2.0, 3.0]])), torch.tensor([[-1.5, 0., 1.5]]))
+    assert ppo.value_loss(new_values, values, returns, mask,
+                          clip=0.2).item() == pytest.approx(0.0566311, abs=1e-6)
+    torch.testing.assert_close(ppo.rloo_advantages(torch.tensor([[1.0, 2.0, 3.0]])),
+                               torch.tensor([[-1.5, 0., 1.5]]))
 
 
 @SETTINGS
@@ -66,12 +72,14 @@ def test_token_rewards_sum_to_the_score_minus_the_kl_penalty(shape, kl_coef, sco
     rewards = ppo.token_rewards(scores, logprobs, ref, mask, kl_coef)
     for b in range(B):
         positions = [t for t in range(T) if mask[b, t]]
-        expected = (score if positions else 0.0) - kl_coef * sum(float(logprobs[b, t] - ref[b, t]) for t in positions)
+        expected = (score if positions else 0.0) - kl_coef * sum(float(logprobs[b, t] - ref[b, t])
+                                                                 for t in positions)
         assert rewards[b].sum().item() == pytest.approx(expected, abs=1e-4)
         assert all(rewards[b, t] == 0 for t in range(T) if not mask[b, t])
         if positions:  # the score is paid at the last response token only
             t = positions[-1]
-            assert rewards[b, t].item() == pytest.approx(score - kl_coef * float(logprobs[b, t] - ref[b, t]),
+            assert rewards[b, t].item() == pytest.approx(score - kl_coef
+                                                         * float(logprobs[b, t] - ref[b, t]),
                                                          abs=1e-5)
 
 
@@ -82,7 +90,8 @@ def test_gae_is_the_textbook_recursion(shape, gamma, lam):
     B, T = mask.shape
     rewards, values = torch.randn(B, T, generator=g), torch.randn(B, T, generator=g)
     advantages, returns = ppo.gae(rewards, values, mask, gamma, lam)
-    expected_adv, expected_ret = naive_gae(rewards.tolist(), values.tolist(), mask.tolist(), gamma, lam)
+    expected_adv, expected_ret = naive_gae(rewards.tolist(), values.tolist(), mask.tolist(), gamma,
+                                           lam)
     torch.testing.assert_close(advantages, torch.tensor(expected_adv), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(returns, torch.tensor(expected_ret), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(returns, torch.where(mask, advantages + values, 0.0))
@@ -108,11 +117,14 @@ def test_policy_loss_is_the_formula_and_clipped_tokens_get_no_gradient(shape, cl
                 if clipped_past:  # moving further would only help: the clip holds the update back
                     assert new.grad[b, t] == 0
                 else:
-                    assert new.grad[b, t] == pytest.approx(-a * ratio / len([1 for row in mask for m in row if m]),
+                    assert new.grad[b, t] == pytest.approx(-a * ratio
+                                                           / len([1 for row in mask for m in row
+                                                                  if m]),
                                                            rel=1e-4, abs=1e-7)
             else:
                 assert new.grad[b, t] == 0
-    assert loss.item() == pytest.approx(sum(terms) / len(terms) if terms else 0.0, rel=1e-4, abs=1e-6)
+    assert loss.item() == pytest.approx(sum(terms) / len(terms) if terms else 0.0, rel=1e-4,
+                                        abs=1e-6)
 
 
 @SETTINGS
@@ -126,7 +138,8 @@ def test_value_loss_is_the_formula(shape, clip):
                        (float(old[b, t]) + min(max(float(new[b, t] - old[b, t]), -clip), clip)
                         - float(returns[b, t])) ** 2)
              for b in range(B) for t in range(T) if mask[b, t]]
-    assert loss.item() == pytest.approx(sum(terms) / len(terms) if terms else 0.0, rel=1e-4, abs=1e-6)
+    assert loss.item() == pytest.approx(sum(terms) / len(terms) if terms else 0.0, rel=1e-4,
+                                        abs=1e-6)
 
 
 @SETTINGS
@@ -137,9 +150,11 @@ def test_rloo_baseline_leaves_the_sample_out(prompts, k, seed):
     for p in range(prompts):
         for i in range(k):
             others = [float(scores[p, j]) for j in range(k) if j != i]
-            assert advantages[p, i].item() == pytest.approx(float(scores[p, i]) - sum(others) / len(others),
+            assert advantages[p, i].item() == pytest.approx(float(scores[p, i]) - sum(others)
+                                                            / len(others),
                                                             abs=1e-5)
-    torch.testing.assert_close(advantages.sum(dim=1), torch.zeros(prompts), atol=1e-5, rtol=0)  # zero mean
+    # zero mean
+    torch.testing.assert_close(advantages.sum(dim=1), torch.zeros(prompts), atol=1e-5, rtol=0)
     with pytest.raises(ValueError, match="k >= 2"):
         ppo.rloo_advantages(torch.zeros(3, 1))
 
@@ -152,17 +167,22 @@ def test_whiten_and_the_kl_controller():
     assert ppo.masked_mean(white ** 2, mask).item() == pytest.approx(1.0, abs=1e-5)
     assert white[0, 2] == 0 and white[1, 1] == 0
     controller = ppo.AdaptiveKL(0.1, target=6.0, horizon=1000, max_coef=1e6)
-    assert controller.update(kl=12.0, n=100) == pytest.approx(0.1 * (1 + 0.2 * 0.1))  # error clipped to +0.2
+    # error clipped to +0.2
+    assert controller.update(kl=12.0, n=100) == pytest.approx(0.1 * (1 + 0.2 * 0.1))
     assert controller.update(kl=6.0, n=100) == pytest.approx(0.1 * 1.02)  # on target: unchanged
     assert controller.update(kl=5.4, n=100) == pytest.approx(0.1 * 1.02 * (1 - 0.1 * 0.1))
 
 
 @settings(derandomize=True, deadline=None, max_examples=200)
-@given(kl_coef=st.floats(1e-8, MAX_KL_COEF), target=st.floats(1e-6, 1e6), rollouts=st.integers(1, 4096),
-       horizon_over_rollouts=st.floats(1.0, 1e6), kls=st.lists(st.floats(-1e12, 1e12), min_size=1, max_size=50))
-def test_the_kl_controller_stays_a_finite_penalty(kl_coef, target, rollouts, horizon_over_rollouts, kls):
-    """For every valid input (horizon >= rollouts per batch) and any finite measured KLs, every update multiplies
-    the coefficient by a number in [0.8, 1.2] (or caps it), so it stays finite and > 0."""
+@given(kl_coef=st.floats(1e-8, MAX_KL_COEF), target=st.floats(1e-6, 1e6),
+       rollouts=st.integers(1, 4096),
+       horizon_over_rollouts=st.floats(1.0, 1e6),
+       kls=st.lists(st.floats(-1e12, 1e12), min_size=1, max_size=50))
+def test_the_kl_controller_stays_a_finite_penalty(kl_coef, target, rollouts, horizon_over_rollouts,
+                                                  kls):
+    """For every valid input (horizon >= rollouts per batch) and any finite measured KLs, every
+    update multiplies the coefficient by a number in [0.8, 1.2] (or caps it), so it stays finite and
+    > 0."""
     controller = ppo.AdaptiveKL(kl_coef, target, rollouts * horizon_over_rollouts, MAX_KL_COEF)
     for kl in kls:
         before = controller.kl_coef
@@ -173,9 +193,10 @@ def test_the_kl_controller_stays_a_finite_penalty(kl_coef, target, rollouts, hor
 
 def test_the_kl_controller_refuses_what_could_flip_its_sign():
     with pytest.raises(ValueError, match=r"1 <= n <= horizon \(2\)"):
-        ppo.AdaptiveKL(0.05, 1.0, horizon=2, max_coef=1e6).update(kl=0.0, n=16)  # was: 0.05 * (1 - 0.2 * 8) < 0
-    for args in ((0.0, 1.0, 10.0, 1e6), (0.05, 0.0, 10.0, 1e6), (0.05, 1.0, float("nan"), 1e6), (-1.0, 1.0, 10.0, 1e6),
-                 (0.05, 1.0, 10.0, float("inf"))):
+        # was: 0.05 * (1 - 0.2 * 8) < 0
+        ppo.AdaptiveKL(0.05, 1.0, horizon=2, max_coef=1e6).update(kl=0.0, n=16)
+    for args in ((0.0, 1.0, 10.0, 1e6), (0.05, 0.0, 10.0, 1e6), (0.05, 1.0, float("nan"), 1e6),
+                 (-1.0, 1.0, 10.0, 1e6), (0.05, 1.0, 10.0, float("inf"))):
         with pytest.raises(ValueError, match="must be finite and > 0"):
             ppo.AdaptiveKL(*args)
     with pytest.raises(ValueError, match="the measured KL is nan"):

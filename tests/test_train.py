@@ -1,5 +1,6 @@
-"""Tests of the training loop and its commands: end-to-end stages, exact resume, gradient accumulation,
-precomputed vs live reference, non-finite losses, the learning-rate schedule and the clear errors."""
+"""Tests of the training loop and its commands: end-to-end stages, exact resume, gradient
+accumulation, precomputed vs live reference, non-finite losses, the learning-rate schedule and the
+clear errors."""
 
 import contextlib
 import dataclasses
@@ -21,7 +22,8 @@ from plumbing.config import ConfigError, TrainConfig, check_config
 from reference import Reference
 
 TINY = dict(tokenizer="bytes", n_layer=1, n_head=2, n_embd=16, block_size=64, max_length=48,
-            max_prompt_length=24, batch_size=4, eval_every=2, save_every=1000, warmup_steps=2, seed=0)
+            max_prompt_length=24, batch_size=4, eval_every=2, save_every=1000, warmup_steps=2,
+            seed=0)
 
 
 def write_preferences(path, n=40):
@@ -34,23 +36,28 @@ def write_preferences(path, n=40):
 
 def tiny_model(vocab_size=257, dropout=0.0, seed=0):
     torch.manual_seed(seed)
-    return GPT(GPTConfig(block_size=64, vocab_size=vocab_size, n_layer=1, n_head=2, n_embd=16, dropout=dropout))
+    return GPT(GPTConfig(block_size=64, vocab_size=vocab_size, n_layer=1, n_head=2, n_embd=16,
+                         dropout=dropout))
 
 
 def encoded_pairs(path, cfg):
     tokenizer = data.get_tokenizer("bytes")
-    return data.encode_preferences(data.load_preferences(path), tokenizer, max_length=cfg.max_length,
+    return data.encode_preferences(data.load_preferences(path), tokenizer,
+                                   max_length=cfg.max_length,
                                    max_prompt_length=cfg.max_prompt_length)
 
 
-def train_stage(command, cfg, model, train_set, heldout_set, reference_model=None, log=lambda *_: None):
-    """loop.train as commands.run_training drives it: the stage's objective (pad id 256, the byte tokenizer's EOS),
-    and for dpo the reference built from `reference_model` (a table with --reference precompute)."""
+def train_stage(command, cfg, model, train_set, heldout_set, reference_model=None,
+                log=lambda *_: None):
+    """loop.train as commands.run_training drives it: the stage's objective (pad id 256, the byte
+    tokenizer's EOS), and for dpo the reference built from `reference_model` (a table with
+    --reference precompute)."""
     reference = None
     if command == "dpo":
         live = Reference.frozen(reference_model, impl=cfg.impl, fused_linear=cfg.fused_linear)
         reference = commands.dpo_reference(cfg, live, (train_set, heldout_set), pad_id=256)
-    return loop.train(commands.objective(command, cfg, 256, reference), cfg, model, train_set, heldout_set, log=log)
+    return loop.train(commands.objective(command, cfg, 256, reference), cfg, model, train_set,
+                      heldout_set, log=log)
 
 
 def read_metrics(out_dir):
@@ -69,55 +76,64 @@ def test_learning_rate_schedule():
 
 
 def test_example_indices_are_epochs_of_permutations():
-    indices = [i for step in range(6) for i in loop.example_indices(10, 5, step, seed=3)]  # 3 epochs
+    # 3 epochs
+    indices = [i for step in range(6) for i in loop.example_indices(10, 5, step, seed=3)]
     for epoch in range(3):
         assert sorted(indices[10 * epoch:10 * (epoch + 1)]) == list(range(10))
     assert indices[:10] != indices[10:20]  # a fresh order each epoch
-    assert loop.example_indices(10, 5, 4, seed=3) == indices[20:25]  # a pure function of (seed, step)
+    # a pure function of (seed, step)
+    assert loop.example_indices(10, 5, 4, seed=3) == indices[20:25]
 
 
 def test_stages_end_to_end(tmp_path):
-    """pretrain -> sft -> dpo -> pairs/eval/sample through the command line; DPO learns the preference."""
+    """pretrain -> sft -> dpo -> pairs/eval/sample through the command line; DPO learns the
+    preference."""
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("the film was great and the cast was great. " * 200)
     prefs = write_preferences(tmp_path / "prefs.jsonl")
     shape = ["--n-layer", "1", "--n-head", "2", "--n-embd", "16", "--block-size", "96"]
-    lengths = ["--max-length", "48", "--max-prompt-length", "24", "--batch-size", "8", "--seed", "0"]
+    lengths = ["--max-length", "48", "--max-prompt-length", "24", "--batch-size", "8", "--seed",
+               "0"]
     pre, sft, dpo_dir = (str(tmp_path / name) for name in ("pre", "sft", "dpo"))
-    assert train.main(["pretrain", "--data", str(corpus), "--out-dir", pre, "--steps", "12", "--eval-every", "6",
-                       "--lr", "3e-3", "--batch-size", "8", "--seed", "0", *shape]) == 0
+    assert train.main(["pretrain", "--data", str(corpus), "--out-dir", pre, "--steps", "12",
+                       "--eval-every", "6", "--lr", "3e-3", "--batch-size", "8", "--seed", "0",
+                       *shape]) == 0
     pre_eval = [r["loss"] for r in read_metrics(pre) if r["split"] == "eval"]
     assert pre_eval[-1] < pre_eval[0]
     assert os.path.isfile(os.path.join(pre, "hf", "model.safetensors"))
     assert os.path.isfile(os.path.join(pre, "config.json"))
 
-    assert train.main(["sft", "--init", pre, "--data", prefs, "--out-dir", sft, "--steps", "6", "--lr", "1e-3",
-                        "--heldout-fraction", "0.2", *lengths]) == 0
+    assert train.main(["sft", "--init", pre, "--data", prefs, "--out-dir", sft, "--steps", "6",
+                       "--lr", "1e-3", "--heldout-fraction", "0.2", *lengths]) == 0
     assert train.main(["dpo", "--init", sft, "--data", prefs, "--out-dir", dpo_dir, "--steps", "20",
-                       "--lr", "3e-3", "--beta", "0.5", "--eval-every", "5", "--heldout-fraction", "0.2",
-                       *lengths]) == 0
+                       "--lr", "3e-3", "--beta", "0.5", "--eval-every", "5", "--heldout-fraction",
+                       "0.2", *lengths]) == 0
     rows = read_metrics(dpo_dir)
     train_losses = [r["loss"] for r in rows if r["split"] == "train"]
     evals = [r for r in rows if r["split"] == "eval"]
-    assert train_losses[0] == pytest.approx(math.log(2), abs=1e-4)  # policy == reference at the start
+    # policy == reference at the start
+    assert train_losses[0] == pytest.approx(math.log(2), abs=1e-4)
     assert sum(train_losses[-4:]) / 4 < 0.5 * math.log(2)  # the DPO loss falls
-    assert evals[-1]["rewards/accuracies"] > 0.75 and evals[-1]["rewards/margins"] > 0  # held-out, above chance
+    # held-out, above chance
+    assert evals[-1]["rewards/accuracies"] > 0.75 and evals[-1]["rewards/margins"] > 0
     policy = load_model(os.path.join(dpo_dir, "ckpt.pt"))
     assert policy.config.vocab_size == 257
 
 
 
 def test_task_commands_write_what_they_say(tmp_path, capsys):
-    """pairs, eval and sample on a tiny pre-trained model: their files and printed output, checked."""
+    """pairs, eval and sample on a tiny pre-trained model: their files and printed output,
+    checked."""
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("the film was great and the cast was awful. " * 200)
     pre = str(tmp_path / "pre")
-    assert train.main(["pretrain", "--data", str(corpus), "--out-dir", pre, "--steps", "60", "--n-layer", "1",
-                       "--n-head", "2", "--n-embd", "32", "--block-size", "96", "--batch-size", "8", "--lr", "1e-2",
-                       "--warmup-steps", "5", "--eval-every", "60"]) == 0  # it learns "great" and "awful"
+    assert train.main(["pretrain", "--data", str(corpus), "--out-dir", pre, "--steps", "60",
+                       "--n-layer", "1", "--n-head", "2", "--n-embd", "32", "--block-size", "96",
+                       "--batch-size", "8", "--lr", "1e-2", "--warmup-steps", "5", "--eval-every",
+                       "60"]) == 0  # it learns "great" and "awful"
     common = ["--init", pre, "--max-new-tokens", "24", "--device", "cpu"]
-    assert train.main(["pairs", "--out-dir", str(tmp_path / "pairs"), "--num-prompts", "6", "--min-reward-gap", "0",
-                       "--samples-per-prompt", "3", *common]) == 0
+    assert train.main(["pairs", "--out-dir", str(tmp_path / "pairs"), "--num-prompts", "6",
+                       "--min-reward-gap", "0", "--samples-per-prompt", "3", *common]) == 0
     records = data.load_preferences(str(tmp_path / "pairs" / "pairs.jsonl"))
     prompts = sentiment.make_prompts(seed=0)[0][:6]
     assert 0 < len(records) <= 6 and {r.prompt for r in records} <= set(prompts)
@@ -126,21 +142,25 @@ def test_task_commands_write_what_they_say(tmp_path, capsys):
         assert chosen > rejected
     assert f"{len(records)} pairs from 6 prompts x 3 samples" in capsys.readouterr().out
 
-    assert train.main(["eval", "--reference-init", pre, "--out-dir", str(tmp_path / "eval"), "--num-prompts", "4",
-                       *common]) == 0
+    assert train.main(["eval", "--reference-init", pre, "--out-dir", str(tmp_path / "eval"),
+                       "--num-prompts", "4", *common]) == 0
     with open(tmp_path / "eval" / "eval.json") as f:
         report = json.load(f)
-    assert report["kl_policy_reference"] == pytest.approx(0.0, abs=1e-4)  # the same model on both sides
-    assert report["win_rate"] == 0.0 and report["tie_rate"] == 1.0  # same seed, same samples, all ties
+    # the same model on both sides
+    assert report["kl_policy_reference"] == pytest.approx(0.0, abs=1e-4)
+    # same seed, same samples, all ties
+    assert report["win_rate"] == 0.0 and report["tie_rate"] == 1.0
     assert report["reward_policy"] == report["reward_reference"]
 
     capsys.readouterr()
     assert train.main(["sample", "--prompt", "The film", "--prompt", "A plot", *common]) == 0
     printed = capsys.readouterr().out
-    completions = commands.run_sample(TrainConfig(init=pre, max_new_tokens=24, device="cpu"), ["The film", "A plot"],
-                                log=lambda *_: None)  # the same seed: the same samples
+    completions = commands.run_sample(TrainConfig(init=pre, max_new_tokens=24, device="cpu"),
+                                      ["The film", "A plot"],
+                                      log=lambda *_: None)  # the same seed: the same samples
     assert printed == f"The film{completions[0]}\nA plot{completions[1]}\n"
-    assert all(0 < len(c.encode()) <= 24 for c in completions)  # byte tokenizer: at most 24 new bytes
+    # byte tokenizer: at most 24 new bytes
+    assert all(0 < len(c.encode()) <= 24 for c in completions)
 
 
 def run_dpo(tmp_path, name, prefs, **overrides):
@@ -153,7 +173,8 @@ def run_dpo(tmp_path, name, prefs, **overrides):
 
 @contextlib.contextmanager
 def interrupted_at_step(monkeypatch, crash_step):
-    """Run the `with` block's training with a KeyboardInterrupt at the start of step `crash_step` (expected)."""
+    """Run the `with` block's training with a KeyboardInterrupt at the start of step `crash_step`
+    (expected)."""
     real_step_batches = loop.step_batches
     def crash(objective, cfg, train_set, step):
         if step == crash_step:
@@ -165,7 +186,8 @@ def interrupted_at_step(monkeypatch, crash_step):
 
 
 def test_resume_is_exact(tmp_path, monkeypatch):
-    """An interrupted run resumed from its checkpoint ends with the same metrics and weights (dropout on)."""
+    """An interrupted run resumed from its checkpoint ends with the same metrics and weights
+    (dropout on)."""
     prefs = write_preferences(tmp_path / "prefs.jsonl")
     _, uninterrupted = run_dpo(tmp_path, "a", prefs, steps=6, save_every=3, dropout=0.1)
 
@@ -182,19 +204,22 @@ def test_resume_is_exact(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("command", ["sft", "dpo", "pretrain"])
 def test_gradient_accumulation_equals_large_batch(tmp_path, command):
-    """AdamW's first moment after one step is (1 - beta1) * gradient: compare it across grad_accum."""
+    """AdamW's first moment after one step is (1 - beta1) * gradient: compare it across
+    grad_accum."""
     prefs = write_preferences(tmp_path / "prefs.jsonl")
     moments = []
     for grad_accum in (1, 4):
-        cfg = TrainConfig(out_dir=str(tmp_path / f"{command}{grad_accum}"), steps=1, grad_accum=grad_accum,
-                                grad_clip=1e9, **{**TINY, "batch_size": 8})
+        cfg = TrainConfig(out_dir=str(tmp_path / f"{command}{grad_accum}"), steps=1,
+                          grad_accum=grad_accum,
+                          grad_clip=1e9, **{**TINY, "batch_size": 8})
         if command == "pretrain":
             stream = torch.randint(0, 257, (2000,))
             train_set, heldout = stream[:1500], stream[1500:]
         else:
             pairs = encoded_pairs(prefs, cfg)
             train_set, heldout = pairs[:32], pairs[32:]
-        train_stage(command, cfg, tiny_model(), train_set, heldout, tiny_model(seed=1) if command == "dpo" else None)
+        train_stage(command, cfg, tiny_model(), train_set, heldout,
+                    tiny_model(seed=1) if command == "dpo" else None)
         optimizer_state = load_checkpoint(cfg.out_dir)["optimizer"]["state"]
         moments.append([optimizer_state[i]["exp_avg"] for i in sorted(optimizer_state)])
     for big, accumulated in zip(*moments):
@@ -210,7 +235,8 @@ def test_precomputed_and_live_reference_agree(tmp_path):
     for a, b in zip(rows_pre, rows_live):
         assert a.keys() == b.keys()
         for key in a:
-            assert a[key] == (pytest.approx(b[key], rel=1e-4, abs=1e-5) if key != "split" else b[key]), key
+            expected = pytest.approx(b[key], rel=1e-4, abs=1e-5) if key != "split" else b[key]
+            assert a[key] == expected, key
 
 
 def test_non_finite_loss_stops_and_keeps_last_checkpoint(tmp_path, monkeypatch):
@@ -221,7 +247,8 @@ def test_non_finite_loss_stops_and_keeps_last_checkpoint(tmp_path, monkeypatch):
     def loss_becomes_nan(model, batch):
         calls.append(1)
         loss, values = real_loss(model, batch)
-        return (loss * float("nan") if len(calls) == 5 else loss), values  # the 5th training step (no evals)
+        # the 5th training step (no evals)
+        return (loss * float("nan") if len(calls) == 5 else loss), values
     objective = dataclasses.replace(objective, loss=loss_becomes_nan)
     cfg = dataclasses.replace(cfg, eval_every=1000)
     with pytest.raises(loop.NonFiniteLossError, match="step 5.*Last good checkpoint"):
@@ -248,36 +275,45 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_demo_quick(tmp_path):
-    """The whole embedded experiment in its quick configuration: every output is written and sensible, and
-    every number can be re-measured from the saved files (here with transformers and tiktoken directly)."""
+    """The whole embedded experiment in its quick configuration: every output is written and
+    sensible, and every number can be re-measured from the saved files (here with transformers and
+    tiktoken directly)."""
     from experiments import base, demo
 
     summary = demo.run(out_dir=str(tmp_path), quick=True, log=lambda *_: None)
-    for key in ("reward_reference", "reward_policy", "win_rate", "kl_policy_reference", "heldout_reward_accuracy",
-                "fluency_policy", "fluency_reference", "bigram_fluency_policy", "kl_bound_at_optimum",
-                "wall_seconds"):
+    for key in ("reward_reference", "reward_policy", "win_rate", "kl_policy_reference",
+                "heldout_reward_accuracy", "fluency_policy", "fluency_reference",
+                "bigram_fluency_policy", "kl_bound_at_optimum", "wall_seconds"):
         assert math.isfinite(summary[key]), key
     assert -1 <= summary["reward_policy"] <= 1 and 0 <= summary["win_rate"] <= 1
-    assert summary["kl_policy_reference"] > -0.5  # a KL estimate: non-negative up to Monte Carlo noise
-    assert summary["heldout_dpo_loss"] < math.log(2)  # DPO learned something that carries to held-out pairs
+    # a KL estimate: non-negative up to Monte Carlo noise
+    assert summary["kl_policy_reference"] > -0.5
+    # DPO learned something that carries to held-out pairs
+    assert summary["heldout_dpo_loss"] < math.log(2)
     assert summary["heldout_reward_accuracy"] > 0.5 and summary["heldout_reward_margin"] > 0
-    assert summary["reward_policy"] > summary["reward_reference"]  # and the ground-truth reward rose
-    assert summary["fluency_policy"] > 0.9 and summary["n_samples"] == 2 * summary["n_heldout_prompts"]
-    assert summary["sampling"] == {"max_new_tokens": base.QUICK["max_new_tokens"], "temperature": 1.0, "top_k": None,
-                                   "samples_per_prompt": 2, "seed": 3}
-    for name in ("summary.json", "dpo_training.png", "rewards.png", "samples.txt", "pairs_train.jsonl",
-                 "dpo/metrics.jsonl", "dpo/ckpt.pt", "pretrain/ckpt.pt", "dpo/hf/model.safetensors",
-                 "pretrain/hf/model.safetensors"):
+    # and the ground-truth reward rose
+    assert summary["reward_policy"] > summary["reward_reference"]
+    assert (summary["fluency_policy"] > 0.9 and summary["n_samples"] == 2
+            * summary["n_heldout_prompts"])
+    assert summary["sampling"] == {"max_new_tokens": base.QUICK["max_new_tokens"],
+                                   "temperature": 1.0, "top_k": None, "samples_per_prompt": 2,
+                                   "seed": 3}
+    for name in ("summary.json", "dpo_training.png", "rewards.png", "samples.txt",
+                 "pairs_train.jsonl", "dpo/metrics.jsonl", "dpo/ckpt.pt", "pretrain/ckpt.pt",
+                 "dpo/hf/model.safetensors", "pretrain/hf/model.safetensors"):
         assert os.path.isfile(tmp_path / name), name
-    assert len(data.load_preferences(str(tmp_path / "pairs_train.jsonl"))) == summary["pairs"]["train"]["n_pairs"]
+    assert (len(data.load_preferences(str(tmp_path / "pairs_train.jsonl")))
+            == summary["pairs"]["train"]["n_pairs"])
 
-    # Someone else's code: tiktoken from the recorded description, transformers from the hf/ directories.
+    # Someone else's code: tiktoken from the recorded description, transformers from the hf/
+    # directories.
     import tiktoken
     import transformers
 
     from data.tokenizer import load_ranks
     description = summary["tokenizer"]
-    ranks = load_ranks(os.path.join(os.path.dirname(os.path.dirname(__file__)), description["ranks_file"]))
+    ranks = load_ranks(os.path.join(os.path.dirname(os.path.dirname(__file__)),
+                                    description["ranks_file"]))
     enc = tiktoken.Encoding(name="rebuilt", pat_str=description["pat_str"], mergeable_ranks=ranks,
                             special_tokens=description["special_tokens"])
     with open(tmp_path / "pairs_heldout.jsonl") as f:
@@ -292,8 +328,9 @@ def test_demo_quick(tmp_path):
 
 
 def test_hf_gpt2_recipe_on_tiny_fixtures(tmp_path, monkeypatch):
-    """The single-GPU recipe's path: a Hugging Face GPT-2 directory as --init, raw HH-RLHF transcripts as data,
-    SFT then DPO, and weights that transformers loads back (tiny random model, byte tokenizer, no network)."""
+    """The single-GPU recipe's path: a Hugging Face GPT-2 directory as --init, raw HH-RLHF
+    transcripts as data, SFT then DPO, and weights that transformers loads back (tiny random model,
+    byte tokenizer, no network)."""
     import transformers
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     torch.manual_seed(0)
@@ -304,12 +341,14 @@ def test_hf_gpt2_recipe_on_tiny_fixtures(tmp_path, monkeypatch):
     with open(hh, "w") as f:
         for i in range(24):
             turn = f"\n\nHuman: Can you recommend film number {i}?\n\nAssistant:"
-            f.write(json.dumps({"chosen": turn + " Yes, it is lovely.", "rejected": turn + " No. Go away."}) + "\n")
-    common = ["--data", str(hh), "--max-length", "96", "--max-prompt-length", "64", "--batch-size", "4",
-              "--heldout-fraction", "0.25", "--eval-every", "3"]
-    assert train.main(["sft", "--init", str(hf_dir), "--out-dir", str(tmp_path / "sft"), "--steps", "3", *common]) == 0
-    assert train.main(["dpo", "--init", str(tmp_path / "sft"), "--out-dir", str(tmp_path / "dpo"), "--steps", "3",
-                        "--lr", "1e-4", *common]) == 0
+            f.write(json.dumps({"chosen": turn + " Yes, it "
+                                "is lovely.", "rejected": turn + " No. Go away."}) + "\n")
+    common = ["--data", str(hh), "--max-length", "96", "--max-prompt-length", "64", "--batch-size",
+              "4", "--heldout-fraction", "0.25", "--eval-every", "3"]
+    assert train.main(["sft", "--init", str(hf_dir), "--out-dir", str(tmp_path / "sft"),
+                       "--steps", "3", *common]) == 0
+    assert train.main(["dpo", "--init", str(tmp_path / "sft"), "--out-dir", str(tmp_path / "dpo"),
+                       "--steps", "3", "--lr", "1e-4", *common]) == 0
     reloaded = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "dpo" / "hf")
     ours = load_model(str(tmp_path / "dpo" / "ckpt.pt")).eval()
     idx = torch.randint(0, 257, (2, 20))
@@ -318,39 +357,44 @@ def test_hf_gpt2_recipe_on_tiny_fixtures(tmp_path, monkeypatch):
 
 
 def test_early_stopping_keeps_the_best_checkpoint(tmp_path, monkeypatch):
-    """Held-out accuracies 0.6, 0.7, 0.5, 0.4 with patience 2: stop at the 4th evaluation, best.pt from the 2nd."""
+    """Held-out accuracies 0.6, 0.7, 0.5, 0.4 with patience 2: stop at the 4th evaluation, best.pt
+    from the 2nd."""
     prefs = write_preferences(tmp_path / "prefs.jsonl")
     scripted = iter([0.6, 0.7, 0.5, 0.4, 0.9])
     monkeypatch.setattr(loop, "heldout_metrics", lambda *args, **kwargs: {
         "loss": 0.5, "rewards/accuracies": next(scripted)})
     cfg, model = run_dpo(tmp_path, "run", prefs, steps=20, eval_every=2, early_stop_patience=2)
     assert load_checkpoint(str(tmp_path / "run" / "best.pt"))["step"] == 4
-    assert load_checkpoint(cfg.out_dir)["step"] == 8  # stopped early, checkpoint written at the stop
+    # stopped early, checkpoint written at the stop
+    assert load_checkpoint(cfg.out_dir)["step"] == 8
     assert max(r["step"] for r in read_metrics(cfg.out_dir)) == 8
     assert next(scripted) == 0.9  # the fifth evaluation never ran
 
 
 def test_fresh_model_runs_are_reproducible(tmp_path):
-    """The same config twice gives bit-identical weights: the fresh model's initialisation is seeded too."""
+    """The same config twice gives bit-identical weights: the fresh model's initialisation is seeded
+    too."""
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("a short corpus for a reproducibility check. " * 100)
     states = []
     for run in ("a", "b"):
         torch.manual_seed(len(states))  # a different global RNG state before each run
-        assert train.main(["pretrain", "--data", str(corpus), "--out-dir", str(tmp_path / run), "--steps", "2",
-                           "--n-layer", "1", "--n-head", "2", "--n-embd", "16", "--block-size", "32",
-                           "--batch-size", "4"]) == 0
+        assert train.main(["pretrain", "--data", str(corpus), "--out-dir", str(tmp_path / run),
+                           "--steps", "2", "--n-layer", "1", "--n-head", "2", "--n-embd", "16",
+                           "--block-size", "32", "--batch-size", "4"]) == 0
         states.append(load_checkpoint(str(tmp_path / run))["model"])
     for name in states[0]:
         torch.testing.assert_close(states[0][name], states[1][name], rtol=0, atol=0, msg=name)
 
 
 def test_precomputed_reference_sees_what_the_policy_sees_under_bf16(tmp_path):
-    """Under bf16 autocast the precomputed reference agrees with the live one and step 0's loss is log 2.
+    """Under bf16 autocast the precomputed reference agrees with the live one and step 0's loss is
+    log 2.
 
-    The table was once computed in fp32 while the policy ran in bf16, and the first loss was 0.6932454, not
-    log 2 = 0.6931472. Now both run under the same autocast; what remains is bf16 rounding that depends on the
-    padded length of a batch (CPU attention in bf16 sums keys in length-dependent blocks), about 1e-7 in the loss.
+    The table was once computed in fp32 while the policy ran in bf16, and the first loss was
+    0.6932454, not log 2 = 0.6931472. Now both run under the same autocast; what remains is bf16
+    rounding that depends on the padded length of a batch (CPU attention in bf16 sums keys in
+    length-dependent blocks), about 1e-7 in the loss.
     """
     prefs = write_preferences(tmp_path / "prefs.jsonl")
     rows = {}
@@ -363,13 +407,15 @@ def test_precomputed_reference_sees_what_the_policy_sees_under_bf16(tmp_path):
     for a, b in zip(rows["precompute"], rows["live"]):
         assert a.keys() == b.keys()
         for key in a:
-            assert a[key] == (pytest.approx(b[key], rel=1e-5, abs=1e-6) if key != "split" else b[key]), key
+            expected = pytest.approx(b[key], rel=1e-5, abs=1e-6) if key != "split" else b[key]
+            assert a[key] == expected, key
 
 
 @pytest.mark.parametrize("mode, freed", [("precompute", True), ("live", False)])
 def test_precomputed_reference_is_freed(tmp_path, monkeypatch, mode, freed):
-    """With --reference precompute nothing holds the frozen copy of the policy once its table is computed (it
-    would hold a second copy of the weights for the whole run); with --reference live the copy runs every step."""
+    """With --reference precompute nothing holds the frozen copy of the policy once its table is
+    computed (it would hold a second copy of the weights for the whole run); with --reference live
+    the copy runs every step."""
     import gc
     import weakref
     prefs = write_preferences(tmp_path / "prefs.jsonl")
@@ -387,13 +433,17 @@ def test_precomputed_reference_is_freed(tmp_path, monkeypatch, mode, freed):
         return real_step_batches(*args)
     monkeypatch.setattr(commands, "reference_model", tracked_reference_model)
     monkeypatch.setattr(loop, "step_batches", check_reference_freed)
-    commands.run_training("dpo", TrainConfig(out_dir=str(tmp_path / "run"), init=init, data=prefs, heldout_fraction=0.2,
-                                        steps=2, lr=3e-3, reference=mode, **TINY), log=lambda *_: None)
+    commands.run_training("dpo",
+                          TrainConfig(out_dir=str(tmp_path / "run"), init=init, data=prefs,
+                                      heldout_fraction=0.2,
+                                      steps=2, lr=3e-3, reference=mode, **TINY),
+                          log=lambda *_: None)
     assert seen == [freed, freed]
 
 
 def test_sampling_commands_move_models_to_the_device(tmp_path, monkeypatch):
-    """pairs, eval and sample put every model they load on --device (they once sampled on the CPU always)."""
+    """pairs, eval and sample put every model they load on --device (they once sampled on the CPU
+    always)."""
     moved = []
     real_load_model = commands.load_model
     def load_model_spy(path):
@@ -407,8 +457,10 @@ def test_sampling_commands_move_models_to_the_device(tmp_path, monkeypatch):
     monkeypatch.setattr(commands, "load_model", load_model_spy)
     save_checkpoint(str(tmp_path / "m" / "ckpt.pt"), tiny_model(vocab_size=257), None, 0, {})
     init = str(tmp_path / "m")
-    common = dict(init=init, max_new_tokens=4, num_prompts=2, device="cpu", out_dir=str(tmp_path / "out"))
-    commands.run_pairs(TrainConfig(**common, min_reward_gap=0, samples_per_prompt=2), log=lambda *_: None)
+    common = dict(init=init, max_new_tokens=4, num_prompts=2, device="cpu",
+                  out_dir=str(tmp_path / "out"))
+    commands.run_pairs(TrainConfig(**common, min_reward_gap=0, samples_per_prompt=2),
+                       log=lambda *_: None)
     commands.run_eval(TrainConfig(**common, reference_init=init), log=lambda *_: None)
     commands.run_sample(TrainConfig(**common), ["The film"], log=lambda *_: None)
     assert moved == ["cpu"] * 4
@@ -423,7 +475,8 @@ def test_sampling_commands_run_on_cuda(tmp_path):
 
 
 def test_heldout_data_follows_the_dataset_splits(tmp_path):
-    """A dataset directory (or hub name) with a test split: held out by default, or chosen as NAME:split."""
+    """A dataset directory (or hub name) with a test split: held out by default, or chosen as
+    NAME:split."""
     dataset = tmp_path / "dataset"
     dataset.mkdir()
     write_preferences(dataset / "train.jsonl", n=12)
@@ -431,7 +484,8 @@ def test_heldout_data_follows_the_dataset_splits(tmp_path):
     tokenizer = data.get_tokenizer("bytes")
     cfg = TrainConfig(data=str(dataset), max_length=48, max_prompt_length=24)
     train_pairs, heldout_pairs = commands.preference_splits(cfg, tokenizer, log=lambda *_: None)
-    assert (len(train_pairs), len(heldout_pairs)) == (12, 5)  # the test split, not a slice of the train split
+    # the test split, not a slice of the train split
+    assert (len(train_pairs), len(heldout_pairs)) == (12, 5)
     cfg = dataclasses.replace(cfg, data=f"{dataset}:test", heldout_data=f"{dataset}:train")
     train_pairs, heldout_pairs = commands.preference_splits(cfg, tokenizer, log=lambda *_: None)
     assert (len(train_pairs), len(heldout_pairs)) == (5, 12)
@@ -441,8 +495,9 @@ def test_heldout_data_follows_the_dataset_splits(tmp_path):
 
 
 def test_dpo_reference_init(tmp_path, capsys):
-    """--reference-init sets pi_ref: the --init path itself reproduces the default run exactly; another model
-    starts away from log 2; LoRA refuses it (its reference is the --init model under the adapters)."""
+    """--reference-init sets pi_ref: the --init path itself reproduces the default run exactly;
+    another model starts away from log 2; LoRA refuses it (its reference is the --init model under
+    the adapters)."""
     prefs = write_preferences(tmp_path / "prefs.jsonl")
     paths = {}
     for seed in (0, 1):
@@ -450,34 +505,39 @@ def test_dpo_reference_init(tmp_path, capsys):
         save_checkpoint(paths[seed], tiny_model(seed=seed), None, 0, None)
     common = dict(init=paths[0], data=prefs, steps=3, lr=3e-3, heldout_fraction=0.2, **TINY)
     for name, reference_init in (("default", ""), ("same", paths[0]), ("other", paths[1])):
-        commands.run_training("dpo", TrainConfig(out_dir=str(tmp_path / name), reference_init=reference_init, **common),
-                         log=lambda *_: None)
+        commands.run_training("dpo",
+                              TrainConfig(out_dir=str(tmp_path / name),
+                                          reference_init=reference_init, **common),
+                              log=lambda *_: None)
     assert read_metrics(tmp_path / "default") == read_metrics(tmp_path / "same")
     assert read_metrics(tmp_path / "default")[0]["loss"] == pytest.approx(math.log(2), abs=1e-6)
     assert abs(read_metrics(tmp_path / "other")[0]["loss"] - math.log(2)) > 1e-3
-    assert train.main(["dpo", "--init", paths[0], "--data", prefs, "--reference-init", paths[1], "--lora-rank", "2",
-                       "--out-dir", str(tmp_path / "lora")]) == 1
+    assert train.main(["dpo", "--init", paths[0], "--data", prefs, "--reference-init", paths[1],
+                       "--lora-rank", "2", "--out-dir", str(tmp_path / "lora")]) == 1
     assert "--reference-init" in capsys.readouterr().err
 
 
 def no_logits(monkeypatch):
-    """Make any call of the model's forward (the (B, T, V) logits) an error: the fused path must not make them."""
+    """Make any call of the model's forward (the (B, T, V) logits) an error: the fused path must not
+    make them."""
     def forward_called(self, *args, **kwargs):
         raise AssertionError("model.forward was called: the logits were materialised")
     monkeypatch.setattr(GPT, "forward", forward_called)
 
 
 @pytest.mark.parametrize("command, reference", [("pretrain", "precompute"), ("sft", "precompute"),
-                                               ("dpo", "precompute"), ("dpo", "live")])
+                                                ("dpo", "precompute"), ("dpo", "live")])
 def test_fused_linear_trains_as_the_logits_path(tmp_path, monkeypatch, command, reference):
-    """--fused-linear (log-probs from hidden states and the LM-head weight) gives the logits path's metrics and
-    weights after 4 steps (float rounding only), without ever calling the model's forward: for the policy, the
-    DPO reference (precomputed or live) and the held-out evaluation."""
+    """--fused-linear (log-probs from hidden states and the LM-head weight) gives the logits path's
+    metrics and weights after 4 steps (float rounding only), without ever calling the model's
+    forward: for the policy, the DPO reference (precomputed or live) and the held-out evaluation."""
     prefs = write_preferences(tmp_path / "prefs.jsonl")
     runs = {}
     for fused in (False, True):
-        cfg = TrainConfig(out_dir=str(tmp_path / f"fused{int(fused)}"), steps=4, lr=3e-3, fused_linear=fused,
-                          reference=reference, impl="torch", device="cpu", **TINY)  # fp32: rounding only
+        cfg = TrainConfig(out_dir=str(tmp_path / f"fused{int(fused)}"), steps=4, lr=3e-3,
+                          fused_linear=fused,
+                          # fp32: rounding only
+                          reference=reference, impl="torch", device="cpu", **TINY)
         if command == "pretrain":
             stream = torch.randint(0, 257, (2000,), generator=torch.Generator().manual_seed(0))
             train_set, heldout = stream[:1500], stream[1500:]
@@ -488,7 +548,8 @@ def test_fused_linear_trains_as_the_logits_path(tmp_path, monkeypatch, command, 
         with monkeypatch.context() as patch:
             if fused:
                 no_logits(patch)
-            train_stage(command, cfg, model, train_set, heldout, tiny_model(seed=1) if command == "dpo" else None)
+            train_stage(command, cfg, model, train_set, heldout,
+                        tiny_model(seed=1) if command == "dpo" else None)
         runs[fused] = (read_metrics(cfg.out_dir), model.state_dict())
     (rows, weights), (rows_fused, weights_fused) = runs[False], runs[True]
     layout = [(r["split"], r["step"], sorted(r)) for r in rows]
@@ -498,7 +559,8 @@ def test_fused_linear_trains_as_the_logits_path(tmp_path, monkeypatch, command, 
             if key != "split":
                 assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-5), (a["step"], key)
     for name in weights:
-        torch.testing.assert_close(weights_fused[name], weights[name], rtol=1e-4, atol=1e-5, msg=name)
+        torch.testing.assert_close(weights_fused[name], weights[name], rtol=1e-4, atol=1e-5,
+                                   msg=name)
 
 
 def test_fused_linear_is_refused_for_unlikelihood(tmp_path, capsys):
@@ -506,10 +568,12 @@ def test_fused_linear_is_refused_for_unlikelihood(tmp_path, capsys):
     init = str(tmp_path / "init.pt")
     save_checkpoint(init, tiny_model(), None, 0, None)
     cfg = TrainConfig(init=init, data=prefs, fused_linear=True, out_dir=str(tmp_path / "run"))
-    with pytest.raises(ConfigError, match="--fused-linear: unlikelihood needs every token's log-prob"):
+    with pytest.raises(ConfigError,
+                       match="--fused-linear: unlikelihood needs every token's log-prob"):
         check_config("unlikelihood", cfg)
     with pytest.raises(ConfigError, match="--compile: compiles the model's forward"):
         check_config("dpo", dataclasses.replace(cfg, compile=True))
     with pytest.raises(SystemExit) as exit_status:  # not one of its flags
         train.main(["unlikelihood", "--init", init, "--data", prefs, "--fused-linear"])
-    assert exit_status.value.code == 2 and "unrecognized arguments: --fused-linear" in capsys.readouterr().err
+    assert (exit_status.value.code == 2
+            and "unrecognized arguments: --fused-linear" in capsys.readouterr().err)
