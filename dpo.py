@@ -122,8 +122,7 @@ def dpo_loss(
             policy_chosen_logps. 0: no term.
         chosen_lengths: (B,) int or float, all > 0: the chosen responses' token counts, so that
             policy_chosen_logps / chosen_lengths is a per-token mean (ones when it already is one,
-            as for IPO).
-            Required when rpo_alpha != 0; checked whenever given.
+            as for IPO). Required when rpo_alpha != 0; checked whenever given.
 
     Returns:
         losses (B,) float32, differentiable w.r.t. the policy log-probs (the caller takes the mean);

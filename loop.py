@@ -3,8 +3,7 @@ evaluation.
 
 A method reaches the loop as a `dpo.Objective`: its loss on a batch, what that loss sums over, its
 metrics, and how to batch its examples (DPO's is `dpo.objective`, the paper's Eq. 7; each other
-method's is in methods/).
-The loop is the same for all:
+method's is in methods/). The loop is the same for all:
 
     for step in range(steps):
         batches = step_batches(...)       the step's examples: a pure function of (seed, step)

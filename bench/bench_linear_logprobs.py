@@ -4,40 +4,34 @@ materialising the logits.
 Two parts (FLOP and byte counts: the docstring of logprob_kernels/linear_logprobs.py):
 (a) CPU memory. Peak memory of one forward + backward, naive (logits = hidden @ weight.T, fp32
     log_softmax, gather) against the chunked torch path, at GPT-2 shapes (N = 2048 positions, d =
-    768, V = 50257, fp32).
-    Each method runs in a fresh subprocess (this script with --child): after a tiny warm-up call
-    (one-time
-    library set-up) and the setup of the inputs (no temporaries), extra = peak resident set size
-    after forward
-    + backward (ru_maxrss; see rss_bytes) minus the resident set size then. Both include the
-    gradients (hidden
-    and weight), reported apart as "gradients alone". The chunked path's figure includes 0.1-0.16 GB
-    of freed
-    chunks that glibc's malloc keeps resident (its mmap threshold adapts up to 32 MiB, the chunk's
-    size);
+    768, V = 50257, fp32). Each method runs in a fresh subprocess (this script with --child): after
+    a tiny warm-up call (one-time library set-up) and the setup of the inputs (no temporaries),
+    extra = peak resident set size after forward + backward (ru_maxrss; see rss_bytes) minus the
+    resident set size then. Both include the gradients (hidden and weight), reported apart as
+    "gradients alone". The chunked path's figure includes 0.1-0.16 GB of freed chunks that glibc's
+    malloc keeps resident (its mmap threshold adapts up to 32 MiB, the chunk's size);
     MALLOC_MMAP_THRESHOLD_=1048576 in the environment removes that.
 (b) CUDA time (skipped without CUDA). Forward, backward and forward + backward times (CUDA events,
     warm-up, median of --repeats runs; backward is timed alone after an untimed forward) and peak
-    extra memory of
-    forward + backward, gradients included (torch.cuda.max_memory_allocated minus what was allocated
-    before,
-    inputs allocated), at N = 8192, d = 4096, V = 128256 in bf16 (Llama-3-8B's head) for: naive
-    eager; ours
-    torch (chunked); ours triton; Liger-Kernel's fused linear cross-entropy and Cut Cross-Entropy
-    (impl="cce_exact") when importable, both with reduction="sum" (a uniform upstream gradient, the
-    case they
-    are built for); and four cuBLAS GEMMs of the same shapes (logits; then recomputed logits, dz @
-    weight,
-    dz.T @ hidden), the floor for any method that recomputes the logits. Forward TFLOP/s count 2 N V
-    d and are
-    given as a share of --peak-tflops (989: H100 SXM dense bf16); fwd+bwd is given as a multiple of
-    the four
+    extra memory of forward + backward, gradients included (torch.cuda.max_memory_allocated minus
+    what was allocated before, inputs allocated), at N = 8192, d = 4096, V = 128256 in bf16
+    (Llama-3-8B's head) for: naive eager; ours torch (chunked); ours triton; Liger-Kernel's fused
+    linear cross-entropy and Cut Cross-Entropy (impl="cce_exact") when importable, both with
+    reduction="sum" (a uniform upstream gradient, the case they are built for); and four cuBLAS
+    GEMMs of the same shapes (logits; then recomputed logits, dz @ weight, dz.T @ hidden), the floor
+    for any method that recomputes the logits. Forward TFLOP/s count 2 N V d and are given as a
+    share of --peak-tflops (989: H100 SXM dense bf16); fwd+bwd is given as a multiple of the four
     GEMMs' time. Every position is unmasked (B = 8 rows); "rel diff" compares the total log-prob to
     naive eager.
 
 --quick runs both parts at tiny CPU shapes in seconds (the timing part then uses time.perf_counter
 and runs the Triton kernels in the CPU interpreter): a smoke test of the script, not a measurement.
 
+--aot sm_90 compiles the four kernels for the H100 without a GPU and reports registers, spills and
+load widths at the heads of SmolLM2-135M, Qwen2.5-0.5B and Llama-3.2-1B (or --aot-heads D V ...); it
+exits with status 3 where this Triton cannot compile for CUDA.
+
+    python bench/bench_linear_logprobs.py --aot sm_90 [--aot-heads 576 49152] [--json FILE]
     python bench/bench_linear_logprobs.py [--quick] [--json FILE] [--part all|cpu-memory|cuda-time]
         [--cpu-shape 2048 768 50257] [--cuda-shape 8192 4096 128256] [--cuda-dtype bf16]
         [--peak-tflops 989]
@@ -65,6 +59,10 @@ sys.path.insert(0, str(REPO))  # run from a checkout without installing the proj
 # before triton is imported.
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 QUICK_CPU_SHAPE = (64, 32, 1000)    # N, d, V for --quick
+# (d, V) of the heads people fine-tune on one GPU: SmolLM2-135M, Qwen2.5-0.5B, Llama-3.2-1B
+AOT_HEADS = ((576, 49152), (896, 151936), (2048, 128256))
+AOT_POSITIONS = 8192  # kept positions N of the compiled launch (only the grid depends on N)
+H100_SMS = 132  # streaming multiprocessors of an H100 SXM: the forward's vocabulary splits use it
 QUICK_TIME_SHAPE = (32, 32, 200)
 
 
@@ -82,6 +80,12 @@ def parse_args(argv=None):
     ap.add_argument("--repeats", type=int, default=10,
                     help="timed runs (median) after --warmup runs")
     ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--aot", metavar="ARCH", default=None,
+                    help="compile the fused kernels for ARCH (e.g. sm_90) without a GPU and report "
+                         "registers, spills and load widths at --aot-heads (exit 3 where this "
+                         "Triton cannot)")
+    ap.add_argument("--aot-heads", type=int, nargs="+", default=None, metavar="D_V",
+                    help="pairs of hidden size and vocabulary, e.g. 576 49152 896 151936")
     ap.add_argument("--json", metavar="PATH", default=None,
                     help="write all results to this JSON file")
     ap.add_argument("--child", nargs=5, metavar=("METHOD", "N", "D", "V", "DTYPE"), default=None,
@@ -336,11 +340,91 @@ def environment(cuda: bool) -> dict:
             "cpu_threads": torch.get_num_threads(), "date": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
 
 
+# ----------------------------------------------------------------------------- compile-only report
+
+def aot_report(arch: str, heads):
+    """Compile the four kernels of logprob_kernels/linear_logprobs_triton.py for `arch` at each
+    (d, V) of `heads`, in bf16 and fp32, with the launch configuration the runtime picks for
+    AOT_POSITIONS contiguous kept positions on an H100; rows of registers, stack bytes (spills) and
+    global load/store instructions (bench/aot_compile.py). Raises AOTUnavailable where this Triton
+    cannot compile for CUDA."""
+    from bench.aot_compile import Compiler
+    from logprob_kernels import linear_logprobs_triton as kernels
+
+    compiler = Compiler(arch)
+    N = AOT_POSITIONS
+    rows = []
+    for dtype, torch_dtype in (("bf16", torch.bfloat16), ("fp32", torch.float32)):
+        cfg = kernels.launch_config(torch_dtype)
+        tiles = dict(BLOCK_N=cfg.block_n, BLOCK_V=cfg.block_v, BLOCK_D=cfg.block_d, UPCAST=False,
+                     PRECISION="tf32" if dtype == "bf16" else "ieee")
+        for d, V in heads:
+            n_blocks, v_tiles = -(-N // cfg.block_n), -(-V // cfg.block_v)
+            splits = min(-(-2 * H100_SMS // n_blocks), v_tiles)  # as TritonLinearTokenLogprobs
+            tiles_per_split = -(-v_tiles // splits)
+            weight, hidden = dict(stride_wv=d, stride_wd=1), dict(stride_hn=d, stride_hd=1)
+            launches = {
+                "lse_fwd": (kernels._lse_fwd_kernel, dict(
+                    h_ptr=f"*{dtype}", w_ptr=f"*{dtype}", labels_ptr="*i64", m_ptr="*fp32",
+                    s_ptr="*fp32", target_ptr="*fp32", N=N, V=V, D=d, S=splits, **hidden,
+                    **weight), {"SPLIT_V": tiles_per_split * cfg.block_v, **tiles}),
+                "dlogits": (kernels._dlogits_kernel, dict(
+                    h_ptr=f"*{dtype}", w_ptr=f"*{dtype}", labels_ptr="*i64", lse_ptr="*fp32",
+                    g_ptr="*fp32", dz_ptr=f"*{dtype}", N=N, V=V, D=d, **hidden, **weight),
+                    {"ROUND_BY_HAND": False, **tiles}),
+                "dhidden": (kernels._dhidden_kernel, dict(
+                    dz_ptr=f"*{dtype}", w_ptr=f"*{dtype}", dh_ptr=f"*{dtype}", N=N, V=V, D=d,
+                    **weight), {"ROUND_BY_HAND": False, **tiles}),
+                "dweight": (kernels._dweight_kernel, dict(
+                    dz_ptr=f"*{dtype}", h_ptr=f"*{dtype}", dw_ptr="*fp32", N=N, V=V, D=d,
+                    **hidden), {"ACCUMULATE": True, **tiles}),
+            }
+            for name, (fn, args, constexprs) in launches.items():
+                compiled = compiler.compile(fn, args, constexprs, cfg.num_warps, cfg.num_stages)
+                rows.append({"arch": arch, "dtype": dtype, "d": d, "V": V, "kernel": name,
+                             "tile": f"{cfg.block_n}x{cfg.block_v}x{cfg.block_d}",
+                             "num_warps": cfg.num_warps, "num_stages": cfg.num_stages,
+                             **compiler.resources(compiled)})
+    return rows
+
+
+def aot_table(rows):
+    """The compile-only report as a Markdown table."""
+    lines = ["| dtype | d | V | kernel | tile (n x v x d) | warps | stages | registers | "
+             "stack bytes | global loads | global stores | async copies to shared |",
+             "|" + "---|" * 12]
+    for r in rows:
+        lines.append(f"| {r['dtype']} | {r['d']} | {r['V']} | {r['kernel']} | {r['tile']} | "
+                     f"{r['num_warps']} | {r['num_stages']} | {r['registers']} | "
+                     f"{r['stack_bytes']} | {' '.join(r['global_loads'])} | "
+                     f"{' '.join(r['global_stores'])} | {' '.join(r['async_copies'])} |")
+    return "\n".join(lines)
+
+
 def main(argv=None):
     args = parse_args(argv)
     if args.child:
         method, n, d, v, dtype = args.child
         print(json.dumps(child_memory(method, int(n), int(d), int(v), dtype)))
+        return
+    if args.aot:
+        from bench.aot_compile import EXIT_AOT_UNAVAILABLE, AOTUnavailable
+        heads = AOT_HEADS
+        if args.aot_heads:
+            if len(args.aot_heads) % 2:
+                sys.exit("error: --aot-heads takes pairs: D V [D V ...]")
+            heads = tuple(zip(args.aot_heads[::2], args.aot_heads[1::2]))
+        try:
+            rows = aot_report(args.aot, heads)
+        except AOTUnavailable as e:
+            print(f"aot unavailable: {e}", file=sys.stderr)
+            sys.exit(EXIT_AOT_UNAVAILABLE)
+        print(aot_table(rows))
+        if args.json:
+            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.json).write_text(json.dumps({"environment": environment(False),
+                                                   "aot": rows}, indent=2) + "\n")
+            print(f"wrote {args.json}")
         return
     cuda = torch.cuda.is_available() and not args.quick
     if not cuda:

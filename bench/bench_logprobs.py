@@ -39,12 +39,8 @@ import argparse
 import json
 import os
 import platform
-import re
-import shutil
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -57,11 +53,7 @@ sys.path.insert(0, str(REPO))  # run from a checkout without installing the proj
 # whether Triton runs on the GPU or in its CPU interpreter, and TRITON_INTERPRET must be set before
 # triton is first imported.
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-EXIT_AOT_UNAVAILABLE = 3  # exit status of --aot where this Triton cannot compile for CUDA
-
-
-class AOTUnavailable(Exception):
-    """This Triton cannot compile for CUDA ahead of time here (not a fault of the kernels)."""
+from bench.aot_compile import EXIT_AOT_UNAVAILABLE, AOTUnavailable, Compiler  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -218,65 +210,12 @@ def run_benchmark(args, cuda: bool):
 def aot_report(arch: str, vocabs):
     """Compile both kernels for `arch` (e.g. sm_90) as the runtime would specialise them for
     contiguous (8, 1024, V) logits; report registers, spills (bytes of stack) and global load/store
-    instructions. Raises AOTUnavailable where this Triton has no CUDA backend or cannot find ptxas /
-    cuobjdump."""
-    import triton
-    import triton.backends
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-
+    instructions (bench/aot_compile.py). Raises AOTUnavailable where this Triton has no CUDA backend
+    or cannot find ptxas / cuobjdump."""
     from logprob_kernels import logprobs_triton
 
-    if "nvidia" not in triton.backends.backends:
-        raise AOTUnavailable(f"this Triton ({triton.__version__}) has no CUDA backend")
-    # cuobjdump where Triton looks for it ($TRITON_CUOBJDUMP_PATH, then its bundled copy), else on
-    # the PATH.
-    candidates = [os.environ.get("TRITON_CUOBJDUMP_PATH"),
-                  str(Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"),
-                  shutil.which("cuobjdump")]
-    cuobjdump = next((p for p in candidates if p and os.access(p, os.X_OK)), None)
-    if cuobjdump is None:
-        raise AOTUnavailable("cannot find cuobjdump (set TRITON_CUOBJDUMP_PATH)")
-    cc = int(arch.removeprefix("sm_"))
-    target = GPUTarget("cuda", cc, 32)
-
-    def compile_kernel(fn, args, constexprs, num_warps):
-        # Mirror the launcher's specialisation: 16-byte aligned pointers, ints divisible by 16, ints
-        # equal to 1.
-        sig, attrs, consts = {}, {}, dict(constexprs)
-        for i, name in enumerate(fn.arg_names):
-            value = args.get(name)
-            if name in consts:
-                sig[name] = "constexpr"
-            elif isinstance(value, str):
-                sig[name], attrs[(i,)] = value, [["tt.divisibility", 16]]
-            elif value == 1:
-                sig[name], consts[name] = "constexpr", 1
-            else:
-                sig[name] = "i64" if name.startswith("stride") else "i32"
-                if value % 16 == 0:
-                    attrs[(i,)] = [["tt.divisibility", 16]]
-        try:
-            return triton.compile(ASTSource(fn, sig, constexprs=consts, attrs=attrs), target=target,
-                                  options={"num_warps": num_warps})
-        # Triton's words for a missing ptxas (any version): "Cannot find ptxas..."
-        except RuntimeError as e:
-            if str(e).startswith("Cannot find"):
-                raise AOTUnavailable(str(e)) from e
-            raise
-
-    def resources(compiled):
-        with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
-            f.write(compiled.asm["cubin"])
-            f.flush()
-            text = subprocess.run([cuobjdump, "--dump-resource-usage", f.name], capture_output=True,
-                                  text=True, check=True).stdout
-        regs, stack = re.search(r"REG:(\d+).*?STACK:(\d+)", text).groups()
-        ptx = compiled.asm["ptx"]
-        return {"registers": int(regs), "stack_bytes": int(stack),
-                # whole opcodes, cache hints included (ld.global.L1::evict_last.v4.b32)
-                "global_loads": sorted(set(re.findall(r"ld\.global[.\w:]*", ptx))),
-                "global_stores": sorted(set(re.findall(r"st\.global[.\w:]*", ptx)))}
+    compiler = Compiler(arch)
+    compile_kernel, resources = compiler.compile, compiler.resources
 
     rows = []
     for dtype in ("bf16", "fp32"):

@@ -3,7 +3,7 @@
     records.py   PreferenceRecord, load_preferences (JSONL/JSON/.gz, Anthropic HH, conversational,
                  datasets)
     tokenizer.py get_tokenizer("gpt2" | "bytes" | "path.tiktoken"), all tiktoken.Encoding;
-    tokenizer_description
+                 tokenizer_description
     encoding.py  encode_preferences: separate tokenization, EOS, the truncation policy ->
                  EncodedPair
     batches.py   dpo_collate / sft_collate / collate_responses (input_ids, pre-shifted labels,

@@ -23,17 +23,15 @@ Record formats (detected per record):
    colon).
 3. conversational: "prompt"/"chosen"/"rejected" as lists of {"role", "content"} messages (or,
    without "prompt", two full conversations whose shared leading messages are the prompt). They are
-   rendered as
-   plain text with the HH template so that base models (GPT-2) can use them:
+   rendered as plain text with the HH template so that base models (GPT-2) can use them:
 
        render([{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}])
            == "\\n\\nHuman: Hi\\n\\nAssistant: Hello"
 
    (role "system" -> "System", "user" -> "Human", "assistant" -> "Assistant"). The prompt is the
-   rendered
-   prompt messages + "\\n\\nAssistant:"; a response is the rendered response messages without that
-   leading
-   tag, so prompt + chosen is exactly the rendered full conversation, as in the HH format.
+   rendered prompt messages + "\\n\\nAssistant:"; a response is the rendered response messages
+   without that leading tag, so prompt + chosen is exactly the rendered full conversation, as in the
+   HH format.
 
 Bad input raises `PreferenceFormatError` (a ValueError) naming the source, the line (or row) and the
 field.
@@ -42,10 +40,8 @@ Skip rule, shared by every loader of preference data (here and data/unpaired.py)
 order:
 1. a pair whose chosen or rejected response is empty or whitespace-only (`not text.strip()`; for HH
    and conversational records, the response text left after the prompt is split off) is skipped as
-   "empty or
-   whitespace-only chosen/rejected response" - it would train on an EOS-only answer; counted once
-   even when
-   both are blank;
+   "empty or whitespace-only chosen/rejected response" - it would train on an EOS-only answer;
+   counted once even when both are blank;
 2. a pair whose chosen equals rejected carries no preference: skipped as "chosen == rejected (no
    preference)".
 An empty prompt is allowed (an unconditional pair: data/encoding.py gives it the EOS as a one-token

@@ -6,8 +6,7 @@ All are `tiktoken.Encoding` objects, so the rest of the code sees one interface:
 
 * "gpt2": the 50257-token BPE of GPT-2 (Radford et al., 2019). tiktoken downloads its two vocabulary
   files on first use and caches them in TIKTOKEN_CACHE_DIR (default: <tmp>/data-gym-cache). Without
-  a network
-  and without a filled cache it cannot be built; `get_tokenizer` then raises
+  a network and without a filled cache it cannot be built; `get_tokenizer` then raises
   `TokenizerUnavailableError`.
 * "bytes": one token per UTF-8 byte (ids 0..255, id = byte value) plus `<|endoftext|>` = 256, so
   n_vocab = 257. It needs no download; the demo and the tests use it.

@@ -7,8 +7,7 @@ Both the demo and the frontier start the same way (the paper's section 6.1, offl
    model pi_SFT (GPT-2 fine-tuned on IMDb); it is also the frozen reference pi_ref of DPO.
 2. Sample k completions per training prompt (a review opening) from pi_SFT, score them with the
    ground-truth reward (VADER sentiment of the completion), and pair the best with the worst: the
-   preference data D.
-   The same for the held-out prompts, for held-out implicit-reward accuracy.
+   preference data D. The same for the held-out prompts, for held-out implicit-reward accuracy.
 
 `prepare(out_dir, settings)` writes OUT_DIR/pretrain/ (ckpt.pt, hf/, metrics.jsonl, config.json),
 pairs_train.jsonl, pairs_heldout.jsonl and base.json (the settings and the pair reports). When

@@ -5,16 +5,13 @@ offline, on a CPU.
 
 1-2. The base model and its preference pairs (`experiments/base.py`): pre-train a small GPT on
    generated movie reviews (pi_SFT, also the frozen reference pi_ref), sample k completions per
-   training prompt, and
-   pair the best with the worst by the ground-truth reward (VADER).
+   training prompt, and pair the best with the worst by the ground-truth reward (VADER).
 3. Train DPO (Eq. 7) on the pairs, starting from pi_SFT.
 4. On held-out prompts, compare samples of the policy and the reference: ground-truth reward, win
    rate, KL(policy || reference) from policy samples, fluency (`sentiment/fluency.py`), and the
-   implicit-reward
-   accuracy on held-out pairs. The KL-regularised objective (Eq. 3) with a reward in [-1, 1] has an
-   optimum
-   pi* with KL(pi* || pi_ref) <= (max r - E_ref[r]) / beta: the report prints that bound beside the
-   measured KL.
+   implicit-reward accuracy on held-out pairs. The KL-regularised objective (Eq. 3) with a reward in
+   [-1, 1] has an optimum pi* with KL(pi* || pi_ref) <= (max r - E_ref[r]) / beta: the report prints
+   that bound beside the measured KL.
 
 Outputs in OUT_DIR: pretrain/ and dpo/ (checkpoints, metrics.jsonl, config.json, hf/ weights in the
 Hugging Face GPT-2 layout), pairs_train.jsonl, pairs_heldout.jsonl, base.json, dpo_training.png,

@@ -2,17 +2,14 @@
 
 1. "Your language model is secretly a reward model" (section 5): on the same held-out pairs, the
    pairwise accuracy of the learned reward model and of each DPO run's implicit reward beta log
-   pi/pi_ref, and the
-   correlation of each with the ground truth on fresh samples of the reference
+   pi/pi_ref, and the correlation of each with the ground truth on fresh samples of the reference
    (`secretly_a_reward_model`).
 2. Robustness to the sampling temperature (Figure 2, right): each method's best setting, chosen by
    reward on the training prompts (never the held-out ones: `best_settings`), sampled at several
-   temperatures
-   (`temperature_panel`); the KL is that of the tempered policy.
+   temperatures (`temperature_panel`); the KL is that of the tempered policy.
 3. What RLHF costs (sections 1 and 4): DPO and PPO at their best settings side by side, each trained
    again in a fresh process to measure its wall time and peak memory, with the models it holds, the
-   tokens it
-   samples, its hyper-parameters and the lines of code of its path (`cost_table`).
+   tokens it samples, its hyper-parameters and the lines of code of its path (`cost_table`).
 """
 
 import dataclasses

@@ -11,10 +11,8 @@ interval) plus its win rate against the reference's samples of the same prompt a
 
 (a) LoRA against full fine-tuning: the demo's DPO (beta 0.1, 16 steps of 32 pairs) with all weights,
     and with rank-8 adapters (alpha 16) at several learning rates; trainable parameters, the
-    training state's memory
-    (weights, reference copy, gradients, AdamW moments: counted), wall time, and the peak memory of
-    one DPO
-    step at GPT-2 124M shapes measured by bench/bench_lora_memory.py.
+    training state's memory (weights, reference copy, gradients, AdamW moments: counted), wall time,
+    and the peak memory of one DPO step at GPT-2 124M shapes measured by bench/bench_lora_memory.py.
 (b) fp32 against bf16 autocast (on a CPU too): the same run under torch.autocast(bfloat16).
 (c) beta against forgetting: DPO for 3 epochs at several beta; forgetting = the rise of the
     next-token loss on the held-out part of the pre-training corpus (the split pre-training never
@@ -24,17 +22,15 @@ interval) plus its win rate against the reference's samples of the same prompt a
     less forgetting.
 (d) Early stopping: one run of 6 epochs with a checkpoint every 4 steps; at each, the held-out
     implicit-reward accuracy and DPO loss (metrics.jsonl) beside the sampled win rate. Do their
-    peaks coincide (the
-    BTLM-Chat DPO study, Figures 3-4)?
+    peaks coincide (the BTLM-Chat DPO study, Figures 3-4)?
 (e) The base's quality: the same DPO from a base pre-trained 5x fewer steps (with its own pairs,
     sampled from it, as the pipeline would make them).
 (f) Self-labelling (the paper's open question): pairs sampled from the round-1 policy (the run of
     (a)) and labelled by the ground-truth reward, then a second round of DPO from it, with the
     round-1 policy as the
     reference (iterative DPO's choice: the KL is measured from the model whose samples made the
-    pairs) and,
-    for comparison, with the base as the reference. Control: the same number of steps on the
-    original pairs.
+    pairs) and, for comparison, with the base as the reference. Control: the same number of steps on
+    the original pairs.
 
 Outputs in OUT_DIR: study.json (settings, and per question its rows), study.png (one panel per
 question), runs/ (each run's config.json, metrics.jsonl, checkpoints), samples/NAME.jsonl (prompt,

@@ -47,8 +47,7 @@ def token_logprobs(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tenso
         not retain_graph + a second backward. Typical safe case: logits = lm_head(h) used only here.
     check_labels: raise ValueError for a label outside [0, V) at an unmasked position (and for a
         non-bool mask holding values other than 0/1). Costs one pass over labels and one host sync;
-        with it off, such a
-        label yields NaN for that position instead of an out-of-bounds read.
+        with it off, such a label yields NaN for that position instead of an out-of-bounds read.
     """
     keep = check_inputs(logits, labels, mask, check_values=check_labels)  # (B, T) bool
     if resolve_impl(impl, logits) == "triton":

@@ -53,23 +53,18 @@ Cost, for N kept positions, vocabulary V, hidden size d, s bytes per element (s 
              backward.
              here (torch path): one chunk of fp32 logits (CHUNK_ELEMENTS * 4 = 32 MiB) worked on in
              place, lse (4 N bytes) and the gradients every method returns, dhidden (N d s) and
-             dweight (V d s), the latter
-             accumulated in fp32 (V d 4 bytes; for fp32 weights that is the gradient itself). The
-             same bench
-             measures 0.34-0.41 GB, of which 0.16 GB are the gradients. Triton path: a (c, V) dz
-             workspace in the
-             input dtype (at most linear_logprobs_triton.DZ_WORKSPACE_BYTES) instead of the fp32
-             chunk.
+             dweight (V d s), the latter accumulated in fp32 (V d 4 bytes; for fp32 weights that is
+             the gradient itself). The same bench measures 0.34-0.41 GB, of which 0.16 GB are the
+             gradients. Triton path: a (c, V) dz workspace in the input dtype (at most
+             linear_logprobs_triton.DZ_WORKSPACE_BYTES) instead of the fp32 chunk.
     bytes    naive: >= (s + 12) N V forward and >= (s + 24) N V backward (counted in
              logprob_kernels/logprobs_triton.py) plus the GEMMs' own N V s writes and 2 N V s reads.
              here (torch path): each chunk of c rows reads the
              weight 3 times (z, recomputed z, dz @ weight) and updates the fp32 dweight (read +
              write, 8 V d), so
              c sets the arithmetic intensity: 8 c V d FLOPs per (3 s + 8) V d bytes, 0.57 c FLOPs
-             per byte in
-             bf16. The elementwise passes over a chunk's fp32 logits (about ten, forward and
-             backward) add ~60
-             bytes per logit. The Triton path keeps the logits in registers
+             per byte in bf16. The elementwise passes over a chunk's fp32 logits (about ten, forward
+             and backward) add ~60 bytes per logit. The Triton path keeps the logits in registers
              (linear_logprobs_triton.py).
 
 Precision: the torch path computes fp16/bf16 logits in that dtype, as the naive path does, then

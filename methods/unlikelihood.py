@@ -61,8 +61,7 @@ def unlikelihood_loss(
         chosen_lengths: (B,) int or float, all > 0, |y_w|, the number of chosen response tokens.
         rejected_token_logps: (B, T) float, log pi of each rejected response token, as
             logprob_kernels.token_logprobs returns them (fp32, 0 at masked positions); masked
-            positions may hold
-            anything, even NaN.
+            positions may hold anything, even NaN.
         rejected_mask: (B, T) bool, True on the rejected response tokens; at least one per row.
         alpha: in [0, 1], the weight of the unlikelihood term; 0 leaves the chosen NLL (SFT on y_w).
 

@@ -21,17 +21,13 @@ How loop.py uses them:
     Clipping then sees the global gradient, the same on every rank, and every rank takes the same
     AdamW step.
     Why not DistributedDataParallel: it averages (the loss would need a factor N), wraps the model
-    (its
-    state_dict keys change; the LoRA reference view and torch.compile would see a wrapper) and needs
-    no_sync() around all but the last micro-batch. What it adds, overlapping the all-reduce with the
-    backward
-    pass, is speed at scale; one readable loop after backward is enough here.
+    (its state_dict keys change; the LoRA reference view and torch.compile would see a wrapper) and
+    needs no_sync() around all but the last micro-batch. What it adds, overlapping the all-reduce
+    with the backward pass, is speed at scale; one readable loop after backward is enough here.
   * Numbers every rank needs: the per-pair values of a step (`all_gather_cat`) for its metrics, the
     DPO reference log-probs and the held-out evaluation (batch j on rank j % N: `in_turn`, then
-    `gather_in_turn`).
-    Every rank computes the same metrics from the same gathered values, so every rank decides alike
-    (early
-    stopping).
+    `gather_in_turn`). Every rank computes the same metrics from the same gathered values, so every
+    rank decides alike (early stopping).
   * Files and output. Rank 0 alone writes and prints (`is_main`); `barrier` keeps the others from
     going on before its files exist.
 """

@@ -15,8 +15,7 @@ Only A and B are trained: r * (in + out) numbers per adapted layer instead of in
     non-zero, and A starts moving once B has.
   * Scaling alpha / r. The update is scaled by alpha / r, so that changing r does not force
     re-tuning the learning rate (section 4.1: "tuning alpha is roughly the same as tuning the
-    learning rate"; they set alpha to the first
-    r they try and leave it).
+    learning rate"; they set alpha to the first r they try and leave it).
   * Merging. W = W0 + (alpha / r) B A is an ordinary (out, in) matrix: merge() adds it into W0 in
     place, after which the layer costs exactly what nn.Linear costs (no inference latency, section
     4.1); unmerge() subtracts it
@@ -25,12 +24,10 @@ Only A and B are trained: r * (in + out) numbers per adapted layer instead of in
     ordinary GPT-2 checkpoint.
   * Memory for DPO. DPO needs pi_ref, the model before fine-tuning. With LoRA the reference is the
     same network with the adapters switched off (adapters_disabled), so no second copy of the
-    weights is kept, and the optimizer
-    holds state only for A and B.
+    weights is kept, and the optimizer holds state only for A and B.
   * Dtypes. The adapter parameters are float32 even when the base is bfloat16: the adapter path is
     computed in float32 (x cast up) and its result cast to the base output's dtype before the add.
-    With the adapters off, or at
-    initialisation, the output is the base layer's own output.
+    With the adapters off, or at initialisation, the output is the base layer's own output.
 
 Left out: QLoRA (a quantised W0), per-layer ranks or alphas, training biases or LayerNorms (the
 paper's "bias-only" variants), adapters on the embeddings or the tied lm_head (rejected: merging

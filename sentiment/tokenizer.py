@@ -21,9 +21,8 @@ reviews):
     per review                 107.7 bytes -> 24.5 tokens
     distinct words, as they occur in the text (" acting", or "Yesterday" at a review's start): 148
                                of 148 are one token (" word" forms: 140 of 147; the 7 that are not -
-                               "At", "Last",
-                               "My", "On", "Once", "We", "Yesterday" - only ever open a review, with
-                               no space)
+                               "At", "Last", "My", "On", "Once", "We", "Yesterday" - only ever open
+                               a review, with no space)
     token ids that occur       151 of 667 (the others are intermediate merges such as " Ev")
 
 666 is the largest size this text can fill: after 410 merges every piece is a single token and the

@@ -1,7 +1,9 @@
 """Killed at any moment, nothing lost: a small DPO run and a small RLOO run are killed with SIGKILL
-at random moments (and as a checkpoint is being written), resumed with --resume each time, and end
-with the weights, AdamW state, generator states, metrics.jsonl and hf/ of the same run done in one
-go.
+ten times each, resumed with --resume each time, and end with the weights, AdamW state, generator
+states, metrics.jsonl and hf/ of the same run done in one go. Five kills land at random moments of
+the run; five during a checkpoint write (the process kills itself there: before the rename of the
+written file, or after tearing it in half), so that no kill depends on how a busy machine schedules
+the test.
 
 What this checks is the guarantee docs/tutorial.md states: every file of a run is replaced
 atomically or appended to, --resume continues from the last checkpoint and drops the metrics rows
@@ -28,37 +30,57 @@ REPO = Path(__file__).resolve().parents[1]
 KILLS = 10  # per command
 
 
-def start(argv, out, env):
-    """`python train.py argv --out-dir out`, with --resume when out already holds a run."""
+# Runs train.py in this process, but SIGKILLs it during its KILL_AT_SAVE-th checkpoint write: just
+# before the rename of the fully written temporary file ("before rename") or after cutting that file
+# to half its length ("torn write"). The process kills itself, so where the kill lands does not
+# depend on how a busy machine schedules this test.
+KILL_DURING_SAVE = """
+import os, runpy, signal, sys
+kill_at_save, mode = int(os.environ["KILL_AT_SAVE"]), os.environ["KILL_MODE"]
+saves, rename = 0, os.replace
+def replace(src, dst, *args, **kwargs):
+    global saves
+    if os.path.basename(str(src)).startswith(".ckpt-"):
+        saves += 1
+        if saves == kill_at_save:
+            if mode == "torn write":
+                os.truncate(src, os.path.getsize(src) // 2)
+            os.kill(os.getpid(), signal.SIGKILL)
+    return rename(src, dst, *args, **kwargs)
+os.replace = replace
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def start(argv, out, env, kill_at_save=None, mode=None):
+    """`python train.py argv --out-dir out`, with --resume when out already holds a run;
+    kill_at_save N: the process kills itself during its N-th checkpoint write (`mode`: "before
+    rename" or "torn write")."""
     holds_a_run = any(os.path.exists(os.path.join(out, name))
                       for name in ("config.json", "ckpt.pt"))
     resume = ["--resume"] if holds_a_run else []
-    command = [sys.executable, str(REPO / "train.py"), *argv, "--out-dir", out, *resume]
+    command = [str(REPO / "train.py"), *argv, "--out-dir", out, *resume]
+    if kill_at_save is None:
+        command = [sys.executable, *command]
+    else:
+        command = [sys.executable, "-c", KILL_DURING_SAVE, *command]
+        env = {**env, "KILL_AT_SAVE": str(kill_at_save), "KILL_MODE": mode}
     return subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE)
 
 
-def writing_a_checkpoint(out):
-    """True while save_checkpoint's temporary file exists (between its creation and the rename)."""
-    return os.path.isdir(out) and any(name.startswith(".ckpt-") for name in os.listdir(out))
-
-
-def kill_at(process, out, moment):
-    """SIGKILL `process` `moment` seconds after its start, or (moment None) as soon as a checkpoint
-    is being written. Returns where it was killed ("checkpoint write", "at N s"), or None if it
-    ended first."""
+def kill_at(process, moment):
+    """SIGKILL `process` `moment` seconds after its start (moment None: wait for it to kill itself
+    during a checkpoint write). Returns where it was killed, or None if it ended first."""
     started = time.monotonic()
     while process.poll() is None:
-        if moment is None and writing_a_checkpoint(out):
-            process.send_signal(signal.SIGKILL)
-            process.wait()
-            return "checkpoint write"
         if moment is not None and time.monotonic() - started >= moment:
             process.send_signal(signal.SIGKILL)
             process.wait()
             return f"at {moment:.2f} s"
-        time.sleep(0.0005)
-    return None
+        time.sleep(0.001)
+    return "checkpoint write" if process.returncode == -signal.SIGKILL else None
 
 
 def final_state(out):
@@ -82,16 +104,23 @@ def killed_and_resumed(argv, out, seed, env):
     whole = start(argv, out + "-whole", env)
     assert whole.wait() == 0, whole.stderr.read().decode()
     duration = time.monotonic() - reference
-    landed = []
+    landed, finished = [], 0
     while len(landed) < KILLS:
-        process = start(argv, out, env)
-        moment = None if len(landed) % 2 else rng.uniform(0.2, 1.0) * duration
-        where = kill_at(process, out, moment)
-        if where is None:  # it finished first: start a fresh run and go on killing
+        if len(landed) % 2:  # every other kill during a checkpoint write, one of the first three
+            mode = "torn write" if len(landed) % 4 == 1 else "before rename"
+            process = start(argv, out, env, kill_at_save=rng.randint(1, 3), mode=mode)
+            moment = None
+        else:
+            process = start(argv, out, env)
+            moment = rng.uniform(0.2, 1.0) * duration
+        where = kill_at(process, moment)
+        if where is None:  # it finished first: start a fresh run, go on killing
             assert process.returncode == 0, process.stderr.read().decode()
-            os.rename(out, f"{out}-finished-{len(landed)}")
+            finished += 1
+            assert finished <= 3 * KILLS, f"{finished} runs ended before their kill: {landed}"
+            os.rename(out, f"{out}-finished-{finished}")
             continue
-        landed.append(where)
+        landed.append(where if moment is not None else f"{where} ({mode})")
     process = start(argv, out, env)
     assert process.wait() == 0, process.stderr.read().decode()
     return landed
@@ -135,7 +164,8 @@ def test_dpo_killed_ten_times_ends_as_the_uninterrupted_run(tmp_path, env):
             "--eval-every", "3", "--save-every", "1", "--keep-best", "--max-length", "64",
             "--heldout-fraction", "0.2", "--seed", "0"]
     landed = killed_and_resumed(argv, str(tmp_path / "run"), seed=0, env=env)
-    assert len(landed) >= KILLS and landed.count("checkpoint write") >= KILLS // 2, landed
+    during_a_write = [where for where in landed if where.startswith("checkpoint write")]
+    assert len(landed) >= KILLS and len(during_a_write) >= KILLS // 2, landed
     assert_same(str(tmp_path / "run-whole"), str(tmp_path / "run"))
     print(f"dpo kill points: {landed}")
 
@@ -147,6 +177,7 @@ def test_rloo_killed_ten_times_ends_as_the_uninterrupted_run(tmp_path, env):
             "--samples-per-prompt", "2", "--max-new-tokens", "6", "--eval-every", "3",
             "--save-every", "1", "--target-kl", "0.01", "--kl-horizon", "4", "--lr", "1e-2"]
     landed = killed_and_resumed(argv, str(tmp_path / "run"), seed=1, env=env)
-    assert len(landed) >= KILLS and landed.count("checkpoint write") >= KILLS // 2, landed
+    during_a_write = [where for where in landed if where.startswith("checkpoint write")]
+    assert len(landed) >= KILLS and len(during_a_write) >= KILLS // 2, landed
     assert_same(str(tmp_path / "run-whole"), str(tmp_path / "run"))
     print(f"rloo kill points: {landed}")

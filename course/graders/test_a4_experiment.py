@@ -9,12 +9,9 @@ Three parts, 20 points:
   bound for any rewards (hypothesis), and a Monte Carlo simulation of best-of-n.
 * Your runs (4 points; they need Assignments 1 to 3): out/demo/summary.json and
   out/frontier/frontier.json at the repository root, as `python train.py` and `python train.py
-  frontier` write them, checked for
-  consistency with the files beside them (every frontier point is re-measured from its
-  samples/NAME.jsonl).
-  Without them the tests run the quick demo and the quick frontier in a temporary directory (under a
-  minute
-  on 2 idle CPU cores) and check those.
+  frontier` write them, checked for consistency with the files beside them (every frontier point is
+  re-measured from its samples/NAME.jsonl). Without them the tests run the quick demo and the quick
+  frontier in a temporary directory (under a minute on 2 idle CPU cores) and check those.
 * Your answers (5 points): answers/A4.md; each answer is at least 40 words and quotes at least one
   number from your runs. That is all a program checks: the instructor reads the answers for their
   content.
