@@ -113,6 +113,8 @@ def _check_rope_scaling(scaling):
 
 
 class RMSNorm(nn.Module):
+    """x / sqrt(mean_C(x^2) + eps) * weight over the last dimension, in float32 (HF's rounding)."""
+
     def __init__(self, dim, eps):
         super().__init__()
         self.weight = nn.Parameter(torch.ones(dim))
@@ -160,6 +162,8 @@ def apply_rope(x, cos, sin):
 
 
 class GroupedQueryAttention(nn.Module):
+    """Causal attention with RoPE on q and k; n_kv_head key/value heads shared by n_head queries."""
+
     def __init__(self, config):
         super().__init__()
         C, hs, n_head, n_kv_head = config.n_embd, config.head_dim, config.n_head, config.n_kv_head
@@ -197,6 +201,8 @@ class GroupedQueryAttention(nn.Module):
 
 
 class SwiGLU(nn.Module):
+    """The MLP: down(silu(gate(x)) * up(x)), no biases."""
+
     def __init__(self, config):
         super().__init__()
         self.gate_proj = nn.Linear(config.n_embd, config.intermediate_size, bias=False)
@@ -208,6 +214,8 @@ class SwiGLU(nn.Module):
 
 
 class Block(nn.Module):
+    """Pre-norm residual block: attention, then the MLP, each after its own RMSNorm."""
+
     def __init__(self, config):
         super().__init__()
         self.input_layernorm = RMSNorm(config.n_embd, config.rms_norm_eps)
@@ -221,6 +229,9 @@ class Block(nn.Module):
 
 
 class Llama(nn.Module):
+    """The decoder: token embedding, n_layer Blocks, a final RMSNorm, lm_head. model.GPT's
+    interface, so it is the policy or reference wherever a GPT is."""
+
     # plumbing/lora.apply_lora's default targets: every projection of the blocks
     lora_targets = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
