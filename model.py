@@ -206,6 +206,9 @@ class GPT(nn.Module):
 
     # ---- the forward pass ends here; below: cropping, sampling, and Hugging Face GPT-2 checkpoints
 
+    # plumbing/lora.apply_lora's default targets: every nn.Linear of the blocks (lm_head is tied)
+    lora_targets = ("c_attn", "c_proj", "c_fc")
+
     def crop_block_size(self, block_size):
         """Keep only the first block_size position embeddings (e.g. to fine-tune a 1024-position
         GPT-2 on short sequences). Replaces a parameter: call it before building the optimizer."""
@@ -240,9 +243,7 @@ class GPT(nn.Module):
             raise ValueError("attention_mask must describe LEFT padding: per row some "
                              "0s, then only 1s")
         out = torch.cat([idx, idx.new_empty(B, N)], dim=1)  # (B, T + N), filled in step by step
-        C, n_head, param = self.config.n_embd, self.config.n_head, self.lm_head.weight
-        caches = [tuple(param.new_empty(B, n_head, T + N, C // n_head) for _ in "kv")
-                  for _ in range(self.config.n_layer)]  # per layer (k, v), each (B, nh, T + N, hs)
+        caches = self._kv_caches(B, T + N)
         if mask is None or mask.all():
             pos, attn_mask, key_mask = torch.arange(T, device=idx.device), None, None  # pos (T,)
         else:
@@ -265,6 +266,13 @@ class GPT(nn.Module):
             # (B, 1, 1, t + 1)
             attn_mask = None if key_mask is None else key_mask[:, None, None, : t + 1]
         return out
+
+    def _kv_caches(self, B, length):
+        """Empty key/value caches for generate: per layer (k, v), each (B, nh, length, hs) in the
+        weights' dtype and device."""
+        C, n_head, param = self.config.n_embd, self.config.n_head, self.lm_head.weight
+        return [tuple(param.new_empty(B, n_head, length, C // n_head) for _ in "kv")
+                for _ in range(self.config.n_layer)]
 
     @torch.no_grad()
     def complete(self, prompts, max_new_tokens, temperature=1.0, top_k=None, eos_token=None,

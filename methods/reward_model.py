@@ -12,11 +12,11 @@ then maximises that reward with reinforcement learning under a KL penalty (Eq. 3
 DPO fits the same Bradley-Terry likelihood with the implicit reward beta log pi/pi_ref instead, and
 needs neither this model nor the reinforcement learning.
 
-r_phi here is the GPT trunk initialised from the same model as the policy (the paper's pi_SFT;
-InstructGPT does the same) with a scalar head read at the last token of prompt + response, its EOS:
-the one position whose hidden state has seen the whole response. The head starts at zero, so every
-score starts at 0 and the loss at log 2, as DPO's does. It trains on exactly the pairs DPO trains on
-(`python train.py reward-model`).
+r_phi here is the GPT (or Llama) trunk initialised from the same model as the policy (the paper's
+pi_SFT; InstructGPT does the same) with a scalar head read at the last token of prompt + response,
+its EOS: the one position whose hidden state has seen the whole response. The head starts at zero,
+so every score starts at 0 and the loss at log 2, as DPO's does. It trains on exactly the pairs DPO
+trains on (`python train.py reward-model`).
 
 Worked example: scores r_w = 1.5 and r_l = 0.5 give -log sigma(1) = log(1 + e^-1) = 0.3132617, and
 d loss / d r_w = -sigma(-1) = -0.2689414 (tests/test_reward_model.py asserts both).
@@ -32,8 +32,7 @@ import torch.nn.functional as F
 
 import data
 import dpo
-from model import GPT, GPTConfig
-from plumbing.checkpoint import LANGUAGE_MODEL, CheckpointError, load_checkpoint
+from plumbing.checkpoint import LANGUAGE_MODEL, CheckpointError, load_checkpoint, model_from_state
 from tensor_checks import check_logps
 
 KIND = "reward model"  # what a checkpoint of this module says it holds (checkpoint.save_checkpoint)
@@ -49,12 +48,12 @@ def bradley_terry_loss(chosen_rewards: torch.Tensor,
 
 
 class RewardModel(nn.Module):
-    """r_phi(x, y): a GPT trunk and a linear head on the hidden state of the last token of prompt +
-    response."""
+    """r_phi(x, y): a GPT or Llama trunk and a linear head on the hidden state of the last token of
+    prompt + response."""
 
     KIND = KIND
 
-    def __init__(self, trunk: GPT):
+    def __init__(self, trunk: nn.Module):
         super().__init__()
         self.trunk = trunk
         # zero at the start: every score 0, the loss log 2
@@ -63,7 +62,8 @@ class RewardModel(nn.Module):
         nn.init.zeros_(self.head.bias)
 
     @property
-    def config(self) -> GPTConfig:
+    def config(self):
+        """The trunk's GPTConfig or LlamaConfig."""
         return self.trunk.config
 
     def forward(self, input_ids: torch.Tensor, last_index: torch.Tensor) -> torch.Tensor:
@@ -143,7 +143,7 @@ def load_reward_model(path, map_location="cpu"):
                               f"{state.get('kind', LANGUAGE_MODEL)}); train one with `python "
                               f"train.py reward-model`")
     try:
-        model = RewardModel(GPT(GPTConfig(**state["model_config"])))
+        model = RewardModel(model_from_state(state, path))
         model.load_state_dict(state["model"])
     except (RuntimeError, TypeError, ValueError, AttributeError) as e:
         raise CheckpointError(f"{path}: weights do not match the stored model config: "

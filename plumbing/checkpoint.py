@@ -4,7 +4,9 @@ accepts.
 A checkpoint is one file, `ckpt.pt`, holding everything a run needs to continue exactly where it
 stopped:
 
-    model      the GPT's state_dict and its GPTConfig
+    model      the model's state_dict, and (model_config) its GPTConfig or LlamaConfig as a dict
+    architecture  which network model_config describes: "gpt2" (model.GPT) or "llama"
+                  (llama.Llama); absent from checkpoints written before there was a choice (GPT's)
     optimizer  AdamW's state (moments, step counts)
     step       optimizer steps taken; the learning-rate schedule and the data order are pure
                functions of the step (see loop.py), so they need no state of their own
@@ -17,7 +19,7 @@ stopped:
                optimizer, the KL coefficient); absent when there is nothing
     early_stopping  the best held-out score so far, its step, and the evaluations since it
                     (run_dir.EarlyStopping as a dict)
-    kind       what the weights are: "language model" (a GPT), or "reward model"
+    kind       what the weights are: "language model" (a GPT or Llama), or "reward model"
                (reward_model.RewardModel)
     lora       LoRA runs only: then "model" holds the adapters alone (lora.lora_state_dict, a few
                MB), and this entry holds their settings (rank, alpha, dropout, targets) and the
@@ -28,9 +30,10 @@ stopped:
 
 It is written to a temporary file in the same directory and renamed over the old one (`os.replace`
 is atomic on POSIX and Windows), so a crash mid-write leaves the previous checkpoint intact. Weights
-for other tools are exported separately in the Hugging Face layout with `GPT.save_pretrained`.
+for other tools are exported separately in the Hugging Face layout with `save_pretrained`.
 """
 
+import json
 import os
 import random
 import tempfile
@@ -39,15 +42,43 @@ import numpy as np
 import torch
 
 from data import missing_local_path
+from llama import Llama, LlamaConfig
 from model import GPT, GPTConfig
 from plumbing import lora
 
-# the kind of a GPT's checkpoint (reward models say reward_model.KIND)
+# the kind of a language model's checkpoint (reward models say reward_model.KIND)
 LANGUAGE_MODEL = "language model"
+# a checkpoint's "architecture": the network and the config class of its model_config
+ARCHITECTURES = {"gpt2": (GPT, GPTConfig), "llama": (Llama, LlamaConfig)}
+# a Hugging Face config.json's model_type: the class whose from_pretrained reads the directory
+HF_MODEL_TYPES = {"gpt2": GPT, "llama": Llama, "qwen2": Llama}
 
 
 class CheckpointError(ValueError):
     """A checkpoint or --init path that cannot be used (missing, not ours, or incompatible)."""
+
+
+def architecture_of(model):
+    """"gpt2" or "llama": the key of ARCHITECTURES whose config class model.config is (a reward
+    model's config is its trunk's)."""
+    for name, (_, config_class) in ARCHITECTURES.items():
+        if isinstance(model.config, config_class):
+            return name
+    raise TypeError(f"{type(model).__name__}.config is a {type(model.config).__name__}, not one of "
+                    f"{[config_class.__name__ for _, config_class in ARCHITECTURES.values()]}")
+
+
+def model_from_state(state, path):
+    """The untrained network a checkpoint's state (read from `path`) describes: a GPT or a Llama,
+    by its "architecture" ("gpt2" when absent), built from its model_config; the caller loads the
+    weights. Raises CheckpointError for an unknown architecture; the config classes raise TypeError
+    or ValueError for a model_config they do not accept."""
+    architecture = state.get("architecture", "gpt2")
+    if architecture not in ARCHITECTURES:
+        raise CheckpointError(f"{path}: architecture {architecture!r} is none of "
+                              f"{sorted(ARCHITECTURES)}")
+    model_class, config_class = ARCHITECTURES[architecture]
+    return model_class(config_class(**state["model_config"]))
 
 
 def describe_lora_base(init, model):
@@ -95,6 +126,7 @@ def save_checkpoint(path, model, optimizer, step, config, early_stopping=None, l
     state = {
         "model": lora.lora_state_dict(model) if has_adapters else model.state_dict(),
         "model_config": vars(model.config).copy(),
+        "architecture": architecture_of(model),
         "kind": getattr(model, "KIND", LANGUAGE_MODEL),
         "optimizer": optimizer.state_dict() if optimizer is not None else None,
         "step": int(step),
@@ -154,11 +186,12 @@ def restore_rng(rng_state):
 
 
 def load_model(path, map_location="cpu"):
-    """Build a GPT from `path`: our `ckpt.pt` (or a directory holding one), or a Hugging Face GPT-2
-    directory (`config.json` + weights), or a hub name such as "gpt2" (see `GPT.from_pretrained`).
+    """Build a GPT or a Llama from `path`: our `ckpt.pt` (or a directory holding one; its
+    "architecture" says which), or a Hugging Face directory (`config.json` + weights; its model_type
+    says which: HF_MODEL_TYPES), or a hub name such as "gpt2" (see `GPT.from_pretrained`).
 
     Raises CheckpointError for a local path that does not exist (rather than asking the hub for
-    it)."""
+    it), and for a Hugging Face model_type this code has no network for."""
     if missing_local_path(path):
         raise CheckpointError(f"{path}: no such file or directory")
     if os.path.isfile(path) and not path.endswith(".pt"):
@@ -178,17 +211,29 @@ def load_model(path, map_location="cpu"):
             lora.load_lora_state_dict(model, state["model"])
             return lora.merged_copy(model)
         try:
-            model = GPT(GPTConfig(**state["model_config"]))
+            model = model_from_state(state, path)
             model.load_state_dict(state["model"])
         except (RuntimeError, TypeError, ValueError, AttributeError) as e:
             raise CheckpointError(f"{path}: weights do not match the stored model config: "
                                   f"{' '.join(str(e).split())[:300]}") from None
         return model
-    if os.path.isdir(path) and not os.path.isfile(os.path.join(path, "config.json")):
+    if not os.path.isdir(path):
+        return GPT.from_pretrained(path)  # a hub name
+    config_file = os.path.join(path, "config.json")
+    if not os.path.isfile(config_file):
         raise CheckpointError(f"{path}: neither a ckpt.pt of ours nor a Hugging Face GPT-2 "
                               f"directory (config.json); pass a run's directory or its ckpt.pt, or "
                               f"a directory with config.json and model.safetensors")
-    return GPT.from_pretrained(path)
+    try:
+        with open(config_file) as f:
+            model_type = json.load(f).get("model_type", "gpt2")
+    except (OSError, ValueError, AttributeError) as e:
+        raise CheckpointError(f"{config_file}: not a readable JSON object ({type(e).__name__}: "
+                              f"{' '.join(str(e).split())[:200]})") from None
+    if model_type not in HF_MODEL_TYPES:
+        raise CheckpointError(f"{config_file}: model_type {model_type!r} is not one this code "
+                              f"loads ({', '.join(sorted(HF_MODEL_TYPES))})")
+    return HF_MODEL_TYPES[model_type].from_pretrained(path)
 
 
 def not_a_checkpoint_hint(path):
@@ -198,9 +243,9 @@ def not_a_checkpoint_hint(path):
     if os.path.isfile(os.path.join(directory, "ckpt.pt")):
         return f"the run's directory {directory} (it holds ckpt.pt)"
     if os.path.basename(path) == "config.json":
-        return f"the directory {directory} (a Hugging Face GPT-2 model is a directory)"
-    return ("a ckpt.pt of ours (or its directory), a Hugging Face GPT-2 directory or a hub "
-            "name such as gpt2")
+        return f"the directory {directory} (a Hugging Face model is a directory)"
+    return ("a ckpt.pt of ours (or its directory), a Hugging Face GPT-2, Llama or Qwen2 "
+            "directory or a hub name such as gpt2")
 
 
 def load_lora_base(state, path, map_location="cpu"):

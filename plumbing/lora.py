@@ -1,5 +1,5 @@
-"""Low-rank adapters (LoRA) for model.GPT: fine-tune a few small matrices, keep the pretrained
-weights frozen.
+"""Low-rank adapters (LoRA) for model.GPT and llama.Llama: fine-tune a few small matrices, keep the
+pretrained weights frozen.
 
 Paper: Hu et al. 2021, "LoRA: Low-Rank Adaptation of Large Language Models" (arXiv 2106.09685), Eq.
 3:
@@ -143,16 +143,23 @@ def _matches(name, target):
     return name == target or name.endswith("." + target)
 
 
-def apply_lora(model, rank, alpha, dropout=0.0, targets=("c_attn", "c_proj", "c_fc")):
+def apply_lora(model, rank, alpha, dropout=0.0, targets=None):
     """Replace, in place, every nn.Linear of model whose name ends with a target (a module name such
     as "c_proj", which matches both attention's and the MLP's, or a dotted suffix such as
-    "attn.c_proj") by a LoRALinear, and freeze every other parameter. Returns the replaced module
-    names. Raises ValueError for rank < 1, alpha <= 0, dropout outside [0, 1), a target that matches
-    no nn.Linear, a target on a tied weight (lm_head), or a model that already has adapters; nothing
-    is changed when it raises."""
+    "attn.c_proj") by a LoRALinear, and freeze every other parameter. targets=None: the model's own
+    lora_targets (GPT: c_attn, c_proj, c_fc; Llama: its seven projections). Returns the replaced
+    module names. Raises ValueError for rank < 1, alpha <= 0, dropout outside [0, 1), a target that
+    matches no nn.Linear, a target on a tied weight (lm_head), targets=None for a model without
+    lora_targets, or a model that already has adapters; nothing is changed when it raises."""
     if not isinstance(model, nn.Module):
-        raise TypeError(f"apply_lora needs an nn.Module (a model.GPT), got {type(model).__name__}")
+        raise TypeError("apply_lora needs an nn.Module (a model.GPT or llama.Llama), got "
+                        f"{type(model).__name__}")
     _check_hparams(rank, alpha, dropout)
+    if targets is None:
+        if not hasattr(model, "lora_targets"):
+            raise ValueError(f"apply_lora: a {type(model).__name__} has no default lora_targets; "
+                             "pass targets")
+        targets = model.lora_targets
     targets = (targets,) if isinstance(targets, str) else tuple(targets)
     if not targets or not all(isinstance(t, str) and t for t in targets):
         raise ValueError(f"targets must be a non-empty sequence of module names, got {targets!r}")

@@ -38,6 +38,7 @@ from plumbing import data_parallel, lora
 from plumbing.checkpoint import (
     LANGUAGE_MODEL,
     CheckpointError,
+    architecture_of,
     describe_lora_base,
     load_checkpoint,
     restore_rng,
@@ -153,9 +154,10 @@ def claim_directory(command, cfg, model, log=print, mmap=False):
 
     A new run needs a directory without a run in it (or --overwrite: start_run then removes the old
     run's files). --resume needs the same command, a checkpoint of the same kind (language model,
-    reward model), the same architecture (the GPT config, dropout aside) and the same tokenizer.
-    Anything else raises CheckpointError naming --out-dir, --resume or --overwrite and what the
-    directory holds. mmap: read the checkpoint's tensors lazily (a check that keeps nothing)."""
+    reward model), the same architecture (GPT or Llama, and its config, dropout aside) and the same
+    tokenizer. Anything else raises CheckpointError naming --out-dir, --resume or --overwrite and
+    what the directory holds. mmap: read the checkpoint's tensors lazily (a check that keeps
+    nothing)."""
     out_dir, ckpt = cfg.out_dir, os.path.join(cfg.out_dir, "ckpt.pt")
     found = run_files(out_dir)
     held = recorded_command(out_dir)
@@ -192,6 +194,11 @@ def check_same_model(saved, model, cfg, ckpt):
     if saved_kind != kind:
         raise CheckpointError(f"--resume {ckpt}: holds a {saved_kind}, this command trains a "
                               f"{kind}; choose another --out-dir")
+    network, saved_network = architecture_of(model), saved.get("architecture", "gpt2")
+    if saved_network != network:
+        raise CheckpointError(f"--resume {ckpt}: holds a {saved_network} model, --init "
+                              f"{cfg.init or '(a fresh model)'} is a {network}; resume with the "
+                              f"--init the run started with")
     architecture = {key: value for key, value in vars(model.config).items() if key != "dropout"}
     differ = {key: (saved["model_config"].get(key), value) for key, value in architecture.items()
               if saved["model_config"].get(key) != value}
