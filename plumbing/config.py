@@ -295,10 +295,12 @@ class TrainConfig:
                                LORA_COMMANDS, group=LORA)
     lora_dropout: float = option("--lora-dropout", 0.0, "dropout on the adapters' input",
                                  LORA_COMMANDS, group=LORA)
-    lora_targets: str = option("--lora-targets", "c_attn,c_proj,c_fc",
-                               "comma-separated names of the linear "
-                               "layers that get adapters (c_proj matches attention's and the "
-                               "MLP's; attn.c_proj one of them)", LORA_COMMANDS, group=LORA)
+    lora_targets: str = option("--lora-targets", "auto",
+                               "comma-separated names of the linear layers that get adapters; "
+                               "auto: every projection of the model's blocks (GPT-2: c_attn, "
+                               "c_proj, c_fc; Llama: q/k/v/o_proj, gate/up/down_proj); c_proj "
+                               "matches attention's and the MLP's, attn.c_proj one of them",
+                               LORA_COMMANDS, group=LORA)
     # sampling (pairs, eval, sample)
     samples_per_prompt: int = option("--samples-per-prompt", 4,
                                      "completions sampled per prompt (pairs: the best and "
@@ -448,7 +450,7 @@ def check_values(cfg):
     need(cfg.lora_rank >= 0, "lora_rank", "must be >= 0 (0 = full fine-tuning)")
     need(0 < cfg.lora_alpha < math.inf, "lora_alpha", "must be > 0")
     need(0 <= cfg.lora_dropout < 1, "lora_dropout", "must be in [0, 1)")
-    need(all(lora_targets(cfg)), "lora_targets",
+    need(all(lora_targets(cfg) or ["auto"]), "lora_targets",
          "must be comma-separated layer names, e.g. c_attn,c_proj,c_fc")
     need(cfg.tokenizer in data.TOKENIZER_NAMES or cfg.tokenizer.endswith(".tiktoken"), "tokenizer",
          f"must be {', '.join(data.TOKENIZER_NAMES)} or a path to a .tiktoken file")
@@ -592,7 +594,10 @@ def check_reinforcement_learning(cfg):
 
 
 def lora_targets(cfg):
-    """--lora-targets as a tuple of names: "c_attn, c_fc" -> ("c_attn", "c_fc")."""
+    """--lora-targets as a tuple of names: "c_attn, c_fc" -> ("c_attn", "c_fc"); "auto" -> None
+    (lora.apply_lora then takes the model's own lora_targets)."""
+    if cfg.lora_targets == "auto":
+        return None
     return tuple(name.strip() for name in cfg.lora_targets.split(","))
 
 
