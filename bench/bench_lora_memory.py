@@ -4,28 +4,27 @@ against the reference-free losses of DPO's family (SimPO, ORPO).
 Where a DPO step's memory goes, for a model of P parameters in fp32 (4 bytes each) trained with
 AdamW:
 
-    full fine-tuning, reference copy   policy 4P + reference 4P + gradients 4P + Adam moments 8P  =
-                                       20P + activations
-    full, precomputed reference        the copy exists only before training (8P then)            =
-                                       16P + activations
-    LoRA, reference = adapters off     base 4P + adapters, their gradients and moments (~16 p)    =
-    4P + activations
-    SimPO or ORPO, no reference        policy 4P + gradients 4P + Adam moments 8P                 =
-    16P + activations
+    full fine-tuning, reference copy   policy 4P + reference 4P + gradients 4P + Adam 8P  =  20P
+    full, precomputed reference        the copy exists only before training (8P then)     =  16P
+    LoRA, reference = adapters off     base 4P + adapters, their gradients, moments ~16p  =   4P
+    SimPO or ORPO, no reference        policy 4P + gradients 4P + Adam moments 8P         =  16P
 
-with p << P the adapter parameters. Activations are the same for all three (LoRA adds its small
-(tokens, r) ones). This script measures it: each variant runs in a fresh process (model built from
-the seed, a batch of random token pairs, AdamW, three steps: the policy's forward over chosen +
-rejected, the reference's forward, the sigmoid DPO loss, backward, the optimizer step). Peak memory
-is, on CUDA, torch.cuda.max_memory_allocated minus what was allocated before the model was built; on
-a CPU, the process's peak resident set (ru_maxrss) minus its resident set before the model was built
-(the allocator's caching and the interpreter make this coarser; compare variants measured in the
-same run). Time: the mean of steps 2 and 3 (step 1 allocates the optimizer state).
+plus the activations, with p << P the adapter parameters. Activations are the same for all (LoRA
+adds its small (tokens, r) ones). This script measures it: each variant runs in a fresh process
+(model built from the seed, a batch of random token pairs, AdamW, three steps: the policy's forward
+over chosen + rejected, the reference's forward, the sigmoid DPO loss, backward, the optimizer
+step). Peak memory is, on CUDA, torch.cuda.max_memory_allocated minus what was allocated before the
+model was built; on a CPU, the process's own peak resident set (VmHWM; ru_maxrss would start from
+the parent's) minus its resident set before the model was built (the allocator's caching and the
+interpreter make this coarser; compare variants measured in the same run). Time: the mean of steps 2
+and 3 (step 1 allocates the optimizer state).
 
     python bench/bench_lora_memory.py                      GPT-2 124M shapes, 2 pairs x 128 tokens
                                                            (CPU: ~1 min)
     python bench/bench_lora_memory.py --quick              tiny shapes, seconds (the smoke test)
     python bench/bench_lora_memory.py --pairs 8 --tokens 512 --json bench/results/lora_memory.json
+    python bench/bench_lora_memory.py --model smollm2-360m --variants full-precomputed lora
+                                                           a Llama-family shape (random weights)
 """
 
 import argparse
@@ -33,7 +32,6 @@ import copy
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import time
@@ -45,14 +43,30 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from a checkout without installing the project
 
 import dpo  # noqa: E402
+from llama import Llama, LlamaConfig  # noqa: E402
 from methods import orpo, simpo  # noqa: E402
 from model import GPT, GPTConfig  # noqa: E402
 from plumbing import lora  # noqa: E402
 
 VARIANTS = ("full, reference copy (live)", "full, precomputed reference",
             "LoRA, adapters-off reference (live)", "SimPO, no reference", "ORPO, no reference")
+# the short names of --variants, in VARIANTS' order
+VARIANT_NAMES = ("full-copy", "full-precomputed", "lora", "simpo", "orpo")
 GPT2_SHAPE = dict(n_layer=12, n_head=12, n_embd=768, vocab_size=50257, block_size=1024)
 QUICK_SHAPE = dict(n_layer=2, n_head=2, n_embd=64, vocab_size=300, block_size=64)
+# --model: the architecture and shape (from each checkpoint's config.json); weights are random
+MODELS = {
+    "gpt2-124m": (GPT, GPTConfig, GPT2_SHAPE),
+    "smollm2-135m": (Llama, LlamaConfig, dict(
+        n_layer=30, n_head=9, n_kv_head=3, n_embd=576, intermediate_size=1536, vocab_size=49152,
+        block_size=8192, rope_theta=100000.0, tie_embeddings=True)),
+    "smollm2-360m": (Llama, LlamaConfig, dict(
+        n_layer=32, n_head=15, n_kv_head=5, n_embd=960, intermediate_size=2560, vocab_size=49152,
+        block_size=8192, rope_theta=100000.0, tie_embeddings=True)),
+    "qwen2.5-0.5b": (Llama, LlamaConfig, dict(
+        n_layer=24, n_head=14, n_kv_head=2, n_embd=896, intermediate_size=4864, vocab_size=151936,
+        block_size=32768, rope_theta=1000000.0, tie_embeddings=True, qkv_bias=True)),
+}
 
 
 def parse_args(argv=None):
@@ -62,6 +76,9 @@ def parse_args(argv=None):
     ap.add_argument("--pairs", type=int, default=2, help="preference pairs per step (2x rows)")
     ap.add_argument("--tokens", type=int, default=128, help="tokens per row (prompt + response)")
     ap.add_argument("--lora-rank", type=int, default=16)
+    ap.add_argument("--model", choices=sorted(MODELS), default="gpt2-124m",
+                    help="the architecture and shape (random weights)")
+    ap.add_argument("--variants", nargs="+", choices=VARIANT_NAMES, default=list(VARIANT_NAMES))
     ap.add_argument("--device", default="auto", help="auto (cuda when available), cpu or cuda")
     ap.add_argument("--json", default="", help="write the results here")
     # internal: run one variant in this process
@@ -72,12 +89,14 @@ def parse_args(argv=None):
     return args
 
 
-def resident_bytes():
-    """This process's resident set now (Linux /proc; 0 where unavailable)."""
+def resident_bytes(field="VmRSS"):
+    """This process's resident set now (VmRSS) or its peak (VmHWM), from Linux's /proc (0 where
+    unavailable)."""
     try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except OSError:
+        with open("/proc/self/status") as f:
+            line = next(line for line in f if line.startswith(field + ":"))
+        return int(line.split()[1]) * 1024  # kB
+    except (OSError, StopIteration):
         return 0
 
 
@@ -98,14 +117,18 @@ def run_variant(name, args):
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if args.device == "auto" else args.device))
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
-    shape = QUICK_SHAPE if args.quick else GPT2_SHAPE
+    model_class, config_class, shape = MODELS[args.model]
+    if args.quick:
+        shape = QUICK_SHAPE if model_class is GPT else dict(
+            n_layer=2, n_head=4, n_kv_head=2, n_embd=64, intermediate_size=96, vocab_size=300,
+            block_size=64)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
         before = torch.cuda.memory_allocated()
     else:
         before = resident_bytes()
     torch.manual_seed(0)
-    model = GPT(GPTConfig(**shape)).to(device)
+    model = model_class(config_class(**shape)).to(device)
     batch = random_pairs(args.pairs, args.tokens, shape["vocab_size"], device)
     reference, ref_logps = None, None
     reference_free = name.startswith(("SimPO", "ORPO"))
@@ -148,8 +171,7 @@ def run_variant(name, args):
     if device.type == "cuda":
         peak = torch.cuda.max_memory_allocated() - before
     else:
-        # ru_maxrss: KiB on Linux
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before
+        peak = resident_bytes("VmHWM") - before
     return {"variant": name, "peak_bytes": peak, "step_ms": 1000 * sum(times[1:]) / 2,
             "trainable": lora.count_trainable(model),
             "parameters": sum(p.numel() for p in model.parameters()), "device": str(device)}
@@ -162,7 +184,8 @@ def main(argv=None):
         return 0
     passthrough = [a for a in (argv if argv is not None else sys.argv[1:])]
     rows = []
-    for name in VARIANTS:  # each in a fresh process: ru_maxrss is a lifetime peak
+    chosen = [name for name, short in zip(VARIANTS, VARIANT_NAMES) if short in args.variants]
+    for name in chosen:  # each in a fresh process: its peak resident set is its own
         proc = subprocess.run([sys.executable, __file__, *passthrough, "--one", name],
                               capture_output=True,
                               text=True, check=False)
@@ -171,16 +194,19 @@ def main(argv=None):
             return proc.returncode
         rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
     full = rows[0]["peak_bytes"]
-    shape = QUICK_SHAPE if args.quick else GPT2_SHAPE
-    print(f"one DPO step, {rows[0]['parameters'] / 1e6:.1f}M parameters {shape}, {args.pairs} "
-          f"pairs x {args.tokens} tokens, device {rows[0]['device']}, LoRA rank {args.lora_rank} "
-          f"on c_attn/c_proj/c_fc")
-    print("| variant | trainable parameters | peak memory MiB | vs full with copy | step ms |")
+    shape = MODELS[args.model][2]
+    print(f"one DPO step, {args.model} ({rows[0]['parameters'] / 1e6:.1f}M parameters), "
+          f"{args.pairs} pairs x {args.tokens} tokens, device {rows[0]['device']}, LoRA rank "
+          f"{args.lora_rank} on every projection of the blocks")
+    print(f"| variant | trainable parameters | peak memory MiB | vs {rows[0]['variant']} | "
+          "step ms |")
     print("|---|---|---|---|---|")
     for row in rows:
-        row["peak_vs_full_copy"] = row["peak_bytes"] / full
+        row["peak_vs_first"] = row["peak_bytes"] / full
+        if rows[0]["variant"] == VARIANTS[0]:  # the key experiments/study.py reads
+            row["peak_vs_full_copy"] = row["peak_vs_first"]
         print(f"| {row['variant']} | {row['trainable']:,} | {row['peak_bytes'] / 2**20:.0f} | "
-              f"{row['peak_vs_full_copy']:.2f} | {row['step_ms']:.0f} |")
+              f"{row['peak_vs_first']:.2f} | {row['step_ms']:.0f} |")
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w") as f:
