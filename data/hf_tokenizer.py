@@ -9,8 +9,10 @@ of the `tokenizers` library; `load_hf_tokenizer` reads it into a `tiktoken.Encod
 * model: "BPE" with its vocab (byte-level strings: GPT-2's map of the 256 bytes to printable
   characters) and its merges in order, as "a b" strings or [a, b] lists;
 * pre_tokenizer: ByteLevel with use_regex (GPT-2's pattern, as `tokenizers` writes it); Split with a
-  Regex (behavior Isolated) then ByteLevel without regex (Llama 3, Qwen2); Digits(individual_digits)
-  then ByteLevel with regex (SmolLM2), as one pattern: each digit alone, GPT-2's pattern between;
+  Regex (behavior Isolated; the text between matches kept as pieces, as Hugging Face does; a pattern
+  that matches the empty string is an error) then ByteLevel without regex (Llama 3, Qwen2);
+  Digits(individual_digits) then ByteLevel with regex (SmolLM2), as one pattern: each digit alone,
+  GPT-2's pattern between;
 * normalizer: none, or a Unicode normal form (Qwen2's NFC), applied to the text between added
   tokens, as Hugging Face does;
 * added_tokens: the special ones and the others, all in tiktoken's `special_tokens`. As in Hugging
@@ -27,14 +29,16 @@ first offending merge or token otherwise:
    conversion of tiktoken vocabularies, which lists every split of a token, hold this);
 2. every token is what BPE makes of its own bytes under the merges (then a pair tiktoken could merge
    is always a listed merge), unless neither algorithm can make it and the model has
-   `ignore_merges`, where both take it only as a whole piece of text. About 1 s per 100,000 tokens
-   of pure Python, once per file and process.
+   `ignore_merges`, where both take it only as a whole piece of text. About 1.5 s per 100,000
+   tokens of pure Python, once per file and process.
 A file that fails 1 could be remapped (tiktoken ranks in merge order, ids translated on the way in
 and out), but every encode and decode method would then need the translation, and no file made by
 either library's tools needs it: it is an error instead. Left: a token listed with several merges
 (Llama 3) where two of its splits overlap in one piece ties differently (tiktoken takes the
-leftmost, Hugging Face the first listed); and characters that the two libraries' Unicode tables
-classify differently (the newest code points).
+leftmost, Hugging Face the first listed); and characters that the libraries' Unicode tables, of
+different versions, see differently: U+16FF4, a digit since Unicode 16, is one to Hugging Face's
+Digits and not to tiktoken's regex; U+0D3C (Unicode 10) combines under Python's NFC, not under
+Hugging Face's. Characters that Unicode 3.2 already had are encoded alike (the tests' range).
 
 The single bytes that cannot occur in UTF-8 (0xC0, 0xC1, 0xF5-0xFF) may be absent from the vocab.
 Another absent byte (a vocabulary trained with a restricted alphabet) is dropped silently by Hugging
@@ -58,6 +62,7 @@ import re
 import sys
 import unicodedata
 
+import regex  # tiktoken's own dependency, for its Python-side patterns
 import tiktoken
 
 # The pattern of `tokenizers`' ByteLevel pre-tokenizer (use_regex), GPT-2's original one.
@@ -128,7 +133,9 @@ class HFEncoding(tiktoken.Encoding):
     bos_token and pad_token (int | None), special_token_texts (dict[str, str]: "eos_token",
     "bos_token", "pad_token" -> the token's text, the names chat templates use),
     special_token_sources (dict[str, str]: "eos_token" -> "tokenizer_config.json eos_token", ...).
-    Text goes through Python (normal form, added tokens, absent bytes) only when the file needs it.
+    `encode_ordinary` is tiktoken's own unless the file needs a pass in Python (a normal form,
+    added tokens that are not special, absent bytes); `encode` splits at the allowed special tokens
+    in Python, the longest first where two start together, as Hugging Face does.
     """
 
     def __init__(self, name: str, *, pat_str: str, mergeable_ranks: dict[bytes, int],
@@ -141,11 +148,12 @@ class HFEncoding(tiktoken.Encoding):
         self._eos = special_ids["eos_token"]
         self.bos_token = special_ids.get("bos_token")
         self.pad_token = special_ids.get("pad_token")
-        self.special_token_texts = {key: self.decode_single_token_bytes(i).decode("utf-8")
-                                    for key, i in special_ids.items()}
+        self.special_token_texts = {key: self.decode(  # tiktoken's decode: bytes or a special
+            [i]) for key, i in special_ids.items()}
         self.special_token_sources = special_token_sources
         self._normal_form = normal_form
         self._plain_added = plain_added_tokens  # added tokens that are not special
+        self._absent_bytes = absent_bytes
         self._present_bytes = bytes(sorted(set(range(256)) - absent_bytes))
         self._in_python = bool(normal_form or plain_added_tokens or absent_bytes)
 
@@ -167,7 +175,8 @@ class HFEncoding(tiktoken.Encoding):
                 continue
             if self._normal_form:
                 piece = unicodedata.normalize(self._normal_form, piece)
-            absent = piece.encode("utf-8", "replace").translate(None, self._present_bytes)
+            absent = self._absent_bytes and piece.encode("utf-8", "replace").translate(
+                None, self._present_bytes)  # the bytes of `piece` that have no token
             if absent:
                 character = next(c for c in piece if absent[0] in c.encode("utf-8", "replace"))
                 raise ValueError(f"{character!r} needs byte 0x{absent[0]:02X}, which has no token "
@@ -186,9 +195,6 @@ class HFEncoding(tiktoken.Encoding):
                ) -> list[int]:
         """tiktoken's `encode`: the special tokens in `allowed_special` ("all" or a set) are read as
         tokens; ValueError when text holds one of `disallowed_special`. Returns list[int]."""
-        if not self._in_python:
-            return super().encode(text, allowed_special=allowed_special,
-                                  disallowed_special=disallowed_special)
         special = self.special_tokens_set - self._plain_added
         allowed = special if allowed_special == "all" else set(allowed_special)
         disallowed = special - allowed if disallowed_special == "all" else set(disallowed_special)
@@ -393,7 +399,6 @@ def load_hf_tokenizer(path: str) -> HFEncoding:
         _fail(file, f"an added token changes under the normalizer {normal_form}: not supported")
     ranks = _mergeable_ranks(spec.get("model") or {}, added, file)
     absent = frozenset(set(range(256)) - {t[0] for t in ranks if len(t) == 1}) - NOT_IN_UTF8
-
     ids = set(ranks.values()) | set(added.values())
 
     def token_id(value) -> int | None:
@@ -413,7 +418,14 @@ def load_hf_tokenizer(path: str) -> HFEncoding:
                               absent_bytes=absent)
     except ValueError as err:  # tiktoken could not compile the split pattern
         raise TokenizerFileError(f"{file}: pre_tokenizer pattern {pat_str!r}: {err}") from err
-    # a pattern that can match the empty string makes tiktoken skip characters: none may be lost
+    # tiktoken cannot encode an empty piece (its Rust code panics)
+    try:
+        empty = any(not match.group() for match in regex.finditer(pat_str, PROBE))
+    except regex.error as err:
+        raise TokenizerFileError(f"{file}: pre_tokenizer pattern {pat_str!r}: {err}") from err
+    if empty:
+        _fail(file, f"pre_tokenizer pattern {pat_str!r} matches the empty string: not supported")
+    # tiktoken drops the text no match covers: none may be lost
     if encoding.decode(encoding.encode_ordinary(PROBE)) != PROBE:
         _fail(file, f"pre_tokenizer pattern {pat_str!r} loses text: "
                     f"{encoding.decode(encoding.encode_ordinary(PROBE))!r} from {PROBE!r}")

@@ -282,6 +282,21 @@ def test_merges_out_of_id_order_name_the_first_offending_merge(specs, tmp_path):
         data.load_hf_tokenizer(directory)
 
 
+def test_split_patterns_keep_the_text_between_matches_and_lose_none(specs, tmp_path):
+    """Hugging Face keeps the text between a Split pattern's matches as pieces; tiktoken keeps only
+    matches, so the pattern is given an alternative for that text. A pattern that matches the empty
+    string would still lose text: an error."""
+    path = ("pre_tokenizer", "pretokenizers", 0, "pattern", "Regex")
+    spec = edited(specs["llama3"], path, r"\p{L}+| ?\p{N}")
+    enc = data.load_hf_tokenizer(write_checkpoint(tmp_path / "a", spec))
+    hf = Tokenizer.from_str(json.dumps(spec))
+    hf.encode_special_tokens = True
+    for text in FIXED + ["!!?? ...", "a-b_c", "  12  "]:
+        assert enc.encode_ordinary(text) == hf.encode(text, add_special_tokens=False).ids, text
+    with pytest.raises(data.TokenizerFileError, match=r"pattern .* matches the empty string"):
+        data.load_hf_tokenizer(write_checkpoint(tmp_path / "b", edited(spec, path, r"\p{L}*")))
+
+
 def test_merges_in_both_forms_are_read(specs, tmp_path):
     as_strings = [" ".join(pair) for pair in specs["gpt2"]["model"]["merges"]]
     directory = write_checkpoint(tmp_path, edited(specs["gpt2"], ("model", "merges"), as_strings))
@@ -419,6 +434,10 @@ def test_template_sources(specs, tmp_path):
     assert data.find_chat_template(directory).text == "{{ messages[0]['content'] }}"
     assert data.resolve_chat_template(str(tmp_path / "a" / "chat_template.jinja"), enc).source == (
         str(tmp_path / "a" / "chat_template.jinja"))
+    generation = "{% generation %}{{ messages[0]['content'] }}{% endgeneration %}!"
+    assert data.ChatTemplate(generation, "transformers' generation block").render(
+        [{"role": "user", "content": "Hi"}], add_generation_prompt=False, special_tokens={},
+        where="row 0") == "Hi!"
     assert data.resolve_chat_template("hh", enc) is None
     assert data.resolve_chat_template("auto", data.get_tokenizer("bytes")) is None
     rows = [conversation(), conversation(user="Again?")]
