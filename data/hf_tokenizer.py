@@ -44,11 +44,12 @@ The single bytes that cannot occur in UTF-8 (0xC0, 0xC1, 0xF5-0xFF) may be absen
 Another absent byte (a vocabulary trained with a restricted alphabet) is dropped silently by Hugging
 Face; here encoding a text that needs it raises ValueError naming the character.
 
-EOS, BOS and pad ids are read from the files beside tokenizer.json, the first that names one, in
-the order `SPECIAL_TOKEN_FILES`: tokenizer_config.json's eos_token (what transformers'
+EOS, BOS and pad ids are read from the files beside tokenizer.json, in the order
+`SPECIAL_TOKEN_FILES`: tokenizer_config.json's eos_token (what transformers'
 `tokenizer.eos_token_id` and TRL use), special_tokens_map.json's (older checkpoints), then
-generation_config.json's and config.json's eos_token_id (the first of a list). A checkpoint without
-an EOS is an error: the data path ends every response with it (`eot_token`).
+generation_config.json's and config.json's eos_token_id (the first of a list). The first file that
+has the key decides; a null there means none. A checkpoint without an EOS is an error: the data path
+ends every response with it (`eot_token`).
 
 Left out: sentencepiece-style tokenizers (Metaspace, byte fallback: TinyLlama, Llama 2), WordPiece
 and Unigram models, add_prefix_space, added tokens with lstrip/rstrip/single_word, and the
@@ -352,23 +353,27 @@ def _mergeable_ranks(model: dict, added: dict[str, int], file: str) -> dict[byte
 
 
 def _special_ids(directory: str, token_id, file: str) -> tuple[dict[str, int], dict[str, str]]:
-    """({"eos_token": id, "bos_token": id, "pad_token": id} for those found, where each was found),
-    from the files of SPECIAL_TOKEN_FILES in `directory`, the first that names one."""
+    """({"eos_token": id, "bos_token": id, "pad_token": id} for those the files give, where each was
+    found): the first file of SPECIAL_TOKEN_FILES in `directory` that has the key decides, a null
+    there meaning none (Qwen2.5's tokenizer_config.json has bos_token null, as transformers reads
+    it, though its config.json names a bos_token_id)."""
     ids, sources = {}, {}
     configs = [(name, key, read_json(os.path.join(directory, name)) or {})
                for name, key in SPECIAL_TOKEN_FILES]
     for kind in ("eos", "bos", "pad"):
         for name, key, config in configs:
-            value = config.get(key.format(kind))
-            value = value.get("content") if isinstance(value, dict) else value
-            value = (value or [None])[0] if isinstance(value, list) else value
-            if value is None:
+            if key.format(kind) not in config:
                 continue
-            found = token_id(value)
-            if found is None:
-                _fail(os.path.join(directory, name), f"{key.format(kind)} {value!r} is not a token "
-                                                     f"of {file}")
-            ids[f"{kind}_token"], sources[f"{kind}_token"] = found, f"{name} {key.format(kind)}"
+            value = config[key.format(kind)]
+            value = value.get("content") if isinstance(value, dict) else value
+            value = (value or [None])[0] if isinstance(value, list) else value  # the first id
+            if value is not None:
+                found = token_id(value)
+                if found is None:
+                    _fail(os.path.join(directory, name), f"{key.format(kind)} {value!r} is not a "
+                                                         f"token of {file}")
+                ids[f"{kind}_token"] = found
+                sources[f"{kind}_token"] = f"{name} {key.format(kind)}"
             break
     if "eos_token" not in ids:
         _fail(directory, "no EOS token: none of " + ", ".join(

@@ -208,7 +208,7 @@ def test_special_tokens_come_from_the_files_in_order(specs, tmp_path):
     endoftext, im_start, im_end = range(3)  # the trainer gives the special tokens ids 0, 1, 2
     first = data.load_hf_tokenizer(write_checkpoint(
         tmp_path / "a", spec, tokenizer_config={"eos_token": {"content": "<|im_end|>"},
-                                                "bos_token": "<|im_start|>", "pad_token": None},
+                                                "bos_token": "<|im_start|>"},
         generation_config={"eos_token_id": [endoftext], "pad_token_id": endoftext}))
     assert (first.eot_token, first.bos_token, first.pad_token) == (im_end, im_start, endoftext)
     assert first.special_token_sources == {"eos_token": "tokenizer_config.json eos_token",
@@ -223,6 +223,10 @@ def test_special_tokens_come_from_the_files_in_order(specs, tmp_path):
                                                     config={"eos_token_id": endoftext}))
     assert third.eot_token == endoftext and third.special_token_sources == {
         "eos_token": "config.json eos_token_id"}
+    qwen_like = data.load_hf_tokenizer(write_checkpoint(  # a null decides: no BOS
+        tmp_path / "d", spec, tokenizer_config={"eos_token": "<|im_end|>", "bos_token": None},
+        config={"bos_token_id": endoftext}))
+    assert qwen_like.bos_token is None and "bos_token" not in qwen_like.special_token_texts
 
 
 def test_missing_or_unknown_eos_names_the_files(specs, tmp_path):
