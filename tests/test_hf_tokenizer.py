@@ -380,19 +380,34 @@ def encode_rows(rows, enc, template, tmp_path, **kwargs):
                                    chat_template=template)
 
 
-@pytest.mark.parametrize("kind", ["qwen2", "llama3_from_tiktoken"])
-def test_chat_template_masks_the_assistants_turn_as_transformers_renders_it(checkpoints, kind,
+# Llama 3's template, shortened, with this file's special tokens: BOS first, the header in the
+# prompt, the turn ends with the EOS and nothing after it
+LLAMA3_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '<|im_end|>\n\n' + message['content'] | trim "
+    "+ '<|endoftext|>' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant<|im_end|>\n\n' }}{% endif %}")
+TEMPLATES = {  # kind -> (tokenizer_config.json, the chosen response's text, what follows it)
+    "qwen2": ({"eos_token": "<|im_end|>", "chat_template": CHATML}, "It is 4.<|im_end|>", "\n"),
+    "llama3_from_tiktoken": ({"eos_token": "<|endoftext|>", "bos_token": "<|im_start|>",
+                              "chat_template": LLAMA3_TEMPLATE}, "It is 4.<|endoftext|>", ""),
+}
+
+
+@pytest.mark.parametrize("kind", TEMPLATES)
+def test_chat_template_masks_the_assistants_turn_as_transformers_renders_it(specs, kind,
                                                                              tmp_path):
     from transformers import AutoTokenizer
 
-    directory, enc, _, _ = checkpoints[kind]
+    config, chosen_text, after = TEMPLATES[kind]
+    directory = write_checkpoint(tmp_path / kind, specs[kind], tokenizer_config=config)
+    enc = data.load_hf_tokenizer(directory)
     template = data.resolve_chat_template("auto", enc)
     assert template.source == f"{directory}/tokenizer_config.json (chat_template)"
     row = conversation(user="What is 2 + 2?", chosen="It is 4.", rejected="No idea.")
     (pair,) = encode_rows([row], enc, template, tmp_path)
-    im_end = enc.encode_single_token("<|im_end|>")
-    assert enc.eot_token == im_end and pair.chosen_ids[-1] == im_end  # the template's, not twice
-    assert enc.decode(pair.chosen_ids) == "It is 4.<|im_end|>"
+    assert enc.decode(pair.chosen_ids) == chosen_text  # ends with the template's EOS, once
+    assert pair.chosen_ids[-1] == enc.eot_token and pair.chosen_ids.count(enc.eot_token) == 1
     batch = data.dpo_collate([pair], pad_id=enc.eot_token)
     scored = batch["labels"][0][batch["mask"][0]].tolist()  # the loss sees the assistant's turn
     assert scored == pair.chosen_ids
@@ -402,7 +417,8 @@ def test_chat_template_masks_the_assistants_turn_as_transformers_renders_it(chec
     full = fast.apply_chat_template(row["prompt"] + row["chosen"], tokenize=True,
                                     return_dict=False)
     assert pair.prompt_ids == prompt
-    assert pair.prompt_ids + pair.chosen_ids == full[:-1] and fast.decode(full[-1:]) == "\n"
+    cut = len(pair.prompt_ids) + len(pair.chosen_ids)
+    assert pair.prompt_ids + pair.chosen_ids == full[:cut] and fast.decode(full[cut:]) == after
 
 
 def test_message_text_that_spells_a_special_token_stays_text(checkpoints, tmp_path):
