@@ -1,15 +1,19 @@
 """data: preference datasets in general, tokenization, pair encoding/truncation and padded batches.
 
-    records.py   PreferenceRecord, load_preferences (JSONL/JSON/.gz, Anthropic HH, conversational,
-                 datasets)
-    tokenizer.py get_tokenizer("gpt2" | "bytes" | "path.tiktoken"), all tiktoken.Encoding;
-                 tokenizer_description
-    encoding.py  encode_preferences: separate tokenization, EOS, the truncation policy ->
-                 EncodedPair
-    batches.py   dpo_collate / sft_collate / collate_responses (input_ids, pre-shifted labels,
-                 response mask), lm_batches (windows of a token stream)
-    unpaired.py  KTO's unpaired examples: load_unpaired (TRL's format, or pairs split),
-                 encode_unpaired, kto_collate
+    records.py        PreferenceRecord, load_preferences (JSONL/JSON/.gz, Anthropic HH,
+                      conversational, datasets)
+    tokenizer.py      get_tokenizer("gpt2" | "bytes" | "path.tiktoken" | a Hugging Face
+                      checkpoint directory), all tiktoken.Encoding; tokenizer_description
+    hf_tokenizer.py   a checkpoint's byte-level BPE tokenizer.json -> tiktoken: the same ids, its
+                      EOS as eot_token
+    chat_template.py  a checkpoint's chat template on conversational records -> prompt and
+                      response tokens
+    encoding.py       encode_preferences: separate tokenization, EOS, the truncation policy ->
+                      EncodedPair
+    batches.py        dpo_collate / sft_collate / collate_responses (input_ids, pre-shifted
+                      labels, response mask), lm_batches (windows of a token stream)
+    unpaired.py       KTO's unpaired examples: load_unpaired (TRL's format, or pairs split),
+                      encode_unpaired, kto_collate
 
 The embedded sentiment task, which makes its own preference pairs, lives in `sentiment/`.
 
@@ -29,8 +33,18 @@ from data.batches import (
     response_batches,
     sft_collate,
 )
+from data.chat_template import (
+    ChatTemplate,
+    ChatTemplateError,
+    encode_conversation,
+    find_chat_template,
+    load_chat_template,
+    resolve_chat_template,
+)
 from data.encoding import EncodedPair, EncodeReport, encode_preferences, truncate_pair
+from data.hf_tokenizer import HFEncoding, TokenizerFileError, load_hf_tokenizer
 from data.records import (
+    Conversation,
     LoadReport,
     PreferenceFormatError,
     PreferenceRecord,
@@ -45,6 +59,7 @@ from data.tokenizer import (
     TOKENIZER_NAMES,
     TokenizerUnavailableError,
     get_tokenizer,
+    is_hf_tokenizer_path,
     tokenizer_description,
 )
 from data.unpaired import (
@@ -64,5 +79,7 @@ __all__ = [
     "get_tokenizer", "last_masked_position", "lm_batches", "load_preferences", "missing_local_path",
     "render_messages", "response_batches", "save_preferences", "sft_collate",
     "tokenizer_description", "truncate_pair", "EncodedExample", "UnpairedRecord", "encode_unpaired",
-    "kto_collate", "load_unpaired",
+    "kto_collate", "load_unpaired", "ChatTemplate", "ChatTemplateError", "Conversation",
+    "HFEncoding", "TokenizerFileError", "encode_conversation", "find_chat_template",
+    "is_hf_tokenizer_path", "load_chat_template", "load_hf_tokenizer", "resolve_chat_template",
 ]

@@ -8,6 +8,11 @@ the text stays text) and the prompt tokens are never merged with the first respo
 BPE of prompt + response could do. An EOS token (`tokenizer.eot_token`) is appended to each response
 and is scored: the policy learns where to stop, as in the authors' code.
 
+A conversational record with a chat template (`chat_template=`, data/chat_template.py) is
+rendered by the template instead: the prompt ends with the assistant's header, and each response
+ends with the checkpoint's EOS, the template's own end of turn when it writes one, appended
+otherwise, never twice.
+
 Truncation policy (as in the authors' code), applied when len(prompt) + len(longer response) >
   max_length:
   1. keep the LAST `max_prompt_length` prompt tokens (the end of the prompt is nearest to the
@@ -34,6 +39,8 @@ import collections
 import dataclasses
 import logging
 from collections.abc import Iterable
+
+from data.chat_template import encode_conversation
 
 log = logging.getLogger(__name__)
 
@@ -85,18 +92,23 @@ def truncate_pair(prompt_ids: list[int], chosen_ids: list[int], rejected_ids: li
 
 
 def encode_truncated(tokenizer, prompt: str, first: str, second: str, report: EncodeReport, *,
-                     max_length: int,
-                     max_prompt_length: int) -> tuple[list[int], list[int], list[int]]:
+                     max_length: int, max_prompt_length: int, chat_template=None,
+                     conversation=None) -> tuple[list[int], list[int], list[int]]:
     """One prompt and two responses as token ids: tokenized apart, EOS appended to each response, an
     empty prompt given the EOS, then `truncate_pair`; what it changed is counted in `report`. Shared
     by encode_preferences and data.unpaired.encode_unpaired (which passes one completion as both
-    responses).
+    responses). With a `chat_template` and a `conversation` (data.records.Conversation), the
+    conversation's first and last responses are rendered by the template instead of the texts.
 
     Returns (prompt_ids, first_ids, second_ids); a response may come back empty."""
     eos = tokenizer.eot_token
-    prompt_ids = tokenizer.encode_ordinary(prompt)
-    first_ids, second_ids = (tokenizer.encode_ordinary(first) + [eos],
-                             tokenizer.encode_ordinary(second) + [eos])
+    if chat_template is not None and conversation is not None:
+        prompt_ids, responses = encode_conversation(chat_template, tokenizer, conversation)
+        first_ids, second_ids = responses[0], responses[-1]
+    else:
+        prompt_ids = tokenizer.encode_ordinary(prompt)
+        first_ids, second_ids = (tokenizer.encode_ordinary(first) + [eos],
+                                 tokenizer.encode_ordinary(second) + [eos])
     if not prompt_ids:
         prompt_ids = [eos]
         report.empty_prompt_given_eos += 1
@@ -118,7 +130,7 @@ def check_length_limits(max_length: int, max_prompt_length: int) -> None:
 
 
 def encode_preferences(records: Iterable, tokenizer, *, max_length: int, max_prompt_length: int,
-                       return_report: bool = False):
+                       return_report: bool = False, chat_template=None):
     """Tokenize preference records into `EncodedPair`s (prompt, chosen + EOS, rejected + EOS),
     truncated.
 
@@ -128,6 +140,8 @@ def encode_preferences(records: Iterable, tokenizer, *, max_length: int, max_pro
         max_length: most tokens of prompt + either response (>= 2).
         max_prompt_length: most prompt tokens kept when a pair is too long (>= 1).
         return_report: also return the `EncodeReport`.
+        chat_template: a data.chat_template.ChatTemplate that renders the conversational records
+            (those with a .conversation); None: their HH text, as every other record's text.
     Returns:
         list[EncodedPair] of int lists (or (pairs, EncodeReport)); len(prompt_ids) + len(x_ids) <=
         max_length
@@ -138,7 +152,9 @@ def encode_preferences(records: Iterable, tokenizer, *, max_length: int, max_pro
     for record in records:
         report.n_records += 1
         p, c, r = encode_truncated(tokenizer, record.prompt, record.chosen, record.rejected, report,
-                                   max_length=max_length, max_prompt_length=max_prompt_length)
+                                   max_length=max_length, max_prompt_length=max_prompt_length,
+                                   chat_template=chat_template,
+                                   conversation=getattr(record, "conversation", None))
         if not c or not r:
             report.dropped["no response token left after truncation"] += 1
         elif c == r:

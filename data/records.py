@@ -31,7 +31,8 @@ Record formats (detected per record):
    (role "system" -> "System", "user" -> "Human", "assistant" -> "Assistant"). The prompt is the
    rendered prompt messages + "\\n\\nAssistant:"; a response is the rendered response messages
    without that leading tag, so prompt + chosen is exactly the rendered full conversation, as in the
-   HH format.
+   HH format. The record keeps the messages (`record.conversation`), so that a checkpoint's chat
+   template (data/chat_template.py) can render them instead, at encoding time.
 
 Bad input raises `PreferenceFormatError` (a ValueError) naming the source, the line (or row) and the
 field.
@@ -49,8 +50,7 @@ prompt and counts it). Every skip and adjustment is counted in a `LoadReport` (`
 and logged once per call (WARNING when anything was skipped or adjusted); the "data" logger prints
 nothing unless logging is configured.
 
-Left out: chat templates other than HH's, and datasets with scores instead of pairs (e.g. raw
-UltraFeedback).
+Left out: datasets with scores instead of pairs (e.g. raw UltraFeedback).
 """
 
 import collections
@@ -70,13 +70,26 @@ FIELDS = ("prompt", "chosen", "rejected")
 
 
 @dataclasses.dataclass(frozen=True)
+class Conversation:
+    """The messages a conversational record (format 3) was read from, for a chat template
+    (data/chat_template.py): the prompt's, each response's (chosen and rejected; one for an unpaired
+    example) as tuples of {"role", "content"} dicts, and where the row was read (for errors)."""
+
+    prompt: tuple[dict, ...]
+    responses: tuple[tuple[dict, ...], ...]
+    where: str
+
+
+@dataclasses.dataclass(frozen=True)
 class PreferenceRecord:
     """One preference pair as text: `chosen` (y_w) is preferred to `rejected` (y_l) as a reply to
-    `prompt`."""
+    `prompt`; `conversation`: the messages of a conversational row (None for the text formats),
+    not part of equality."""
 
     prompt: str
     chosen: str
     rejected: str
+    conversation: Conversation | None = dataclasses.field(default=None, compare=False, repr=False)
 
 
 class PreferenceFormatError(ValueError):
@@ -158,7 +171,8 @@ def _conversational(row: Mapping, where: str) -> PreferenceRecord:
     # "Assistant:"
     return PreferenceRecord(render_messages(prompt) + ASSISTANT,
                             render_messages(chosen)[len(ASSISTANT):],
-                            render_messages(rejected)[len(ASSISTANT):])
+                            render_messages(rejected)[len(ASSISTANT):],
+                            Conversation(tuple(prompt), (tuple(chosen), tuple(rejected)), where))
 
 
 def _anthropic_hh(chosen: str, rejected: str, where: str, report: LoadReport) -> PreferenceRecord:

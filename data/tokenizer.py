@@ -1,5 +1,5 @@
-"""Tokenizers: tiktoken's GPT-2 BPE, an offline byte-level encoding, and BPE vocabularies stored in
-files.
+"""Tokenizers: tiktoken's GPT-2 BPE, an offline byte-level encoding, BPE vocabularies stored in
+files, and Hugging Face checkpoints' byte-level BPE tokenizers.
 
 All are `tiktoken.Encoding` objects, so the rest of the code sees one interface:
 `enc.encode_ordinary(text) -> list[int]`, `enc.decode(ids) -> str`, `enc.eot_token`, `enc.n_vocab`.
@@ -17,6 +17,9 @@ All are `tiktoken.Encoding` objects, so the rest of the code sees one interface:
   Text is
   split with GPT-2's pattern (`GPT2_PATTERN`) and `<|endoftext|>` = n, so n_vocab = n + 1. No
   network.
+* "path/to/checkpoint" (a directory holding tokenizer.json) or "path/to/tokenizer.json": a Hugging
+  Face byte-level BPE tokenizer (GPT-2, SmolLM2, Llama 3, Qwen2.5), read by data/hf_tokenizer.py
+  into an encoding with the same ids; its eot_token is the checkpoint's EOS. No network.
 
 The files are read and written by `load_ranks` / `save_ranks`, which keep the format of tiktoken's
 `load.load_tiktoken_bpe` / `load.dump_tiktoken_bpe` (a test checks that tiktoken reads our files)
@@ -26,7 +29,8 @@ ranks of a file that was regenerated in place.
 
 Text is always encoded with `encode_ordinary`: a literal "<|endoftext|>" inside a review or a prompt
 is ordinary text (13 bytes, or several BPE tokens), never the special token. Only the code that
-builds sequences appends `enc.eot_token` itself, where a document or a response ends.
+builds sequences appends `enc.eot_token` itself, where a document or a response ends (or a chat
+template writes it: data/chat_template.py).
 """
 
 import base64
@@ -35,6 +39,8 @@ import functools
 import os
 
 import tiktoken
+
+from data.hf_tokenizer import load_hf_tokenizer
 
 ENDOFTEXT = "<|endoftext|>"
 
@@ -52,7 +58,8 @@ _BYTES_PATTERN = r"\s+|\S+"
 
 class TokenizerUnavailableError(RuntimeError):
     """A tokenizer's files could not be loaded ("gpt2": no network and no cached vocabulary; a
-    .tiktoken file: missing or not a valid ranks file)."""
+    .tiktoken file: missing or not a valid ranks file; a Hugging Face tokenizer: missing, or not
+    one data/hf_tokenizer.py reads exactly)."""
 
 
 @functools.lru_cache(maxsize=None)
@@ -119,24 +126,45 @@ def _file_encoding(path: str) -> tiktoken.Encoding:
                              special_tokens={ENDOFTEXT: len(ranks)})
 
 
-# the named tokenizers; any other is the path of a .tiktoken ranks file
+@functools.lru_cache(maxsize=None)
+def _hf_encoding(path: str) -> tiktoken.Encoding:
+    """The Hugging Face tokenizer at absolute `path` (built once per path and process)."""
+    try:
+        return load_hf_tokenizer(path)
+    except (OSError, ValueError) as err:  # the messages name the file
+        raise TokenizerUnavailableError(str(err)) from err
+
+
+# the named tokenizers; any other is the path of a .tiktoken ranks file or a Hugging Face tokenizer
 TOKENIZER_NAMES = ("bytes", "gpt2")
 
 
+def is_hf_tokenizer_path(name: str) -> bool:
+    """True when `name` is to be read as a Hugging Face tokenizer: a directory, or a file named
+    tokenizer.json (existing or not)."""
+    return name not in TOKENIZER_NAMES and (os.path.isdir(name)
+                                            or os.path.basename(name) == "tokenizer.json")
+
+
 def get_tokenizer(name: str) -> tiktoken.Encoding:
-    """Return the tokenizer `name`: "gpt2" (tiktoken's GPT-2 BPE), "bytes" (offline byte-level), or
-    the path of a BPE ranks file ending in ".tiktoken" (offline; GPT-2's split pattern; built once
-    per absolute path).
+    """Return the tokenizer `name`: "gpt2" (tiktoken's GPT-2 BPE), "bytes" (offline byte-level),
+    the path of a BPE ranks file ending in ".tiktoken" (offline; GPT-2's split pattern), or a
+    Hugging Face tokenizer: a checkpoint directory holding tokenizer.json, or that file (offline;
+    data.hf_tokenizer.HFEncoding, a tiktoken.Encoding). Files are read once per absolute
+    path.
 
     The end-of-sequence id is `enc.eot_token`: 50256 for "gpt2", 256 for "bytes", the number of
-    ranks in the file (the last id) for a .tiktoken file.
+    ranks in the file (the last id) for a .tiktoken file, the checkpoint's EOS for a Hugging Face
+    tokenizer.
 
     Raises:
         ValueError: `name` is none of these.
         TokenizerUnavailableError: "gpt2" was asked for but tiktoken could not download its
             vocabulary (the message says how to fix it: a filled TIKTOKEN_CACHE_DIR, or the "bytes"
             tokenizer); or the
-            .tiktoken file is missing or is not a valid ranks file (the message names the path).
+            .tiktoken file is missing or is not a valid ranks file (the message names the path); or
+            the Hugging Face tokenizer is missing or not supported (the message names the file and
+            the key).
     """
     if name == "bytes":
         return byte_encoding()
@@ -156,9 +184,11 @@ def get_tokenizer(name: str) -> tiktoken.Encoding:
             ) from err
     if name.endswith(".tiktoken"):
         return _file_encoding(os.path.abspath(name))
-    raise ValueError(f"unknown tokenizer {name!r}; expected 'bytes', 'gpt2', or the path "
-                     "of a .tiktoken "
-                     "BPE ranks file")
+    if is_hf_tokenizer_path(name):
+        return _hf_encoding(os.path.abspath(name))
+    raise ValueError(f"unknown tokenizer {name!r}; expected 'bytes', 'gpt2', the path of a "
+                     ".tiktoken BPE ranks file, or a Hugging Face tokenizer (a directory holding "
+                     "tokenizer.json, or that file)")
 
 
 def tokenizer_description(enc: tiktoken.Encoding) -> dict:

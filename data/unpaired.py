@@ -35,6 +35,7 @@ from data.batches import collate_responses
 from data.encoding import EncodeReport, check_length_limits, encode_truncated
 from data.records import (
     EMPTY_COMPLETION,
+    Conversation,
     LoadReport,
     PreferenceFormatError,
     record_from_row,
@@ -47,11 +48,13 @@ log = logging.getLogger(__name__)
 
 @dataclasses.dataclass(frozen=True)
 class UnpairedRecord:
-    """One completion of a prompt, marked desirable (True) or undesirable (False)."""
+    """One completion of a prompt, marked desirable (True) or undesirable (False); `conversation`:
+    the messages of a conversational pair it was split from (one response), else None."""
 
     prompt: str
     completion: str
     desirable: bool
+    conversation: Conversation | None = dataclasses.field(default=None, compare=False, repr=False)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,8 +95,12 @@ def unpaired_record(row, where: str, report: LoadReport) -> list[UnpairedRecord]
         report.skipped[reason] += 1
         return []
     report.adjusted["pairs split into a desirable and an undesirable example"] += 1
-    return [UnpairedRecord(pair.prompt, pair.chosen, True), UnpairedRecord(pair.prompt,
-                                                                           pair.rejected, False)]
+    halves = [None, None]
+    if pair.conversation is not None:  # each half keeps its own response's messages
+        c = pair.conversation
+        halves = [Conversation(c.prompt, (response,), c.where) for response in c.responses]
+    return [UnpairedRecord(pair.prompt, pair.chosen, True, halves[0]),
+            UnpairedRecord(pair.prompt, pair.rejected, False, halves[1])]
 
 
 def load_unpaired(source, *, split: str = "train", desirable_fraction: float = 1.0, seed: int = 0,
@@ -126,11 +133,10 @@ def load_unpaired(source, *, split: str = "train", desirable_fraction: float = 1
 
 
 def encode_unpaired(records: Iterable[UnpairedRecord], tokenizer, *, max_length: int,
-                    max_prompt_length: int,
-                    return_report: bool = False):
+                    max_prompt_length: int, return_report: bool = False, chat_template=None):
     """Tokenize unpaired examples into EncodedExamples: prompt, completion + EOS (the truncation
     policy of data.encoding), and the mismatched completion: that of the next example with another
-    prompt, cut to fit.
+    prompt, cut to fit. `chat_template` (data.chat_template.ChatTemplate): as encode_preferences.
 
     Returns list[EncodedExample] (or (examples, EncodeReport)); an example left with no completion
     token is dropped and counted. Raises TypeError / ValueError for limits encode_preferences
@@ -140,8 +146,9 @@ def encode_unpaired(records: Iterable[UnpairedRecord], tokenizer, *, max_length:
     for record in records:
         report.n_records += 1
         p, c, _ = encode_truncated(tokenizer, record.prompt, record.completion, record.completion,
-                                   report,
-                                   max_length=max_length, max_prompt_length=max_prompt_length)
+                                   report, max_length=max_length,
+                                   max_prompt_length=max_prompt_length,
+                                   chat_template=chat_template, conversation=record.conversation)
         if not c:
             report.dropped["no completion token left after truncation"] += 1
             continue

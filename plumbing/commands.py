@@ -114,7 +114,17 @@ def preference_splits(cfg, tokenizer, log=print, unpaired=False):
     the training examples).
 
     Without --heldout-data: the test split of a dataset that has one, else a seeded
-    --heldout-fraction of --data. Raises ConfigError when a source yields no usable pair."""
+    --heldout-fraction of --data. Conversational rows are rendered by the chat template that
+    --chat-template names (data.resolve_chat_template), else as HH text. Raises ConfigError when a
+    source yields no usable pair, or the template cannot be read."""
+    try:
+        template = data.resolve_chat_template(cfg.chat_template, tokenizer)
+    except (ImportError, ValueError, OSError) as e:
+        raise ConfigError(f"--chat-template {cfg.chat_template}: {e}") from e
+    if template is not None or getattr(tokenizer, "path", None):  # a checkpoint's tokenizer
+        log("conversational rows (if any) are rendered with "
+            + (f"the chat template {template.source}" if template else "the HH text template"))
+
     def encode(source, flag):
         try:
             if unpaired:
@@ -129,7 +139,8 @@ def preference_splits(cfg, tokenizer, log=print, unpaired=False):
             raise ConfigError(f"{flag}: {e}") from e
         encoder = data.encode_unpaired if unpaired else data.encode_preferences
         pairs, encode_report = encoder(records, tokenizer, max_length=cfg.max_length,
-                                       max_prompt_length=cfg.max_prompt_length, return_report=True)
+                                       max_prompt_length=cfg.max_prompt_length, return_report=True,
+                                       chat_template=template)
         log(f"{load_report.summary()}; {encode_report.summary()}")
         if not pairs:
             lost_to_truncation = records and sum(encode_report.dropped.values()) == len(records)

@@ -205,9 +205,19 @@ class TrainConfig:
                                      "--heldout-data)")
     tokenizer: str = option("--tokenizer", "bytes",
                             "'bytes' (offline, byte-level), 'gpt2' (tiktoken's BPE; needs "
-                            "the network or TIKTOKEN_CACHE_DIR), or a path to a "
-                            ".tiktoken BPE ranks file",
+                            "the network or TIKTOKEN_CACHE_DIR), a path to a "
+                            ".tiktoken BPE ranks file, or a Hugging Face checkpoint directory "
+                            "holding a byte-level BPE tokenizer.json (GPT-2, SmolLM2, Llama 3, "
+                            "Qwen2.5; or the tokenizer.json itself): the same ids, its EOS",
                             COMMAND_NAMES)
+    chat_template: str = option("--chat-template", "auto",
+                                "how conversational rows (lists of role/content messages) "
+                                "become tokens: 'auto' = the chat template of the --tokenizer "
+                                "checkpoint (chat_template.jinja or tokenizer_config.json) when "
+                                "it has one, else HH text; 'hh' = always HH text; or a path to a "
+                                "Jinja template file. A template renders the prompt with the "
+                                "assistant's header; the loss sees the assistant's turn only",
+                                PAIR_COMMANDS)
     max_length: int = option("--max-length", 0,
                              "tokens per row: prompt + response, or pretrain's window; 0 = the "
                              "model's block size")
@@ -452,8 +462,10 @@ def check_values(cfg):
     need(0 <= cfg.lora_dropout < 1, "lora_dropout", "must be in [0, 1)")
     need(all(lora_targets(cfg) or ["auto"]), "lora_targets",
          "must be comma-separated layer names, e.g. c_attn,c_proj,c_fc")
-    need(cfg.tokenizer in data.TOKENIZER_NAMES or cfg.tokenizer.endswith(".tiktoken"), "tokenizer",
-         f"must be {', '.join(data.TOKENIZER_NAMES)} or a path to a .tiktoken file")
+    need(cfg.tokenizer in data.TOKENIZER_NAMES or cfg.tokenizer.endswith(".tiktoken")
+         or data.is_hf_tokenizer_path(cfg.tokenizer), "tokenizer",
+         f"must be {', '.join(data.TOKENIZER_NAMES)}, a path to a .tiktoken file, or a Hugging "
+         "Face checkpoint directory holding tokenizer.json (or that file)")
     try:  # DPO's loss settings, by the one check dpo_loss uses too
         dpo.check_settings(cfg.beta, cfg.loss, cfg.label_smoothing, cfg.rpo_alpha)
     except (TypeError, ValueError) as e:
@@ -549,8 +561,11 @@ def check_config(command, cfg):
             need(not (data.missing_local_path(value) or (text_file and not os.path.isfile(value))),
                  name,
                  "no such file or directory")
-    need(not cfg.tokenizer.endswith(".tiktoken") or os.path.isfile(cfg.tokenizer), "tokenizer",
-         "no such file or directory")
+    need(not cfg.tokenizer.endswith((".tiktoken", ".json")) or os.path.isfile(cfg.tokenizer),
+         "tokenizer", "no such file or directory")
+    if command in PAIR_COMMANDS:
+        need(cfg.chat_template in ("auto", "hh") or os.path.isfile(cfg.chat_template),
+             "chat_template", "must be auto, hh or a Jinja template file: no such file")
     if command != "sample":  # every other command writes into --out-dir
         need(cfg.out_dir and not os.path.isfile(cfg.out_dir), "out_dir",
              "must name a directory (new, or one "

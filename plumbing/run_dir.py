@@ -34,6 +34,7 @@ from collections.abc import Callable
 
 import torch
 
+import data
 from plumbing import data_parallel, lora
 from plumbing.checkpoint import (
     LANGUAGE_MODEL,
@@ -215,9 +216,9 @@ def check_same_model(saved, model, cfg, ckpt):
 
 
 def same_tokenizer(name):
-    """A --tokenizer value in a form that compares: a .tiktoken path made absolute, a name as it
-    is."""
-    return os.path.abspath(name) if name.endswith(".tiktoken") else name
+    """A --tokenizer value in a form that compares: a path (.tiktoken file, Hugging Face
+    tokenizer) made absolute, a name as it is."""
+    return name if name in data.TOKENIZER_NAMES else os.path.abspath(name)
 
 
 def remove_run_files(out_dir, log=print):
