@@ -24,6 +24,7 @@ import functools
 import json
 import math
 import os
+import shutil
 
 import torch
 
@@ -46,11 +47,18 @@ from plumbing.config import (
 )
 from reference import Reference
 
+# What hf/ gets beside the weights when --tokenizer is a Hugging Face checkpoint's, so that the
+# export is a checkpoint transformers (and this code) can load with its tokenizer and chat template
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                   "chat_template.jinja", "generation_config.json")
+
 
 def build_model(cfg, tokenizer):
-    """The --init model (our checkpoint or a HF GPT-2 dir), or a fresh GPT sized by the config's
-    fields."""
+    """The --init model (our checkpoint, or a Hugging Face GPT-2, Llama or Qwen2 directory), or a
+    fresh GPT sized by the config's fields. ConfigError when --init ships a tokenizer.json that
+    --tokenizer does not name (the ids would not be the model's)."""
     if cfg.init:
+        check_init_tokenizer(cfg)
         model = load_model(cfg.init)
     else:
         # exactly the tokenizer's vocabulary: a padded one would let sampling emit ids that cannot
@@ -65,6 +73,28 @@ def build_model(cfg, tokenizer):
                           f"{model.config.vocab_size}: use the tokenizer the model "
                           "was trained with")
     return model
+
+
+def check_init_tokenizer(cfg):
+    """ConfigError when --init is a directory holding a Hugging Face tokenizer (its tokenizer.json,
+    or hf/tokenizer.json of a run of ours) and --tokenizer is not a Hugging Face tokenizer."""
+    for directory in (cfg.init, os.path.join(cfg.init, "hf")):
+        shipped = os.path.join(directory, "tokenizer.json")
+        if os.path.isfile(shipped) and not data.is_hf_tokenizer_path(cfg.tokenizer):
+            raise ConfigError(f"--init {cfg.init} ships its tokenizer ({shipped}) but --tokenizer "
+                              f"is {cfg.tokenizer!r}: pass --tokenizer {directory}")
+
+
+def export_hf(model, cfg, tokenizer):
+    """Write out_dir/hf: the weights in the Hugging Face layout (EOS = the tokenizer's) and, when
+    --tokenizer is a checkpoint's, its TOKENIZER_FILES beside them."""
+    hf_dir = os.path.join(cfg.out_dir, "hf")
+    model.save_pretrained(hf_dir, eos_token_id=tokenizer.eot_token)
+    if data.is_hf_tokenizer_path(cfg.tokenizer):
+        source = cfg.tokenizer if os.path.isdir(cfg.tokenizer) else os.path.dirname(cfg.tokenizer)
+        for name in TOKENIZER_FILES:
+            if os.path.isfile(os.path.join(source, name)):
+                shutil.copyfile(os.path.join(source, name), os.path.join(hf_dir, name))
 
 
 def check_fresh_model_fits(cfg, vocab_size):
@@ -339,7 +369,7 @@ def run_training(command, cfg, log=print):
         # LoRA: W0 + (alpha/r) B A, plain GPT-2
         exported = lora.merged_copy(model) if use_lora else model
         # for transformers and other tools
-        exported.save_pretrained(os.path.join(cfg.out_dir, "hf"))
+        export_hf(exported, cfg, tokenizer)
         if use_lora:
             log(f"LoRA: ckpt.pt "
                 f"{os.path.getsize(os.path.join(cfg.out_dir, 'ckpt.pt')) / 2**20:.2f} MiB "
@@ -378,7 +408,7 @@ def run_rl(command, cfg, log=print):
         f"{cfg.reward_model or 'the ground truth (oracle)'}")
     metrics = rlhf.train_rl(command, cfg, policy, scorer, tokenizer, train_prompts, heldout_prompts,
                             log=log)
-    policy.save_pretrained(os.path.join(cfg.out_dir, "hf"))
+    export_hf(policy, cfg, tokenizer)
     return policy, metrics
 
 
