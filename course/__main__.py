@@ -6,6 +6,7 @@ import os
 import sys
 
 from course import build, grade
+from course.manifest import ASSIGNMENTS
 
 
 def main(argv=None):
@@ -16,7 +17,7 @@ def main(argv=None):
     sub.add_argument("out_dir")
     sub = commands.add_parser("grade",
                               help="run one assignment's graded tests and print the score table")
-    sub.add_argument("assignment", help="A1, A2, A3 or A4")
+    sub.add_argument("assignment", help="one of " + ", ".join(ASSIGNMENTS))
     sub.add_argument("--repo", default=".",
                      help="the repository to grade (default: the current directory)")
     sub.add_argument("--json", default=None, metavar="FILE",

@@ -8,8 +8,9 @@ its assignments as comments naming their targets ("# logits: (2B, T, V)"), and
 
 Signatures, decorators (so a `@triton.jit` kernel stays a kernel) and everything outside the stubbed
 bodies are kept byte for byte. The files in manifest.REMOVED are not copied; the handouts go to
-handouts/ and the A4 answer sheet to answers/A4.md; tests/conftest.py registers `course.plugin`,
-which turns an ungraded test that reaches a stub into a skip naming the assignment it waits for.
+handouts/ and the answer sheets to answers/ (A4.md, A5.md); tests/conftest.py registers
+`course.plugin`, which turns an ungraded test that reaches a stub into a skip naming the assignment
+it waits for.
 
 `solution_lines()` lists the distinctive lines of every stubbed body (code lines of at least 25
 characters), so a check can assert that none of them is left in the copy.
@@ -157,7 +158,8 @@ def build(out_dir, repo=REPO, log=print, solved=()):
         shutil.copy2(os.path.join(repo, a.handout),
                      os.path.join(out_dir, "handouts", os.path.basename(a.handout)))
     os.makedirs(os.path.join(out_dir, "answers"), exist_ok=True)
-    shutil.copy2(os.path.join(repo, ANSWERS), os.path.join(out_dir, "answers", "A4.md"))
+    for name, sheet in ANSWERS.items():
+        shutil.copy2(os.path.join(repo, sheet), os.path.join(out_dir, "answers", f"{name}.md"))
     with open(os.path.join(out_dir, "tests", "conftest.py"), "a") as f:
         f.write("\n# The course kit: ungraded tests that reach an assignment's stub skip, naming "
                 "the assignment.\npytest_plugins = [\"course.plugin\"]\n")

@@ -3,9 +3,9 @@ points.
 
 A stub is (file, qualified name, what to write): `build.py` replaces that function's body with its
 docstring and `raise NotImplementedError("Assignment N: <what to write>")`. REMOVED lists the files
-of the repository that give solutions away (a naive reference, tests that re-implement a solution);
-they are not copied. Points: each graded test counts `@pytest.mark.points(n)` points (1 without the
-marker).
+of the repository that give solutions away (a naive reference, tests that re-implement a solution,
+an answer key); they are not copied. Points: each graded test counts `@pytest.mark.points(n)` points
+(1 without the marker).
 """
 
 import dataclasses
@@ -72,13 +72,34 @@ ASSIGNMENTS = {
         stubs=(("experiments/frontier.py", "best_of_n_kl",
                 "the exact KL of best-of-n from the reward levels"),),
         grader="course/graders/test_a4_experiment.py", handout="course/handouts/A4.md"),
+    "A5": Assignment(
+        5, "What DPO replaced: the reward model and PPO", "4-6 hours",
+        stubs=(("methods/reward_model.py", "bradley_terry_loss",
+                "the Bradley-Terry loss -log sigma(r_w - r_l), finite at any margin, its checks"),
+               ("methods/ppo.py", "token_rewards",
+                "the per-token rewards: -kl_coef * the log-ratio, and the score at the last "
+                "response token"),
+               ("methods/ppo.py", "gae",
+                "generalised advantage estimation, backwards over the unmasked positions; "
+                "returns = advantages + values"),
+               ("methods/ppo.py", "whiten", "mean 0 and variance 1 over the positions of the mask"),
+               ("methods/ppo.py", "policy_loss",
+                "the clipped surrogate of PPO, averaged over the response tokens"),
+               ("methods/ppo.py", "value_loss",
+                "the clipped value loss of PPO, averaged over the response tokens"),
+               ("methods/ppo.py", "rloo_advantages",
+                "each sample minus the mean of the other k - 1 samples of its prompt")),
+        grader="course/graders/test_a5_rlhf.py", handout="course/handouts/A5.md"),
 }
 
 # Files that give solutions away: the naive float references of the DPO losses and of SimPO, ORPO
-# and KTO and the tests built on them, and the tests that check the data path against a
-# re-implementation. The graders replace them.
+# and KTO and the tests built on them, the tests that check the data path against a
+# re-implementation, those that check PPO's math against naive loops, the instructor's scripts (the
+# fixtures' writer, A5's wrong-but-plausible solutions) and A5's answer key. The graders replace
+# the tests.
 REMOVED = ("tests/naive_dpo.py", "tests/test_dpo.py", "tests/naive_family.py",
-           "tests/test_family.py", "tests/test_data_batches.py", "course/make_fixtures.py")
+           "tests/test_family.py", "tests/test_data_batches.py", "tests/test_ppo.py",
+           "course/make_fixtures.py", "course/mutants.py", "course/handouts/A5_answer_key.md")
 
-# Written into the student copy beside the handouts: the answer sheet of A4.
-ANSWERS = "course/handouts/A4_answers.md"
+# Written into the student copy as answers/AN.md: the answer sheets of the written questions.
+ANSWERS = {"A4": "course/handouts/A4_answers.md", "A5": "course/handouts/A5_answers.md"}

@@ -88,8 +88,8 @@ def secretly_a_reward_model(prepared, frontier_settings, pool, pool_rewards, rm_
                             dpo_runs, log):
     """Pairwise accuracy on the held-out pairs and correlation with the ground truth on fresh
     samples (the first `fresh_samples` of the Best-of-N pool per held-out prompt: samples of the
-    reference) of the reward model and of each DPO run's implicit reward. dpo_runs: [(beta, cfg)] of
-    the beta sweep."""
+    reference) of the reward model (when there is one: rm_path not None) and of each DPO run's
+    implicit reward. dpo_runs: [(beta, cfg)] of the beta sweep."""
     k, fresh = len(pool.texts[0]), frontier_settings["fresh_samples"]
     index = [i * k + j for i in range(len(pool.texts)) for j in range(fresh)]  # prompt-major
     prompt_ids = [pool.prompt_ids[i] for i in range(len(pool.texts)) for _ in range(fresh)]
@@ -98,12 +98,16 @@ def secretly_a_reward_model(prepared, frontier_settings, pool, pool_rewards, rm_
     eos = prepared.tokenizer.eot_token
     reference_logps = sentiment.completion_logps(prepared.reference, prompt_ids, completion_ids,
                                                  eos)  # (n,)
-    scorer = reward_model.load_reward_model(rm_path).eval()
-    best_row = max(rm_rows, key=lambda row: row["rewards/accuracies"])
-    rows = [{"model": "reward model (best.pt)", "heldout_accuracy": best_row["rewards/accuracies"],
-             "heldout_accuracy_at_end": rm_rows[-1]["rewards/accuracies"], "step": best_row["step"],
-             **correlations(reward_model.score_texts(scorer, prompt_ids, completion_ids, eos),
-                            truth)}]
+    rows = []
+    if rm_path is not None:  # None: left out of the frontier (the course kit, before Assignment 5)
+        scorer = reward_model.load_reward_model(rm_path).eval()
+        best_row = max(rm_rows, key=lambda row: row["rewards/accuracies"])
+        rows.append({"model": "reward model (best.pt)",
+                     "heldout_accuracy": best_row["rewards/accuracies"],
+                     "heldout_accuracy_at_end": rm_rows[-1]["rewards/accuracies"],
+                     "step": best_row["step"],
+                     **correlations(reward_model.score_texts(scorer, prompt_ids, completion_ids,
+                                                             eos), truth)})
     for beta, cfg in dpo_runs:
         policy = load_model(os.path.join(cfg.out_dir, f"step_{cfg.steps:06d}.pt")).eval()
         implicit = beta * (sentiment.completion_logps(policy, prompt_ids, completion_ids, eos)

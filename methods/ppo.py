@@ -125,8 +125,9 @@ def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 def whiten(values: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
-    """`values` (B, T) shifted and scaled to mean 0 and variance 1 over the True positions of mask;
-    0 elsewhere."""
+    """`values` (B, T) shifted and scaled to mean 0 and variance 1 over the True positions of mask
+    (all of the batch's together), 0 elsewhere: (values - mean) / sqrt(variance + eps), where the
+    variance is the mean squared deviation from the mean (divided by n, not n - 1)."""
     mean = masked_mean(values, mask)
     variance = masked_mean((values - mean) ** 2, mask)
     return torch.where(mask, (values - mean) / torch.sqrt(variance + eps), 0.0)
@@ -135,8 +136,8 @@ def whiten(values: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> torch
 def policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
                 mask: torch.Tensor,
                 clip: float) -> torch.Tensor:
-    """PPO's clipped surrogate, averaged over the response tokens: a scalar, differentiable w.r.t.
-    logprobs.
+    """PPO's clipped surrogate, averaged over the batch's response tokens (masked_mean): a scalar,
+    differentiable w.r.t. logprobs.
 
     logprobs (B, T): the current policy's; old_logprobs, advantages (B, T): constants of the
     rollout."""
@@ -149,9 +150,9 @@ def policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: 
 def value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor,
                mask: torch.Tensor,
                clip: float) -> torch.Tensor:
-    """The clipped value loss, 1/2 max((V - R)^2, (V_clipped - R)^2) averaged over the response
-    tokens, where V_clipped = V_old + clip(V - V_old, -clip, clip): a scalar, differentiable w.r.t.
-    values (B, T)."""
+    """The clipped value loss, 1/2 max((V - R)^2, (V_clipped - R)^2) averaged over the batch's
+    response tokens (masked_mean), where V_clipped = V_old + clip(V - V_old, -clip, clip): a scalar,
+    differentiable w.r.t. values (B, T)."""
     values = values.float()
     clipped = old_values + torch.clamp(values - old_values, -clip, clip)  # (B, T)
     return 0.5 * masked_mean(torch.maximum((values - returns) ** 2, (clipped - returns) ** 2), mask)
@@ -160,7 +161,7 @@ def value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Te
 def rloo_advantages(scores: torch.Tensor) -> torch.Tensor:
     """REINFORCE leave-one-out: each of the k samples of a prompt minus the mean of the other k - 1.
 
-    scores (P, k) float, k >= 2 -> (P, k) float32."""
+    scores (P, k) float, k >= 2 -> (P, k) float32; ValueError for any other shape."""
     if scores.dim() != 2 or scores.shape[1] < 2:
         raise ValueError("scores must be (prompts, k) with k >= 2 samples per prompt, got "
                          f"{tuple(scores.shape)}")

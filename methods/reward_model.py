@@ -42,7 +42,7 @@ def bradley_terry_loss(chosen_rewards: torch.Tensor,
                        rejected_rewards: torch.Tensor) -> torch.Tensor:
     """Per-pair -log sigma(r_w - r_l) (Eq. 2), (B,) float32; finite with finite gradients for any
     margin (logsigmoid never forms exp(+large)). chosen_rewards, rejected_rewards: (B,) float, one
-    shape and dtype."""
+    shape and dtype (tensor_checks.check_logps: ValueError, TypeError otherwise)."""
     check_logps({"chosen_rewards": chosen_rewards, "rejected_rewards": rejected_rewards})
     return -F.logsigmoid(chosen_rewards.float() - rejected_rewards.float())  # (B,)
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from course import build
-from course.manifest import ASSIGNMENTS, REMOVED
+from course.manifest import ANSWERS, ASSIGNMENTS, REMOVED
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -49,6 +49,8 @@ def test_student_copy_has_no_solution(student_copy):
                 f"{path.relative_to(student_copy)} still holds solution lines: {left[:3]}")
     for removed in REMOVED:
         assert not (student_copy / removed).exists(), removed
+    for name in ANSWERS:
+        assert (student_copy / "answers" / f"{name}.md").is_file(), name
     for a in ASSIGNMENTS.values():
         assert (student_copy / "handouts" / os.path.basename(a.handout)).is_file()
         for path, qualname, _ in a.stubs:
@@ -71,10 +73,10 @@ def test_graded_tests_fail_on_the_stubs_and_pass_on_the_solutions(student_copy, 
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("assignment", ["A1", "A2", "A3"])
+@pytest.mark.parametrize("assignment", ["A1", "A2", "A3", "A5"])
 def test_each_assignment_grades_fully_with_only_its_own_solution(tmp_path, assignment):
-    """A1, A2 and A3 are independent (course/README.md): a copy in which only this one is written,
-    the others still stubs, scores full marks on it."""
+    """A1, A2, A3 and A5 are independent (course/README.md): a copy in which only this one is
+    written, the others still stubs, scores full marks on it."""
     copy = tmp_path / f"only-{assignment}"
     build.build(str(copy), log=lambda *_: None, solved=(assignment,))
     others = [a for a in ASSIGNMENTS if a != assignment]
@@ -86,6 +88,34 @@ def test_each_assignment_grades_fully_with_only_its_own_solution(tmp_path, assig
 
 
 @pytest.mark.slow
+def test_a4_needs_a1_to_a3_only(tmp_path):
+    """A4 in a copy where A1 to A4 are written and A5 is not: its code and its runs (the quick demo
+    and the quick frontier, which leaves out the RLHF rows) pass; only the answers, not written
+    here, wait."""
+    copy = tmp_path / "A1-A4"
+    build.build(str(copy), log=lambda *_: None, solved=("A1", "A2", "A3", "A4"))
+    assert "Assignment 5: " in (copy / "methods" / "ppo.py").read_text()
+    results, table = grade(copy, "A4", tmp_path)
+    for nodeid, result in results["tests"].items():
+        if "test_answer" in nodeid:
+            assert "Assignment 4: answer" in result["reason"], (nodeid, result)
+        else:
+            assert result["outcome"] == "passed", (nodeid, result, table)
+
+
+@pytest.mark.slow
+def test_wrong_but_plausible_solutions_of_a5_lose_points(tmp_path):
+    """course/mutants.py: each mutant (a baseline that includes the sample, GAE over the holes,
+    whitening over the padding, ...) in a copy where only A5 is written fails at least the graded
+    tests it lists."""
+    mutants = pytest.importorskip("course.mutants", reason="the instructor's repository only")
+    results = mutants.run(str(tmp_path / "only-A5"), log=lambda *_: None)
+    for name, (_, _, _, must_fail) in mutants.MUTANTS.items():
+        points, total, failed = results[name]
+        assert points < total and set(must_fail) <= set(failed), (name, failed)
+
+
+@pytest.mark.slow
 def test_ungraded_tests_pass_or_wait_in_the_student_copy(student_copy):
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rs",
@@ -93,5 +123,5 @@ def test_ungraded_tests_pass_or_wait_in_the_student_copy(student_copy):
                           capture_output=True, text=True, timeout=1800)
     assert proc.returncode == 0, proc.stdout[-4000:]
     # (training reaches A3's truncation before A1's loss, so A1 shows up in the graders only)
-    for n in (2, 3, 4):
+    for n in (2, 3, 4, 5):
         assert f"waits for Assignment {n}" in proc.stdout, proc.stdout[-4000:]

@@ -188,3 +188,51 @@ def test_resume_is_exact(tmp_path, command):
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
     for key in a["extra"]:
         torch.testing.assert_close(a["extra"][key], b["extra"][key], rtol=0, atol=0)
+
+
+def test_a_stubbed_rlhf_row_is_left_out_of_the_frontier_and_said(tmp_path, monkeypatch):
+    """The course kit's student copy stubs RLOO's baseline, PPO's math and the reward model's loss
+    (Assignment 5): a run reaches the stub's NotImplementedError, and the frontier leaves that row
+    out, with the rows that score with the reward model when the reward model is missing, and names
+    them."""
+    from experiments import rl_runs
+    from methods import ppo
+    from plumbing import commands
+    from plumbing.config import command_config
+
+    def stub(*args, **kwargs):
+        raise NotImplementedError("Assignment 5: RLOO's baseline")
+
+    monkeypatch.setattr(ppo, "rloo_advantages", stub)
+    init, rm = tiny_checkpoints(tmp_path)
+    with pytest.raises(NotImplementedError, match="Assignment 5"):  # through the RL loop, unchanged
+        commands.run_rl("rloo", command_config("rloo", init=init, reward_model=rm, steps=1,
+                                               batch_size=2, max_new_tokens=4,
+                                               out_dir=str(tmp_path / "rloo")),
+                        log=lambda *_: None)
+
+    trained = []
+    monkeypatch.setattr(rl_runs.points, "train_cached",
+                        lambda command, cfg, log: stub() if command == "rloo" else
+                        trained.append(cfg.ground_truth_reward))
+    monkeypatch.setattr(rl_runs.points, "run_points", lambda *args, **kwargs: [])
+
+    class Prepared:
+        settings = {"seed": 1, "block_size": 48, "tokenizer": "bytes", "max_new_tokens": 8}
+        reference_path = "unused"
+
+    run = dict(lr=1e-3, steps=4, batch_size=4)
+    settings = {"ppo": dict(run, kl_coefs=(0.1, 0.3)), "ppo_gt": dict(run, kl_coefs=(0.1,)),
+                "rloo": dict(run, kl_coefs=(0.1,), k=2), "rl_checkpoints": 2}
+    log = []
+    sweeps, left_out = rl_runs.rl_sweeps(Prepared(), settings, rm, str(tmp_path), str(tmp_path),
+                                         log.append)
+    assert set(sweeps) == {"PPO", "PPO-GT"} and len(sweeps["PPO"]) == 2
+    assert left_out == {"RLOO": "Assignment 5: RLOO's baseline"}
+    assert trained == [False, False, True]  # PPO on the reward model twice, then PPO-GT
+    assert any(line.startswith("RLOO: left out of the frontier") for line in log)
+    # no reward model (its loss a stub): PPO and RLOO wait for it, PPO-GT does not
+    sweeps, left_out = rl_runs.rl_sweeps(Prepared(), settings, None, str(tmp_path), str(tmp_path),
+                                         log.append)
+    assert set(sweeps) == {"PPO-GT"}
+    assert left_out == {"PPO": "needs the reward model", "RLOO": "needs the reward model"}
