@@ -11,6 +11,7 @@ import pytest
 import torch
 import transformers
 
+import data
 import train
 from llama import Llama
 from plumbing.checkpoint import load_model
@@ -54,11 +55,11 @@ def transformers_logits(directory, idx):
         return hf(idx).logits
 
 
-def assert_exported_like_ours(out_dir):
+def assert_exported_like_ours(out_dir, vocab_size=257):
     """out_dir/hf loads in transformers and gives the logits of out_dir's ckpt.pt, a Llama."""
     ours = load_model(str(out_dir)).eval()
     assert isinstance(ours, Llama)
-    idx = torch.randint(0, 257, (2, 11), generator=torch.Generator().manual_seed(0))
+    idx = torch.randint(0, vocab_size, (2, 11), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         expected = ours(idx)
     torch.testing.assert_close(transformers_logits(str(out_dir / "hf"), idx), expected,
@@ -99,3 +100,40 @@ def test_reward_model_eval_and_sample_take_a_llama_family_checkpoint(checkpoint,
     capsys.readouterr()
     assert train.main(["sample", "--init", init, "--prompt", "The film", *sampling]) == 0
     assert "The film" in capsys.readouterr().out
+
+
+def test_dpo_on_conversations_with_the_checkpoints_tokenizer_and_chat_template(tmp_path, capsys):
+    """A tiny Qwen2 beside its own tokenizer.json and ChatML template (as a Hub checkpoint ships
+    them): dpo on conversational rows uses both, and hf/ is a checkpoint transformers loads with the
+    same tokenizer; the same --init with another --tokenizer is a one-line error."""
+    from test_hf_tokenizer import conversation, train_tokenizer, write_checkpoint, write_rows
+
+    spec = json.loads(train_tokenizer("qwen2").to_str())
+    directory = write_checkpoint(tmp_path / "qwen2", spec)
+    vocab_size = data.get_tokenizer(directory).n_vocab
+    torch.manual_seed(0)
+    hf = transformers.Qwen2ForCausalLM(transformers.Qwen2Config(
+        **{**SHAPE, "vocab_size": vocab_size, "bos_token_id": None, "eos_token_id": None},
+        tie_word_embeddings=True))
+    save_hf(hf, directory)
+    rows = write_rows(tmp_path / "rows.jsonl", [
+        conversation(user=f"Is {i} even?", chosen=f"{'Yes' if i % 2 == 0 else 'No'}.",
+                     rejected="Maybe.") for i in range(16)])
+    out = tmp_path / "dpo"
+    flags = ["--data", rows, "--steps", "2", "--batch-size", "4", "--max-length", "64",
+             "--heldout-fraction", "0.25", "--eval-every", "2", "--device", "cpu"]
+    assert train.main(["dpo", "--init", directory, "--tokenizer", directory, *flags,
+                       "--out-dir", str(out)]) == 0
+    assert "chat template" in capsys.readouterr().out
+    assert_exported_like_ours(out, vocab_size)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        theirs = transformers.AutoTokenizer.from_pretrained(str(out / "hf"))
+    text = "Is 12 even? Yes, 12 is even."
+    assert theirs(text)["input_ids"] == data.get_tokenizer(str(out / "hf")).encode_ordinary(text)
+    assert theirs.eos_token == "<|im_end|>"
+
+    assert train.main(["dpo", "--init", directory, "--tokenizer", "bytes", *flags,
+                       "--out-dir", str(tmp_path / "wrong")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: --init") and "pass --tokenizer" in err and err.count("\n") == 1
