@@ -17,6 +17,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 
 import sentiment
@@ -178,20 +179,45 @@ def command_line(command, cfg):
     return argv
 
 
+# Runs the script sys.argv[2] with the arguments after it and, at exit, writes the process's own
+# peak resident set (VmHWM, kB) to the file sys.argv[1]. Not ru_maxrss: on Linux a child starts with
+# its parent's high-water mark (a `python -c pass` under a 614 MiB parent reports 613.8 MiB).
+OWN_PEAK = """
+import atexit, runpy, sys
+def report(path=sys.argv[1]):
+    with open("/proc/self/status") as status:
+        peak_kb = next(line.split()[1] for line in status if line.startswith("VmHWM:"))
+    with open(path, "w") as f:
+        f.write(peak_kb)
+atexit.register(report)
+sys.argv = sys.argv[2:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def run_with_own_peak(argv, cwd=REPO):
+    """Run `python argv...` (argv[0] a script) in a fresh process; (wall seconds, its own peak
+    resident memory in MiB from /proc's VmHWM). RuntimeError with the end of its stderr if it
+    fails."""
+    with tempfile.TemporaryDirectory() as tmp:
+        peak_file = os.path.join(tmp, "peak_kb")
+        start = time.time()
+        process = subprocess.run([sys.executable, "-c", OWN_PEAK, peak_file, *argv], cwd=cwd,
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        seconds = time.time() - start
+        if process.returncode != 0:
+            raise RuntimeError(f"{' '.join(argv)} failed: {process.stderr.decode()[-2000:]}")
+        with open(peak_file) as f:
+            return seconds, int(f.read()) / 1024
+
+
 def measured_run(command, cfg, out_dir):
-    """Train `cfg` again in a fresh process (into out_dir); its wall time and peak resident memory
-    (wait4)."""
-    argv = [sys.executable, os.path.join(REPO, "train.py"),
-            *command_line(command, dataclasses.replace(
+    """Train `cfg` again in a fresh process (into out_dir); its wall time and its own peak resident
+    memory (run_with_own_peak)."""
+    argv = [os.path.join(REPO, "train.py"), *command_line(command, dataclasses.replace(
         cfg, out_dir=out_dir, keep_checkpoints=False, overwrite=True))]
-    start = time.time()
-    process = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(process.pid, 0)
-    seconds = time.time() - start
-    if status != 0:
-        raise RuntimeError(f"{' '.join(argv)} failed: {process.stderr.read().decode()[-2000:]}")
-    # ru_maxrss is in KiB on Linux
-    return {"wall_seconds": seconds, "peak_rss_mib": usage.ru_maxrss / 1024}
+    seconds, peak_mib = run_with_own_peak(argv)
+    return {"wall_seconds": seconds, "peak_rss_mib": peak_mib}
 
 
 def cost_table(best, rm_cfg, seeds, out_dir, log):
