@@ -393,3 +393,58 @@ def test_lora_default_targets_follow_the_model_and_adapters_off_is_the_base():
                                                      "transformer.h.0.attn.c_proj",
                                                      "transformer.h.0.mlp.c_fc",
                                                      "transformer.h.0.mlp.c_proj"]
+
+
+# The config.json files of three Hub checkpoints as shipped (every key, the values of the shape
+# shrunk): what a user's download holds. SmolLM2-360M-Instruct's also has a transformers.js_config.
+SHIPPED_CONFIGS = {
+    "SmolLM2-360M-Instruct": {
+        "architectures": ["LlamaForCausalLM"], "attention_bias": False, "attention_dropout": 0.0,
+        "hidden_act": "silu", "initializer_range": 0.02, "is_llama_config": True,
+        "max_position_embeddings": 8192, "mlp_bias": False, "model_type": "llama",
+        "num_attention_heads": 15, "num_key_value_heads": 5, "pad_token_id": 2,
+        "pretraining_tp": 1, "rms_norm_eps": 1e-05, "rope_interleaved": False,
+        "rope_scaling": None, "rope_theta": 100000, "tie_word_embeddings": True,
+        "torch_dtype": "bfloat16", "transformers_version": "4.42.3", "use_cache": True},
+    "Qwen2.5-0.5B-Instruct": {
+        "architectures": ["Qwen2ForCausalLM"], "attention_dropout": 0.0, "hidden_act": "silu",
+        "initializer_range": 0.02, "max_position_embeddings": 32768, "max_window_layers": 21,
+        "model_type": "qwen2", "num_attention_heads": 14, "num_key_value_heads": 2,
+        "rms_norm_eps": 1e-06, "rope_theta": 1000000.0, "sliding_window": 32768,
+        "tie_word_embeddings": True, "torch_dtype": "bfloat16",
+        "transformers_version": "4.43.1", "use_cache": True, "use_sliding_window": False},
+    "Llama-3.2-1B": {
+        "architectures": ["LlamaForCausalLM"], "attention_bias": False, "attention_dropout": 0.0,
+        "head_dim": 4, "hidden_act": "silu", "initializer_range": 0.02,
+        "max_position_embeddings": 131072, "mlp_bias": False, "model_type": "llama",
+        "num_attention_heads": 32, "num_key_value_heads": 8, "pretraining_tp": 1,
+        "rms_norm_eps": 1e-05, "rope_scaling": {
+            "factor": 32.0, "high_freq_factor": 4.0, "low_freq_factor": 1.0,
+            "original_max_position_embeddings": 8192, "rope_type": "llama3"},
+        "rope_theta": 500000.0, "tie_word_embeddings": True, "torch_dtype": "bfloat16",
+        "transformers_version": "4.45.0.dev0", "use_cache": True},
+}
+
+
+@pytest.mark.parametrize("name", sorted(SHIPPED_CONFIGS))
+def test_configs_as_the_hub_ships_them_load_with_transformers_logits(name, tmp_path):
+    shipped = {**SHIPPED_CONFIGS[name], "num_hidden_layers": 2, "intermediate_size": 48,
+               "vocab_size": V, "bos_token_id": 1, "eos_token_id": 2}
+    shipped["hidden_size"] = 4 * shipped["num_attention_heads"]
+    (tmp_path / "config.json").write_text(json.dumps(shipped))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        config = transformers.AutoConfig.from_pretrained(tmp_path)
+        hf = perturbed(transformers.AutoModelForCausalLM.from_config(config)).float().eval()
+        saved(hf, tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps(shipped))  # every key, as downloaded
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ours = Llama.from_pretrained(tmp_path).eval()
+    unknown = [str(w.message) for w in caught if "unknown config keys" in str(w.message)]
+    assert all("is_llama_config" in message for message in unknown), unknown  # SmolLM2's extras
+    idx, mask = left_padded()
+    with torch.no_grad():
+        assert_close(ours(idx), hf_logits(hf, idx), rtol=1e-5, atol=1e-5)
+        # left padding: equal on the real tokens (the pads' rows are junk in both)
+        assert_close(ours(idx, mask)[mask], hf_logits(hf, idx, mask)[mask], rtol=1e-5, atol=1e-5)
