@@ -12,14 +12,18 @@ the log-prob computation differs:
     fused linear  logprob_kernels.linear_sequence_logprobs(h, lm_head.weight): the logits are never
                   materialised
 
-Default shapes (the issue's): GPT-2 124M (random init), 8 pairs x 512 tokens, the response = the
-second half of each row, bf16 autocast on CUDA. Reported: tokens per second (all 2 x pairs x tokens
-positions of the step, the usual convention) and peak memory (CUDA: torch.cuda.max_memory_allocated
-minus what was allocated before the step, i.e. activations, logits, gradients and optimizer state;
-CPU: not measured, reported as null). On a CPU without --quick the default shapes take minutes per
-step; --quick runs a tiny model in seconds (the smoke test).
+Default shapes: GPT-2 124M (random init; --model smollm2-135m and the other shapes of
+bench/shapes.py), 8 pairs x 512 tokens, the response = the second half of each row, bf16 autocast
+on CUDA. Reported: tokens per second (all 2 x pairs x tokens positions of the step, the usual
+convention) and peak memory: on CUDA torch.cuda.max_memory_allocated minus what was allocated before
+the timed steps (activations, logits, gradients; the weights and AdamW state were already there); on
+a CPU each method runs in a fresh process and its peak is its own VmHWM minus its resident set
+before the model was built (so weights, gradients and AdamW state are included). On a CPU without
+--quick the default shapes take minutes per step; --quick runs a tiny model in seconds (the smoke
+test).
 
     python bench/bench_dpo_step.py [--pairs 8] [--tokens 512] [--json FILE] [--md FILE]
+    python bench/bench_dpo_step.py --model smollm2-135m --pairs 2 --tokens 256 --steps 2
     python bench/bench_dpo_step.py --quick
 """
 
@@ -28,6 +32,7 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -37,21 +42,25 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from a checkout without installing the project
 
+from bench.shapes import MODELS, build, resident_bytes  # noqa: E402
+
 METHODS = ("naive", "logits kernel", "fused linear")
-GPT2_SHAPE = dict(n_layer=12, n_head=12, n_embd=768, vocab_size=50257, block_size=1024)
-QUICK_SHAPE = dict(n_layer=2, n_head=2, n_embd=64, vocab_size=300, block_size=64)
 
 
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true",
                     help="a tiny model and batch on any device (smoke test)")
+    ap.add_argument("--model", choices=sorted(MODELS), default="gpt2-124m",
+                    help="the architecture and shape (random weights)")
     ap.add_argument("--pairs", type=int, default=8)
     ap.add_argument("--tokens", type=int, default=512, help="tokens per row (prompt + response)")
     ap.add_argument("--steps", type=int, default=5,
                     help="timed steps per method (after 2 warm-up steps)")
     ap.add_argument("--json", default="", help="write the results as JSON here")
     ap.add_argument("--md", default="", help="write the results as a markdown table here")
+    # internal: run one method in this process and print its row as JSON
+    ap.add_argument("--one", default="", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.quick:
         args.pairs, args.tokens, args.steps = 2, 32, 2
@@ -73,10 +82,10 @@ def run_method(method, args, device):
     """Time `method`'s DPO steps; returns {"method", "step_ms", "tokens_per_s", "peak_mib",
     "loss"}."""
     import dpo
-    from model import GPT, GPTConfig
-    shape = QUICK_SHAPE if args.quick else GPT2_SHAPE
+    before = resident_bytes()
     torch.manual_seed(0)
-    model = GPT(GPTConfig(**shape)).to(device)
+    model, shape = build(args.model, args.quick)
+    model = model.to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6)
     g = torch.Generator().manual_seed(0)
     # (2B, T+1)
@@ -112,7 +121,10 @@ def run_method(method, args, device):
         loss = step()  # .item() synchronises
         times.append(time.perf_counter() - start)
     ms = 1000 * statistics.median(times)
-    peak = (torch.cuda.max_memory_allocated() - before) / 2**20 if device.type == "cuda" else None
+    if device.type == "cuda":
+        peak = (torch.cuda.max_memory_allocated() - before) / 2**20
+    else:  # this process runs this method alone (main): its own peak
+        peak = (resident_bytes("VmHWM") - before) / 2**20
     return {"method": method, "step_ms": ms,
             "tokens_per_s": 2 * args.pairs * args.tokens / (ms / 1000), "peak_mib": peak,
             "loss": loss}
@@ -129,24 +141,39 @@ def environment(device):
 
 def markdown(result):
     c = result["config"]
-    lines = [f"DPO step, {c['shape']}, {c['pairs']} pairs x {c['tokens']} tokens, "
+    lines = [f"DPO step, {c['model']} {c['shape']}, {c['pairs']} pairs x {c['tokens']} tokens, "
              f"{result['environment']['device']}",
-             "", "| method | step ms | tokens/s | peak MiB | vs naive (time) |",
-             "|---|---|---|---|---|"]
-    naive = result["rows"][0]["step_ms"]
+             "", "| method | step ms | tokens/s | peak MiB | vs naive (time) | vs naive (peak) |",
+             "|---|---|---|---|---|---|"]
+    naive = result["rows"][0]
     for r in result["rows"]:
-        peak = f"{r['peak_mib']:.0f}" if r["peak_mib"] is not None else "n/a"
-        lines.append(f"| {r['method']} | {r['step_ms']:.1f} | {r['tokens_per_s']:,.0f} | {peak} | "
-                     f"{r['step_ms'] / naive:.2f} |")
+        lines.append(f"| {r['method']} | {r['step_ms']:.1f} | {r['tokens_per_s']:,.0f} | "
+                     f"{r['peak_mib']:.0f} | {r['step_ms'] / naive['step_ms']:.2f} | "
+                     f"{r['peak_mib'] / naive['peak_mib']:.2f} |")
     return "\n".join(lines)
 
 
 def main(argv=None):
     args = parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    rows = [run_method(m, args, device) for m in METHODS]
-    result = {"config": {**vars(args), "shape": QUICK_SHAPE if args.quick else GPT2_SHAPE},
-              "environment": environment(device), "rows": rows}
+    if args.one:
+        print(json.dumps(run_method(args.one, args, device)))
+        return 0
+    if device.type == "cuda":
+        rows = [run_method(m, args, device) for m in METHODS]
+    else:  # a fresh process per method: a process's peak resident set never comes down
+        argv = [a for a in (argv if argv is not None else sys.argv[1:])]
+        rows = []
+        for method in METHODS:
+            child = subprocess.run([sys.executable, __file__, *argv, "--one", method],
+                                   capture_output=True, text=True)
+            if child.returncode != 0:
+                print(child.stderr, file=sys.stderr)
+                return child.returncode
+            rows.append(json.loads(child.stdout.strip().splitlines()[-1]))
+    shape = build(args.model, args.quick)[1]
+    result = {"config": {**vars(args), "shape": shape}, "environment": environment(device),
+              "rows": rows}
     table = markdown(result)
     print(table)
     for path, text in ((args.json, json.dumps(result, indent=2)), (args.md, table + "\n")):

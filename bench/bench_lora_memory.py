@@ -43,30 +43,14 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from a checkout without installing the project
 
 import dpo  # noqa: E402
-from llama import Llama, LlamaConfig  # noqa: E402
+from bench.shapes import MODELS, build, resident_bytes  # noqa: E402
 from methods import orpo, simpo  # noqa: E402
-from model import GPT, GPTConfig  # noqa: E402
 from plumbing import lora  # noqa: E402
 
 VARIANTS = ("full, reference copy (live)", "full, precomputed reference",
             "LoRA, adapters-off reference (live)", "SimPO, no reference", "ORPO, no reference")
 # the short names of --variants, in VARIANTS' order
 VARIANT_NAMES = ("full-copy", "full-precomputed", "lora", "simpo", "orpo")
-GPT2_SHAPE = dict(n_layer=12, n_head=12, n_embd=768, vocab_size=50257, block_size=1024)
-QUICK_SHAPE = dict(n_layer=2, n_head=2, n_embd=64, vocab_size=300, block_size=64)
-# --model: the architecture and shape (from each checkpoint's config.json); weights are random
-MODELS = {
-    "gpt2-124m": (GPT, GPTConfig, GPT2_SHAPE),
-    "smollm2-135m": (Llama, LlamaConfig, dict(
-        n_layer=30, n_head=9, n_kv_head=3, n_embd=576, intermediate_size=1536, vocab_size=49152,
-        block_size=8192, rope_theta=100000.0, tie_embeddings=True)),
-    "smollm2-360m": (Llama, LlamaConfig, dict(
-        n_layer=32, n_head=15, n_kv_head=5, n_embd=960, intermediate_size=2560, vocab_size=49152,
-        block_size=8192, rope_theta=100000.0, tie_embeddings=True)),
-    "qwen2.5-0.5b": (Llama, LlamaConfig, dict(
-        n_layer=24, n_head=14, n_kv_head=2, n_embd=896, intermediate_size=4864, vocab_size=151936,
-        block_size=32768, rope_theta=1000000.0, tie_embeddings=True, qkv_bias=True)),
-}
 
 
 def parse_args(argv=None):
@@ -89,17 +73,6 @@ def parse_args(argv=None):
     return args
 
 
-def resident_bytes(field="VmRSS"):
-    """This process's resident set now (VmRSS) or its peak (VmHWM), from Linux's /proc (0 where
-    unavailable)."""
-    try:
-        with open("/proc/self/status") as f:
-            line = next(line for line in f if line.startswith(field + ":"))
-        return int(line.split()[1]) * 1024  # kB
-    except (OSError, StopIteration):
-        return 0
-
-
 def random_pairs(n_pairs, tokens, vocab_size, device):
     """A dpo_collate-shaped batch of random tokens: (2 n_pairs, tokens) ids, shifted labels,
     response = 2nd half."""
@@ -117,18 +90,14 @@ def run_variant(name, args):
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if args.device == "auto" else args.device))
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
-    model_class, config_class, shape = MODELS[args.model]
-    if args.quick:
-        shape = QUICK_SHAPE if model_class is GPT else dict(
-            n_layer=2, n_head=4, n_kv_head=2, n_embd=64, intermediate_size=96, vocab_size=300,
-            block_size=64)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
         before = torch.cuda.memory_allocated()
     else:
         before = resident_bytes()
     torch.manual_seed(0)
-    model = model_class(config_class(**shape)).to(device)
+    model, shape = build(args.model, args.quick)
+    model = model.to(device)
     batch = random_pairs(args.pairs, args.tokens, shape["vocab_size"], device)
     reference, ref_logps = None, None
     reference_free = name.startswith(("SimPO", "ORPO"))
