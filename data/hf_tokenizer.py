@@ -395,6 +395,9 @@ def load_hf_tokenizer(path: str) -> HFEncoding:
     if spec is None:
         raise FileNotFoundError(f"{path}: no tokenizer.json there (a Hugging Face tokenizer is a "
                                 "checkpoint directory holding tokenizer.json, or that file)")
+    model_type = (spec.get("model") or {}).get("type")
+    if model_type != "BPE":  # first: a WordPiece or Unigram file fails on this, not on its parts
+        _fail(file, f"model.type {model_type!r} is not supported (byte-level BPE only)")
     normal_form = _normal_form(spec.get("normalizer"), file)
     pat_str = _split_pattern(spec.get("pre_tokenizer"), file)
     if (spec.get("decoder") or {}).get("type", "ByteLevel") != "ByteLevel":

@@ -137,3 +137,47 @@ def test_dpo_on_conversations_with_the_checkpoints_tokenizer_and_chat_template(t
                        "--out-dir", str(tmp_path / "wrong")]) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: --init") and "pass --tokenizer" in err and err.count("\n") == 1
+
+
+def break_checkpoint(directory, damage):
+    """Damage a saved checkpoint directory in one of the ways a download can go wrong."""
+    config_file = directory / "config.json"
+    config = json.loads(config_file.read_text())
+    if damage == "another architecture":
+        config["model_type"] = "mistral"
+        config["architectures"] = ["MistralForCausalLM"]
+    elif damage == "a shape mismatch":
+        config["intermediate_size"] = 2 * config["intermediate_size"]
+    elif damage == "a missing shard":
+        (directory / "model-00002-of-00003.safetensors").unlink()
+    elif damage == "a WordPiece tokenizer":
+        from tokenizers import Tokenizer, models
+        Tokenizer(models.WordPiece({"[UNK]": 0, "a": 1}, unk_token="[UNK]")).save(
+            str(directory / "tokenizer.json"))
+    config_file.write_text(json.dumps(config))
+
+
+@pytest.mark.parametrize("damage, words", [
+    ("another architecture", "mistral"),
+    ("a shape mismatch", "shape"),
+    ("a missing shard", "model-00002-of-00003.safetensors"),
+    ("a WordPiece tokenizer", "WordPiece"),
+])
+def test_a_broken_checkpoint_is_one_line_and_nothing_is_written(damage, words, tmp_path, capsys):
+    torch.manual_seed(0)
+    hf = transformers.LlamaForCausalLM(transformers.LlamaConfig(**SHAPE))
+    directory = tmp_path / "checkpoint"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        transformers.utils.logging.disable_progress_bar()
+        hf.save_pretrained(directory, max_shard_size="60KB")
+    assert (directory / "model-00003-of-00003.safetensors").is_file()  # three shards
+    break_checkpoint(directory, damage)
+    tokenizer = str(directory) if damage == "a WordPiece tokenizer" else "bytes"
+    prefs = write_preferences(tmp_path / "prefs.jsonl")
+    out = tmp_path / "out"
+    assert train.main(["dpo", "--init", str(directory), "--tokenizer", tokenizer, "--data", prefs,
+                       "--steps", "1", "--device", "cpu", "--out-dir", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and words in err, err
+    assert not out.exists()
