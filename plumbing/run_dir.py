@@ -95,6 +95,7 @@ def start_run(command, cfg, model, log):
         raise ConfigError("--max-length: resolve it first (config.resolve_lengths), "
                           "train() needs a number")
     saved = claim_directory(command, cfg, model, log)
+    data_parallel.barrier()  # every process has checked OUT_DIR before the main one writes there
     lora_base = describe_lora_base(cfg.init, model) if lora.lora_layers(model) else None
     device, autocast, scaler = resolve_device(cfg)
     model.to(device)

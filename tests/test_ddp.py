@@ -14,10 +14,13 @@ from pathlib import Path
 
 import pytest
 import torch
+import transformers
 
 import train
 from plumbing.checkpoint import load_checkpoint, save_checkpoint
 from plumbing.config import ConfigError, TrainConfig, check_values
+from test_llama_commands import SHAPE as LLAMA_SHAPE
+from test_llama_commands import save_hf
 from test_train import read_metrics, tiny_model, write_preferences
 
 REPO = Path(__file__).resolve().parents[1]
@@ -39,8 +42,12 @@ def inputs(tmp_path_factory):
     corpus.write_text("the film was great and the cast was awful, or so they said. " * 100)
     prefs = write_preferences(directory / "prefs.jsonl")
     pairs = ["--data", prefs, "--max-prompt-length", "24", "--heldout-fraction", "0.2"]
+    torch.manual_seed(0)
+    llama = save_hf(transformers.LlamaForCausalLM(transformers.LlamaConfig(**LLAMA_SHAPE)),
+                    directory / "llama")
     return {"dpo": ["--init", init, *pairs], "sft": ["--init", init, *pairs, "--lora-rank", "2"],
-            "pretrain": ["--init", init, "--data", str(corpus), "--heldout-fraction", "0.2"]}
+            "pretrain": ["--init", init, "--data", str(corpus), "--heldout-fraction", "0.2"],
+            "dpo-llama": ["--init", llama, *pairs]}
 
 
 def torchrun(argv, nproc=2):
@@ -74,14 +81,15 @@ def files_per_directory(root):
     return {os.path.relpath(d, root): sorted(names) for d, _, names in os.walk(root)}
 
 
-@pytest.mark.parametrize("command", ["dpo", "sft", "pretrain"])
-def test_two_processes_train_as_one(tmp_path, inputs, command, capsys):
+@pytest.mark.parametrize("run", ["dpo", "sft", "pretrain", "dpo-llama"])
+def test_two_processes_train_as_one(tmp_path, inputs, run, capsys):
     """The same global batch in 1 and 2 processes: the same per-step metrics and weights; rank 0
-    alone writes."""
+    alone writes. dpo-llama: DPO on a tiny transformers Llama checkpoint."""
     one, two = str(tmp_path / "one"), str(tmp_path / "two")
-    assert train.main([command, *inputs[command], *COMMON, "--out-dir", one]) == 0
+    command = run.split("-")[0]
+    assert train.main([command, *inputs[run], *COMMON, "--out-dir", one]) == 0
     printed_by_one = capsys.readouterr().out
-    launched = torchrun([command, *inputs[command], *COMMON, "--out-dir", two])
+    launched = torchrun([command, *inputs[run], *COMMON, "--out-dir", two])
     assert launched.returncode == 0, launched.stderr[-3000:]
 
     assert_same_run(one, two)
