@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from hang_guard import HANG_GUARD_SECONDS
+
 SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "bench_linear_logprobs.py"
 
 
@@ -41,7 +43,7 @@ def test_quick_run_prints_tables_and_writes_json(tmp_path):
     proc = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--repeats", "2", "--warmup",
                            "1", "--json", str(out_json)], cwd=tmp_path, env=env,
                           capture_output=True, text=True,
-                          timeout=300)
+                          timeout=HANG_GUARD_SECONDS)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert ("| method | peak extra MB |" in proc.stdout
             and "| method | fwd ms | bwd ms |" in proc.stdout)
@@ -70,7 +72,7 @@ def test_fused_linear_kernels_compile_for_h100_without_spills(tmp_path):
     env.pop("TRITON_INTERPRET", None)
     proc = subprocess.run([sys.executable, str(SCRIPT), "--aot", "sm_90", "--aot-heads", "576",
                            "49152", "--json", str(out_json)], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=600)
+                          capture_output=True, text=True, timeout=HANG_GUARD_SECONDS)
     if proc.returncode == 3:  # aot_compile.EXIT_AOT_UNAVAILABLE
         pytest.skip("this Triton cannot compile for sm_90 ahead of time: "
                     f"{proc.stderr.strip().splitlines()[-1]}")

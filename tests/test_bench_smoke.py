@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from hang_guard import HANG_GUARD_SECONDS
+
 SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "bench_logprobs.py"
 # bench_logprobs.EXIT_AOT_UNAVAILABLE (checked in test_import_has_no_side_effects)
 EXIT_AOT_UNAVAILABLE = 3
@@ -32,7 +34,7 @@ def run_script(args, tmp_path, interpret: bool):
         env["TRITON_INTERPRET"] = "1"
     return subprocess.run([sys.executable, str(SCRIPT), *args], cwd=tmp_path, env=env,
                           capture_output=True,
-                          text=True, timeout=300)
+                          text=True, timeout=HANG_GUARD_SECONDS)
 
 
 def test_import_has_no_side_effects(monkeypatch):
@@ -113,7 +115,7 @@ def test_lora_memory_benchmark_runs(tmp_path):
     out = tmp_path / "lora.json"
     proc = subprocess.run([sys.executable, str(script), "--quick", "--json", str(out)],
                           cwd=tmp_path,
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=HANG_GUARD_SECONDS)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "| variant | trainable parameters | peak memory MiB |" in proc.stdout
     rows = {row["variant"]: row for row in json.loads(out.read_text())["rows"]}
@@ -129,7 +131,7 @@ def test_dpo_step_benchmark_methods_agree(tmp_path):
     out = tmp_path / "step.json"
     proc = subprocess.run([sys.executable, str(SCRIPT.parent / "bench_dpo_step.py"), "--quick",
                            "--json", str(out)],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
+                          cwd=tmp_path, capture_output=True, text=True, timeout=HANG_GUARD_SECONDS)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     rows = json.loads(out.read_text())["rows"]
     assert [r["method"] for r in rows] == ["naive", "logits kernel", "fused linear"]
@@ -146,7 +148,7 @@ def test_gpu_suite_runs_in_its_quick_form(tmp_path):
     env = dict(os.environ, TRITON_CACHE_DIR=str(tmp_path / "triton-cache"))
     proc = subprocess.run(["bash", str(suite), "--quick", str(tmp_path / "results")],
                           cwd=SCRIPT.parents[1], env=env,
-                          capture_output=True, text=True, timeout=900)
+                          capture_output=True, text=True, timeout=HANG_GUARD_SECONDS)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     name = "cpu" if not torch_cuda_available() else None
     if name is None:

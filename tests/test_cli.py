@@ -16,6 +16,7 @@ import torch
 import data
 import loop
 import train
+from hang_guard import HANG_GUARD_SECONDS
 from model import GPT, GPTConfig
 from plumbing import commands
 from plumbing.checkpoint import CheckpointError, load_checkpoint, load_model, save_checkpoint
@@ -205,11 +206,12 @@ def test_bad_flag_values_are_one_line(capsys):
 def test_script_prints_no_traceback_and_debug_shows_it(files):
     command = [sys.executable, "train.py", "dpo", "--init", files["init"], "--data", files["prefs"],
                "--beta", "-1", "--out-dir", files["out"]]
-    quiet = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
+    quiet = subprocess.run(command, cwd=REPO, capture_output=True, text=True,
+                           timeout=HANG_GUARD_SECONDS)
     assert quiet.returncode == 1 and quiet.stdout == ""
     assert quiet.stderr == "error: --beta -1.0: must be > 0\n"
     loud = subprocess.run(command + ["--debug"], cwd=REPO, capture_output=True, text=True,
-                          timeout=120)
+                          timeout=HANG_GUARD_SECONDS)
     assert loud.returncode == 1 and "Traceback" in loud.stderr and "ConfigError" in loud.stderr
 
 

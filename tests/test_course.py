@@ -15,6 +15,7 @@ import pytest
 
 from course import build
 from course.manifest import ANSWERS, ASSIGNMENTS, REMOVED
+from hang_guard import HANG_GUARD_SECONDS
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -26,7 +27,7 @@ def grade(repo, assignment, tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     proc = subprocess.run([sys.executable, "-m", "course", "grade", assignment, "--json", str(out)],
                           cwd=repo,
-                          env=env, capture_output=True, text=True, timeout=900)
+                          env=env, capture_output=True, text=True, timeout=HANG_GUARD_SECONDS)
     assert out.exists(), proc.stdout[-3000:] + proc.stderr[-3000:]
     return json.loads(out.read_text()), proc.stdout
 
@@ -120,7 +121,7 @@ def test_ungraded_tests_pass_or_wait_in_the_student_copy(student_copy):
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rs",
                            "-x", "--ignore=tests/test_course.py"], cwd=student_copy, env=env,
-                          capture_output=True, text=True, timeout=1800)
+                          capture_output=True, text=True, timeout=HANG_GUARD_SECONDS)
     assert proc.returncode == 0, proc.stdout[-4000:]
     # (training reaches A3's truncation before A1's loss, so A1 shows up in the graders only)
     for n in (2, 3, 4, 5):

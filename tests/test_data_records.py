@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 import data
 from data.records import PreferenceFormatError
+from hang_guard import HANG_GUARD_SECONDS
 
 R = data.PreferenceRecord
 GOOD = [R("Q1", "good", "bad"), R("Q2 é <|endoftext|>", "yes\nreally", "no")]
@@ -119,12 +120,13 @@ def test_the_data_logger_prints_nothing_unless_logging_is_configured(tmp_path):
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     done = subprocess.run([sys.executable, "-c", code, str(path)], cwd=repo, capture_output=True,
                           text=True,
-                          timeout=120)
+                          timeout=HANG_GUARD_SECONDS)
     assert done.returncode == 0, done.stderr
     assert (done.stdout, done.stderr) == ("ok\n", "")
     configured = subprocess.run([sys.executable, "-c",
                                  "import logging; logging.basicConfig(); " + code, str(path)],
-                                cwd=repo, capture_output=True, text=True, timeout=120)
+                                cwd=repo, capture_output=True, text=True,
+                                timeout=HANG_GUARD_SECONDS)
     assert ("WARNING:data.records:" in configured.stderr and "skipped 1: "
             + EMPTY_RESPONSE in configured.stderr)
 

@@ -17,6 +17,7 @@ import torch
 import transformers
 
 import train
+from hang_guard import HANG_GUARD_SECONDS
 from plumbing.checkpoint import load_checkpoint, save_checkpoint
 from plumbing.config import ConfigError, TrainConfig, check_values
 from test_llama_commands import SHAPE as LLAMA_SHAPE
@@ -57,7 +58,7 @@ def torchrun(argv, nproc=2):
     return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
                            "--nproc_per_node", str(nproc), "train.py", *argv], cwd=REPO, env=env,
                           capture_output=True, text=True,
-                          timeout=300)
+                          timeout=HANG_GUARD_SECONDS)
 
 
 def assert_same_run(a, b):

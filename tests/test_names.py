@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from hang_guard import HANG_GUARD_SECONDS
+
 REPO = Path(__file__).resolve().parents[1]
 # Directories whose files become top-level modules: the checkout (`python train.py`, pytest's
 # pythonpath), the tests and graders (pytest puts a test file's directory on sys.path) and bench/
@@ -63,7 +65,7 @@ def _import_in_order(first, then):
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True,
                           text=True,
-                          timeout=300)
+                          timeout=HANG_GUARD_SECONDS)
     assert proc.returncode == 0, proc.stderr[-3000:]
     model_class, origins = proc.stdout.splitlines()
     return model_class, dict(zip(LIBRARY_NAMES, origins.split()))
