@@ -50,7 +50,13 @@ import time
 
 import sentiment
 from experiments import base, family_runs, paper_claims, plots, rl_runs
-from experiments.points import evaluate_point, run_points, train_cached, training_config
+from experiments.points import (
+    evaluate_point,
+    run_points,
+    train_cached,
+    training_config,
+    with_provenance,
+)
 from methods import reward_model
 
 # Six epochs per run over the ~500 pairs, evaluated every half epoch: long enough for beta to act
@@ -270,6 +276,7 @@ def run(out_dir="out/frontier", quick=False, log=print):
                                               out_dir, log) if "PPO" in best else []}
     claims["seeds"] = seed_spread(points, best, frontier_settings, base_seed)
     claims["left_out"] = {**left_out, **family_left_out}
+    points = with_provenance(points, out_dir)
     result = {"settings": {"base": settings, "frontier": frontier_settings}, "points": points,
               "claims": claims, "quick": quick, "wall_seconds": time.time() - start}
     write_outputs(result, out_dir, log)

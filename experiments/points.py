@@ -12,6 +12,7 @@ and a policy's point on the reward-KL plane (its samples on disk, cached).
 
 import dataclasses
 import glob
+import hashlib
 import json
 import os
 import time
@@ -130,6 +131,24 @@ def evaluate_point(name, method, setting, policy_path, prepared, frontier_settin
         f"{point['kl']:6.2f} +- {point['kl_ci95']:.2f}   fluency {point['fluency']:.3f} / "
         f"{point['bigram_fluency']:.3f}")
     return point
+
+
+def with_provenance(points, out_dir):
+    """`points` with what re-measuring each needs: "samples" (its samples file, relative to
+    out_dir), "samples_sha256" (that file's SHA-256) and "train_seed" (the training run's seed;
+    None for a point that trained nothing: the reference, Best-of-N). ValueError for a point whose
+    samples file is missing."""
+    annotated = []
+    for point in points:
+        samples = os.path.join("samples", f"{point['name']}.jsonl")
+        path = os.path.join(out_dir, samples)
+        if not os.path.isfile(path):
+            raise ValueError(f"point {point['name']}: no samples file {path}")
+        with open(path, "rb") as f:
+            digest = hashlib.sha256(f.read()).hexdigest()
+        annotated.append({**point, "train_seed": point.get("train_seed"), "samples": samples,
+                          "samples_sha256": digest})
+    return annotated
 
 
 def run_points(method, setting, run_dir, prepared, frontier_settings, out_dir, log, train_seed=None,

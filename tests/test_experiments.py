@@ -2,6 +2,7 @@
 the quick frontier end to end; the Unlikelihood stage and kept checkpoints through the command
 line."""
 
+import hashlib
 import json
 import math
 import os
@@ -113,7 +114,11 @@ def test_frontier_quick(tmp_path):
     assert final[betas[-1]]["kl"] < final[betas[0]]["kl"] + final[betas[0]]["kl_ci95"]
     for name in ("frontier.png", "family.png", "frontier.json", "temperature.png"):
         assert os.path.isfile(tmp_path / name), name
-    for p in points:  # every point's samples are on disk
+    for p in points:  # every point's samples are on disk, named with their SHA-256 in the point
+        with open(tmp_path / p["samples"], "rb") as f:
+            assert hashlib.sha256(f.read()).hexdigest() == p["samples_sha256"], p["name"]
+        trained = p["method"] not in ("reference", "Best-of-N (oracle)", "BoN-RM")
+        assert isinstance(p["train_seed"], int) if trained else p["train_seed"] is None, p["name"]
         with open(tmp_path / "samples" / f"{p['name']}.jsonl") as f:
             rows = [json.loads(line) for line in f]
         assert len(rows) == p["n_samples"], p["name"]
