@@ -13,6 +13,7 @@ text), `encode(allowed_special="all")` against its default (special tokens as to
 
 import copy
 import json
+import os
 import pickle
 import sys
 import unicodedata
@@ -43,7 +44,10 @@ LLAMA3_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{
                   r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
 QWEN2_PATTERN = LLAMA3_PATTERN.replace(r"\p{N}{1,3}", r"\p{N}")
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-CORPUS = (open("README.md", encoding="utf-8").read().splitlines()
+# the tokenizers' training text: a frozen copy of an earlier README (English prose, Markdown, code),
+# so that editing the README does not change the tokenizers these tests train
+CORPUS_FILE = os.path.join(os.path.dirname(__file__), "text_fixtures", "tokenizer_corpus.txt")
+CORPUS = (open(CORPUS_FILE, encoding="utf-8").read().splitlines()
           + ["Ça va? Très bien, naïve café. 日本語のテキストです。 😀👍🏽 İstanbul ſ",
              "x = [1, 22, 333, 4444, 55555];\n\n\tif x:\r\n        return 'it''s'"] * 20)
 # SmolLM2-Instruct's template, shortened: ChatML with a default system prompt
