@@ -42,7 +42,8 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from a checkout without installing the project
 
-from bench.shapes import MODELS, build, resident_bytes  # noqa: E402
+from bench.memory import rss_bytes  # noqa: E402
+from bench.shapes import MODELS, build  # noqa: E402
 
 METHODS = ("naive", "logits kernel", "fused linear")
 
@@ -82,7 +83,7 @@ def run_method(method, args, device):
     """Time `method`'s DPO steps; returns {"method", "step_ms", "tokens_per_s", "peak_mib",
     "loss"}."""
     import dpo
-    before = resident_bytes()
+    before = rss_bytes(peak=False)
     torch.manual_seed(0)
     model, shape = build(args.model, args.quick)
     model = model.to(device)
@@ -124,7 +125,7 @@ def run_method(method, args, device):
     if device.type == "cuda":
         peak = (torch.cuda.max_memory_allocated() - before) / 2**20
     else:  # this process runs this method alone (main): its own peak
-        peak = (resident_bytes("VmHWM") - before) / 2**20
+        peak = (rss_bytes(peak=True) - before) / 2**20
     return {"method": method, "step_ms": ms,
             "tokens_per_s": 2 * args.pairs * args.tokens / (ms / 1000), "peak_mib": peak,
             "loss": loss}

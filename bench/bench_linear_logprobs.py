@@ -6,7 +6,7 @@ Two parts (FLOP and byte counts: the docstring of logprob_kernels/linear_logprob
     log_softmax, gather) against the chunked torch path, at GPT-2 shapes (N = 2048 positions, d =
     768, V = 50257, fp32). Each method runs in a fresh subprocess (this script with --child): after
     a tiny warm-up call (one-time library set-up) and the setup of the inputs (no temporaries),
-    extra = peak resident set size after forward + backward (ru_maxrss; see rss_bytes) minus the
+    extra = peak resident set size after forward + backward (VmHWM; see bench/memory.py) minus the
     resident set size then. Both include the gradients (hidden and weight), reported apart as
     "gradients alone". The chunked path's figure includes 0.1-0.16 GB of freed chunks that glibc's
     malloc keeps resident (its mmap threshold adapts up to 32 MiB, the chunk's size);
@@ -42,7 +42,6 @@ import json
 import math
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -53,6 +52,8 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from a checkout without installing the project
+
+from bench.memory import rss_bytes  # noqa: E402
 
 # logprob_kernels (and through it triton) is imported inside the functions that use it: main() first
 # decides whether Triton runs on the GPU or in its CPU interpreter, and TRITON_INTERPRET must be set
@@ -109,19 +110,6 @@ def make_inputs(n: int, d: int, v: int, dtype: torch.dtype, device: str, rows: i
 
 
 # ----------------------------------------------------------------------------- (a) CPU memory
-
-def rss_bytes(peak: bool) -> int:
-    """Resident set size now, or its peak so far. On Linux from /proc/self/status (VmRSS, VmHWM):
-    ru_maxrss is the same peak but is carried over exec from the parent process, which makes a fresh
-    child's peak start at the parent's. Elsewhere ru_maxrss (KiB, bytes on macOS) stands for
-    both."""
-    if os.path.exists("/proc/self/status"):
-        with open("/proc/self/status") as f:
-            fields = dict(line.split(":", 1) for line in f)
-        return int(fields["VmHWM" if peak else "VmRSS"].split()[0]) * 1024
-    maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return maxrss if sys.platform == "darwin" else maxrss * 1024
-
 
 def child_memory(method: str, n: int, d: int, v: int, dtype: str) -> dict:
     """One forward + backward of `method` in this (fresh) process: extra peak RSS over the set-up

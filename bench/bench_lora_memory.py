@@ -43,7 +43,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from a checkout without installing the project
 
 import dpo  # noqa: E402
-from bench.shapes import MODELS, build, resident_bytes  # noqa: E402
+from bench.memory import rss_bytes  # noqa: E402
+from bench.shapes import MODELS, build  # noqa: E402
 from methods import orpo, simpo  # noqa: E402
 from plumbing import lora  # noqa: E402
 
@@ -94,7 +95,7 @@ def run_variant(name, args):
         torch.cuda.reset_peak_memory_stats()
         before = torch.cuda.memory_allocated()
     else:
-        before = resident_bytes()
+        before = rss_bytes(peak=False)
     torch.manual_seed(0)
     model, shape = build(args.model, args.quick)
     model = model.to(device)
@@ -140,7 +141,7 @@ def run_variant(name, args):
     if device.type == "cuda":
         peak = torch.cuda.max_memory_allocated() - before
     else:
-        peak = resident_bytes("VmHWM") - before
+        peak = rss_bytes(peak=True) - before
     return {"variant": name, "peak_bytes": peak, "step_ms": 1000 * sum(times[1:]) / 2,
             "trainable": lora.count_trainable(model),
             "parameters": sum(p.numel() for p in model.parameters()), "device": str(device)}

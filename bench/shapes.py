@@ -30,13 +30,3 @@ def build(name, quick=False):
     shape = QUICK[model_class] if quick else shape
     return model_class(config_class(**shape)), shape
 
-
-def resident_bytes(field="VmRSS"):
-    """This process's resident set now (VmRSS) or its own peak (VmHWM), from Linux's /proc (0 where
-    unavailable). VmHWM, not ru_maxrss: a child's ru_maxrss starts from its parent's peak."""
-    try:
-        with open("/proc/self/status") as f:
-            line = next(line for line in f if line.startswith(field + ":"))
-        return int(line.split()[1]) * 1024  # kB
-    except (OSError, StopIteration):
-        return 0
