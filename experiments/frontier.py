@@ -78,8 +78,8 @@ FULL = dict(betas=(0.03, 0.1, 0.3, 1.0, 3.0), dpo=dict(lr=2e-4, steps=96, batch_
                                       "KTO": dict(betas=(0.03, 0.1, 0.3)),
                                       "KTO 10%": dict(betas=(0.03, 0.1, 0.3),
                                                       desirable_fraction=0.1)},
-            family_checkpoints=4, train_seeds=(1338, 1339), seed_steps=(8, 48, 96), fresh_samples=4,
-            temperatures=(0.25, 0.5, 0.75, 1.0))
+            family_checkpoints=4, train_seeds=(1338, 1339), dpo_seeds=(1340, 1341),
+            perturbed_threads=1, fresh_samples=4, temperatures=(0.25, 0.5, 0.75, 1.0))
 QUICK = dict(FULL, betas=(0.03, 3.0), dpo=dict(FULL["dpo"], steps=24),
              preferred_ft=dict(FULL["preferred_ft"], steps=8),
              unlikelihood=dict(FULL["unlikelihood"], steps=8), checkpoints=2, best_of=(1, 4, 16),
@@ -90,8 +90,12 @@ QUICK = dict(FULL, betas=(0.03, 3.0), dpo=dict(FULL["dpo"], steps=24),
              rl_checkpoints=2, family_checkpoints=2,
              family={method: dict(own, betas=own["betas"][1:2])
                      for method, own in FULL["family"].items()},
-             train_seeds=(1338,),
-             seed_steps=(24,), fresh_samples=2, temperatures=(0.5, 1.0))
+             train_seeds=(1338,), dpo_seeds=(), fresh_samples=2, temperatures=(0.5, 1.0))
+
+
+# The method of the points of DPO's sweep trained again on frontier_settings["perturbed_threads"]
+# CPU threads (the frontier's own runs use torch's default): not drawn, compared seed by seed.
+PERTURBED = "DPO (threads perturbed)"
 
 
 def best_of_n_kl(rewards, n):
@@ -178,10 +182,9 @@ def run(out_dir="out/frontier", quick=False, log=print):
         os.makedirs(os.path.join(out_dir, sub), exist_ok=True)
     prepared = base.prepare(os.path.join(out_dir, "base"), settings, log=log)
     runs, checkpoints = os.path.join(out_dir, "runs"), frontier_settings["checkpoints"]
-    base_seed, seed_steps = prepared.settings["seed"], frontier_settings["seed_steps"]
+    base_seed = prepared.settings["seed"]
 
-    def trained_points(command, method, name, setting, run_settings, seed=base_seed, steps=None,
-                       **changes):
+    def trained_points(command, method, name, setting, run_settings, seed=base_seed, **changes):
         name += "" if seed == base_seed else f"-seed{seed}"
         cfg = training_config(command, os.path.join(runs, name), prepared, run_settings,
                               checkpoints, seed=seed,
@@ -189,7 +192,7 @@ def run(out_dir="out/frontier", quick=False, log=print):
         train_cached(command, cfg, log)
         return cfg, run_points(method, setting, cfg.out_dir, prepared, frontier_settings, out_dir,
                                log,
-                               train_seed=seed, steps=steps)
+                               train_seed=seed)
 
     points = [evaluate_point("reference", "reference", {}, None, prepared, frontier_settings,
                              out_dir, log)]
@@ -237,27 +240,44 @@ def run(out_dir="out/frontier", quick=False, log=print):
     points += [point for runs_of_method in family.values() for _, run in runs_of_method
                for point in run]
 
-    log("== each method's best setting, chosen on the training prompts, and more training seeds ==")
+    log("== each method's best setting, chosen on the training prompts ==")
     candidates = {"DPO": [({"beta": beta}, cfg) for beta, cfg in dpo_runs],
                   **{method: [({"kl_coef": cfg.kl_coef}, cfg) for cfg, _ in runs_of_method]
                      for method, runs_of_method in sweeps.items()},
                   **{method: [({"beta": cfg.beta}, cfg) for cfg, _ in runs_of_method]
                      for method, runs_of_method in family.items()}}
     best = paper_claims.best_settings(candidates, prepared, frontier_settings, out_dir, log)
-    for seed in frontier_settings["train_seeds"]:
+
+    log("== more training seeds: every setting again, at the same checkpoints; DPO's sweep with "
+        "five seeds ==")
+    dpo_seeds = (*frontier_settings["train_seeds"], *frontier_settings["dpo_seeds"])
+    for seed in dpo_seeds:
         for beta in frontier_settings["betas"]:
             points += trained_points("dpo", "DPO", f"dpo-beta{beta}", {"beta": beta},
-                                     frontier_settings["dpo"],
-                                     seed=seed, steps=seed_steps, beta=beta)[1]
-        for method in sweeps:
-            points += rl_runs.train_rl(method, best[method]["setting"]["kl_coef"], seed, prepared,
-                                       frontier_settings,
-                                       rm_path, runs, out_dir, log)[1]
-        for method in family:
-            points += family_runs.train_family(method, best[method]["setting"]["beta"], seed,
-                                               prepared,
-                                               frontier_settings, runs, out_dir, log,
-                                               steps=seed_steps)[1]
+                                     frontier_settings["dpo"], seed=seed, beta=beta)[1]
+    for seed in frontier_settings["train_seeds"]:
+        points += trained_points("sft", "Preferred-FT", "preferred-ft", {},
+                                 frontier_settings["preferred_ft"], seed=seed)[1]
+        points += trained_points("unlikelihood", "Unlikelihood", "unlikelihood",
+                                 {"alpha": unlikelihood["alpha"]}, unlikelihood, seed=seed,
+                                 unlikelihood_alpha=unlikelihood["alpha"])[1]
+        for method, runs_of_method in sweeps.items():
+            for cfg, _ in runs_of_method:
+                points += rl_runs.train_rl(method, cfg.kl_coef, seed, prepared, frontier_settings,
+                                           rm_path, runs, out_dir, log)[1]
+        for method, runs_of_method in family.items():
+            for cfg, _ in runs_of_method:
+                points += family_runs.train_family(method, cfg.beta, seed, prepared,
+                                                   frontier_settings, runs, out_dir, log)[1]
+
+    threads = frontier_settings["perturbed_threads"]
+    log(f"== DPO's sweep again on {threads} CPU thread(s): the same runs with the floating-point "
+        "sums in another order ==")
+    for seed in (base_seed, *dpo_seeds):
+        for beta in frontier_settings["betas"]:
+            points += trained_points("dpo", PERTURBED, f"dpo-beta{beta}-threads{threads}",
+                                     {"beta": beta}, frontier_settings["dpo"], seed=seed,
+                                     beta=beta, threads=threads)[1]
 
     log("== the paper's claims: the implicit reward as a reward model, temperature, cost ==")
     claims = {"best_settings": {method: {"setting": chosen["setting"],
@@ -274,7 +294,7 @@ def run(out_dir="out/frontier", quick=False, log=print):
                   prepared, frontier_settings["reward_model"], os.path.join(runs, "reward-model")),
                                               (base_seed, *frontier_settings["train_seeds"]),
                                               out_dir, log) if "PPO" in best else []}
-    claims["seeds"] = seed_spread(points, best, frontier_settings, base_seed)
+    claims["seeds"] = seed_spread(points)
     claims["left_out"] = {**left_out, **family_left_out}
     points = with_provenance(points, out_dir)
     result = {"settings": {"base": settings, "frontier": frontier_settings}, "points": points,
@@ -325,34 +345,31 @@ def pool_scores(rm_path, pool, prepared, out_dir):
     return scores
 
 
-def seed_spread(points, best, frontier_settings, base_seed):
-    """Per headline setting (each method's best, and every DPO beta at the seed steps): the final
-    point of every training seed, and the spread of reward and KL across seeds beside the sampling
-    intervals."""
-    seeds = (base_seed, *frontier_settings["train_seeds"])
-    headlines = [("DPO", {"beta": beta}) for beta in frontier_settings["betas"]]
-    headlines += [(method, best[method]["setting"]) for method in (*rl_runs.RL_METHODS,
-                                                                   *family_runs.FAMILY_METHODS)
-                  if method in best]
+def seed_spread(points):
+    """Per setting trained with more than one seed (every method's, and DPO's sweep on perturbed
+    threads) and per checkpoint: every seed's reward and KL beside its sampling interval, and the
+    range across seeds. Points of the training prompts or of another temperature are not
+    counted."""
+    groups = {}
+    for p in points:
+        if p.get("train_seed") is None or p.get("prompts") or p.get("temperature"):
+            continue
+        key = (p["method"], json.dumps(p["setting"], sort_keys=True), p["step"])
+        groups.setdefault(key, {})[p["train_seed"]] = p
     rows = []
-    for method, setting in headlines:
-        runs = [p for p in points if p["method"] == method and p["setting"] == setting
-                and p.get("prompts") is None
-                and p.get("temperature") is None]
-        for step in sorted({p["step"] for p in runs if p.get("train_seed") != base_seed} or
-                           {max(p["step"] for p in runs)}):
-            at_step = {p.get("train_seed"): p for p in runs if p["step"] == step}
-            if set(at_step) != set(seeds):
-                continue
-            per_seed = [at_step[seed] for seed in seeds]
-            rows.append({"method": method, "setting": setting, "step": step, "seeds": list(seeds),
-                         **{f"{key}_per_seed": [p[key] for p in per_seed] for key in ("reward",
-                                                                                      "kl")},
-                         **{f"{key}_ci95_per_seed": [p[key + "_ci95"] for p in per_seed]
-                            for key in ("reward", "kl")},
-                         **{f"{key}_range": [min(p[key] for p in per_seed),
-                                             max(p[key] for p in per_seed)]
-                            for key in ("reward", "kl")}})
+    for (method, setting, step), by_seed in groups.items():
+        if len(by_seed) < 2:
+            continue
+        seeds = sorted(by_seed)
+        per_seed = [by_seed[seed] for seed in seeds]
+        rows.append({"method": method, "setting": json.loads(setting), "step": step,
+                     "seeds": seeds,
+                     **{f"{key}_per_seed": [p[key] for p in per_seed] for key in ("reward", "kl")},
+                     **{f"{key}_ci95_per_seed": [p[key + "_ci95"] for p in per_seed]
+                        for key in ("reward", "kl")},
+                     **{f"{key}_range": [min(p[key] for p in per_seed),
+                                         max(p[key] for p in per_seed)]
+                        for key in ("reward", "kl")}})
     return rows
 
 

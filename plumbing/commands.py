@@ -18,6 +18,7 @@ their own. `train.py` is the command line. Under torchrun (plumbing/data_paralle
 runs run_training alike; rank 0 alone writes.
 """
 
+import contextlib
 import copy
 import dataclasses
 import functools
@@ -308,14 +309,34 @@ def kto_weights(cfg, examples, log=print):
     return cfg
 
 
+@contextlib.contextmanager
+def cpu_threads(count):
+    """torch's CPU threads set to `count` (--threads) inside the block, then set back; 0 leaves them
+    as they are."""
+    before = torch.get_num_threads()
+    if count > 0:  # a negative count is left to check_config's error
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def run_training(command, cfg, log=print):
-    """Run a training command (config.TRAINING_COMMANDS); returns (model, last held-out metrics).
+    """Run a training command (config.TRAINING_COMMANDS) on --threads CPU threads; returns (model,
+    last held-out metrics).
 
     Writes OUT_DIR/{config.json, metrics.jsonl, ckpt.pt} (loop.train) and OUT_DIR/hf/ (Hugging Face
     layout). For dpo the reference is a frozen copy of the --init model (or --reference-init); with
     --lora-rank it is the same network with its adapters off (no copy), ckpt.pt holds the adapters
     and hf/ the merged model. In a process group (torchrun) each process trains its share; rank 0
     writes and logs."""
+    with cpu_threads(cfg.threads):
+        return train_command(command, cfg, log)
+
+
+def train_command(command, cfg, log):
+    """run_training's work, on the threads it set."""
     # --batch-size is checked against it
     cfg = dataclasses.replace(cfg, world_size=data_parallel.world_size())
     check_config(command, cfg)
@@ -379,10 +400,16 @@ def run_training(command, cfg, log=print):
 
 
 def run_rl(command, cfg, log=print):
-    """PPO or RLOO of --init on the sentiment task's training prompts (methods/rlhf.py); returns
-    (policy, the last held-out metrics). The reward is --reward-model's score, or the ground truth
-    with --ground-truth-reward. Everything is checked and loaded before any sampling. Writes what
-    run_training writes, hf/ included."""
+    """PPO or RLOO of --init on the sentiment task's training prompts (methods/rlhf.py), on
+    --threads CPU threads; returns (policy, the last held-out metrics). The reward is
+    --reward-model's score, or the ground truth with --ground-truth-reward. Everything is checked
+    and loaded before any sampling. Writes what run_training writes, hf/ included."""
+    with cpu_threads(cfg.threads):
+        return rl_command(command, cfg, log)
+
+
+def rl_command(command, cfg, log):
+    """run_rl's work, on the threads it set."""
     check_config(command, cfg)
     tokenizer = data.get_tokenizer(cfg.tokenizer)
     policy = load_model(cfg.init)

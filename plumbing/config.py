@@ -411,6 +411,11 @@ class TrainConfig:
                              "N): not a flag, "
                              "set from the process group when training starts and "
                              "recorded in config.json", ())
+    threads: int = option("--threads", 0,
+                          "CPU threads torch uses while training (0 = torch's default, one per "
+                          "core); recorded in config.json: the thread count changes the order of "
+                          "floating-point sums, so a run is bit-for-bit repeatable only with the "
+                          "same count", TRAINING_COMMANDS + RL_COMMANDS)
     seed: int = option("--seed", 1337,
                        "seed of the data order, initialisation, dropout and sampling",
                        COMMAND_NAMES)
@@ -451,6 +456,7 @@ def check_values(cfg):
     for name in ("max_length", "max_prompt_length", "warmup_steps", "weight_decay",
                  "early_stop_patience", "num_prompts", "min_reward_gap"):
         need(0 <= getattr(cfg, name) < math.inf, name, "must be >= 0 and finite")
+    need(0 <= cfg.threads <= 4096, "threads", "must be between 0 (torch's default) and 4096")
     need(0 <= cfg.seed < 2**32, "seed",
          "must be in [0, 2**32): the generators of torch, numpy and python take it")
     need(0 < cfg.heldout_fraction < 1, "heldout_fraction", "must be between 0 and 1")
