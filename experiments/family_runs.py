@@ -19,7 +19,10 @@ points are cached like the DPO rows. A method whose loss is still a stub (the co
 copy: A1's extra credit) is left out, and the frontier says so.
 """
 
+import glob
+import json
 import os
+import statistics
 
 from experiments import points
 
@@ -80,3 +83,20 @@ def family_sweeps(prepared, frontier_settings, runs_dir, out_dir, log):
             left_out[method] = str(e)
             log(f"{method}: left out of the frontier, its loss is not written yet ({e})")
     return sweeps, left_out
+
+
+def kto_reference_points(runs_dir):
+    """Per KTO run in runs_dir (KTO and KTO 10%, every beta and seed): how often the KL estimate
+    from mismatched pairs, whose positive part is the reference point z0, was positive over the
+    training steps, and its median (from each run's metrics.jsonl)."""
+    rows = []
+    for path in sorted(glob.glob(os.path.join(runs_dir, "kto-*", "config.json"))):
+        with open(path) as f:
+            cfg = json.load(f)
+        with open(os.path.join(os.path.dirname(path), "metrics.jsonl")) as f:
+            estimates = [row["kl"] for row in map(json.loads, f) if row["split"] == "train"]
+        rows.append({"method": "KTO 10%" if cfg["desirable_fraction"] < 1 else "KTO",
+                     "beta": cfg["beta"], "seed": cfg["seed"], "steps": len(estimates),
+                     "positive_steps": sum(e > 0 for e in estimates),
+                     "median": statistics.median(estimates)})
+    return rows

@@ -46,10 +46,13 @@ temperature.png.
 import json
 import math
 import os
+import platform
 import time
 
+import torch
+
 import sentiment
-from experiments import base, family_runs, paper_claims, plots, rl_runs
+from experiments import base, family_runs, paper_claims, plots, rl_runs, verdicts
 from experiments.points import (
     evaluate_point,
     run_points,
@@ -91,11 +94,6 @@ QUICK = dict(FULL, betas=(0.03, 3.0), dpo=dict(FULL["dpo"], steps=24),
              family={method: dict(own, betas=own["betas"][1:2])
                      for method, own in FULL["family"].items()},
              train_seeds=(1338,), dpo_seeds=(), fresh_samples=2, temperatures=(0.5, 1.0))
-
-
-# The method of the points of DPO's sweep trained again on frontier_settings["perturbed_threads"]
-# CPU threads (the frontier's own runs use torch's default): not drawn, compared seed by seed.
-PERTURBED = "DPO (threads perturbed)"
 
 
 def best_of_n_kl(rewards, n):
@@ -270,12 +268,14 @@ def run(out_dir="out/frontier", quick=False, log=print):
                 points += family_runs.train_family(method, cfg.beta, seed, prepared,
                                                    frontier_settings, runs, out_dir, log)[1]
 
-    threads = frontier_settings["perturbed_threads"]
-    log(f"== DPO's sweep again on {threads} CPU thread(s): the same runs with the floating-point "
-        "sums in another order ==")
+    default_threads, threads = torch.get_num_threads(), frontier_settings["perturbed_threads"]
+    if threads == default_threads:  # one core, or a test worker's one thread: another count
+        threads += 1
+    log(f"== DPO's sweep again on {threads} CPU thread(s) instead of {default_threads}: the same "
+        "runs with the floating-point sums in another order ==")
     for seed in (base_seed, *dpo_seeds):
         for beta in frontier_settings["betas"]:
-            points += trained_points("dpo", PERTURBED, f"dpo-beta{beta}-threads{threads}",
+            points += trained_points("dpo", verdicts.PERTURBED, f"dpo-beta{beta}-threads{threads}",
                                      {"beta": beta}, frontier_settings["dpo"], seed=seed,
                                      beta=beta, threads=threads)[1]
 
@@ -295,12 +295,32 @@ def run(out_dir="out/frontier", quick=False, log=print):
                                               (base_seed, *frontier_settings["train_seeds"]),
                                               out_dir, log) if "PPO" in best else []}
     claims["seeds"] = seed_spread(points)
+    claims["threads"] = {"default": default_threads, "perturbed": threads}
+    claims["kto_reference_point"] = (family_runs.kto_reference_points(runs) if "KTO" in family
+                                     else [])
     claims["left_out"] = {**left_out, **family_left_out}
+    claims["verdicts"] = verdicts.frontier_claims({"settings": {"base": settings,
+                                                                "frontier": frontier_settings},
+                                                   "points": points, "claims": claims})
     points = with_provenance(points, out_dir)
     result = {"settings": {"base": settings, "frontier": frontier_settings}, "points": points,
-              "claims": claims, "quick": quick, "wall_seconds": time.time() - start}
+              "claims": claims, "quick": quick, "machine": machine(),
+              "wall_seconds": time.time() - start}
     write_outputs(result, out_dir, log)
     return result
+
+
+def machine():
+    """What the numbers depend on beyond the seeds: the CPU, the platform, torch's version and its
+    default thread count (runs differ in their last bits between machines, and then diverge)."""
+    cpu = platform.processor()
+    if os.path.isfile("/proc/cpuinfo"):
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f
+                        if line.startswith("model name")), cpu)
+    return {"cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform(),
+            "python": platform.python_version(), "torch": torch.__version__,
+            "threads": torch.get_num_threads()}
 
 
 def write_outputs(result, out_dir, log):

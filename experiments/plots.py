@@ -264,7 +264,7 @@ def plot_study(result, path):
     ax_e.set(ylabel="ground-truth reward", title="(e) the base's quality")
     ax_e.legend(fontsize=8)
 
-    reward_vs_kl(ax_f, result["f_self_labelling"], "(f) self-labelling: a second DPO round")
+    reward_vs_kl(ax_f, result["f_second_round"], "(f) a second DPO round, labelled by the truth")
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)

@@ -25,12 +25,12 @@ interval) plus its win rate against the reference's samples of the same prompt a
     peaks coincide (the BTLM-Chat DPO study, Figures 3-4)?
 (e) The base's quality: the same DPO from a base pre-trained 5x fewer steps (with its own pairs,
     sampled from it, as the pipeline would make them).
-(f) Self-labelling (the paper's open question): pairs sampled from the round-1 policy (the run of
-    (a)) and labelled by the ground-truth reward, then a second round of DPO from it, with the
-    round-1 policy as the
-    reference (iterative DPO's choice: the KL is measured from the model whose samples made the
-    pairs) and, for comparison, with the base as the reference. Control: the same number of steps on
-    the original pairs.
+(f) A second round labelled by an oracle: pairs sampled from the round-1 policy (the run of (a))
+    and labelled by the ground-truth reward, then a second round of DPO from it (iterative DPO with
+    an oracle as the labeller, not the paper's open question of self-labelling, where the policy
+    labels its own samples), with the round-1 policy as the reference (iterative DPO's choice: the
+    KL is measured from the model whose samples made the pairs) and, for comparison, with the base
+    as the reference. Control: the same number of steps on the original pairs.
 
 Outputs in OUT_DIR: study.json (settings, and per question its rows), study.png (one panel per
 question), runs/ (each run's config.json, metrics.jsonl, checkpoints), samples/NAME.jsonl (prompt,
@@ -233,7 +233,7 @@ def forgetting(prepared, study_settings, out_dir, log):
 
 
 # -----------------------------------------------------------------------------
-# (d) early stopping, (e) a weaker base, (f) self-labelling
+# (d) early stopping, (e) a weaker base, (f) a second round labelled by an oracle
 
 def early_stopping(prepared, study_settings, out_dir, log):
     """(d): every checkpoint of one long run, with its held-out accuracy/loss and sampled win
@@ -311,8 +311,9 @@ def round2_pairs(policy_path, prepared, study_settings, out_dir, log):
     return paths
 
 
-def self_labelling(prepared, study_settings, out_dir, log, round1, early):
-    """(f): a second DPO round on the round-1 policy's own labelled samples, against two references.
+def oracle_second_round(prepared, study_settings, out_dir, log, round1, early):
+    """(f): a second DPO round on the round-1 policy's samples labelled by the ground truth (an
+    oracle), against two references.
 
     round1: (a)'s full DPO row (its run is round 1); early: (d)'s result, whose checkpoint at twice
     round 1's steps is the control (the same number of DPO steps, all on the original pairs)."""
@@ -377,9 +378,9 @@ def run(out_dir="out/study", quick=False, log=print, train_seed=None, base_dir=N
     log("== (e) a weaker base ==")
     result["e_base_quality"] = weaker_base(prepared, study_settings, out_dir, base_dir, log,
                                            runs_ab[0])
-    log("== (f) self-labelling: a second round on the round-1 policy's own samples ==")
-    result["f_self_labelling"] = self_labelling(prepared, study_settings, out_dir, log, runs_ab[0],
-                                                result["d_early_stopping"])
+    log("== (f) a second round on the round-1 policy's samples, labelled by the ground truth ==")
+    result["f_second_round"] = oracle_second_round(prepared, study_settings, out_dir, log,
+                                                   runs_ab[0], result["d_early_stopping"])
     result["wall_seconds"] = time.time() - start
     with open(os.path.join(out_dir, "study.json"), "w") as f:
         json.dump(result, f, indent=2)
@@ -445,7 +446,7 @@ def seed_claims(result):
     weak_gain = weak["reward"] - weak["reference_reward"]
     claims["e: the weaker base's gain over the stronger's"] = weak_gain / (
         strong["reward"] - strong["reference_reward"])
-    rounds = {row["setting"].get("reference"): row for row in result["f_self_labelling"]
+    rounds = {row["setting"].get("reference"): row for row in result["f_second_round"]
               if row.get("setting")}
     if {"round 1", "base"} <= rounds.keys():
         claims["f: KL from the base, reference = base over reference = round 1"] = \
@@ -520,10 +521,11 @@ def format_study(result):
                      f"{x['reference_reward']:+.3f} +- {x['reference_reward_ci95']:.3f} "
                      f"{_pm(x, 'reward', sign='+')} {_pm(x, 'kl', 2):>14} "
                      f"{_pm(x, 'bigram_fluency')} {_pm(x, 'win_rate')}")
-    lines += ["", "(f) self-labelling (KL against the base; 'KL to round 1' for round 2)",
+    lines += ["", "(f) a second round labelled by the ground truth (KL against the base; 'KL to "
+              "round 1' for round 2)",
               f"{'run':<62} {'reward':>15} {'KL':>14} {'KL to round 1':>14} {'bigram fl.':>14} "
               f"{'win rate':>14}"]
-    for x in result["f_self_labelling"]:
+    for x in result["f_second_round"]:
         to_round1 = _pm(x, "kl_to_round1", 2) if "kl_to_round1" in x else ""
         lines.append(f"{x['method']:<62} {_pm(x, 'reward', sign='+')} {_pm(x, 'kl', 2):>14} "
                      f"{to_round1:>14} {_pm(x, 'bigram_fluency')} {_pm(x, 'win_rate')}")

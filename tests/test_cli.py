@@ -132,6 +132,8 @@ USER_ERRORS = [
     ("dpo --init {init} --data {prefs} --max-prompt-length 1000000000000",
      "--max-prompt-length 1000000000000: "
      "must be below --max-length 64"),
+    ("dpo --init {init} --data {prefs} --threads -1",
+     "--threads -1: must be between 0 (torch's default) and 4096"),
     ("dpo --init {init} --data {prefs} --weight-decay inf",
      "--weight-decay inf: must be >= 0 and finite"),
     ("dpo --init {init} --data {prefs} --device cpu:1",

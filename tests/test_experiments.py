@@ -13,7 +13,7 @@ import torch
 
 import data
 import train
-from experiments import family_runs, frontier
+from experiments import family_runs, frontier, verdicts
 
 
 def test_best_of_n_kl_hand_derived():
@@ -148,9 +148,18 @@ def test_frontier_quick(tmp_path):
     assert [row["method"] for row in claims["cost"]] == ["DPO", "PPO"]
     assert claims["cost"][1]["tokens_sampled"] > 0 == claims["cost"][0]["tokens_sampled"]
     assert len(claims["secretly_a_reward_model"]) == 1 + len(frontier.QUICK["betas"])
-    for row in claims["seeds"]:  # every headline setting with every training seed
+    for row in claims["seeds"]:  # every setting, at every checkpoint, with every training seed
         assert len(row["reward_per_seed"]) == 1 + len(frontier.QUICK["train_seeds"]), row
-    assert {row["method"] for row in claims["seeds"]} >= {"SimPO", "ORPO", "KTO", "KTO 10%"}
+    assert {row["method"] for row in claims["seeds"]} == {
+        "DPO", "Preferred-FT", "Unlikelihood", "PPO", "PPO-GT", "RLOO", "SimPO", "ORPO", "KTO",
+        "KTO 10%", verdicts.PERTURBED}
+    assert {row["step"] for row in claims["seeds"] if row["method"] == "DPO"} == {12, 24}
+    # the KL estimate of every KTO run (2 methods x 2 seeds), and the claims with their verdicts
+    assert [row["steps"] for row in claims["kto_reference_point"]] == [24] * 4
+    assert {v["id"] for v in claims["verdicts"]} >= {"tie_near_one_nat", "dpo_passes_ppo",
+                                                     "kl_falls_with_beta",
+                                                     "threads_within_intervals", "kto_ceiling"}
+    assert claims["verdicts"] == verdicts.frontier_claims(result)
     assert claims["left_out"] == {}
     log.clear()
     again = frontier.run(out_dir=str(tmp_path), quick=True, log=log.append)  # everything cached
@@ -193,7 +202,7 @@ def test_study_quick(tmp_path):
     e = result["e_base_quality"]
     assert e[1]["pretrain_steps"] < e[0]["pretrain_steps"]
     assert e[1]["base_heldout_lm_loss"] > e[0]["base_heldout_lm_loss"]
-    f = result["f_self_labelling"]
+    f = result["f_second_round"]
     assert [r["method"] for r in f][:3] == ["round 1 (the run of (a))",
                                             "round 2, reference = round-1 policy",
                                             "round 2, reference = base"]

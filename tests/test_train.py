@@ -387,6 +387,30 @@ def test_fresh_model_runs_are_reproducible(tmp_path):
         torch.testing.assert_close(states[0][name], states[1][name], rtol=0, atol=0, msg=name)
 
 
+def test_threads_are_set_for_the_run_recorded_and_set_back(tmp_path, monkeypatch):
+    """--threads N trains on N CPU threads (the loop sees N), config.json records it, and the
+    caller's thread count is restored afterwards (the frontier trains many runs in one process)."""
+    from plumbing import commands
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("a short corpus for a thread check. " * 100)
+    seen, loop_train = [], commands.train
+
+    def spy(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return loop_train(*args, **kwargs)
+
+    monkeypatch.setattr(commands, "train", spy)
+    before = torch.get_num_threads()
+    wanted = 2 if before == 1 else 1
+    assert train.main(["pretrain", "--data", str(corpus), "--out-dir", str(tmp_path / "run"),
+                       "--steps", "1", "--n-layer", "1", "--n-head", "2", "--n-embd", "16",
+                       "--block-size", "32", "--batch-size", "4", "--threads", str(wanted)]) == 0
+    assert seen == [wanted] and torch.get_num_threads() == before
+    with open(tmp_path / "run" / "config.json") as f:
+        assert json.load(f)["threads"] == wanted
+
+
 def test_precomputed_reference_sees_what_the_policy_sees_under_bf16(tmp_path):
     """Under bf16 autocast the precomputed reference agrees with the live one and step 0's loss is
     log 2.
