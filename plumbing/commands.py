@@ -323,15 +323,16 @@ def cpu_threads(count):
 
 
 def run_training(command, cfg, log=print):
-    """Run a training command (config.TRAINING_COMMANDS) on --threads CPU threads; returns (model,
-    last held-out metrics).
+    """Run a training command (config.TRAINING_COMMANDS) on --threads CPU threads (0: torch's
+    default; under torchrun, the cores shared among the node's processes); returns (model, last
+    held-out metrics).
 
     Writes OUT_DIR/{config.json, metrics.jsonl, ckpt.pt} (loop.train) and OUT_DIR/hf/ (Hugging Face
     layout). For dpo the reference is a frozen copy of the --init model (or --reference-init); with
     --lora-rank it is the same network with its adapters off (no copy), ckpt.pt holds the adapters
     and hf/ the merged model. In a process group (torchrun) each process trains its share; rank 0
     writes and logs."""
-    with cpu_threads(cfg.threads):
+    with cpu_threads(cfg.threads or data_parallel.cpu_threads_per_process()):
         return train_command(command, cfg, log)
 
 

@@ -413,7 +413,8 @@ class TrainConfig:
                              "recorded in config.json", ())
     threads: int = option("--threads", 0,
                           "CPU threads torch uses while training (0 = torch's default, one per "
-                          "core); recorded in config.json: the thread count changes the order of "
+                          "core; under torchrun, the cores shared among the node's processes); "
+                          "recorded in config.json: the thread count changes the order of "
                           "floating-point sums, so a run is bit-for-bit repeatable only with the "
                           "same count", TRAINING_COMMANDS + RL_COMMANDS)
     seed: int = option("--seed", 1337,

@@ -59,6 +59,14 @@ def is_main():
     return rank() == 0
 
 
+def cpu_threads_per_process():
+    """The CPU threads each process gets by default (--threads 0): under torchrun with several
+    processes on this node, the machine's cores shared among them (torchrun itself leaves each one
+    thread); 0 (torch's default, one per core) for a single process."""
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    return max(1, (os.cpu_count() or 1) // local) if local > 1 else 0
+
+
 def main_only(log):
     """`log` on rank 0, a function that prints nothing on the other ranks."""
     return log if is_main() else (lambda *args, **kwargs: None)

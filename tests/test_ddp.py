@@ -138,3 +138,16 @@ def test_batch_size_must_be_shared_evenly(tmp_path, inputs):
                                    f"error: rank 1: {message}: each process takes an equal "
                                    "share of every step"])
     assert not out.exists()
+
+
+def test_each_torchrun_process_gets_its_share_of_the_cores(monkeypatch):
+    """--threads 0 under torchrun: the node's cores divided among its processes (at least one);
+    a single process keeps torch's default (0)."""
+    from plumbing import data_parallel
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 16)
+    for processes, threads in (("1", 0), ("2", 8), ("3", 5), ("32", 1)):
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", processes)
+        assert data_parallel.cpu_threads_per_process() == threads, processes
+    monkeypatch.delenv("LOCAL_WORLD_SIZE")
+    assert data_parallel.cpu_threads_per_process() == 0
