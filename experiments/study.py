@@ -53,7 +53,7 @@ import torch
 import data
 import logprob_kernels
 import sentiment
-from experiments import base, plots, points
+from experiments import base, plots, points, verdicts
 from plumbing import commands, lora
 from plumbing.checkpoint import load_model
 from plumbing.config import lora_targets, resolve_lengths
@@ -394,7 +394,7 @@ def run_seeds(out_dir="out/study", quick=False, seeds=(), log=print):
     """The study again with other training seeds (OUT_DIR/seedN, sharing OUT_DIR's base models), and
     what each of its claims measures on every seed, beside the base seed's run in OUT_DIR (which
     must be there). Returns and writes OUT_DIR/seeds.json: {"seeds": [...], "claims": [one dict per
-    seed]}."""
+    seed], "verdicts": each claim's verdict over the seeds (experiments/verdicts.study_claims)}."""
     with open(os.path.join(out_dir, "study.json")) as f:
         results = [json.load(f)]
     for seed in seeds:
@@ -403,6 +403,7 @@ def run_seeds(out_dir="out/study", quick=False, seeds=(), log=print):
                            base_dir=out_dir))
     base_seed = results[0]["settings"]["base"]["seed"]
     summary = {"seeds": [base_seed, *seeds], "claims": [seed_claims(result) for result in results]}
+    summary["verdicts"] = verdicts.study_claims(summary)
     with open(os.path.join(out_dir, "seeds.json"), "w") as f:
         json.dump(summary, f, indent=2)
     log(format_seed_claims(summary))
