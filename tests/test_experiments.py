@@ -225,3 +225,8 @@ def test_study_quick(tmp_path):
     # another run
     assert seeds["claims"][1]["b: largest train-loss gap fp32 / bf16"] != gap["max_train_loss_gap"]
     assert os.path.isfile(tmp_path / "seeds.json")
+    # every claim with its verdict over the two seeds: yes/no claims counted, numbers measured
+    assert [v["claim"][1] for v in seeds["verdicts"]] == [k[0] for k in seeds["claims"][0]]
+    assert {v["verdict"] for v in seeds["verdicts"]} - {"measured"} <= {
+        "holds on 2 of 2 seeds", "fails on 1 of 2 seeds (1337)", "fails on 1 of 2 seeds (1338)",
+        "fails on all 2 seeds"}
