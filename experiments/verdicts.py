@@ -27,6 +27,7 @@ import json
 import os
 import re
 import sys
+import textwrap
 
 # The method of the points of DPO's sweep trained again on frontier_settings["perturbed_threads"]
 # CPU threads (the frontier's own runs use torch's default): not drawn, compared seed by seed.
@@ -60,11 +61,15 @@ def reference(points):
 
 def envelope(points, start):
     """The upper envelope of `points` and `start` (the reference) on the reward-KL plane: [(kl,
-    reward, ci)] by increasing KL, each point beating every point of smaller KL."""
+    reward, ci)] by increasing KL, each point beating every point of smaller KL, then flat to the
+    largest KL of any point (the best reward reached within that KL)."""
     kept = []
     for p in sorted([start, *points], key=lambda p: (p["kl"], -p["reward"])):
         if not kept or p["reward"] > kept[-1][1]:
             kept.append((max(p["kl"], 0.0), p["reward"], p["reward_ci95"]))
+    farthest = max(p["kl"] for p in [start, *points])
+    if farthest > kept[-1][0]:
+        kept.append((farthest, kept[-1][1], kept[-1][2]))
     return kept
 
 
@@ -638,8 +643,14 @@ def render(verdicts, page):
             continue
         details = "; ".join(row["detail"] for row in v["per_seed"])
         rule = "" if v["verdict"] == "measured" else f" Rule: {v['rule']}."
-        lines.append(f"* **{v['claim']}**: {v['verdict']}.{rule} {details}.")
+        lines.append(wrap(f"* **{v['claim']}**: {v['verdict']}.{rule} {details}."))
     return "\n".join(lines) + "\n"
+
+
+def wrap(line):
+    """A markdown bullet wrapped at 100 columns, its continuation lines indented by two."""
+    return textwrap.fill(line, width=100, subsequent_indent="  ", break_on_hyphens=False,
+                         break_long_words=False)
 
 
 # The claims the README summarises (its `<!-- verdicts:summary -->` block): claim and verdict only.
@@ -650,8 +661,8 @@ SUMMARY = ("tie_near_one_nat", "dpo_passes_ppo", "oracle_ahead_of_dpo", "same_st
 
 def render_summary(verdicts):
     by_id = {v["id"]: v for v in verdicts}
-    return "".join(f"* {by_id[cid]['claim']}: {by_id[cid]['verdict']}.\n" for cid in SUMMARY
-                   if cid in by_id)
+    return "".join(wrap(f"* {by_id[cid]['claim']}: {by_id[cid]['verdict']}.") + "\n"
+                   for cid in SUMMARY if cid in by_id)
 
 
 def rewrite(text, verdicts):
