@@ -14,6 +14,7 @@ import torch
 import data
 import train
 from experiments import family_runs, frontier, verdicts
+from plumbing.checkpoint import load_checkpoint
 
 
 def test_best_of_n_kl_hand_derived():
@@ -160,6 +161,16 @@ def test_frontier_quick(tmp_path):
                                                      "kl_falls_with_beta",
                                                      "threads_within_intervals", "kto_ceiling"}
     assert claims["verdicts"] == verdicts.frontier_claims(result)
+    # the sweep again on another thread count: the same run with its sums in another order, so its
+    # weights differ in their last bits; the verdict reports how far the endpoints moved
+    threads = claims["threads"]
+    assert threads["perturbed"] != threads["default"]
+    default, perturbed = (load_checkpoint(str(runs / name))["model"]
+                          for name in ("dpo-beta3.0", f"dpo-beta3.0-threads{threads['perturbed']}"))
+    assert any(not torch.equal(default[key], perturbed[key]) for key in default)
+    moved = next(v for v in claims["verdicts"] if v["id"] == "threads_within_intervals")
+    assert [row["beta"] for row in moved["per_seed"]] == list(frontier.QUICK["betas"])
+    assert all(0 <= move < 0.5 for row in moved["per_seed"] for move in row["kl_moves"]), moved
     assert claims["left_out"] == {}
     log.clear()
     again = frontier.run(out_dir=str(tmp_path), quick=True, log=log.append)  # everything cached

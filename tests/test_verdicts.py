@@ -143,8 +143,10 @@ def json_numbers(value):
     if isinstance(value, (int, float)):
         yield float(value)
     elif isinstance(value, dict):
-        for item in value.values():
+        for key, item in value.items():
             yield from json_numbers(item)
+            if key.endswith("bytes") and isinstance(item, (int, float)):
+                yield item / 2**20  # written in MiB
     elif isinstance(value, list):
         for item in value:
             yield from json_numbers(item)
