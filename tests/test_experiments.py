@@ -95,7 +95,8 @@ def test_frontier_quick(tmp_path):
     points = result["points"]
     methods = {p["method"] for p in points}
     assert methods == {"reference", "DPO", "Preferred-FT", "Unlikelihood", "Best-of-N (oracle)",
-                       "BoN-RM", "PPO", "PPO-GT", "RLOO", "SimPO", "ORPO", "KTO", "KTO 10%"}
+                       "BoN-RM", "PPO", "PPO-GT", "RLOO", "SimPO", "ORPO", "KTO", "KTO 10%",
+                       verdicts.PERTURBED}
     for p in points:
         for key in ("reward", "reward_ci95", "kl", "kl_ci95", "fluency", "fluency_ci95",
                     "bigram_fluency"):

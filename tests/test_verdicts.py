@@ -111,7 +111,10 @@ def test_the_readme_summarises_the_committed_verdicts(committed):
 def test_the_a5_answer_key_quotes_the_committed_frontier(committed):
     """The instructor's answer key cites the frontier's claims: each signed reward and each KL it
     writes is written so in the committed verdicts."""
-    with open(os.path.join(REPO, "course", "handouts", "A5_answer_key.md")) as f:
+    path = os.path.join(REPO, "course", "handouts", "A5_answer_key.md")
+    if not os.path.isfile(path):  # the course kit's student copy leaves the answer key out
+        pytest.skip("no A5 answer key in the course kit's student copy")
+    with open(path) as f:
         text = f.read()
     quoted = "".join(verdicts.render(committed["claims"]["verdicts"], page) for page in PAGES)
     tokens = re.findall(r"[+−-]0\.\d+|\d+\.\d+(?= nats)", text)
