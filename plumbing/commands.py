@@ -314,8 +314,10 @@ def cpu_threads(count):
     """torch's CPU threads set to `count` (--threads) inside the block, then set back; 0 leaves them
     as they are."""
     before = torch.get_num_threads()
-    if count > 0:  # a negative count is left to check_config's error
-        torch.set_num_threads(count)
+    if count <= 0 or count == before:  # nothing to change (a negative count: check_config's error)
+        yield
+        return
+    torch.set_num_threads(count)
     try:
         yield
     finally:
