@@ -185,34 +185,33 @@ def dpo_passes_ppo(points):
                  "(any κ, any checkpoint)", rows)
 
 
-def oracle_ahead_of_dpo(points):
-    seeds = seeds_of(points, "DPO", "PPO-GT")
-    dpo = method_frontiers(points, "DPO", seeds)
+def best_point_against(points, method, other, wanted, label, keys):
+    """Rows for claim(): on each seed both methods have, `method`'s best point (any setting, any
+    checkpoint) against `other`'s envelope read at its KL; a row holds when compare(best, envelope)
+    is one of `wanted`. label: how the detail names the best point; keys: the row's keys for the
+    two rewards."""
+    seeds = seeds_of(points, other, method)
+    frontiers = method_frontiers(points, other, seeds)
     rows = []
     for seed in seeds:
-        best = max(trained(points, "PPO-GT", seed), key=lambda p: p["reward"])
-        a, b = (best["reward"], best["reward_ci95"]), read(dpo[seed], best["kl"])
+        best = max(trained(points, method, seed), key=lambda p: p["reward"])
+        a, b = (best["reward"], best["reward_ci95"]), read(frontiers[seed], best["kl"])
         outcome = None if b is None else compare(a, b)
-        rows.append({"seed": seed, "holds": outcome == "ahead", "ppo_gt": a, "kl": best["kl"],
-                     "dpo": b, "detail": f"{seed}: PPO-GT {r(a)} at {best['kl']:.2f} nats, DPO "
-                     + (r(b) if b else "does not reach that KL")})
+        rows.append({"seed": seed, "holds": outcome in wanted, keys[0]: a, "kl": best["kl"],
+                     keys[1]: b, "detail": f"{seed}: {label} {r(a)} at {best['kl']:.2f} nats, "
+                     f"{other} " + (r(b) if b else "does not reach that KL")})
+    return rows
+
+
+def oracle_ahead_of_dpo(points):
+    rows = best_point_against(points, "PPO-GT", "DPO", ("ahead",), "PPO-GT", ("ppo_gt", "dpo"))
     return claim("oracle_ahead_of_dpo", "frontier",
                  "PPO-GT (PPO on the ground truth, the oracle) is ahead of DPO at its KL",
                  "per seed, PPO-GT's best point against DPO's envelope at its KL: apart", rows)
 
 
 def rloo_not_past_ppo(points):
-    seeds = seeds_of(points, "RLOO", "PPO")
-    ppo = method_frontiers(points, "PPO", seeds)
-    rows = []
-    for seed in seeds:
-        best = max(trained(points, "RLOO", seed), key=lambda p: p["reward"])
-        a, b = (best["reward"], best["reward_ci95"]), read(ppo[seed], best["kl"])
-        outcome = None if b is None else compare(a, b)
-        rows.append({"seed": seed, "holds": outcome in ("tie", "behind"), "rloo": a,
-                     "kl": best["kl"], "ppo": b,
-                     "detail": f"{seed}: RLOO {r(a)} at {best['kl']:.2f} nats, PPO "
-                     + (r(b) if b else "does not reach that KL")})
+    rows = best_point_against(points, "RLOO", "PPO", ("tie", "behind"), "RLOO", ("rloo", "ppo"))
     return claim("rloo_not_past_ppo", "frontier",
                  "RLOO, without a value model, gets no further than PPO at the same KL",
                  "per seed, RLOO's best point against PPO's envelope at its KL: tie or behind",
@@ -220,17 +219,8 @@ def rloo_not_past_ppo(points):
 
 
 def baseline_within_dpo(points, method, cid, text):
-    seeds = seeds_of(points, "DPO", method)
-    dpo = method_frontiers(points, "DPO", seeds)
-    rows = []
-    for seed in seeds:
-        best = max(trained(points, method, seed), key=lambda p: p["reward"])
-        a, b = (best["reward"], best["reward_ci95"]), read(dpo[seed], best["kl"])
-        outcome = None if b is None else compare(b, a)
-        rows.append({"seed": seed, "holds": outcome in ("tie", "ahead"), method: a,
-                     "kl": best["kl"], "dpo": b,
-                     "detail": f"{seed}: {method}'s best {r(a)} at {best['kl']:.2f} nats, DPO "
-                     + (r(b) if b else "does not reach that KL")})
+    rows = best_point_against(points, method, "DPO", ("tie", "behind"), f"{method}'s best",
+                              (method, "dpo"))
     return claim(cid, "frontier", text, f"per seed, {method}'s best point against DPO's envelope "
                  "at its KL: DPO ties or is ahead", rows)
 
@@ -511,16 +501,7 @@ def ppo_costs_more_time(claims, seeds, factor=2.0):
 # DPO's family (docs/family.md)
 
 def family_against_dpo(points, method, wanted, cid, text):
-    seeds = seeds_of(points, "DPO", method)
-    dpo = method_frontiers(points, "DPO", seeds)
-    rows = []
-    for seed in seeds:
-        best = max(trained(points, method, seed), key=lambda p: p["reward"])
-        a, b = (best["reward"], best["reward_ci95"]), read(dpo[seed], best["kl"])
-        outcome = None if b is None else compare(a, b)
-        rows.append({"seed": seed, "holds": outcome in wanted, method: a, "kl": best["kl"],
-                     "dpo": b, "detail": f"{seed}: {method}'s best {r(a)} at {best['kl']:.2f} nats"
-                     + (f", DPO {r(b)}" if b else ", DPO does not reach that KL")})
+    rows = best_point_against(points, method, "DPO", wanted, f"{method}'s best", (method, "dpo"))
     return claim(cid, "family", text, f"per seed, {method}'s best point (any β, any checkpoint) "
                  f"against DPO's envelope at its KL: {' or '.join(wanted)}", rows)
 
