@@ -33,6 +33,7 @@ How loop.py uses them:
 """
 
 import contextlib
+import gc
 import os
 
 import torch
@@ -101,8 +102,13 @@ def process_group(device="auto"):
                           f"with torchrun): {e}") from e
     try:
         yield
+        # every rank tears the group down together, once rank 0 has written its files: a rank that
+        # left early while the others still held their connections aborted at exit, rarely, with
+        # "terminate called without an active exception" (gloo, 2 processes on 2 cores)
+        dist.barrier()
     finally:
         dist.destroy_process_group()
+        gc.collect()  # the process group's C++ side goes now, not during interpreter shutdown
 
 
 # -----------------------------------------------------------------------------
