@@ -27,13 +27,23 @@ import json
 import os
 import re
 import sys
-import textwrap
+
+from experiments.claim_rules import (
+    claim,
+    compare,
+    envelope,
+    r,
+    read,
+    render,
+    rewrite_blocks,
+    small,
+    wrap,
+)
 
 # The method of the points of DPO's sweep trained again on frontier_settings["perturbed_threads"]
 # CPU threads (the frontier's own runs use torch's default): not drawn, compared seed by seed.
 PERTURBED = "DPO (threads perturbed)"
 RL = ("PPO", "PPO-GT", "RLOO")
-BLOCK = re.compile(r"(<!-- verdicts:(\w+) -->\n)(.*?)(<!-- /verdicts -->)", re.S)
 
 
 # -----------------------------------------------------------------------------
@@ -59,76 +69,10 @@ def reference(points):
     return next(p for p in points if p["method"] == "reference")
 
 
-def envelope(points, start):
-    """The upper envelope of `points` and `start` (the reference) on the reward-KL plane: [(kl,
-    reward, ci)] by increasing KL, each point beating every point of smaller KL, then flat to the
-    largest KL of any point (the best reward reached within that KL)."""
-    kept = []
-    for p in sorted([start, *points], key=lambda p: (p["kl"], -p["reward"])):
-        if not kept or p["reward"] > kept[-1][1]:
-            kept.append((max(p["kl"], 0.0), p["reward"], p["reward_ci95"]))
-    farthest = max(p["kl"] for p in [start, *points])
-    if farthest > kept[-1][0]:
-        kept.append((farthest, kept[-1][1], kept[-1][2]))
-    return kept
-
-
-def read(frontier, kl):
-    """(reward, ci) of an envelope at `kl` by linear interpolation; None beyond its largest KL."""
-    if kl > frontier[-1][0]:
-        return None
-    for (k0, r0, c0), (k1, r1, c1) in zip(frontier, frontier[1:]):
-        if k0 <= kl <= k1:
-            w = 0.0 if k1 == k0 else (kl - k0) / (k1 - k0)
-            return r0 + w * (r1 - r0), c0 + w * (c1 - c0)
-    return frontier[0][1], frontier[0][2]
-
-
-def compare(a, b):
-    """"ahead", "tie" or "behind": a = (reward, ci) against b."""
-    if a[0] - a[1] > b[0] + b[1]:
-        return "ahead"
-    if b[0] - b[1] > a[0] + a[1]:
-        return "behind"
-    return "tie"
-
-
 def final(points, setting=None):
     """The point of the last step among `points` (of one run: one setting when given)."""
     run = [p for p in points if setting is None or p["setting"] == setting]
     return max(run, key=lambda p: p["step"])
-
-
-def r(value):
-    return f"{value[0]:+.3f} ± {value[1]:.3f}"
-
-
-def small(value):
-    """A non-negative difference: two decimals, or its order of magnitude when below 0.01."""
-    return f"{value:.2f}" if value >= 0.01 or value == 0 else f"{value:.0e}"
-
-
-def seed_list(seeds):
-    return ", ".join(str(s) for s in seeds)
-
-
-def claim(cid, page, text, rule, per_seed, unit="seeds"):
-    """A claim with its per-seed checks ([{"seed", "holds", "detail", ...}]) and its verdict; unit:
-    what a row is when it is not a training seed ("runs", "betas")."""
-    held = [row["seed"] for row in per_seed if row["holds"]]
-    failed = [row["seed"] for row in per_seed if not row["holds"]]
-    if not per_seed:
-        verdict = "not measured (no seed has the points it needs)"
-    elif len(per_seed) == 1:
-        verdict = (f"{'holds' if held else 'fails'} ("
-                   + ("one training seed: " if unit == "seeds" else "") + f"{per_seed[0]['seed']})")
-    elif not failed:
-        verdict = f"holds on {len(held)} of {len(per_seed)} {unit}"
-    else:
-        verdict = (f"fails on {len(failed)} of {len(per_seed)} {unit} ({seed_list(failed)})"
-                   if held else f"fails on all {len(per_seed)} {unit}")
-    return {"id": cid, "page": page, "claim": text, "rule": rule, "per_seed": per_seed,
-            "holds_on": len(held), "seeds": len(per_seed), "verdict": verdict}
 
 
 # -----------------------------------------------------------------------------
@@ -615,25 +559,6 @@ def study_claims(seeds):
     return rows
 
 
-def render(verdicts, page):
-    """The markdown block of one page's claims: a line per claim (verdict, then each seed's
-    numbers)."""
-    lines = []
-    for v in verdicts:
-        if v["page"] != page:
-            continue
-        details = "; ".join(row["detail"] for row in v["per_seed"])
-        rule = "" if v["verdict"] == "measured" else f" Rule: {v['rule']}."
-        lines.append(wrap(f"* **{v['claim']}**: {v['verdict']}.{rule} {details}."))
-    return "\n".join(lines) + "\n"
-
-
-def wrap(line):
-    """A markdown bullet wrapped at 100 columns, its continuation lines indented by two."""
-    return textwrap.fill(line, width=100, subsequent_indent="  ", break_on_hyphens=False,
-                         break_long_words=False)
-
-
 # The claims the README summarises (its `<!-- verdicts:summary -->` block): claim and verdict only.
 SUMMARY = ("tie_near_one_nat", "dpo_passes_ppo", "oracle_ahead_of_dpo", "same_start",
            "kl_falls_with_beta", "kl_falls_with_beta_from_0.3", "threads_within_intervals",
@@ -649,12 +574,8 @@ def render_summary(verdicts):
 def rewrite(text, verdicts):
     """`text` (a docs page or the README) with each `<!-- verdicts:PAGE -->` block replaced by
     render(PAGE) (`summary`: render_summary)."""
-    def block(m):
-        page = m.group(2)
-        body = render_summary(verdicts) if page == "summary" else render(verdicts, page)
-        return m.group(1) + body + m.group(4)
-
-    return BLOCK.sub(block, text)
+    return rewrite_blocks(text, lambda page: render_summary(verdicts) if page == "summary"
+                          else render(verdicts, page))
 
 
 def main(argv=None):

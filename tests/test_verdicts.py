@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from experiments import verdicts
+from experiments import claim_rules, verdicts
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PAGES = {"frontier": "docs/frontier.md", "family": "docs/family.md"}
@@ -93,7 +93,7 @@ def test_the_committed_verdicts_are_those_the_rules_compute(committed):
 def test_the_docs_quote_the_committed_verdicts(committed, page):
     with open(os.path.join(REPO, PAGES[page])) as f:
         text = f.read()
-    blocks = verdicts.BLOCK.findall(text)
+    blocks = claim_rules.BLOCK.findall(text)
     assert [name for _, name, _, _ in blocks] == [page], "one verdicts block per page"
     assert blocks[0][2] == verdicts.render(committed["claims"]["verdicts"], page), (
         f"{PAGES[page]} does not quote docs/frontier.json's verdicts: run "
@@ -102,7 +102,7 @@ def test_the_docs_quote_the_committed_verdicts(committed, page):
 
 def test_the_readme_summarises_the_committed_verdicts(committed):
     with open(os.path.join(REPO, "README.md")) as f:
-        blocks = verdicts.BLOCK.findall(f.read())
+        blocks = claim_rules.BLOCK.findall(f.read())
     assert [name for _, name, _, _ in blocks] == ["summary"]
     assert blocks[0][2] == verdicts.render_summary(committed["claims"]["verdicts"])
     assert blocks[0][2].count("\n* ") + 1 == len(verdicts.SUMMARY)
@@ -131,7 +131,7 @@ def test_no_result_number_is_written_by_hand_outside_the_verdicts(page):
     """What the frontier measured is quoted only from the JSON (the verdicts block); the prose and
     tables around it explain and name settings (β, steps), not results."""
     with open(os.path.join(REPO, PAGES[page])) as f:
-        text = verdicts.BLOCK.sub("", f.read())
+        text = claim_rules.BLOCK.sub("", f.read())
     found = [line for line in text.splitlines() if RESULT_NUMBER.search(line)]
     assert not found, f"{PAGES[page]}: results written by hand: {found[:3]}"
 
@@ -177,11 +177,11 @@ def test_every_number_of_the_study_page_is_in_the_committed_study_json():
     assert seeds["verdicts"] == json.loads(json.dumps(verdicts.study_claims(seeds)))
     with open(os.path.join(REPO, "docs", "study.md")) as f:
         text = f.read()
-    blocks = verdicts.BLOCK.findall(text)
+    blocks = claim_rules.BLOCK.findall(text)
     assert [name for _, name, _, _ in blocks] == ["study"]
     assert blocks[0][2] == verdicts.render(seeds["verdicts"], "study")
     numbers = sorted(set(json_numbers(study)) | set(json_numbers(seeds)))
-    prose = verdicts.BLOCK.sub("", text)
+    prose = claim_rules.BLOCK.sub("", text)
     missing = [token for token in STUDY_NUMBER.findall(prose)
                if not any(written_as(n, token) for n in numbers)]
     assert not missing, f"docs/study.md: numbers not in docs/study.json: {missing[:10]}"
