@@ -95,16 +95,22 @@ def evaluate_point(name, method, setting, policy_path, prepared, frontier_settin
                    train_seed=None, prompts="heldout", temperature=1.0):
     """Score one policy (a checkpoint path, or None for the reference) on the held-out prompts of
     `prepared` (what base.prepare returned; prompts="train": its training prompts, to choose
-    settings without looking at the held-out ones) with the sampling of `frontier_settings`, at a
-    temperature; cached. train_seed: the training run's seed, recorded in the point."""
+    settings without looking at the held-out ones; or (label, list of str): other prompts, e.g. the
+    shifted ones of experiments/out_of_distribution.py) with the sampling of `frontier_settings`, at
+    a temperature; cached. train_seed: the training run's seed, recorded in the point."""
     cache = os.path.join(out_dir, "points", f"{name}.json")
-    prompt_list = prepared.heldout_prompts if prompts == "heldout" else prepared.train_prompts[:len(
-        prepared.heldout_prompts)]
+    if isinstance(prompts, tuple):
+        prompts, prompt_list = prompts
+    else:
+        prompt_list = (prepared.heldout_prompts if prompts == "heldout"
+                       else prepared.train_prompts[:len(prepared.heldout_prompts)])
     key = {"policy": policy_path, "samples_per_prompt": frontier_settings["samples_per_prompt"],
            "seed": frontier_settings["seed"], "max_new_tokens": prepared.settings["max_new_tokens"],
            "n_prompts": len(prepared.heldout_prompts)}
     if prompts != "heldout" or temperature != 1.0:
         key.update(prompts=prompts, temperature=temperature)
+    if len(prompt_list) != len(prepared.heldout_prompts):
+        key["n_prompts"] = len(prompt_list)
     if os.path.isfile(cache):
         with open(cache) as f:
             point = json.load(f)

@@ -6,7 +6,9 @@ from the model and labelling them with that reward. Here, with no downloads:
 
 * corpus: short generated reviews (`reviews.py`), 1-2 MB, to pre-train a small base model;
   `corpus_tokens` returns them as one token stream with EOS after every review;
-* prompts: sentiment-neutral review openings, split into train and held-out sets (`make_prompts`);
+* prompts: sentiment-neutral review openings, split into train and held-out sets (`make_prompts`),
+  a pool of unlabeled ones (`make_unlabeled_prompts`) and openings of another kind
+  (`make_shifted_prompts`);
 * reward: VADER's compound score in [-1, 1] (Hutto & Gilbert, 2014; `vaderSentiment` package) of the
   completion only - the prompt is neutral and is not scored;
 * pairs: for each train prompt, sample k completions from the model (one batched `GPT.complete`
@@ -42,7 +44,15 @@ from sentiment.evaluate import (
     win_and_tie_rates,
 )
 from sentiment.fluency import bigram_fluency, corpus_vocabulary, fluency, word_counts
-from sentiment.reviews import MAX_OPENING_BYTES, Review, make_corpus, make_prompts, make_reviews
+from sentiment.reviews import (
+    MAX_OPENING_BYTES,
+    Review,
+    make_corpus,
+    make_prompts,
+    make_reviews,
+    make_shifted_prompts,
+    make_unlabeled_prompts,
+)
 from sentiment.task import (
     PairReport,
     Samples,
@@ -58,7 +68,8 @@ __all__ = [
     "MAX_OPENING_BYTES", "PairReport", "Review", "Samples", "TOKENIZER_FILE", "bigram_fluency",
     "build_preference_pairs", "completion_logps", "corpus_statistics", "corpus_tokens",
     "corpus_vocabulary", "fluency", "fluency_numbers", "make_corpus", "make_prompts",
-    "make_reviews", "mean_ci95", "pearson", "ranks", "ratio_ci95", "sample_completions",
+    "make_reviews", "make_shifted_prompts", "make_unlabeled_prompts", "mean_ci95", "pearson",
+    "ranks", "ratio_ci95", "sample_completions",
     "sample_report", "score_policy", "sentiment_reward", "spearman", "win_and_tie_rates",
     "word_counts",
 ]

@@ -232,3 +232,53 @@ def make_prompts(n_train: int = 512, n_heldout: int = 128,
             seen.add(opening)
             prompts.append(opening)
     return prompts[:n_train], prompts[n_train:]
+
+
+def make_unlabeled_prompts(n: int, n_train: int = 512, n_heldout: int = 128,
+                           seed: int = 0) -> list[str]:
+    """`n` more openings of the same grammar, none of them among make_prompts(n_train, n_heldout,
+    seed)'s: a pool of in-distribution prompts that no preference pair used (the paper's
+    "unlabeled prompts", section 7). The generator continues where make_prompts stopped."""
+    prompts, _ = make_prompts(n_train + n_heldout + n, 0, seed)
+    return prompts[n_train + n_heldout:]
+
+
+# -------------------------------------------------------------------- a shifted prompt distribution
+# Openings about other things than films: books, albums, songs, games, plays and shows, with the
+# verbs they take and other contexts. The form ("... and", <= 64 bytes) is the same; the words are
+# new to the pre-training corpus, so the base model finds them less likely and its tokenizer splits
+# them into more pieces (experiments/out_of_distribution.py measures both).
+SHIFTED_SUBJECTS = ("I", "We", "I", "We", "My aunt and I", "My friend and I")
+SHIFTED_THINGS = (("read", ("this book", "the novel", "this comic", "the poem", "the memoir")),
+                  ("played", ("this game", "the new game", "this board game", "the quiz")),
+                  ("heard", ("this album", "the record", "the song", "this podcast")),
+                  ("went to", ("this play", "the concert", "the opera", "the show")),
+                  ("binged", ("this show", "the series", "the new season")))
+SHIFTED_CONTEXTS = ("on the bus", "in the car", "at the gym", "on my phone", "at the office",
+                    "on the beach", "before bed", "on vacation", "at lunch", "in bed",
+                    "at the pool", "on a hike", "at the library", "on a rainy day",
+                    "during lunch", "in one sitting", "on a long drive", "at a friend's place")
+
+
+def make_shifted_prompts(n: int = 128, seed: int = 0, fits=None) -> list[str]:
+    """`n` distinct openings about books, albums, games, plays and shows (not films), of the same
+    form as make_prompts's: "{subject} {verb} {thing} {context} and", at most MAX_OPENING_BYTES;
+    `fits` (str -> bool), when given, keeps only the openings it accepts (e.g. at most so many
+    tokens). The out-of-distribution prompts of the sentiment task. ValueError when the grammar
+    cannot make n of them."""
+    rng, seen, prompts = random.Random(seed + 2_000_003), set(), []
+    n_possible = (len(set(SHIFTED_SUBJECTS)) * sum(len(things) for _, things in SHIFTED_THINGS)
+                  * len(SHIFTED_CONTEXTS))
+    for _ in range(100 * n_possible):
+        if len(prompts) == n:
+            return prompts
+        verb, things = rng.choice(SHIFTED_THINGS)
+        opening = (f"{rng.choice(SHIFTED_SUBJECTS)} {verb} {rng.choice(things)} "
+                   f"{rng.choice(SHIFTED_CONTEXTS)} and")
+        if opening in seen:
+            continue
+        seen.add(opening)
+        if len(opening.encode()) <= MAX_OPENING_BYTES and (fits is None or fits(opening)):
+            prompts.append(opening)
+    raise ValueError(f"asked for {n} distinct shifted prompts; the grammar made {len(prompts)} "
+                     f"that fit (of ~{n_possible})")
