@@ -8,8 +8,8 @@
     or CPUs
 
 Commands: pretrain, sft, dpo, unlikelihood, reward-model, simpo, orpo, kto, ppo, rloo, pairs, eval,
-sample, demo, frontier, study (tests/test_cli.py checks this list, --help and the README against the
-table).
+sample, demo, frontier, study, open-questions (tests/test_cli.py checks this list, --help and the
+README against the table).
 
 Every command's flags, their help and each command's defaults come from plumbing/config.py
 (`COMMANDS`, `TrainConfig`). A user error (a missing file, a bad value, a broken checkpoint) prints
@@ -23,7 +23,7 @@ import os
 import sys
 
 from data import TokenizerUnavailableError
-from experiments import demo, frontier, study
+from experiments import demo, frontier, open_questions, study
 from loop import NonFiniteLossError
 from plumbing import commands, data_parallel
 from plumbing.config import (
@@ -37,7 +37,8 @@ from plumbing.config import (
 )
 
 # their descriptions: module docstrings
-EXPERIMENTS = {"demo": demo, "frontier": frontier, "study": study}
+EXPERIMENTS = {"demo": demo, "frontier": frontier, "study": study,
+               "open-questions": open_questions}
 # What a user can get wrong (files, values, checkpoints, tokenizer files, a diverging run): one
 # line, no traceback.
 USER_ERRORS = (ValueError, OSError, TokenizerUnavailableError, NonFiniteLossError,
@@ -112,8 +113,9 @@ def add_experiment_flags(parser, name):
     """--quick, --out-dir (and the study's --train-seeds) of an experiment command."""
     parser.add_argument("--quick", action="store_true",
                         help="a tiny configuration that runs in about a minute")
-    parser.add_argument("--out-dir", default=f"out/{name}",
-                        help=f"where it writes (default: out/{name})")
+    # open-questions builds on the frontier's runs: the same directory
+    out_dir = "out/frontier" if name == "open-questions" else f"out/{name}"
+    parser.add_argument("--out-dir", default=out_dir, help=f"where it writes (default: {out_dir})")
     if name == "study":
         parser.add_argument("--train-seeds", default="", metavar="N,N",
                             help="then the study again with these "
@@ -128,6 +130,9 @@ def run(args):
         return
     if args.command == "frontier":
         frontier.run(out_dir=args.out_dir, quick=args.quick)
+        return
+    if args.command == "open-questions":
+        open_questions.run(out_dir=args.out_dir, quick=args.quick)
         return
     if args.command == "study":
         seeds = parse_seeds(args.train_seeds)

@@ -44,6 +44,8 @@ from experiments.claim_rules import (
 # CPU threads (the frontier's own runs use torch's default): not drawn, compared seed by seed.
 PERTURBED = "DPO (threads perturbed)"
 RL = ("PPO", "PPO-GT", "RLOO")
+# The pages whose blocks show this module's claims.
+PAGES = ("frontier", "family", "study")
 
 
 # -----------------------------------------------------------------------------
@@ -574,8 +576,12 @@ def render_summary(verdicts):
 def rewrite(text, verdicts):
     """`text` (a docs page or the README) with each `<!-- verdicts:PAGE -->` block replaced by
     render(PAGE) (`summary`: render_summary)."""
-    return rewrite_blocks(text, lambda page: render_summary(verdicts) if page == "summary"
-                          else render(verdicts, page))
+    def body(page):
+        if page == "summary":
+            return render_summary(verdicts)
+        return render(verdicts, page) if page in PAGES else None  # another file's block: kept
+
+    return rewrite_blocks(text, body)
 
 
 def main(argv=None):

@@ -148,6 +148,9 @@ COMMANDS = (
             "a single-GPU user's questions in miniature (after the BTLM-Chat DPO "
             "study, Cerebras 2023)",
             "experiments/study.py", "experiment"),
+    Command("open-questions",
+            "the paper's open questions: self-labeling, over-optimization, out of distribution",
+            "experiments/open_questions.py", "experiment"),
 )
 # the commands of TrainConfig's flags
 COMMAND_NAMES = tuple(c.name for c in COMMANDS if c.kind != "experiment")

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import data
+import sentiment
 import train
 from experiments import family_runs, frontier, verdicts
 from plumbing.checkpoint import load_checkpoint
@@ -179,6 +180,52 @@ def test_frontier_quick(tmp_path):
     assert any("reusing the base model" in line for line in log) and any("reusing "
                                                                          "the finished run" in line
                                                                          for line in log)
+    open_questions_quick(tmp_path, again)
+
+
+def open_questions_quick(out_dir, frontier_result):
+    """open-questions --quick on the quick frontier's directory: its rows, the properties the
+    design guarantees, numbers re-measured from the files it wrote, and its claims."""
+    from experiments import open_questions, self_labeling
+    result = open_questions.run(out_dir=str(out_dir), quick=True, log=lambda *_: None)
+    seeds = [1337, *frontier.QUICK["train_seeds"]]
+    labeled = result["self_labeling"]
+    assert {(r["seed"], r["labeler"], r["round"]) for r in labeled["rows"]} == (
+        {(s, "round 1", 1) for s in seeds}
+        | {(s, labeler, n) for s in seeds for labeler in self_labeling.LABELERS for n in (2, 3)})
+    for row in labeled["rows"]:
+        if row["labeler"] in ("round 1", "original pairs"):
+            continue
+        pairs = row["pairs"]
+        assert pairs["n_pairs"] + pairs["n_tied"] == self_labeling.QUICK["n_unlabeled"]
+        if row["labeler"] == "ground truth":  # the oracle's labels agree with itself
+            assert pairs["agreement"] == 1.0
+        path = out_dir / "self_labeling" / (f"self-label-{self_labeling.slug(row['labeler'])}"
+                                            f"-round{row['round']}-seed{row['seed']}.jsonl")
+        records = [json.loads(line) for line in path.read_text().splitlines()]
+        gold = sentiment.sentiment_reward([r["chosen"] for r in records] +
+                                          [r["rejected"] for r in records])
+        agree = sum(a > b for a, b in zip(gold[:len(records)], gold[len(records):]))
+        assert agree / len(records) == pytest.approx(pairs["agreement"])
+    over = result["overoptimization"]
+    for row in over["rows"]:
+        if row["method"] == "PPO-GT":  # its proxy is the gold itself
+            assert row["proxy"] == row["gold"]
+        if row["method"] == "BoN-RM" and row["setting"]["N"] == 1:
+            assert row["kl"] == pytest.approx(0.0, abs=1e-12)
+    assert {r["method"] for r in over["rows"]} == set(over["fits"]) == {"PPO", "RLOO", "PPO-GT",
+                                                                        "DPO", "BoN-RM"}
+    shifted = result["out_of_distribution"]
+    assert {(r["method"], r["seed"]) for r in shifted["rows"]} == {
+        (m, s) for m in ("DPO", "PPO", "PPO-GT", "RLOO", "SimPO", "ORPO", "KTO") for s in seeds}
+    assert shifted["base_loss"]["shifted"] > shifted["base_loss"]["heldout"]
+    points = {p["name"]: p for p in frontier_result["points"]}
+    for row in shifted["rows"]:  # the held-out column is the frontier's own point
+        assert row["heldout"]["reward"] == points[row["heldout"]["name"]]["reward"]
+    assert result["verdicts"] == json.loads(json.dumps(open_questions.claims(result)))
+    for name in ("open_questions.json", "self_labeling.png", "overoptimization.png",
+                 "out_of_distribution.png"):
+        assert (out_dir / name).stat().st_size > 0
 
 
 @pytest.mark.slow
