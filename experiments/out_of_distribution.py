@@ -14,14 +14,13 @@ and fluency, with 95% intervals; its gain is its reward minus the reference's on
 """
 
 import math
-import os
 
 import torch
 
 import logprob_kernels
 import sentiment
 from experiments import claim_rules
-from experiments.points import evaluate_point
+from experiments.points import checkpoint_of, evaluate_point
 
 METHODS = ("DPO", "PPO", "PPO-GT", "RLOO", "SimPO", "ORPO", "KTO")
 KEYS = ("reward", "reward_ci95", "kl", "kl_ci95", "fluency", "fluency_ci95", "bigram_fluency",
@@ -41,11 +40,6 @@ def prompt_losses(model, tokenizer, prompts):
                                                torch.ones_like(ids[:, 1:], dtype=torch.bool))
         losses.append(-logps.mean().item())
     return sentiment.mean_ci95(losses)
-
-
-def checkpoint_of(out_dir, point):
-    run = point["name"].rsplit("-step", 1)[0]
-    return os.path.join(out_dir, "runs", run, f"step_{point['step']:06d}.pt")
 
 
 def final_point(points, method, setting, seed):

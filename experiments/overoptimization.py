@@ -30,6 +30,7 @@ import torch
 import sentiment
 from experiments import claim_rules, self_labeling
 from experiments.frontier import best_of_n_kl
+from experiments.points import checkpoint_of
 from methods import reward_model
 from plumbing.checkpoint import load_model
 
@@ -44,12 +45,6 @@ SYMBOLS = {"beta": "β", "kl_coef": "κ"}
 def read_samples(out_dir, point):
     with open(os.path.join(out_dir, point["samples"])) as f:
         return [json.loads(line) for line in f]
-
-
-def checkpoint_of(out_dir, point):
-    """The checkpoint a frontier point was scored from: runs/RUN/step_NNNNNN.pt."""
-    run = point["name"].rsplit("-step", 1)[0]
-    return os.path.join(out_dir, "runs", run, f"step_{point['step']:06d}.pt")
 
 
 def per_prompt(values, n_prompts):

@@ -157,6 +157,12 @@ def with_provenance(points, out_dir):
     return annotated
 
 
+def checkpoint_of(out_dir, point):
+    """The checkpoint a point of run_points was scored from: OUT_DIR/runs/RUN/step_NNNNNN.pt."""
+    run = point["name"].rsplit("-step", 1)[0]
+    return os.path.join(out_dir, "runs", run, f"step_{point['step']:06d}.pt")
+
+
 def run_points(method, setting, run_dir, prepared, frontier_settings, out_dir, log, train_seed=None,
                steps=None):
     """Evaluate every kept checkpoint (step_NNNNNN.pt) of a run, or those at `steps`, in step
