@@ -74,7 +74,8 @@ def collect_rollouts(policy, reference, scorer, tokenizer, prompts, cfg, seed, r
     device, their log-probs computed under the run's autocast (as the updates compute theirs: the
     first ratio is 1)."""
     samples = sentiment.sample_completions(policy, tokenizer, prompts, k=cfg.samples_per_prompt,
-                                           max_new_tokens=cfg.max_new_tokens, seed=seed)
+                                           max_new_tokens=cfg.max_new_tokens, seed=seed,
+                                           threads=cfg.threads or 1)
     k = cfg.samples_per_prompt
     prompt_ids = [ids for ids in samples.prompt_ids for _ in range(k)]
     completion_ids = [ids for group in samples.token_ids for ids in group]

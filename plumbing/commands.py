@@ -18,7 +18,6 @@ their own. `train.py` is the command line. Under torchrun (plumbing/data_paralle
 runs run_training alike; rank 0 alone writes.
 """
 
-import contextlib
 import copy
 import dataclasses
 import functools
@@ -309,21 +308,6 @@ def kto_weights(cfg, examples, log=print):
     return cfg
 
 
-@contextlib.contextmanager
-def cpu_threads(count):
-    """torch's CPU threads set to `count` (--threads) inside the block, then set back; 0 leaves them
-    as they are."""
-    before = torch.get_num_threads()
-    if count <= 0 or count == before:  # nothing to change (a negative count: check_config's error)
-        yield
-        return
-    torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def run_training(command, cfg, log=print):
     """Run a training command (config.TRAINING_COMMANDS) on --threads CPU threads (0: torch's
     default; under torchrun, the cores shared among the node's processes); returns (model, last
@@ -334,7 +318,7 @@ def run_training(command, cfg, log=print):
     --lora-rank it is the same network with its adapters off (no copy), ckpt.pt holds the adapters
     and hf/ the merged model. In a process group (torchrun) each process trains its share; rank 0
     writes and logs."""
-    with cpu_threads(cfg.threads or data_parallel.cpu_threads_per_process()):
+    with sentiment.cpu_threads(cfg.threads or data_parallel.cpu_threads_per_process()):
         return train_command(command, cfg, log)
 
 
@@ -407,7 +391,7 @@ def run_rl(command, cfg, log=print):
     --threads CPU threads; returns (policy, the last held-out metrics). The reward is
     --reward-model's score, or the ground truth with --ground-truth-reward. Everything is checked
     and loaded before any sampling. Writes what run_training writes, hf/ included."""
-    with cpu_threads(cfg.threads):
+    with sentiment.cpu_threads(cfg.threads):
         return rl_command(command, cfg, log)
 
 
@@ -486,7 +470,8 @@ def reward_model_against_ground_truth(cfg, tokenizer, prompts, log=print):
     scorer = reward_model.load_reward_model(kept).to(device)
     policy = load_model(cfg.init).to(device)
     samples = sentiment.sample_completions(policy, tokenizer, prompts, k=cfg.eval_samples,
-                                           max_new_tokens=cfg.max_new_tokens, seed=cfg.seed)
+                                           max_new_tokens=cfg.max_new_tokens, seed=cfg.seed,
+                                           threads=cfg.threads or 1)
     texts = [text for group in samples.texts for text in group]
     prompt_ids = [ids for ids in samples.prompt_ids for _ in range(cfg.eval_samples)]
     completion_ids = [ids for group in samples.token_ids for ids in group]

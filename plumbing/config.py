@@ -415,8 +415,10 @@ class TrainConfig:
                              "set from the process group when training starts and "
                              "recorded in config.json", ())
     threads: int = option("--threads", 0,
-                          "CPU threads torch uses while training (0 = torch's default, one per "
-                          "core; under torchrun, the cores shared among the node's processes); "
+                          "CPU threads torch uses while training and sampling (0 = torch's "
+                          "default, one per core, for training and one thread for sampling, "
+                          "which a busy neighbour slows down least: bench/bench_threads.py; "
+                          "under torchrun, the cores shared among the node's processes); "
                           "recorded in config.json: the thread count changes the order of "
                           "floating-point sums, so a run is bit-for-bit repeatable only with the "
                           "same count", TRAINING_COMMANDS + RL_COMMANDS)

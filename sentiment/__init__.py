@@ -59,6 +59,7 @@ from sentiment.task import (
     build_preference_pairs,
     corpus_statistics,
     corpus_tokens,
+    cpu_threads,
     sample_completions,
     sentiment_reward,
 )
@@ -67,7 +68,7 @@ from sentiment.tokenizer import TOKENIZER_FILE
 __all__ = [
     "MAX_OPENING_BYTES", "PairReport", "Review", "Samples", "TOKENIZER_FILE", "bigram_fluency",
     "build_preference_pairs", "completion_logps", "corpus_statistics", "corpus_tokens",
-    "corpus_vocabulary", "fluency", "fluency_numbers", "make_corpus", "make_prompts",
+    "corpus_vocabulary", "cpu_threads", "fluency", "fluency_numbers", "make_corpus", "make_prompts",
     "make_reviews", "make_shifted_prompts", "make_unlabeled_prompts", "mean_ci95", "pearson",
     "ranks", "ratio_ci95", "sample_completions",
     "sample_report", "score_policy", "sentiment_reward", "spearman", "win_and_tie_rates",

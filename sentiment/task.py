@@ -4,6 +4,7 @@ pairs.
 See `sentiment/__init__.py` for the task as a whole (the paper's section 6.1, offline).
 """
 
+import contextlib
 import dataclasses
 import functools
 import logging
@@ -92,10 +93,25 @@ class Samples:
     n_without_eos: int  # completions that stopped at max_new_tokens rather than at EOS
 
 
+@contextlib.contextmanager
+def cpu_threads(count: int):
+    """torch's CPU threads set to `count` inside the block, then set back (nothing to do when they
+    already are, or for a count of 0: torch's default)."""
+    before = torch.get_num_threads()
+    if count <= 0 or count == before:
+        yield
+        return
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def sample_completions(model, tokenizer, prompts: Sequence[str], *, k: int = 1,
                        max_new_tokens: int = 64,
                        temperature: float = 1.0, top_k: int | None = None, seed: int = 0,
-                       batch_size: int = 64) -> Samples:
+                       batch_size: int = 64, threads: int = 1) -> Samples:
     """Sample k completions per prompt with `model.complete` (one batched call), on the model's
     device.
 
@@ -104,11 +120,16 @@ def sample_completions(model, tokenizer, prompts: Sequence[str], *, k: int = 1,
     (which forks exactly that device's generator), so the caller's RNG state is untouched and the
     same seed gives the same samples.
 
+    Sampling runs on `threads` CPU threads, one by default: a small model's sampling is a long
+    chain of tiny ops, and when another process holds a core each op's parallel region waits for a
+    descheduled thread (bench/bench_threads.py: on 2 cores, 4x slower beside one busy process on
+    two threads, unchanged on one, at 1.4x the idle time). The samples are the same on any count.
+
     Args:
         model: a model.GPT (anything with `complete` and `parameters`); tokenizer: its
             tiktoken.Encoding.
         prompts: N strings; k: completions per prompt; max_new_tokens, temperature, top_k: sampling
-        settings.
+        settings. threads: CPU threads while sampling (>= 1).
     """
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
@@ -120,7 +141,7 @@ def sample_completions(model, tokenizer, prompts: Sequence[str], *, k: int = 1,
     try:
         cuda = [device.index if device.index is not None else torch.cuda.current_device()] \
             if device.type == "cuda" else []
-        with torch.random.fork_rng(devices=cuda):
+        with torch.random.fork_rng(devices=cuda), cpu_threads(threads):
             torch.manual_seed(seed)
             outputs = model.complete([ids for ids in prompt_ids for _ in range(k)], max_new_tokens,
                                      temperature=temperature, top_k=top_k, eos_token=eos,

@@ -164,6 +164,35 @@ def test_pairs_from_a_tiny_random_gpt(tmp_path):
     assert batch["input_ids"].shape[0] == 2 * len(pairs)
 
 
+def test_sampling_runs_on_its_threads_and_gives_the_same_samples(monkeypatch):
+    """sample_completions samples on `threads` CPU threads (one by default, the policy
+    bench/bench_threads.py measured), sets the caller's count back, and draws the same samples on
+    any count."""
+    from model import GPT, GPTConfig
+
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(block_size=96, vocab_size=ENC.n_vocab, n_layer=2, n_head=2, n_embd=32))
+    prompts = reviews.make_prompts(n_train=4, n_heldout=1, seed=0)[0]
+    seen = []
+    complete = model.complete
+
+    def spy(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return complete(*args, **kwargs)
+
+    monkeypatch.setattr(model, "complete", spy)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        one = sentiment.sample_completions(model, ENC, prompts, k=2, max_new_tokens=12, seed=3)
+        two = sentiment.sample_completions(model, ENC, prompts, k=2, max_new_tokens=12, seed=3,
+                                           threads=2)
+        assert seen == [1, 2] and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    assert one.token_ids == two.token_ids
+
+
 def test_sample_report_leaves_the_caller_as_it_was():
     """sample_report restores the models' train/eval modes and the caller's RNG (it once left both
     models in eval mode and reseeded every device while forking only the CPU generator); same model:
