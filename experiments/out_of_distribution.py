@@ -57,7 +57,7 @@ def gain(row, reference):
 
 def run(prepared, frontier, frontier_settings, out_dir, log):
     """Score every method's best setting on the shifted prompts; returns the result dict (the shift,
-    the reference, a row per method x seed, verdicts)."""
+    the reference, a row per method x seed; its claims: `claims`)."""
     # as many as the held-out prompts, each leaving room for the completion in the context window
     room = prepared.settings["block_size"] - prepared.settings["max_new_tokens"]
     shifted = sentiment.make_shifted_prompts(
@@ -95,7 +95,6 @@ def run(prepared, frontier, frontier_settings, out_dir, log):
               "base_loss": {"heldout": held_loss, "heldout_ci95": held_ci, "shifted": shift_loss,
                             "shifted_ci95": shift_ci},
               "reference": reference, "seeds": list(seeds), "rows": rows}
-    result["verdicts"] = claims(result)
     return result
 
 

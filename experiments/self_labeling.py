@@ -118,7 +118,8 @@ def point_row(point):
 
 def run(prepared, frontier, frontier_settings, out_dir, log, quick=False):
     """Rounds 2 and 3 from each seed's round-1 DPO policy, for every labeler (module docstring);
-    returns the result dict (settings, one row per seed x labeler x round, verdicts)."""
+    returns the result dict (settings, one row per seed x labeler x round; its claims:
+    `claims`)."""
     settings = QUICK if quick else FULL
     base_seed = prepared.settings["seed"]
     beta = frontier["claims"]["best_settings"]["DPO"]["setting"]["beta"]
@@ -180,7 +181,6 @@ def run(prepared, frontier, frontier_settings, out_dir, log, quick=False):
               "dpo_best": {seed: {k: p[k] for k in ("name", "setting", "step", "reward",
                                                     "reward_ci95", "kl")}
                            for seed, p in dpo_best.items()}}
-    result["verdicts"] = claims(result)
     return result
 
 
