@@ -11,6 +11,9 @@ default for training, one thread for sampling (sentiment.sample_completions).
     dpo      `train.py dpo` on the quick base model's pairs, 16 steps of 32 pairs
     ppo      `train.py ppo --ground-truth-reward`, 4 iterations of 64 rollouts (sampling, then
              training on them)
+    demo     `train.py demo --quick` (pre-training, pairs, DPO, evaluation); it has no --threads
+             flag, so a count N is set by OMP_NUM_THREADS=N (torch's default becomes N for
+             training; sampling keeps its one thread)
 
 Each (workload, threads, condition) runs in a fresh process, `--repeats` times (the median is
 reported). The base model and its pairs come from experiments/base.py's QUICK settings, cached in
@@ -28,6 +31,7 @@ import platform
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -36,7 +40,7 @@ sys.path.insert(0, str(REPO))  # run from a checkout without installing the proj
 
 import torch  # noqa: E402
 
-WORKLOADS = ("sample", "dpo", "ppo")
+WORKLOADS = ("sample", "dpo", "ppo", "demo")
 BUSY = "while True: pass"
 
 
@@ -84,6 +88,14 @@ def command(workload, prepared, threads, out_dir):
 
 def run_one(workload, threads, work):
     """Seconds of one workload in this process (train.py in a child for dpo and ppo)."""
+    if workload == "demo":
+        env = dict(os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {}))
+        with tempfile.TemporaryDirectory(dir=work) as out_dir:  # nothing cached: a fresh demo
+            start = time.perf_counter()
+            subprocess.run([sys.executable, str(REPO / "train.py"), "demo", "--quick",
+                            "--out-dir", out_dir], cwd=REPO, check=True, capture_output=True,
+                           env=env)
+            return time.perf_counter() - start
     prepared = prepare(work)
     if workload == "sample":
         return sample_once(prepared, threads)
