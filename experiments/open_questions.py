@@ -24,7 +24,6 @@ verdicts:open-questions -->` block of docs/open-questions.md and the README's
 """
 
 import argparse
-import hashlib
 import json
 import math
 import os
@@ -40,6 +39,7 @@ from experiments import (
     self_labeling,
 )
 from experiments.frontier import machine
+from experiments.points import samples_provenance
 
 # The claims the README's summary quotes.
 SUMMARY = ("self_labels_agree", "reward_model_labels_agree", "self_labeling_beats_random",
@@ -80,10 +80,10 @@ def run(out_dir="out/frontier", quick=False, log=print):
                                       log)
     end = time.time()
     for row in labeled["rows"]:
-        row.update(provenance(row["name"], out_dir))
+        row.update(samples_provenance(row["name"], out_dir))
     for row in [*shifted["rows"], shifted["reference"]]:
         for split in ("heldout", "shifted"):
-            row[split].update(provenance(row[split]["name"], out_dir))
+            row[split].update(samples_provenance(row[split]["name"], out_dir))
     marks = [*times.values(), end]
     result = {"quick": quick, "machine": machine(),
               "wall_seconds": {"frontier (cached runs reused)": frontier_seconds,
@@ -100,14 +100,6 @@ def run(out_dir="out/frontier", quick=False, log=print):
         + f"wall time {sum(result['wall_seconds'].values()):.0f} s "
         + json.dumps({k: round(v) for k, v in result["wall_seconds"].items()}))
     return result
-
-
-def provenance(name, out_dir):
-    """Where the samples of the point `name` are (relative to OUT_DIR) and their SHA-256: enough to
-    re-measure it with other code."""
-    samples = os.path.join("samples", f"{name}.jsonl")
-    with open(os.path.join(out_dir, samples), "rb") as f:
-        return {"samples": samples, "samples_sha256": hashlib.sha256(f.read()).hexdigest()}
 
 
 # -----------------------------------------------------------------------------

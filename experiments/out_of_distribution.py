@@ -19,12 +19,10 @@ import torch
 
 import logprob_kernels
 import sentiment
-from experiments import claim_rules
-from experiments.points import checkpoint_of, evaluate_point
+from experiments import claim_rules, verdicts
+from experiments.points import checkpoint_of, evaluate_point, scores_of
 
 METHODS = ("DPO", "PPO", "PPO-GT", "RLOO", "SimPO", "ORPO", "KTO")
-KEYS = ("reward", "reward_ci95", "kl", "kl_ci95", "fluency", "fluency_ci95", "bigram_fluency",
-        "bigram_fluency_ci95", "name")
 
 
 @torch.no_grad()
@@ -44,8 +42,7 @@ def prompt_losses(model, tokenizer, prompts):
 
 def final_point(points, method, setting, seed):
     """The frontier's held-out point of `method`'s run at `setting`, seed `seed`, last step."""
-    run = [p for p in points if p["method"] == method and p["setting"] == setting
-           and p.get("train_seed") == seed and not p.get("prompts") and not p.get("temperature")]
+    run = [p for p in verdicts.trained(points, method, seed) if p["setting"] == setting]
     return max(run, key=lambda p: p["step"]) if run else None
 
 
@@ -69,12 +66,10 @@ def run(prepared, frontier, frontier_settings, out_dir, log):
     (held_loss, held_ci), (shift_loss, shift_ci) = (
         prompt_losses(prepared.reference, prepared.tokenizer, prepared.heldout_prompts),
         prompt_losses(prepared.reference, prepared.tokenizer, shifted))
-    reference = {"heldout": {k: v for k, v in next(p for p in points
-                                                   if p["method"] == "reference").items()
-                             if k in KEYS},
-                 "shifted": {k: v for k, v in evaluate_point(
+    reference = {"heldout": scores_of(next(p for p in points if p["method"] == "reference")),
+                 "shifted": scores_of(evaluate_point(
                      "shifted-reference", "reference", {}, None, prepared, frontier_settings,
-                     out_dir, log, prompts=("shifted", shifted)).items() if k in KEYS}}
+                     out_dir, log, prompts=("shifted", shifted)))}
     rows = []
     for method in METHODS:
         if method not in best:
@@ -89,8 +84,7 @@ def run(prepared, frontier, frontier_settings, out_dir, log):
                                    prompts=("shifted", shifted))
             rows.append({"method": method, "seed": seed, "setting": point["setting"],
                          "step": point["step"],
-                         "heldout": {k: v for k, v in point.items() if k in KEYS},
-                         "shifted": {k: v for k, v in moved.items() if k in KEYS}})
+                         "heldout": scores_of(point), "shifted": scores_of(moved)})
     result = {"examples": shifted[:5], "n_prompts": len(shifted),
               "base_loss": {"heldout": held_loss, "heldout_ci95": held_ci, "shifted": shift_loss,
                             "shifted_ci95": shift_ci},

@@ -28,7 +28,7 @@ import random
 import torch
 
 import sentiment
-from experiments import claim_rules, self_labeling
+from experiments import claim_rules, self_labeling, verdicts
 from experiments.frontier import best_of_n_kl
 from experiments.points import checkpoint_of
 from methods import reward_model
@@ -53,22 +53,27 @@ def per_prompt(values, n_prompts):
     return [sum(values[i * per:(i + 1) * per]) / per for i in range(n_prompts)]
 
 
+def draw_again(model, prepared, frontier_settings):
+    """A point's held-out samples drawn again from `model` as evaluate_point drew them (the same
+    prompts and seed): (texts, prompt ids, completion ids), prompt-major, one entry per sample."""
+    k = frontier_settings["samples_per_prompt"]
+    samples = sentiment.sample_completions(model, prepared.tokenizer, prepared.heldout_prompts,
+                                           k=k, max_new_tokens=prepared.settings["max_new_tokens"],
+                                           seed=frontier_settings["seed"])
+    return ([t for group in samples.texts for t in group],
+            [ids for ids in samples.prompt_ids for _ in range(k)],
+            [ids for group in samples.token_ids for ids in group])
+
+
 def reference_samples(prepared, frontier_settings, out_dir, reference_point):
     """The reference's held-out samples again (the same seed: the same token ids, checked against
     its samples file), with their ground-truth rewards."""
-    samples = sentiment.sample_completions(prepared.reference, prepared.tokenizer,
-                                           prepared.heldout_prompts,
-                                           k=frontier_settings["samples_per_prompt"],
-                                           max_new_tokens=prepared.settings["max_new_tokens"],
-                                           seed=frontier_settings["seed"])
-    texts = [t for group in samples.texts for t in group]
+    texts, prompt_ids, completion_ids = draw_again(prepared.reference, prepared, frontier_settings)
     saved = read_samples(out_dir, reference_point)
     if [row["completion"] for row in saved] != texts:
         raise ValueError("the reference's samples drawn again differ from "
                          f"{reference_point['samples']}: another machine or another torch?")
-    k = frontier_settings["samples_per_prompt"]
-    return {"prompt_ids": [ids for ids in samples.prompt_ids for _ in range(k)],
-            "completion_ids": [ids for group in samples.token_ids for ids in group],
+    return {"prompt_ids": prompt_ids, "completion_ids": completion_ids,
             "gold": [row["reward"] for row in saved]}
 
 
@@ -87,30 +92,18 @@ def proxy_and_gold(point, method, prepared, frontier_settings, out_dir, ref, sco
                                   per_prompt(ref["gold"], n))]
     same = None
     if method == "BoN-RM":
-        proxy_own = [row["selector"] for row in rows]
-        kl = None  # from the pool (overoptimization.bon_kls)
+        proxy_own, kl = [row["selector"] for row in rows], None  # KL from the pool (bon_kls)
     else:
         kl = per_prompt([row["logratio"] for row in rows], n)
+    if method in ("PPO", "RLOO"):  # the policy's samples drawn again, as its point drew them
+        texts, prompt_ids, completion_ids = draw_again(
+            load_model(checkpoint_of(out_dir, point)).eval(), prepared, frontier_settings)
+        same = sum(a == row["completion"] for a, row in zip(texts, rows))
+        if same < len(rows):  # another machine: score what was drawn now, and say so
+            gold = [a - b for a, b in zip(per_prompt(sentiment.sentiment_reward(texts), n),
+                                          per_prompt(ref["gold"], n))]
+        proxy_own = reward_model.score_texts(scorer, prompt_ids, completion_ids, eos)
     if method in ("PPO", "RLOO", "BoN-RM"):
-        if method != "BoN-RM":  # the policy's samples drawn again, as its point drew them
-            policy = load_model(checkpoint_of(out_dir, point)).eval()
-            samples = sentiment.sample_completions(policy, prepared.tokenizer,
-                                                   prepared.heldout_prompts,
-                                                   k=frontier_settings["samples_per_prompt"],
-                                                   max_new_tokens=prepared.settings[
-                                                       "max_new_tokens"],
-                                                   seed=frontier_settings["seed"])
-            texts = [t for group in samples.texts for t in group]
-            same = sum(a == row["completion"] for a, row in zip(texts, rows))
-            if same < len(rows):  # another machine: score what was drawn now, and say so
-                gold = [a - b for a, b in zip(per_prompt(sentiment.sentiment_reward(texts), n),
-                                              per_prompt(ref["gold"], n))]
-            k = frontier_settings["samples_per_prompt"]
-            proxy_own = reward_model.score_texts(scorer,
-                                                 [ids for ids in samples.prompt_ids
-                                                  for _ in range(k)],
-                                                 [ids for group in samples.token_ids
-                                                  for ids in group], eos)
         proxy = [a - b for a, b in zip(per_prompt(proxy_own, n), per_prompt(ref["reward_model"],
                                                                                n))]
     elif method == "DPO":
@@ -129,14 +122,11 @@ def proxy_and_gold(point, method, prepared, frontier_settings, out_dir, ref, sco
     return saved
 
 
-def bon_kls(out_dir, prepared, frontier_settings, n):
+def bon_kls(pool_scores, n_prompts, n):
     """Per held-out prompt, the exact KL of best-of-n by the reward model (frontier.best_of_n_kl on
-    the pool's reward-model scores)."""
-    with open(os.path.join(out_dir, "points", "pool-reward-model-scores.json")) as f:
-        scores = json.load(f)["scores"]
-    k = len(scores) // len(prepared.heldout_prompts)
-    return [best_of_n_kl(scores[i * k:(i + 1) * k], n)
-            for i in range(len(prepared.heldout_prompts))]
+    the reward model's scores of the Best-of-N pool, prompt-major)."""
+    k = len(pool_scores) // n_prompts
+    return [best_of_n_kl(pool_scores[i * k:(i + 1) * k], n) for i in range(n_prompts)]
 
 
 def fit(points, form, prompts=None):
@@ -215,18 +205,20 @@ def run(prepared, frontier, frontier_settings, out_dir, log):
     ref["reference_logps"] = sentiment.completion_logps(prepared.reference, ref["prompt_ids"],
                                                         ref["completion_ids"], eos)
     seeds = {prepared.settings["seed"], *frontier_settings["train_seeds"]}
+    if scorer is not None:  # frontier.pool_scores cached them: the reward model's, of BoN's pool
+        with open(os.path.join(out_dir, "points", "pool-reward-model-scores.json")) as f:
+            pool_scores = json.load(f)["scores"]
     rows, measured_by_method = [], {}
     for method, (proxy_name, form) in METHODS.items():
         if proxy_name == "reward model" and scorer is None:
             continue
-        chosen = [p for p in points if p["method"] == method
-                  and (method == "BoN-RM" or p.get("train_seed") in seeds)
-                  and not p.get("prompts") and not p.get("temperature")]
+        chosen = ([p for p in points if p["method"] == method] if method == "BoN-RM"  # no training
+                  else [p for p in verdicts.trained(points, method) if p["train_seed"] in seeds])
         for point in chosen:
             measured = proxy_and_gold(point, method, prepared, frontier_settings, out_dir, ref,
                                       scorer, cache_dir)
             if method == "BoN-RM":
-                measured = {**measured, "kl": bon_kls(out_dir, prepared, frontier_settings,
+                measured = {**measured, "kl": bon_kls(pool_scores, len(prepared.heldout_prompts),
                                                       point["setting"]["N"])}
             measured_by_method.setdefault(method, []).append(measured)
             rows.append({**summary(point["name"], point, measured), "proxy_name": proxy_name})

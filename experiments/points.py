@@ -144,17 +144,29 @@ def with_provenance(points, out_dir):
     out_dir), "samples_sha256" (that file's SHA-256) and "train_seed" (the training run's seed;
     None for a point that trained nothing: the reference, Best-of-N). ValueError for a point whose
     samples file is missing."""
-    annotated = []
-    for point in points:
-        samples = os.path.join("samples", f"{point['name']}.jsonl")
-        path = os.path.join(out_dir, samples)
-        if not os.path.isfile(path):
-            raise ValueError(f"point {point['name']}: no samples file {path}")
-        with open(path, "rb") as f:
-            digest = hashlib.sha256(f.read()).hexdigest()
-        annotated.append({**point, "train_seed": point.get("train_seed"), "samples": samples,
-                          "samples_sha256": digest})
-    return annotated
+    return [{**point, "train_seed": point.get("train_seed"),
+             **samples_provenance(point["name"], out_dir)} for point in points]
+
+
+def samples_provenance(name, out_dir):
+    """{"samples": the samples file of the point `name` (relative to out_dir), "samples_sha256":
+    its SHA-256}: enough to re-measure the point with other code. ValueError when it is missing."""
+    samples = os.path.join("samples", f"{name}.jsonl")
+    path = os.path.join(out_dir, samples)
+    if not os.path.isfile(path):
+        raise ValueError(f"point {name}: no samples file {path}")
+    with open(path, "rb") as f:
+        return {"samples": samples, "samples_sha256": hashlib.sha256(f.read()).hexdigest()}
+
+
+# What the open questions keep of a scored point: its numbers and its name (its samples file).
+SCORES = ("reward", "reward_ci95", "kl", "kl_ci95", "fluency", "fluency_ci95", "bigram_fluency",
+          "bigram_fluency_ci95", "name")
+
+
+def scores_of(point):
+    """A point's SCORES."""
+    return {key: point[key] for key in SCORES}
 
 
 def checkpoint_of(out_dir, point):

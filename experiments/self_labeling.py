@@ -27,8 +27,8 @@ import random
 
 import data
 import sentiment
-from experiments import claim_rules
-from experiments.points import evaluate_point, train_cached, training_config
+from experiments import claim_rules, verdicts
+from experiments.points import evaluate_point, scores_of, train_cached, training_config
 from methods import reward_model
 from plumbing.checkpoint import load_model
 
@@ -51,16 +51,19 @@ def load_scorer(frontier, out_dir):
     return reward_model.load_reward_model(path)
 
 
-def sample_pool(policy, reference, beta, prompts, prepared, scorer, settings, seed, cache):
-    """k completions per prompt from `policy`, with every labeler's score of each: the ground truth,
-    the reward model's (`scorer`; none when None), and the implicit reward beta (log pi - log
-    pi_ref) against `reference` (the policy's own reference); cached in `cache` (a JSON file).
+def sample_pool(policy_path, reference_path, beta, prompts, prepared, scorer, settings, seed,
+                cache):
+    """k completions per prompt from the policy at `policy_path`, with every labeler's score of
+    each: the ground truth, the reward model's (`scorer`; none when None), and the implicit reward
+    beta (log pi - log pi_ref) against the model at `reference_path` (the policy's own reference);
+    cached in `cache` (a JSON file; the models are loaded only when it is not there).
     Returns {"texts": [[k str] per prompt], "gold", "reward_model", "implicit": [[k floats] per
     prompt]}."""
     if os.path.isfile(cache):
         with open(cache) as f:
             return json.load(f)
     k, eos = settings["k"], prepared.tokenizer.eot_token
+    policy, reference = load_model(policy_path).eval(), load_model(reference_path).eval()
     samples = sentiment.sample_completions(policy, prepared.tokenizer, prompts, k=k,
                                            max_new_tokens=prepared.settings["max_new_tokens"],
                                            seed=seed)
@@ -110,12 +113,6 @@ def label_pairs(pool, prompts, labeler, seed):
                      "agreement": rate, "agreement_ci95": ci}
 
 
-def point_row(point):
-    keys = ("reward", "reward_ci95", "kl", "kl_ci95", "fluency", "fluency_ci95", "bigram_fluency",
-            "bigram_fluency_ci95", "name")
-    return {key: point[key] for key in keys}
-
-
 def run(prepared, frontier, frontier_settings, out_dir, log, quick=False):
     """Rounds 2 and 3 from each seed's round-1 DPO policy, for every labeler (module docstring);
     returns the result dict (settings, one row per seed x labeler x round; its claims:
@@ -137,7 +134,7 @@ def run(prepared, frontier, frontier_settings, out_dir, log, quick=False):
         run_name = f"dpo-beta{beta}" + ("" if seed == base_seed else f"-seed{seed}")
         round1 = os.path.join(out_dir, "runs", run_name, f"step_{steps:06d}.pt")
         rows.append({"seed": seed, "labeler": "round 1", "round": 1,
-                     **point_row(points[f"{run_name}-step{steps}"])})
+                     **scores_of(points[f"{run_name}-step{steps}"])})
         for labeler in labelers:
             policy_path, reference_path = round1, prepared.reference_path
             for round_ in settings["rounds"]:
@@ -149,8 +146,7 @@ def run(prepared, frontier, frontier_settings, out_dir, log, quick=False):
                 else:
                     # round 2 of every labeler labels the same samples of round 1
                     source = "round1" if round_ == 2 else f"{slug(labeler)}-round{round_ - 1}"
-                    pool = sample_pool(load_model(policy_path).eval(),
-                                       load_model(reference_path).eval(), beta, prompts, prepared,
+                    pool = sample_pool(policy_path, reference_path, beta, prompts, prepared,
                                        scorer, settings, settings["seed"] + round_,
                                        os.path.join(work, f"pool-{source}-seed{seed}.json"))
                     records, report = label_pairs(pool, prompts, labeler, seed + round_)
@@ -168,13 +164,12 @@ def run(prepared, frontier, frontier_settings, out_dir, log, quick=False):
                                        prepared, frontier_settings, out_dir, log,
                                        step=cfg.steps, train_seed=seed)
                 rows.append({"seed": seed, "labeler": labeler, "round": round_, "pairs": report,
-                             **point_row(point)})
+                             **scores_of(point)})
                 log(f"{name}: {report['n_pairs']} pairs, agreement with the ground truth "
                     f"{report.get('agreement', float('nan')):.3f}")
     # the best held-out point of any single-round DPO run of the frontier, per seed (any beta, step)
-    dpo_best = {str(seed): max((p for p in frontier["points"] if p["method"] == "DPO"
-                                and p.get("train_seed") == seed and not p.get("prompts")
-                                and not p.get("temperature")), key=lambda p: p["reward"])
+    dpo_best = {str(seed): max(verdicts.trained(frontier["points"], "DPO", seed),
+                               key=lambda p: p["reward"])
                 for seed in seeds}
     result = {"settings": {**settings, "beta": beta, "round1_steps": steps, "seeds": list(seeds),
                            "unlabeled_examples": prompts[:3]}, "rows": rows,
