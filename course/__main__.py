@@ -1,4 +1,4 @@
-"""python -m course build OUT_DIR | grade ASSIGNMENT [--repo DIR] [--json FILE]: see
+"""python -m course build OUT_DIR | grade ASSIGNMENT [--repo DIR] [--json FILE] [--runs DIR]: see
 course/README.md."""
 
 import argparse
@@ -22,6 +22,9 @@ def main(argv=None):
                      help="the repository to grade (default: the current directory)")
     sub.add_argument("--json", default=None, metavar="FILE",
                      help="also write the results to FILE as JSON")
+    sub.add_argument("--runs", default="", metavar="DIR",
+                     help="A4 only: read the runs from DIR/demo and DIR/frontier instead of the "
+                     "repository's out/ (and run nothing in their place)")
     args = parser.parse_args(argv)
     if args.command == "build":
         try:
@@ -31,7 +34,7 @@ def main(argv=None):
             return 2
         return 0
     sys.path.insert(0, os.path.abspath(args.repo))  # grade the code of --repo
-    return grade.main(args.assignment, os.path.abspath(args.repo), args.json)
+    return grade.main(args.assignment, os.path.abspath(args.repo), args.json, args.runs)
 
 
 if __name__ == "__main__":

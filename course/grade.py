@@ -2,6 +2,7 @@
 table.
 
     python -m course grade A1 [--repo DIR] [--json FILE]
+    python -m course grade A4 --runs DIR     # A4's runs from DIR/demo and DIR/frontier, not out/
 
 Each graded test is worth its `@pytest.mark.points(n)` (1 without the marker); an `extra_credit`
 test's points are counted apart, beyond the total. The table lists every test with pass/fail, its
@@ -18,6 +19,9 @@ import time
 import pytest
 
 from course.manifest import ASSIGNMENTS
+
+RUNS_ASSIGNMENT = "A4"  # the one assignment whose graders read runs: out/demo, out/frontier
+RUNS_VARIABLE = "COURSE_RUNS_DIR"  # where they find them instead (`grade --runs DIR`)
 
 
 class Recorder:
@@ -54,10 +58,11 @@ def failure_line(report):
     return line[:110]
 
 
-def grade(assignment_id, repo=".", quiet=True):
+def grade(assignment_id, repo=".", quiet=True, runs=""):
     """Run one assignment's graded tests in `repo`; returns (results {nodeid: ...}, points, total
     points, seconds), the points and total without the extra-credit tests (extra_credit_points
-    counts those)."""
+    counts those). `runs`: the directory of A4's runs (its graders read COURSE_RUNS_DIR), "" for
+    the repository's out/."""
     assignment = ASSIGNMENTS[assignment_id]
     recorder = Recorder()
     grader = os.path.join(repo, assignment.grader)
@@ -65,7 +70,15 @@ def grade(assignment_id, repo=".", quiet=True):
             "addopts="]
     args += ["-q", "--no-header", "-rN", "--tb=short"] if quiet else []
     start = time.time()
-    pytest.main(args, plugins=[recorder])
+    before = os.environ.pop(RUNS_VARIABLE, None)
+    if runs:
+        os.environ[RUNS_VARIABLE] = os.path.abspath(runs)
+    try:
+        pytest.main(args, plugins=[recorder])
+    finally:
+        os.environ.pop(RUNS_VARIABLE, None)
+        if before is not None:
+            os.environ[RUNS_VARIABLE] = before
     results = recorder.results
     required = [r for r in results.values() if not r["extra_credit"]]
     points = sum(r["points"] for r in required if r["outcome"] == "passed")
@@ -99,15 +112,22 @@ def format_table(assignment_id, results, points, total, seconds):
     return "\n".join(lines)
 
 
-def main(assignment_id, repo=".", json_path=None):
+def main(assignment_id, repo=".", json_path=None, runs=""):
     """Grade, print the table, optionally write the results as JSON; exit status 0 only for full
-    marks."""
+    marks, 2 for bad arguments."""
     if assignment_id not in ASSIGNMENTS:
         print(f"error: unknown assignment {assignment_id!r}; expected one of "
               f"{', '.join(ASSIGNMENTS)}",
               file=sys.stderr)
         return 2
-    results, points, total, seconds = grade(assignment_id, repo)
+    if runs and assignment_id != RUNS_ASSIGNMENT:
+        print(f"error: --runs is for {RUNS_ASSIGNMENT} (the assignment with runs), not "
+              f"{assignment_id}", file=sys.stderr)
+        return 2
+    if runs and not os.path.isdir(runs):
+        print(f"error: --runs {runs}: not a directory", file=sys.stderr)
+        return 2
+    results, points, total, seconds = grade(assignment_id, repo, runs=runs)
     print(format_table(assignment_id, results, points, total, seconds))
     if json_path:
         with open(json_path, "w") as f:

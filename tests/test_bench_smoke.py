@@ -108,42 +108,13 @@ def test_kernels_compile_for_h100_without_spills(tmp_path):
                 assert stores and all(is_vector(op) for op in stores), row
 
 
-def test_lora_memory_benchmark_runs(tmp_path):
-    """bench/bench_lora_memory.py --quick: three variants, each measured in its own process, written
-    as JSON."""
-    script = SCRIPT.parent / "bench_lora_memory.py"
-    out = tmp_path / "lora.json"
-    proc = subprocess.run([sys.executable, str(script), "--quick", "--json", str(out)],
-                          cwd=tmp_path,
-                          capture_output=True, text=True, timeout=HANG_GUARD_SECONDS)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "| variant | trainable parameters | peak memory MiB |" in proc.stdout
-    rows = {row["variant"]: row for row in json.loads(out.read_text())["rows"]}
-    full, lora_row = (rows["full, reference copy (live)"],
-                      rows["LoRA, adapters-off reference (live)"])
-    assert full["trainable"] == full["parameters"] > lora_row["trainable"] > 0
-    assert all(row["peak_bytes"] > 0 and row["step_ms"] > 0 for row in rows.values())
-
-
-def test_dpo_step_benchmark_methods_agree(tmp_path):
-    """bench/bench_dpo_step.py --quick: the three ways of computing log pi train the same model to
-    the same loss."""
-    out = tmp_path / "step.json"
-    proc = subprocess.run([sys.executable, str(SCRIPT.parent / "bench_dpo_step.py"), "--quick",
-                           "--json", str(out)],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=HANG_GUARD_SECONDS)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    rows = json.loads(out.read_text())["rows"]
-    assert [r["method"] for r in rows] == ["naive", "logits kernel", "fused linear"]
-    for row in rows:
-        assert row["tokens_per_s"] > 0 and row["loss"] == pytest.approx(rows[0]["loss"], abs=1e-5)
-
-
 @pytest.mark.slow
 def test_gpu_suite_runs_in_its_quick_form(tmp_path):
     """bash bench/gpu_suite.sh --quick OUT: every step runs (on a CPU: interpreter, smoke shapes)
     and the collected report says so; on a GPU machine the same script without --quick writes
-    bench/results/<gpu>.{json,md}."""
+    bench/results/<gpu>.{json,md}. Its benchmarks' own outputs are checked here too (one run of
+    each): bench_lora_memory.py's three variants, and bench_dpo_step.py's three ways of computing
+    log pi training the same model to the same loss."""
     suite = SCRIPT.parent / "gpu_suite.sh"
     env = dict(os.environ, TRITON_CACHE_DIR=str(tmp_path / "triton-cache"))
     proc = subprocess.run(["bash", str(suite), "--quick", str(tmp_path / "results")],
@@ -157,14 +128,30 @@ def test_gpu_suite_runs_in_its_quick_form(tmp_path):
     assert [s["step"] for s in report["steps"]] == ["tests", "logprobs", "linear_logprobs",
                                                     "dpo_step", "lora_memory"]
     # a failing step's own log says why (in the course's student copy: which stub)
+    logs = tmp_path / "results" / "cpu.logs"
     for s in report["steps"]:
-        log = tmp_path / "results" / "cpu.logs" / f"{s['step']}.log"
+        log = logs / f"{s['step']}.log"
         assert s["exit_status"] == 0, (s, log.read_text()[-3000:] if log.exists() else "no log")
     assert (report["tests"]["tests"] > 50 and report["tests"]["failures"]
             == report["tests"]["errors"] == 0)
     assert set(report["benchmarks"]) == {"logprobs", "linear_logprobs", "dpo_step", "lora_memory"}
     md = (tmp_path / "results" / "cpu.md").read_text()
     assert "| tests | 0 |" in md and "## One DPO step" in md
+
+    # bench_lora_memory.py --quick: each variant measured in its own process
+    assert "| variant | trainable parameters | peak memory MiB |" in (
+        logs / "lora_memory.log").read_text()
+    rows = {row["variant"]: row
+            for row in json.loads((logs / "lora_memory.json").read_text())["rows"]}
+    full, lora_row = (rows["full, reference copy (live)"],
+                      rows["LoRA, adapters-off reference (live)"])
+    assert full["trainable"] == full["parameters"] > lora_row["trainable"] > 0
+    assert all(row["peak_bytes"] > 0 and row["step_ms"] > 0 for row in rows.values())
+    # bench_dpo_step.py --quick: the three methods agree
+    rows = json.loads((logs / "dpo_step.json").read_text())["rows"]
+    assert [r["method"] for r in rows] == ["naive", "logits kernel", "fused linear"]
+    for row in rows:
+        assert row["tokens_per_s"] > 0 and row["loss"] == pytest.approx(rows[0]["loss"], abs=1e-5)
 
 
 def torch_cuda_available():

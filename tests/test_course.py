@@ -20,12 +20,13 @@ from hang_guard import HANG_GUARD_SECONDS
 REPO = Path(__file__).resolve().parents[1]
 
 
-def grade(repo, assignment, tmp_path):
+def grade(repo, assignment, tmp_path, runs=None):
     """`python -m course grade` in a fresh process (the copy's modules must not mix with this
-    one's)."""
+    one's); `runs`: a directory for --runs (A4's demo/ and frontier/)."""
     out = tmp_path / f"{assignment}-{repo.name}.json"
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    proc = subprocess.run([sys.executable, "-m", "course", "grade", assignment, "--json", str(out)],
+    proc = subprocess.run([sys.executable, "-m", "course", "grade", assignment, "--json", str(out),
+                           *(["--runs", str(runs)] if runs else [])],
                           cwd=repo,
                           env=env, capture_output=True, text=True, timeout=HANG_GUARD_SECONDS)
     assert out.exists(), proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -62,11 +63,15 @@ def test_student_copy_has_no_solution(student_copy):
 @pytest.mark.parametrize("assignment", list(ASSIGNMENTS))
 def test_graded_tests_fail_on_the_stubs_and_pass_on_the_solutions(student_copy, tmp_path,
                                                                   assignment):
+    """Every graded test fails on the stubs with NotImplementedError; this repository scores full
+    marks (A4's needs runs: tests/test_experiments.py::test_quick_demo_and_frontier grades them)."""
     results, table = grade(student_copy, assignment, tmp_path)
     assert results["tests"] and results["points"] == 0, table
     for nodeid, result in results["tests"].items():
         assert result["outcome"] == "failed" and "NotImplementedError" in result["reason"], (nodeid,
                                                                                              result)
+    if assignment == "A4":
+        return
     results, table = grade(REPO, assignment, tmp_path)
     assert results["points"] == results["total"] > 0, table
     extra_credit = 6 if assignment == "A1" else 0
@@ -130,3 +135,20 @@ def test_ungraded_tests_pass_or_wait_in_the_student_copy(student_copy):
     # (training reaches A3's truncation before A1's loss, so A1 shows up in the graders only)
     for n in (2, 3, 4, 5):
         assert f"waits for Assignment {n}" in proc.stdout, proc.stdout[-4000:]
+
+
+def test_runs_flag_is_checked_before_grading(tmp_path):
+    """--runs is for A4 and must name a directory: one error line and exit status 2 otherwise; A4
+    given a directory without runs fails the runs' tests and runs nothing in their place."""
+    for argv, message in ((["A1", "--runs", str(tmp_path)], "--runs is for A4"),
+                          (["A4", "--runs", str(tmp_path / "none")], "none: not a directory")):
+        proc = subprocess.run([sys.executable, "-m", "course", "grade", *argv], cwd=REPO,
+                              capture_output=True, text=True, timeout=HANG_GUARD_SECONDS)
+        assert proc.returncode == 2 and proc.stderr.startswith("error: "), proc.stderr
+        assert message in proc.stderr, proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    results, table = grade(REPO, "A4", tmp_path, runs=tmp_path)
+    for name in ("demo", "frontier"):
+        result = results["tests"][f"course/graders/test_a4_experiment.py::test_{name}_outputs"]
+        assert result["outcome"] == "failed" and f"no {name}/" in result["reason"], table
+    assert not (tmp_path / "demo").exists() and not (tmp_path / "frontier").exists()

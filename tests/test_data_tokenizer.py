@@ -104,6 +104,7 @@ def test_save_load_round_trip(tmp_path):
     assert load_ranks(str(tmp_path / "r.tiktoken")) == ranks
 
 
+@pytest.mark.slow
 def test_retraining_reproduces_the_shipped_file():
     # ~14 s: the educational trainer is pure Python. Same settings, same ranks, in the same order.
     assert list(train_reviews_bpe(**SETTINGS).items()) == list(load_ranks(TOKENIZER_FILE).items())

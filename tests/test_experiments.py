@@ -1,12 +1,15 @@
-"""Tests of the experiments: the frontier's pieces (Best-of-N selection and its KL, cached runs) and
-the quick frontier end to end; the Unlikelihood stage and kept checkpoints through the command
-line."""
+"""Tests of the experiments: the frontier's pieces (Best-of-N selection and its KL, cached runs);
+the quick demo, frontier and open questions end to end, and A4's grade of them; the Unlikelihood
+stage and kept checkpoints through the command line; the quick study."""
 
 import hashlib
 import json
 import math
 import os
 import random
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,8 +17,11 @@ import torch
 import data
 import sentiment
 import train
-from experiments import family_runs, frontier, verdicts
-from plumbing.checkpoint import load_checkpoint
+from experiments import base, family_runs, frontier, verdicts
+from hang_guard import HANG_GUARD_SECONDS
+from plumbing.checkpoint import load_checkpoint, load_model
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def test_best_of_n_kl_hand_derived():
@@ -88,11 +94,80 @@ def test_unlikelihood_stage_and_kept_checkpoints(tmp_path):
 
 
 @pytest.mark.slow
-def test_frontier_quick(tmp_path):
-    """frontier --quick end to end: the structure of frontier.json, the methods, and a rerun from
-    the caches."""
+def test_quick_demo_and_frontier(tmp_path):
+    """The quick demo and the quick frontier end to end, in one test since three checks read the
+    same two minutes of runs: the demo's outputs (check_quick_demo), the frontier's (structure,
+    methods, a rerun from the caches, the quick open questions on top: check_quick_frontier), and
+    this repository's full marks on A4's graded tests of these runs (`course grade A4 --runs`)."""
+    from experiments import demo
+
+    check_quick_demo(tmp_path / "demo", demo.run(out_dir=str(tmp_path / "demo"), quick=True,
+                                                 log=lambda *_: None))
+    result = frontier.run(out_dir=str(tmp_path / "frontier"), quick=True, log=lambda *_: None)
+    check_quick_frontier(tmp_path / "frontier", result)
+    graded = tmp_path / "a4.json"
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    proc = subprocess.run([sys.executable, "-m", "course", "grade", "A4", "--runs", str(tmp_path),
+                           "--json", str(graded)], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=HANG_GUARD_SECONDS)
+    results = json.loads(graded.read_text())
+    assert results["points"] == results["total"] > 0, proc.stdout[-3000:]
+
+
+def check_quick_demo(out_dir, summary):
+    """The demo's quick run in OUT_DIR (summary: what demo.run returned): every output is written
+    and sensible, and every number can be re-measured from the saved files (here with transformers
+    and tiktoken directly)."""
+    for key in ("reward_reference", "reward_policy", "win_rate", "kl_policy_reference",
+                "heldout_reward_accuracy", "fluency_policy", "fluency_reference",
+                "bigram_fluency_policy", "kl_bound_at_optimum", "wall_seconds"):
+        assert math.isfinite(summary[key]), key
+    assert -1 <= summary["reward_policy"] <= 1 and 0 <= summary["win_rate"] <= 1
+    # a KL estimate: non-negative up to Monte Carlo noise
+    assert summary["kl_policy_reference"] > -0.5
+    # DPO learned something that carries to held-out pairs
+    assert summary["heldout_dpo_loss"] < math.log(2)
+    assert summary["heldout_reward_accuracy"] > 0.5 and summary["heldout_reward_margin"] > 0
+    # and the ground-truth reward rose
+    assert summary["reward_policy"] > summary["reward_reference"]
+    assert (summary["fluency_policy"] > 0.9 and summary["n_samples"] == 2
+            * summary["n_heldout_prompts"])
+    assert summary["sampling"] == {"max_new_tokens": base.QUICK["max_new_tokens"],
+                                   "temperature": 1.0, "top_k": None, "samples_per_prompt": 2,
+                                   "seed": 3}
+    for name in ("summary.json", "dpo_training.png", "rewards.png", "samples.txt",
+                 "pairs_train.jsonl", "dpo/metrics.jsonl", "dpo/ckpt.pt", "pretrain/ckpt.pt",
+                 "dpo/hf/model.safetensors", "pretrain/hf/model.safetensors"):
+        assert os.path.isfile(out_dir / name), name
+    assert (len(data.load_preferences(str(out_dir / "pairs_train.jsonl")))
+            == summary["pairs"]["train"]["n_pairs"])
+
+    # Someone else's code: tiktoken from the recorded description, transformers from the hf/
+    # directories.
+    import tiktoken
+    import transformers
+
+    from data.tokenizer import load_ranks
+    description = summary["tokenizer"]
+    ranks = load_ranks(os.path.join(os.path.dirname(os.path.dirname(__file__)),
+                                    description["ranks_file"]))
+    enc = tiktoken.Encoding(name="rebuilt", pat_str=description["pat_str"], mergeable_ranks=ranks,
+                            special_tokens=description["special_tokens"])
+    with open(out_dir / "pairs_heldout.jsonl") as f:
+        pair = json.loads(f.readline())
+    ids = enc.encode_ordinary(pair["prompt"] + pair["chosen"])
+    policy = transformers.GPT2LMHeadModel.from_pretrained(out_dir / "dpo" / "hf").eval()
+    with torch.no_grad():
+        logits = policy(torch.tensor([ids])).logits
+    ours = load_model(str(out_dir / "dpo" / "ckpt.pt")).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(logits, ours(torch.tensor([ids])), rtol=1e-4, atol=1e-4)
+
+
+def check_quick_frontier(tmp_path, result):
+    """frontier --quick's run in TMP_PATH (result: what frontier.run returned): the structure of
+    frontier.json, the methods, and a rerun from the caches, then the quick open questions."""
     log = []
-    result = frontier.run(out_dir=str(tmp_path), quick=True, log=log.append)
     points = result["points"]
     methods = {p["method"] for p in points}
     assert methods == {"reference", "DPO", "Preferred-FT", "Unlikelihood", "Best-of-N (oracle)",

@@ -273,60 +273,6 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
     assert os.listdir(tmp_path) == ["ckpt.pt"]  # and no temporary file is left behind
 
 
-@pytest.mark.slow
-def test_demo_quick(tmp_path):
-    """The whole embedded experiment in its quick configuration: every output is written and
-    sensible, and every number can be re-measured from the saved files (here with transformers and
-    tiktoken directly)."""
-    from experiments import base, demo
-
-    summary = demo.run(out_dir=str(tmp_path), quick=True, log=lambda *_: None)
-    for key in ("reward_reference", "reward_policy", "win_rate", "kl_policy_reference",
-                "heldout_reward_accuracy", "fluency_policy", "fluency_reference",
-                "bigram_fluency_policy", "kl_bound_at_optimum", "wall_seconds"):
-        assert math.isfinite(summary[key]), key
-    assert -1 <= summary["reward_policy"] <= 1 and 0 <= summary["win_rate"] <= 1
-    # a KL estimate: non-negative up to Monte Carlo noise
-    assert summary["kl_policy_reference"] > -0.5
-    # DPO learned something that carries to held-out pairs
-    assert summary["heldout_dpo_loss"] < math.log(2)
-    assert summary["heldout_reward_accuracy"] > 0.5 and summary["heldout_reward_margin"] > 0
-    # and the ground-truth reward rose
-    assert summary["reward_policy"] > summary["reward_reference"]
-    assert (summary["fluency_policy"] > 0.9 and summary["n_samples"] == 2
-            * summary["n_heldout_prompts"])
-    assert summary["sampling"] == {"max_new_tokens": base.QUICK["max_new_tokens"],
-                                   "temperature": 1.0, "top_k": None, "samples_per_prompt": 2,
-                                   "seed": 3}
-    for name in ("summary.json", "dpo_training.png", "rewards.png", "samples.txt",
-                 "pairs_train.jsonl", "dpo/metrics.jsonl", "dpo/ckpt.pt", "pretrain/ckpt.pt",
-                 "dpo/hf/model.safetensors", "pretrain/hf/model.safetensors"):
-        assert os.path.isfile(tmp_path / name), name
-    assert (len(data.load_preferences(str(tmp_path / "pairs_train.jsonl")))
-            == summary["pairs"]["train"]["n_pairs"])
-
-    # Someone else's code: tiktoken from the recorded description, transformers from the hf/
-    # directories.
-    import tiktoken
-    import transformers
-
-    from data.tokenizer import load_ranks
-    description = summary["tokenizer"]
-    ranks = load_ranks(os.path.join(os.path.dirname(os.path.dirname(__file__)),
-                                    description["ranks_file"]))
-    enc = tiktoken.Encoding(name="rebuilt", pat_str=description["pat_str"], mergeable_ranks=ranks,
-                            special_tokens=description["special_tokens"])
-    with open(tmp_path / "pairs_heldout.jsonl") as f:
-        pair = json.loads(f.readline())
-    ids = enc.encode_ordinary(pair["prompt"] + pair["chosen"])
-    policy = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "dpo" / "hf").eval()
-    with torch.no_grad():
-        logits = policy(torch.tensor([ids])).logits
-    ours = load_model(str(tmp_path / "dpo" / "ckpt.pt")).eval()
-    with torch.no_grad():
-        torch.testing.assert_close(logits, ours(torch.tensor([ids])), rtol=1e-4, atol=1e-4)
-
-
 def test_hf_gpt2_recipe_on_tiny_fixtures(tmp_path, monkeypatch):
     """The single-GPU recipe's path: a Hugging Face GPT-2 directory as --init, raw HH-RLHF
     transcripts as data, SFT then DPO, and weights that transformers loads back (tiny random model,

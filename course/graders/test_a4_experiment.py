@@ -12,6 +12,8 @@ Three parts, 20 points:
   frontier` write them, checked for consistency with the files beside them (every frontier point is
   re-measured from its samples/NAME.jsonl). Without them the tests run the quick demo and the quick
   frontier in a temporary directory (under a minute on 2 idle CPU cores) and check those.
+  `python -m course grade A4 --runs DIR` reads DIR/demo and DIR/frontier instead of out/ (the
+  environment variable COURSE_RUNS_DIR carries it here), and runs nothing in their place.
 * Your answers (5 points): answers/A4.md; each answer is at least 40 words and quotes at least one
   number from your runs. That is all a program checks: the instructor reads the answers for their
   content.
@@ -167,12 +169,15 @@ def mean_ci95(values):
 
 
 def experiment_outputs(name, filename, tmp_path):
-    """(directory, its JSON summary) of experiment `name` ("demo" or "frontier"): out/NAME at the
-    repository root when the student ran it, else a quick run under tmp_path."""
-    out = os.path.join(ROOT, "out", name)
+    """(directory, its JSON summary) of experiment `name` ("demo" or "frontier"): DIR/NAME when
+    grading was given --runs, else out/NAME at the repository root when the student ran it, else a
+    quick run under tmp_path."""
+    runs = os.environ.get("COURSE_RUNS_DIR", "")  # `course grade A4 --runs DIR`
+    out = os.path.join(runs or os.path.join(ROOT, "out"), name)
     if os.path.isfile(os.path.join(out, filename)):
         with open(os.path.join(out, filename)) as f:
             return out, json.load(f)
+    assert not runs, f"--runs {runs}: no {name}/{filename} there"
     module = importlib.import_module(f"experiments.{name}")
     out = str(tmp_path / name)
     return out, module.run(out_dir=out, quick=True, log=lambda *_: None)
