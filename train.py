@@ -22,6 +22,13 @@ import dataclasses
 import os
 import sys
 
+# torch's CPU threads are OpenMP's. Waiting at the end of a parallel region they sleep instead of
+# spinning, so that beside another busy process a descheduled thread gets its core back at once (the
+# quick demo: 1.34x its idle time beside a busy process instead of 2.28x, at 1.06x the idle time;
+# bench/bench_threads.py, docs/benchmark.md). Set before torch loads OpenMP; a value in the
+# environment wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 from data import TokenizerUnavailableError
 from experiments import demo, frontier, open_questions, study
 from loop import NonFiniteLossError

@@ -15,13 +15,19 @@ default for training, one thread for sampling (sentiment.sample_completions).
              flag, so a count N is set by OMP_NUM_THREADS=N (torch's default becomes N for
              training; sampling keeps its one thread)
 
-Each (workload, threads, condition) runs in a fresh process, `--repeats` times (the median is
-reported). The base model and its pairs come from experiments/base.py's QUICK settings, cached in
---work (about a minute the first time). Reported: seconds, and the slowdown busy / idle of each
-thread count; the idle cost of a setting is its idle time over the first setting's.
+--wait-policies also compares OpenMP's OMP_WAIT_POLICY (torch's CPU threads are OpenMP's): ACTIVE
+threads spin at the end of each parallel region until the others arrive, PASSIVE ones sleep, which
+hands the core to a descheduled thread (or the neighbour) instead of burning it; unset, GNU OpenMP
+spins a while (GOMP_SPINCOUNT), then sleeps.
+
+Each (workload, threads, wait policy, condition) runs in a fresh process, `--repeats` times (the
+median is reported). The base model and its pairs come from experiments/base.py's QUICK settings,
+cached in --work (about a minute the first time). Reported: seconds, and the slowdown busy / idle of
+each thread count; the idle cost of a setting is its idle time over the first setting's.
 
     python bench/bench_threads.py                          every workload, 1 thread and the default
     python bench/bench_threads.py --workloads sample --repeats 1 --json out.json
+    python bench/bench_threads.py --workloads demo --threads 0 --wait-policies ACTIVE PASSIVE
 """
 
 import argparse
@@ -41,6 +47,7 @@ sys.path.insert(0, str(REPO))  # run from a checkout without installing the proj
 import torch  # noqa: E402
 
 WORKLOADS = ("sample", "dpo", "ppo", "demo")
+WAIT_POLICIES = ("inherit", "ACTIVE", "PASSIVE")
 BUSY = "while True: pass"
 
 
@@ -51,6 +58,10 @@ def parse_args(argv=None):
                     help="--threads values to compare: N for training and sampling alike, 0 = the "
                     "default policy (torch's default for training, one thread for sampling); "
                     "default: every core, one, the default policy")
+    ap.add_argument("--wait-policies", nargs="+", choices=WAIT_POLICIES, default=["inherit"],
+                    help="OpenMP's OMP_WAIT_POLICY for each measurement: inherit (this process's "
+                    "environment: train.py's own default applies), ACTIVE (threads spin at a "
+                    "barrier), PASSIVE (they sleep); default: inherit")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--work", default="out/bench_threads", help="where the base model is cached")
     ap.add_argument("--json", default="", help="write the results here")
@@ -106,15 +117,19 @@ def run_one(workload, threads, work):
     return time.perf_counter() - start
 
 
-def measure(workload, threads, busy, args):
-    """The median of --repeats fresh-process runs, beside a busy process when `busy`."""
+def measure(workload, threads, wait_policy, busy, args):
+    """The median of --repeats fresh-process runs with OMP_WAIT_POLICY=`wait_policy` ("inherit":
+    as in this process), beside a busy process when `busy`."""
+    env = dict(os.environ)
+    if wait_policy != "inherit":
+        env["OMP_WAIT_POLICY"] = wait_policy
     times = []
     for _ in range(args.repeats):
         neighbour = subprocess.Popen([sys.executable, "-c", BUSY]) if busy else None
         try:
             proc = subprocess.run([sys.executable, __file__, "--work", args.work, "--one",
                                    workload, str(threads)], capture_output=True, text=True,
-                                  check=True)
+                                  check=True, env=env)
         finally:
             if neighbour is not None:
                 neighbour.kill()
@@ -132,21 +147,24 @@ def main(argv=None):
     rows = []
     for workload in args.workloads:
         for threads in args.threads:
-            idle = measure(workload, threads, False, args)
-            busy = measure(workload, threads, True, args)
-            rows.append({"workload": workload, "threads": threads, "idle_s": idle, "busy_s": busy,
-                         "slowdown": busy / idle})
+            for wait_policy in args.wait_policies:
+                idle = measure(workload, threads, wait_policy, False, args)
+                busy = measure(workload, threads, wait_policy, True, args)
+                rows.append({"workload": workload, "threads": threads, "wait_policy": wait_policy,
+                             "idle_s": idle, "busy_s": busy, "slowdown": busy / idle})
     default_threads = torch.get_num_threads()
     print(f"torch's CPU threads by default: {default_threads} ({os.cpu_count()} cores); median of "
           f"{args.repeats} fresh processes; idle cost: idle time over the first row's")
-    print("| workload | --threads | idle s | beside a busy process s | slowdown | idle cost |")
-    print("|---|---|---|---|---|---|")
+    print("| workload | --threads | OMP_WAIT_POLICY | idle s | beside a busy process s | slowdown "
+          "| idle cost |")
+    print("|---|---|---|---|---|---|---|")
     for row in rows:
         first = next(r for r in rows if r["workload"] == row["workload"])
         row["idle_cost"] = row["idle_s"] / first["idle_s"]
         name = (f"{row['threads']}" if row["threads"]
                 else "0 (training on torch's default, sampling on 1)")
-        print(f"| {row['workload']} | {name} | {row['idle_s']:.1f} | {row['busy_s']:.1f} | "
+        print(f"| {row['workload']} | {name} | {row['wait_policy']} | {row['idle_s']:.1f} | "
+              f"{row['busy_s']:.1f} | "
               f"{row['slowdown']:.2f}x | {row['idle_cost']:.2f}x |")
     if args.json:
         with open(args.json, "w") as f:
