@@ -311,8 +311,9 @@ def run(out_dir="out/frontier", quick=False, log=print):
 
 
 def machine():
-    """What the numbers depend on beyond the seeds: the CPU, the platform, torch's version and its
-    default thread count (runs differ in their last bits between machines, and then diverge)."""
+    """What the numbers depend on beyond the seeds: the CPU, the platform, torch's version, its
+    default thread count (runs differ in their last bits between machines, and then diverge) and
+    OpenMP's wait policy (train.py sets PASSIVE; it changes the time, not the numbers)."""
     cpu = platform.processor()
     if os.path.isfile("/proc/cpuinfo"):
         with open("/proc/cpuinfo") as f:
@@ -320,7 +321,8 @@ def machine():
                         if line.startswith("model name")), cpu)
     return {"cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform(),
             "python": platform.python_version(), "torch": torch.__version__,
-            "threads": torch.get_num_threads()}
+            "threads": torch.get_num_threads(),
+            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "unset")}
 
 
 def write_outputs(result, out_dir, log):
