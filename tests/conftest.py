@@ -32,7 +32,6 @@ settings.register_profile("dev", deadline=None, max_examples=200)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
-
 # The longest tests, longest first (seconds each under `pytest -n 2` on 2 cores, 2026-12-07). They
 # start first, then the other slow tests, then the rest. With --dist worksteal (pyproject.toml) a
 # worker that runs out of tests takes the end of another's queue: the short tests, so that the two
