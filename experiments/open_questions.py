@@ -36,6 +36,7 @@ from experiments import (
     frontier,
     out_of_distribution,
     overoptimization,
+    plots,
     self_labeling,
 )
 from experiments.frontier import machine
@@ -131,9 +132,7 @@ def plot_self_labeling(result, path):
     ax.set_ylabel("held-out reward")
     ax.set_title("Self-labeling: round 1 (DPO) -> rounds 2, 3; each line one seed")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    plots.save(fig, path)
 
 
 def plot_overoptimization(result, path):
@@ -161,9 +160,7 @@ def plot_overoptimization(result, path):
         ax.set_xlabel("sqrt(KL)")
         ax.legend(fontsize=6)
     axes[0][0].set_ylabel("gain over the reference")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    plots.save(fig, path)
 
 
 def plot_out_of_distribution(result, path):
@@ -184,9 +181,7 @@ def plot_out_of_distribution(result, path):
     ax.set_ylabel("reward gain over the reference")
     ax.set_title("Best setting of each method, final checkpoint, each training seed")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    plots.save(fig, path)
 
 
 # -----------------------------------------------------------------------------

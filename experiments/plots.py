@@ -4,6 +4,16 @@ PNGs."""
 import math
 
 
+def save(fig, path, dpi=100, rect=None):
+    """Lay out `fig` (rect: tight_layout's (left, bottom, right, top) box, to leave room for a
+    figure legend), write it to `path` as a PNG at `dpi` and close it."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout(**({"rect": rect} if rect else {}))
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+
+
 def plot_training(rows, path, title="DPO training"):
     """Plot DPO loss and rewards/accuracies and margins against the step, train and held-out, to a
     PNG.
@@ -29,9 +39,7 @@ def plot_training(rows, path, title="DPO training"):
         # the loss at policy == reference
         axes[0].axhline(math.log(2), color="gray", linestyle=":", linewidth=1)
     fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save(fig, path)
 
 
 def plot_rewards(rewards_reference, rewards_policy, path):
@@ -50,9 +58,7 @@ def plot_rewards(rewards_reference, rewards_policy, path):
     ax.set_xlabel("ground-truth reward (VADER compound)")
     ax.set_ylabel("held-out prompts")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save(fig, path)
 
 
 METHOD_STYLES = {"DPO": "o-", "Preferred-FT": "s--", "Unlikelihood": "^--",
@@ -151,9 +157,7 @@ def plot_frontier(points, path, methods=None,
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=6, fontsize=7, frameon=False)
     fig.suptitle(f"{title} (95% CIs over held-out samples; hollow: other training seeds)")
-    fig.tight_layout(rect=(0, 0.16, 1, 1))
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save(fig, path, dpi=110, rect=(0, 0.16, 1, 1))
 
 
 def plot_temperature(rows, path):
@@ -194,9 +198,7 @@ def plot_temperature(rows, path):
     axes[0].legend(fontsize=8)
     fig.suptitle("Each method's best setting sampled at several temperatures (95% CIs over "
                  "held-out samples; dotted: other training seeds)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save(fig, path, dpi=110)
 
 
 def plot_study(result, path):
@@ -265,6 +267,4 @@ def plot_study(result, path):
     ax_e.legend(fontsize=8)
 
     reward_vs_kl(ax_f, result["f_second_round"], "(f) a second DPO round, labelled by the truth")
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    save(fig, path, dpi=90)
