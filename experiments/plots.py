@@ -9,7 +9,7 @@ def save(fig, path, dpi=100, rect=None):
     figure legend), write it to `path` as a PNG at `dpi` and close it."""
     import matplotlib.pyplot as plt
 
-    fig.tight_layout(**({"rect": rect} if rect else {}))
+    fig.tight_layout(rect=rect)
     fig.savefig(path, dpi=dpi)
     plt.close(fig)
 

@@ -6,7 +6,6 @@ any solution may be left; in a copy where one assignment's solution is written, 
 graded tests all pass (A4's, which need runs, in tests/test_experiments.py on the quick runs).
 """
 
-import json
 import os
 import subprocess
 import sys
@@ -16,22 +15,10 @@ import pytest
 
 from course import build
 from course.manifest import ANSWERS, ASSIGNMENTS, REMOVED
+from course_grading import grade
 from hang_guard import HANG_GUARD_SECONDS
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def grade(repo, assignment, tmp_path, runs=None):
-    """`python -m course grade` in a fresh process (the copy's modules must not mix with this
-    one's); `runs`: a directory for --runs (A4's demo/ and frontier/)."""
-    out = tmp_path / f"{assignment}-{repo.name}.json"
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    proc = subprocess.run([sys.executable, "-m", "course", "grade", assignment, "--json", str(out),
-                           *(["--runs", str(runs)] if runs else [])],
-                          cwd=repo,
-                          env=env, capture_output=True, text=True, timeout=HANG_GUARD_SECONDS)
-    assert out.exists(), proc.stdout[-3000:] + proc.stderr[-3000:]
-    return json.loads(out.read_text()), proc.stdout
 
 
 @pytest.fixture(scope="module")
